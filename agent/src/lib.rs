@@ -1,0 +1,1 @@
+//! Host<->guest protocol types shared by the agent and hull.

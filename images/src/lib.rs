@@ -1,0 +1,1 @@
+//! OCI image store (see issue: image store).
