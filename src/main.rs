@@ -1,6 +1,12 @@
 //! `hull`: docker-style containers, each in its own KVM microVM.
 
+mod debug_boot;
+mod guest_files;
 mod image_cmd;
+mod info;
+mod initramfs;
+mod serial_watch;
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +15,11 @@ use clap::{Parser, Subcommand};
 
 /// Command-line interface of hull.
 #[derive(Parser, Debug)]
-#[command(name = "hull", version, about = "Containers, each in its own KVM microVM")]
+#[command(
+    name = "hull",
+    version,
+    about = "Containers, each in its own KVM microVM"
+)]
 struct Cli {
     /// Root of hull's state (images, containers, kernel cache).
     #[arg(long, global = true, env = "HULL_ROOT")]
@@ -25,9 +35,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Show the host's hypervisor, the guest kernel and agent hull uses.
+    Info,
+    /// Low-level tools for developing hull.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...
     #[command(flatten)]
     Image(image_cmd::ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCommand {
+    /// Boot a VM with the agent, print what the guest printed, exit with its status.
+    Boot(debug_boot::DebugBootArgs),
 }
 
 fn default_root() -> PathBuf {
@@ -37,14 +60,28 @@ fn default_root() -> PathBuf {
     }
     match std::env::var_os("XDG_DATA_HOME") {
         Some(d) => PathBuf::from(d).join("hull"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/hull"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/hull")
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = cli.root.clone().unwrap_or_else(default_root);
+    let filter = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
+        Command::Info => info::run(&root),
+        Command::Debug {
+            command: DebugCommand::Boot(args),
+        } => debug_boot::run(args, &root),
         Command::Image(cmd) => image_cmd::run(cmd, &root),
     };
     match result {

@@ -1,1 +1,403 @@
-//! hull microVM library.
+//! hull's KVM microVM: one VM with guest memory, vCPUs, an in-kernel
+//! irqchip, a serial console, an i8042 for reset, booted from an ELF
+//! `vmlinux` through its PVH entry.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), vmm::VmError> {
+//! let config = vmm::VmConfig::new("vmlinux".into());
+//! let exit = vmm::Vm::new(config)?.run()?;
+//! # Ok(()) }
+//! ```
+
+pub mod boot;
+pub mod bus;
+pub mod cpu;
+pub mod devices;
+pub mod host;
+pub mod memory;
+
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use bus::Bus;
+use cpu::exit::ExitAction;
+use cpu::vcpu::{VcpuShared, VcpuThread};
+pub use host::HostKind;
+
+/// Errors creating or running a VM. Each is one line a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm does not exist.
+    #[error("KVM is not available: {0} does not exist (is virtualization enabled and the kvm module loaded?)")]
+    NoKvm(PathBuf),
+    /// /dev/kvm exists but cannot be opened by us.
+    #[error("No permission to open {0} (run as root or join the kvm group)")]
+    KvmPermission(PathBuf),
+    /// Any other failure opening /dev/kvm.
+    #[error("Cannot open {0}")]
+    KvmOpen(PathBuf, #[source] kvm_ioctls::Error),
+    /// The host KVM lacks a capability hull needs.
+    #[error("KVM on this host lacks {0}")]
+    MissingCap(&'static str),
+    /// A VM-level KVM call failed.
+    #[error("KVM: {0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// A vCPU count of 0 or more than KVM allows.
+    #[error("Invalid vCPU count {0} (this host allows 1 to {1})")]
+    VcpuCount(u8, usize),
+    /// Guest memory could not be made.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// The kernel/initramfs/cmdline could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A vCPU could not be configured.
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    /// A device could not be registered.
+    #[error("Cannot set up devices")]
+    Bus(#[from] bus::BusError),
+    /// Host OS resources (eventfd, epoll, threads) failed.
+    #[error("Host resource error: {0}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// A vCPU hit an exit KVM could not handle.
+    #[error("VM failed: {0}")]
+    Vcpu(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, VmError>;
+
+/// How to build a VM.
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH entry note.
+    pub kernel: PathBuf,
+    /// Uncompressed (or compressed) cpio initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line; host-specific additions are appended.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Where the guest's serial output goes.
+    pub serial_out: Box<dyn Write + Send>,
+    /// The KVM device (normally /dev/kvm).
+    pub kvm_device: PathBuf,
+    /// The host kind; decides the command-line additions.
+    pub host: HostKind,
+}
+
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("kernel", &self.kernel)
+            .field("initramfs", &self.initramfs)
+            .field("cmdline", &self.cmdline)
+            .field("mem_mib", &self.mem_mib)
+            .field("vcpus", &self.vcpus)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default guest command line: no PCI or ACPI to probe, reboot through the
+/// i8042 (the VM ends), reboot at once on panic.
+pub const BASE_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule i8042.noaux";
+
+impl VmConfig {
+    /// A 1-vCPU, 128 MiB VM of `kernel` with the serial output discarded.
+    pub fn new(kernel: PathBuf) -> Self {
+        Self {
+            kernel,
+            initramfs: None,
+            cmdline: BASE_CMDLINE.to_string(),
+            mem_mib: 128,
+            vcpus: 1,
+            serial_out: Box::new(std::io::sink()),
+            kvm_device: PathBuf::from("/dev/kvm"),
+            host: HostKind::detect(),
+        }
+    }
+
+    /// The command line the guest will see.
+    pub fn full_cmdline(&self) -> String {
+        let extra = self.host.cmdline_additions();
+        if extra.is_empty() {
+            self.cmdline.clone()
+        } else {
+            format!("{} {}", self.cmdline, extra)
+        }
+    }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset or powered off (a clean end, from the VMM's view).
+    GuestShutdown,
+    /// The guest crashed (triple fault, crash event).
+    GuestCrash(String),
+    /// The host asked the VM to stop.
+    HostStop,
+}
+
+/// Stops a running VM from another thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    evt: Arc<EventFd>,
+}
+
+impl StopHandle {
+    /// Ends the VM; `run` returns [`VmExit::HostStop`].
+    pub fn stop(&self) {
+        let _ = self.evt.write(1);
+    }
+}
+
+/// Opens /dev/kvm with errors a user understands.
+pub fn open_kvm(path: &std::path::Path) -> Result<Kvm> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| VmError::NoKvm(path.into()))?;
+    Kvm::new_with_path(&cpath).map_err(|e| match e.errno() {
+        libc::ENOENT => VmError::NoKvm(path.into()),
+        libc::EACCES | libc::EPERM => VmError::KvmPermission(path.into()),
+        _ => VmError::KvmOpen(path.into(), e),
+    })
+}
+
+/// A created VM, ready to run.
+pub struct Vm {
+    // Field order is drop order: vCPUs and the VM fd go before the memory
+    // they point into.
+    vcpus: Vec<VcpuFd>,
+    _vm: VmFd,
+    _kvm: Kvm,
+    shared: VcpuShared,
+    events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    host_stop: Arc<EventFd>,
+    _mem: GuestMemoryMmap,
+}
+
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+impl Vm {
+    /// Creates the VM: memory, irqchip, devices, loaded kernel, vCPUs.
+    pub fn new(config: VmConfig) -> Result<Self> {
+        let cmdline = config.full_cmdline();
+        let kvm = open_kvm(&config.kvm_device)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "an in-kernel irqchip"),
+            (Cap::Irqfd, "irqfd"),
+            (Cap::UserMemory, "user memory regions"),
+            (Cap::Pit2, "an in-kernel PIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let max_vcpus = kvm.get_max_vcpus();
+        if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
+            return Err(VmError::VcpuCount(config.vcpus, max_vcpus));
+        }
+        // Check the size before asking KVM for anything that costs.
+        memory::ram_ranges(config.mem_mib)?;
+
+        let vm = kvm.create_vm().map_err(|e| VmError::Kvm("create VM", e))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(|e| VmError::Kvm("set TSS address", e))?;
+        vm.create_irq_chip()
+            .map_err(|e| VmError::Kvm("create irqchip", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(|e| VmError::Kvm("create PIT", e))?;
+        let mem = memory::create(&vm, config.mem_mib)?;
+
+        let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| {
+                VmError::Io("event loop", std::io::Error::from_raw_os_error(e_errno(&e)))
+            })?;
+        let end_evt = Arc::new(new_eventfd()?);
+        let host_stop = Arc::new(new_eventfd()?);
+        let shared_outcome = Arc::new(Mutex::new(None));
+
+        let mut pio = Bus::new();
+        let serial_irq = new_eventfd()?;
+        vm.register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
+            .map_err(|e| VmError::Kvm("register serial irqfd", e))?;
+        pio.insert(
+            Arc::new(Mutex::new(devices::serial::SerialDevice::new(
+                serial_irq,
+                config.serial_out,
+            ))),
+            devices::serial::COM1_BASE,
+            devices::serial::COM1_LEN,
+        )?;
+        let reset_evt = new_eventfd()?;
+        pio.insert(
+            Arc::new(Mutex::new(devices::i8042::I8042::new(
+                reset_evt
+                    .try_clone()
+                    .map_err(|e| VmError::Io("eventfd", e))?,
+            ))),
+            devices::i8042::I8042_BASE,
+            devices::i8042::I8042_LEN,
+        )?;
+
+        let shared = VcpuShared {
+            pio: Arc::new(pio),
+            mmio: Arc::new(Bus::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+            outcome: shared_outcome,
+            end_evt: end_evt.clone(),
+        };
+        let watcher: Arc<Mutex<dyn MutEventSubscriber + Send>> = Arc::new(Mutex::new(EndWatcher {
+            reset: reset_evt,
+            host_stop: host_stop.clone(),
+            end: end_evt,
+            shared: shared.clone(),
+        }));
+        events.add_subscriber(watcher);
+
+        let boot = boot::load(
+            &mem,
+            &config.kernel,
+            config.initramfs.as_deref(),
+            &cmdline,
+            config.vcpus,
+        )?;
+        cpu::write_boot_tables(&mem)?;
+        let base_cpuid = cpu::supported_cpuid(&kvm).map_err(|e| VmError::Kvm("get CPUID", e))?;
+        let mut vcpus = Vec::new();
+        for id in 0..config.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|e| VmError::Kvm("create vCPU", e))?;
+            let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus);
+            cpu::setup_vcpu(&vcpu, id, &cpuid, &boot)?;
+            vcpus.push(vcpu);
+        }
+        tracing::debug!(
+            "VM created: {} vCPUs, {} MiB, cmdline {cmdline:?}",
+            config.vcpus,
+            config.mem_mib
+        );
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _kvm: kvm,
+            shared,
+            events,
+            host_stop,
+            _mem: mem,
+        })
+    }
+
+    /// A handle that can stop the VM while `run` is running.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            evt: self.host_stop.clone(),
+        }
+    }
+
+    /// Runs the VM until the guest resets or powers off, crashes, or the
+    /// host stops it.
+    pub fn run(mut self) -> Result<VmExit> {
+        cpu::vcpu::install_kick_handler().map_err(|e| VmError::Io("signal handler", e))?;
+        let mut threads = Vec::new();
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            match VcpuThread::spawn(id as u8, vcpu, self.shared.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.shared.stop.store(true, Ordering::Release);
+                    threads.into_iter().for_each(VcpuThread::stop_and_join);
+                    return Err(VmError::Io("spawn vCPU thread", e));
+                }
+            }
+        }
+        let mut loop_error = None;
+        while !self.shared.stop.load(Ordering::Acquire) {
+            if let Err(e) = self.events.run() {
+                loop_error = Some(format!("event loop: {e:?}"));
+                break;
+            }
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        threads.into_iter().for_each(VcpuThread::stop_and_join);
+        if let Some(e) = loop_error {
+            return Err(VmError::Vcpu(e));
+        }
+        let outcome = self
+            .shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match outcome {
+            Some(ExitAction::GuestStop) => Ok(VmExit::GuestShutdown),
+            Some(ExitAction::GuestCrash(why)) => Ok(VmExit::GuestCrash(why)),
+            Some(ExitAction::Fatal(why)) => Err(VmError::Vcpu(why)),
+            Some(ExitAction::Continue) | None => Ok(VmExit::HostStop),
+        }
+    }
+}
+
+fn e_errno(e: &event_manager::Error) -> i32 {
+    match e {
+        event_manager::Error::Epoll(e) => e.errno(),
+        _ => libc::EIO,
+    }
+}
+
+fn new_eventfd() -> Result<EventFd> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io("eventfd", e))
+}
+
+/// Watches the events that end a VM: the i8042 reset, a host stop request,
+/// and a vCPU reporting the end.
+struct EndWatcher {
+    reset: EventFd,
+    host_stop: Arc<EventFd>,
+    end: Arc<EventFd>,
+    shared: VcpuShared,
+}
+
+impl MutEventSubscriber for EndWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.shared.end(ExitAction::GuestStop);
+        } else if fd == self.host_stop.as_raw_fd() {
+            let _ = self.host_stop.read();
+        } else {
+            let _ = self.end.read();
+        }
+        // Whatever woke us, the VM is ending.
+        self.shared.stop.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [
+            self.reset.as_raw_fd(),
+            self.host_stop.as_raw_fd(),
+            self.end.as_raw_fd(),
+        ] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                tracing::error!("cannot watch VM end events: {e:?}");
+            }
+        }
+    }
+}

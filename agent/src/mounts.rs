@@ -1,0 +1,126 @@
+//! The pseudo filesystems every container expects.
+
+use std::ffi::CString;
+use std::fmt;
+
+/// A mount that failed.
+#[derive(Debug)]
+pub struct MountError {
+    target: &'static str,
+    errno: i32,
+}
+
+impl fmt::Display for MountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mount {}: {}",
+            self.target,
+            std::io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+struct Mount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+    data: &'static str,
+}
+
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// In order: /dev before /dev/pts, /sys before its cgroup directory.
+const MOUNTS: &[Mount] = &[
+    Mount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    Mount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    Mount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: libc::MS_NOSUID,
+        data: "mode=0755",
+    },
+    Mount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: "newinstance,ptmxmode=0666,mode=0620",
+    },
+    Mount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: "mode=0755",
+    },
+    Mount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+];
+
+fn cstr(s: &str) -> CString {
+    // The strings are the constants above: never with an interior NUL.
+    CString::new(s).unwrap_or_default()
+}
+
+/// Mounts everything in [`MOUNTS`], creating the mount points.
+pub fn mount_all() -> Result<(), MountError> {
+    for m in MOUNTS {
+        let target = cstr(m.target);
+        // SAFETY: `target` is a valid NUL-terminated path; mkdir only
+        // creates a directory (EEXIST is fine and ignored).
+        unsafe { libc::mkdir(target.as_ptr(), 0o755) };
+        let (source, fstype, data) = (cstr(m.source), cstr(m.fstype), cstr(m.data));
+        // SAFETY: all pointers are valid NUL-terminated strings that live
+        // across the call; `data` is a string as these filesystems expect.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                m.flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            // The kernel may have mounted devtmpfs itself (DEVTMPFS_MOUNT).
+            if errno != libc::EBUSY {
+                return Err(MountError {
+                    target: m.target,
+                    errno,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Guest uptime in seconds, from /proc/uptime.
+pub fn uptime() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,99 @@
+//! `hull debug boot`: boot a VM with the agent, show what the guest printed
+//! and exit with the VM's status.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use agent::Status;
+use clap::Args;
+
+use crate::serial_watch::SerialWatcher;
+use crate::{guest_files, initramfs, units};
+
+/// Options of `hull debug boot`.
+#[derive(Args, Debug)]
+pub struct DebugBootArgs {
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Guest memory (Docker units: 128m, 1g).
+    #[arg(long, default_value = "128m")]
+    pub memory: String,
+    /// Put the kernel console on the serial port and show it.
+    #[arg(long)]
+    pub console: bool,
+    /// Kernel to boot instead of the one hull found.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Extra kernel command-line parameters.
+    #[arg(long)]
+    pub append: Option<String>,
+}
+
+/// Errors of a debug boot.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugBootError {
+    /// The VM ended without the agent saying it shut down.
+    #[error("VM ended without a clean agent shutdown ({0})")]
+    NoShutdown(String),
+}
+
+/// Boots and reports; returns the agent's exit status.
+pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
+    let mem_mib = units::parse_mib(&args.memory)?;
+    let kernel = match args.kernel {
+        Some(k) => k,
+        None => guest_files::kernel(root)?,
+    };
+    let agent = guest_files::agent()?;
+    let initramfs = initramfs::cached(&agent, &root.join("cache"))?;
+
+    let (watcher, seen) = SerialWatcher::new(true);
+    let mut config = vmm::VmConfig::new(kernel);
+    config.initramfs = Some(initramfs);
+    config.mem_mib = mem_mib;
+    config.vcpus = args.cpus;
+    config.serial_out = Box::new(watcher);
+    if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
+        config.kvm_device = dev.into();
+    }
+    if args.console {
+        config.cmdline.push_str(" console=ttyS0");
+    }
+    if let Some(extra) = &args.append {
+        config.cmdline.push(' ');
+        config.cmdline.push_str(extra);
+    }
+    tracing::debug!("command line: {}", config.full_cmdline());
+
+    let start = Instant::now();
+    let exit = vmm::Vm::new(config)?.run()?;
+    let total = start.elapsed().as_secs_f64();
+
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (at, status) in &seen {
+        if let Status::Ready { uptime, .. } = status {
+            eprintln!(
+                "hull: agent ready {:.2} s after VM start (guest kernel uptime {uptime:.2} s)",
+                at.as_secs_f64()
+            );
+        }
+    }
+    let shutdown = seen.iter().find_map(|(_, s)| match s {
+        Status::Shutdown { code } => Some(*code),
+        _ => None,
+    });
+    match (exit, shutdown) {
+        (vmm::VmExit::GuestShutdown, Some(code)) => {
+            eprintln!("hull: VM ended after {total:.2} s: agent shutdown, status {code}");
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        (vmm::VmExit::GuestShutdown, None) => {
+            Err(DebugBootError::NoShutdown("guest reset, kernel panic?".into()).into())
+        }
+        (vmm::VmExit::GuestCrash(why), _) => Err(DebugBootError::NoShutdown(why).into()),
+        (vmm::VmExit::HostStop, _) => {
+            Err(DebugBootError::NoShutdown("stopped by host".into()).into())
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `hull info`: what this host offers and which guest files hull uses.
+
+use std::path::Path;
+
+use kvm_ioctls::Cap;
+use vmm::HostKind;
+
+use crate::guest_files;
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Prints the report; never fails (missing pieces are reported as such).
+pub fn run(root: &Path) -> anyhow::Result<u8> {
+    let host = HostKind::detect();
+    match vmm::open_kvm(Path::new("/dev/kvm")) {
+        Ok(kvm) => {
+            println!("Hypervisor: {}", host.describe());
+            println!(
+                "KVM: API {}, vCPUs max {} (recommended {}), memory slots {}",
+                kvm.get_api_version(),
+                kvm.get_max_vcpus(),
+                kvm.get_nr_vcpus(),
+                kvm.get_nr_memslots()
+            );
+            let caps = [
+                ("irqchip", Cap::Irqchip),
+                ("irqfd", Cap::Irqfd),
+                ("ioeventfd", Cap::Ioeventfd),
+                ("pit2", Cap::Pit2),
+                ("immediate-exit", Cap::ImmediateExit),
+                ("tsc-deadline", Cap::TscDeadlineTimer),
+                ("split-irqchip", Cap::SplitIrqchip),
+                ("readonly-mem", Cap::ReadonlyMem),
+            ];
+            let list: Vec<String> = caps
+                .iter()
+                .map(|(name, cap)| format!("{name} {}", yes(kvm.check_extension(*cap))))
+                .collect();
+            println!("KVM capabilities: {}", list.join(", "));
+        }
+        Err(e) => println!("Hypervisor: unavailable ({e})"),
+    }
+    let extra = host.cmdline_additions();
+    println!(
+        "Guest command-line additions: {}",
+        if extra.is_empty() { "none" } else { extra }
+    );
+    match guest_files::kernel(root) {
+        Ok(k) => {
+            println!("Kernel: {}", k.display());
+            println!(
+                "Kernel version: {}",
+                guest_files::kernel_version(&k).unwrap_or_else(|| "unknown".into())
+            );
+            println!(
+                "Kernel flavour: {}",
+                if guest_files::kernel_has_pvm_switch(&k) {
+                    "hull guest (ELF vmlinux, PVH entry, hull_pvm workarounds)"
+                } else {
+                    "foreign (no hull_pvm workarounds: will not boot on PVM hosts)"
+                }
+            );
+        }
+        Err(e) => println!("Kernel: missing ({e})"),
+    }
+    match guest_files::agent() {
+        Ok(a) => {
+            let size = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "Agent: {} (version {}, {} KiB)",
+                a.display(),
+                agent::VERSION,
+                size / 1024
+            );
+        }
+        Err(e) => println!("Agent: missing ({e})"),
+    }
+    println!("Data dir: {}", root.display());
+    Ok(0)
+}

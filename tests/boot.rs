@@ -1,0 +1,117 @@
+//! Booting the real guest kernel in hull's VMM, on this machine's /dev/kvm.
+
+mod common;
+
+use common::{assert_one_line_error, hull, require_kvm, text};
+
+#[test]
+fn boots_to_agent_ready_and_exits_cleanly() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let out = hull(root.path())
+        .args(["debug", "boot", "--console"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Linux version 6.1."),
+        "no kernel banner:\n{stdout}"
+    );
+    let ready = format!("hull-agent: ready version={}", env!("CARGO_PKG_VERSION"));
+    assert!(stdout.contains(&ready), "no agent ready line:\n{stdout}");
+    assert!(stdout.contains("hull-agent: shutdown status=0"), "{stdout}");
+    // The ready line comes before the shutdown line.
+    assert!(stdout.find(&ready) < stdout.find("hull-agent: shutdown"));
+    assert!(stderr.contains("hull: agent ready"), "{stderr}");
+    assert!(stderr.contains("agent shutdown, status 0"), "{stderr}");
+    // The initramfs was built once, into the root's cache.
+    let cached: Vec<_> = std::fs::read_dir(root.path().join("cache"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 1);
+}
+
+#[test]
+fn missing_kvm_device_is_one_clear_line() {
+    let root = tempfile::tempdir().unwrap();
+    let out = hull(root.path())
+        .args(["debug", "boot"])
+        .env("HULL_KVM_DEVICE", "/nonexistent/kvm")
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        "KVM is not available: /nonexistent/kvm does not exist",
+    );
+}
+
+#[test]
+fn bad_kernels_and_sizes_are_one_clear_line() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let out = hull(root.path())
+        .args(["debug", "boot", "--kernel", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Cannot open kernel /nonexistent/vmlinux");
+
+    let not_elf = root.path().join("bzImage");
+    std::fs::write(&not_elf, b"MZ this is not an ELF file").unwrap();
+    let out = hull(root.path())
+        .args(["debug", "boot", "--kernel"])
+        .arg(&not_elf)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "is not an ELF vmlinux");
+
+    let out = hull(root.path())
+        .args(["debug", "boot", "--memory", "16m"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Guest memory of 16 MiB is too small");
+
+    let out = hull(root.path())
+        .args(["debug", "boot", "--memory", "lots"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Invalid size \"lots\"");
+
+    let out = hull(root.path())
+        .args(["debug", "boot", "--cpus", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Invalid vCPU count 0");
+}
+
+#[test]
+fn info_reports_hypervisor_kernel_and_agent() {
+    let root = tempfile::tempdir().unwrap();
+    let out = hull(root.path()).arg("info").output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let hypervisor = stdout.lines().next().unwrap();
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(hypervisor, "Hypervisor: kvm-pvm (software, native mode)");
+        assert!(stdout.contains("hull_pvm"));
+    } else {
+        assert!(
+            hypervisor.starts_with("Hypervisor: kvm (hardware"),
+            "{hypervisor}"
+        );
+    }
+    assert!(stdout.contains("Kernel version: 6.1."), "{stdout}");
+    assert!(stdout.contains("hull_pvm workarounds"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("version {}", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("Data dir: {}", root.path().display())),
+        "{stdout}"
+    );
+}

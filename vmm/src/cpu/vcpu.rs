@@ -1,0 +1,103 @@
+//! The vCPU threads: run KVM_RUN, hand exits to [`handle_exit`], report how
+//! the VM ended, and stop when kicked.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuFd;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::exit::{handle_exit, ExitAction};
+use crate::bus::Bus;
+
+/// Signal that knocks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler for the kick signal; without one the signal
+/// would kill the process. Idempotent.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), noop_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// State the vCPU threads share with the VM's event loop.
+#[derive(Clone)]
+pub struct VcpuShared {
+    /// Port-I/O devices.
+    pub pio: Arc<Bus>,
+    /// MMIO devices.
+    pub mmio: Arc<Bus>,
+    /// Set when the VM is stopping; vCPUs leave their loop.
+    pub stop: Arc<AtomicBool>,
+    /// How the VM ended, first reporter wins.
+    pub outcome: Arc<Mutex<Option<ExitAction>>>,
+    /// Written when a vCPU ends the VM, to wake the event loop.
+    pub end_evt: Arc<EventFd>,
+}
+
+impl VcpuShared {
+    /// Records `action` as the VM's outcome unless one is already known and
+    /// wakes the event loop.
+    pub fn end(&self, action: ExitAction) {
+        let mut outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        if outcome.is_none() {
+            *outcome = Some(action);
+        }
+        drop(outcome);
+        if let Err(e) = self.end_evt.write(1) {
+            tracing::error!("cannot signal VM end: {e}");
+        }
+    }
+}
+
+/// A running vCPU thread.
+pub struct VcpuThread {
+    handle: JoinHandle<()>,
+}
+
+impl VcpuThread {
+    /// Starts vCPU `id` running.
+    pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: VcpuShared) -> std::io::Result<Self> {
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || run_loop(id, &mut vcpu, &shared))?;
+        Ok(Self { handle })
+    }
+
+    /// Stops the thread: keeps kicking it until it has left KVM_RUN (a kick
+    /// sent just before it entered KVM_RUN would otherwise be lost).
+    pub fn stop_and_join(self) {
+        while !self.handle.is_finished() {
+            let _ = self.handle.kill(kick_signal());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.handle.join();
+    }
+}
+
+fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
+    while !shared.stop.load(Ordering::Acquire) {
+        match vcpu.run() {
+            Ok(exit) => match handle_exit(exit, &shared.pio, &shared.mmio) {
+                ExitAction::Continue => {}
+                action => {
+                    tracing::debug!("vcpu{id}: {action:?}");
+                    shared.end(action);
+                    return;
+                }
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                shared.end(ExitAction::Fatal(format!("vcpu{id}: KVM_RUN failed: {e}")));
+                return;
+            }
+        }
+    }
+}

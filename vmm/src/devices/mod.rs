@@ -1,0 +1,4 @@
+//! Emulated devices, one per module.
+
+pub mod i8042;
+pub mod serial;

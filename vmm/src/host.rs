@@ -1,0 +1,73 @@
+//! What kind of KVM this host offers, and what the guest must be told
+//! about it.
+
+use std::path::Path;
+
+/// The hypervisor behind /dev/kvm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Hardware virtualization (VT-x / AMD-V).
+    HardwareKvm,
+    /// KVM-PVM: a software hypervisor; a normal guest kernel runs in its
+    /// "native" mode with guest kernel code emulated.
+    Pvm,
+}
+
+/// Where the PVM module announces itself.
+const PVM_MODULE: &str = "/sys/module/kvm_pvm";
+
+/// Guest command-line additions a PVM host needs (see docs/guest-kernel.md):
+/// hide CPU features its instruction emulator cannot execute, and switch on
+/// hull's guest-kernel workarounds (`hull_pvm`).
+pub const PVM_CMDLINE: &str = "noxsave clearcpuid=cx16,popcnt,xsave,smap,invpcid,fsgsbase,\
+rdrand,rdseed,clflushopt,clwb,rdpid,xsaves,xsavec,xsaveopt,erms,fsrm,rep_good hull_pvm";
+
+impl HostKind {
+    /// Detects the host kind from sysfs.
+    pub fn detect() -> Self {
+        Self::detect_in(Path::new(PVM_MODULE))
+    }
+
+    fn detect_in(pvm_module: &Path) -> Self {
+        if pvm_module.exists() {
+            HostKind::Pvm
+        } else {
+            HostKind::HardwareKvm
+        }
+    }
+
+    /// The kernel command-line additions this host needs (none on hardware KVM).
+    pub fn cmdline_additions(self) -> &'static str {
+        match self {
+            HostKind::HardwareKvm => "",
+            HostKind::Pvm => PVM_CMDLINE,
+        }
+    }
+
+    /// A one-line description for `hull info`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HostKind::HardwareKvm => "kvm (hardware virtualization)",
+            HostKind::Pvm => "kvm-pvm (software, native mode)",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvm_is_detected_from_its_module_directory() {
+        let dir = std::env::temp_dir().join(format!("hull-pvm-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(HostKind::detect_in(&dir), HostKind::Pvm);
+        assert_eq!(
+            HostKind::detect_in(&dir.join("absent")),
+            HostKind::HardwareKvm
+        );
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(HostKind::Pvm.cmdline_additions().contains("hull_pvm"));
+        assert!(HostKind::HardwareKvm.cmdline_additions().is_empty());
+    }
+}

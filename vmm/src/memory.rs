@@ -1,0 +1,129 @@
+//! Guest physical memory: the layout hull's VMs use and its creation.
+//!
+//! Memory is anonymous, private and `MAP_NORESERVE`: the host pays only for
+//! pages the guest touches. RAM is split around the 32-bit hole where the
+//! virtio-mmio windows, the IOAPIC and the local APIC live.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Start of the GDT written for the PVH entry.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Start of the (empty) boot IDT.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// Where the PVH `hvm_start_info` structure goes.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// Where the PVH module list goes (the initramfs entry).
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// Where the PVH memory map goes.
+pub const PVH_MEMMAP_START: u64 = 0x7000;
+/// The kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Largest command line we accept (the x86 kernel takes 2 KiB by default).
+pub const CMDLINE_MAX: usize = 2048;
+/// Start of the EBDA, where the MP table lives; RAM below is usable.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Everything from here up is usable RAM (the kernel loads above).
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole (virtio-mmio windows, IOAPIC, LAPIC).
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// End of the hole: RAM resumes at 4 GiB.
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// First virtio-mmio window.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+
+/// Smallest guest we start: below this a Linux kernel cannot boot.
+pub const MIN_MEM_MIB: u64 = 32;
+
+/// Errors making guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The requested size is below what a kernel needs.
+    #[error("Guest memory of {0} MiB is too small (minimum {MIN_MEM_MIB} MiB)")]
+    TooSmall(u64),
+    /// The mmap of guest memory failed.
+    #[error("Cannot allocate guest memory")]
+    Allocate(#[source] vm_memory::mmap::FromRangesError),
+    /// KVM refused a memory slot.
+    #[error("Cannot register guest memory with KVM")]
+    Register(#[source] kvm_ioctls::Error),
+}
+
+/// The RAM ranges (start, size) for a guest of `mem_mib` MiB.
+pub fn ram_ranges(mem_mib: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryError> {
+    if mem_mib < MIN_MEM_MIB {
+        return Err(MemoryError::TooSmall(mem_mib));
+    }
+    let size = mem_mib << 20;
+    if size <= MMIO_HOLE_START {
+        return Ok(vec![(GuestAddress(0), size as usize)]);
+    }
+    Ok(vec![
+        (GuestAddress(0), MMIO_HOLE_START as usize),
+        (
+            GuestAddress(MMIO_HOLE_END),
+            (size - MMIO_HOLE_START) as usize,
+        ),
+    ])
+}
+
+/// Allocates guest memory and hands every region to KVM.
+pub fn create(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let mem = GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib)?).map_err(MemoryError::Allocate)?;
+    for (slot, region) in mem.iter().enumerate() {
+        let desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem` of exactly
+        // `memory_size` bytes, and `mem` outlives the VM: it is kept in the
+        // same `Vm` value and dropped after the VM fd.
+        unsafe { vm.set_user_memory_region(desc) }.map_err(MemoryError::Register)?;
+    }
+    Ok(mem)
+}
+
+/// The E820-style map the guest sees: (start, size, is_ram).
+pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, bool)> {
+    let mut map = vec![(0, EBDA_START, true)];
+    for region in mem.iter() {
+        let start = region.start_addr().0.max(HIMEM_START);
+        let end = region.start_addr().0 + region.len();
+        if end > start {
+            map.push((start, end - start, true));
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guests_are_one_range_and_large_ones_skip_the_hole() {
+        assert_eq!(ram_ranges(128).unwrap(), vec![(GuestAddress(0), 128 << 20)]);
+        let big = ram_ranges(4096).unwrap();
+        assert_eq!(big.len(), 2);
+        assert_eq!(big[0], (GuestAddress(0), MMIO_HOLE_START as usize));
+        assert_eq!(big[1].0, GuestAddress(MMIO_HOLE_END));
+        assert_eq!(big[0].1 + big[1].1, 4096 << 20);
+        assert!(matches!(ram_ranges(16), Err(MemoryError::TooSmall(16))));
+    }
+
+    #[test]
+    fn e820_reserves_the_ebda_and_legacy_hole() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ram_ranges(64).unwrap()).unwrap();
+        assert_eq!(
+            e820_map(&mem),
+            vec![
+                (0, EBDA_START, true),
+                (HIMEM_START, (64 << 20) - HIMEM_START, true)
+            ]
+        );
+    }
+}
