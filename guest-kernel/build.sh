@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Build hull's guest kernel: Debian's linux-source-6.1 + our patches +
+# `make tinyconfig` + config.fragment + `make olddefconfig`, artefact the ELF
+# vmlinux (entered through its PVH note).
+#
+# Cached: the output directory is named after a hash of (linux-source version,
+# config.fragment, patches/*.patch, this script), so the build runs once per
+# machine and per change; a cached build prints its path in well under a
+# second.
+#
+#   guest-kernel/build.sh            build (or find) the kernel
+#   guest-kernel/build.sh --print    print the path it would have, build nothing
+#
+# Environment:
+#   HULL_KERNEL_CACHE       cache root (default /var/lib/hull/kernel)
+#   HULL_LINUX_SOURCE       source tarball (default /usr/src/linux-source-6.1.tar.xz)
+#   HULL_KERNEL_JOBS        make -j (default: nproc)
+#   HULL_KERNEL_KEEP_BUILD  1 = keep the build tree for incremental rebuilds
+#
+# Output: ${HULL_KERNEL_CACHE}/<hash>/{vmlinux,config,version}, and the symlink
+# ${HULL_KERNEL_CACHE}/current -> <hash>.  Progress goes to stderr; the last
+# line of stdout is the vmlinux path.  Installs nothing: a missing package is
+# reported with its name.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+self="$here/$(basename "${BASH_SOURCE[0]}")"
+fragment="$here/config.fragment"
+patch_dir="$here/patches"
+cache=${HULL_KERNEL_CACHE:-/var/lib/hull/kernel}
+source_tar=${HULL_LINUX_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
+jobs=${HULL_KERNEL_JOBS:-$(nproc 2>/dev/null || echo 2)}
+keep_build=${HULL_KERNEL_KEEP_BUILD:-0}
+
+log() { printf 'guest-kernel: %s\n' "$*" >&2; }
+die() { printf 'guest-kernel: error: %s\n' "$*" >&2; exit 1; }
+
+print_only=0
+case "${1:-}" in
+    "") ;;
+    --print) print_only=1 ;;
+    -h | --help) sed -n '2,24p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (usage: build.sh [--print])" ;;
+esac
+
+# ---- inputs -----------------------------------------------------------------
+[[ -f $fragment ]] || die "missing $fragment"
+[[ -f $source_tar ]] || die "missing $source_tar: install Debian's linux-source-6.1 package (apt-get install linux-source-6.1)"
+
+patches=()
+if [[ -d $patch_dir ]]; then
+    while IFS= read -r -d '' p; do patches+=("$p"); done \
+        < <(find "$patch_dir" -maxdepth 1 -name '*.patch' -print0 | LC_ALL=C sort -z)
+fi
+
+# The source version: the Debian package version when dpkg knows the tarball
+# (cheap), else a checksum of the tarball itself.
+source_version() {
+    local pkg ver
+    if command -v dpkg-query >/dev/null 2>&1 &&
+        pkg=$(dpkg-query -S "$source_tar" 2>/dev/null | head -n1 | cut -d: -f1) &&
+        [[ -n $pkg ]] &&
+        ver=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) && [[ -n $ver ]]; then
+        printf '%s %s %s\n' "$pkg" "$ver" "$(stat -c %s "$source_tar")"
+    else
+        sha256sum "$source_tar" | cut -d' ' -f1
+    fi
+}
+
+src_ver=$(source_version)
+# Hash of everything that decides the tree (source + patches): names the
+# build directory, so config-only changes can rebuild incrementally.
+tree_hash=$(
+    {
+        printf 'source %s\n' "$src_ver"
+        for p in "${patches[@]}"; do printf 'patch %s\n' "$(basename "$p")"; cat "$p"; done
+    } | sha256sum | cut -c1-16
+)
+hash=$(
+    {
+        printf 'tree %s\n' "$tree_hash"
+        printf 'fragment\n'; cat "$fragment"
+        printf 'build.sh\n'; cat "$self"
+    } | sha256sum | cut -c1-16
+)
+out="$cache/$hash"
+
+point_current() {
+    local tmp="$cache/.current.$$"
+    ln -sfn "$hash" "$tmp"
+    mv -T "$tmp" "$cache/current"
+}
+
+if [[ $print_only == 1 ]]; then
+    echo "$out/vmlinux"
+    exit 0
+fi
+
+if [[ -f $out/vmlinux ]]; then
+    point_current
+    log "cached: $out"
+    echo "$out/vmlinux"
+    exit 0
+fi
+
+# ---- tools --------------------------------------------------------------------
+missing=()
+for t in make gcc ld flex bison bc perl tar xz patch readelf sha256sum flock; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
+[[ -e /usr/include/libelf.h || -e /usr/include/gelf.h ]] || missing+=("libelf headers (libelf-dev)")
+[[ -e /usr/include/openssl/opensslv.h ]] || missing+=("openssl headers (libssl-dev)")
+((${#missing[@]} == 0)) || die "missing build tools: ${missing[*]} (Debian: build-essential flex bison bc libelf-dev libssl-dev)"
+
+mkdir -p "$cache"
+# One build per hash at a time; a second caller waits and then finds the cache.
+exec 9>"$cache/.lock-$hash"
+flock 9
+if [[ -f $out/vmlinux ]]; then
+    point_current
+    echo "$out/vmlinux"
+    exit 0
+fi
+
+build="$cache/build-$tree_hash"
+stamp="$build/.hull-prepared"
+start=$(date +%s)
+
+# ---- source tree ------------------------------------------------------------
+if [[ ! -f $stamp ]]; then
+    log "unpacking $source_tar into $build"
+    rm -rf "$build"
+    mkdir -p "$build"
+    tar -xf "$source_tar" -C "$build" --strip-components=1
+    for p in "${patches[@]}"; do
+        log "applying $(basename "$p")"
+        patch -d "$build" -p1 --forward --batch --quiet <"$p" ||
+            die "patch $(basename "$p") does not apply to $source_tar"
+    done
+    touch "$stamp"
+else
+    log "reusing prepared tree $build"
+fi
+
+# ---- configuration ------------------------------------------------------------
+log "configuring (tinyconfig + config.fragment + olddefconfig)"
+mk() { make -C "$build" -s "$@"; }
+mk tinyconfig >"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "make tinyconfig failed"; }
+"$build/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$fragment" \
+    >>"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "merging config.fragment failed"; }
+mk olddefconfig >>"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "make olddefconfig failed"; }
+
+# Every option the fragment sets must hold in the final .config: Kconfig drops
+# an option silently when one of its dependencies is missing.
+bad=()
+while IFS= read -r line; do
+    if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
+        grep -qxF -- "$line" "$build/.config" ||
+            bad+=("${BASH_REMATCH[1]} wanted ${BASH_REMATCH[2]}, got $(grep -E "^(# )?${BASH_REMATCH[1]}[= ]" "$build/.config" || echo 'nothing (unknown or unmet dependency)')")
+    elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+        if grep -qE "^${BASH_REMATCH[1]}=" "$build/.config"; then
+            bad+=("${BASH_REMATCH[1]} wanted unset, got $(grep -E "^${BASH_REMATCH[1]}=" "$build/.config")")
+        fi
+    fi
+done <"$fragment"
+if ((${#bad[@]})); then
+    printf 'guest-kernel: error: option not as config.fragment asks: %s\n' "${bad[@]}" >&2
+    die "${#bad[@]} option(s) of config.fragment did not survive olddefconfig (see above)"
+fi
+
+# ---- build --------------------------------------------------------------------
+log "building vmlinux with make -j$jobs (a clean build takes minutes; log: $build/hull-build.log)"
+if ! make -C "$build" -j"$jobs" vmlinux >"$build/hull-build.log" 2>&1; then
+    tail -n 40 "$build/hull-build.log" >&2
+    die "kernel build failed (full log: $build/hull-build.log)"
+fi
+
+# The VMM enters the ELF vmlinux through its PVH entry: the Xen ELF note
+# XEN_ELFNOTE_PHYS32_ENTRY (type 0x12) must be there.
+if ! readelf -n "$build/vmlinux" | grep -E '^\s*Xen\s' | grep -qiE '0x0*12\b|PHYS32_ENTRY'; then
+    die "$build/vmlinux has no PVH entry note (Xen note 0x12): is CONFIG_PVH set?"
+fi
+
+release=$(cat "$build/include/config/kernel.release")
+
+# ---- publish atomically -------------------------------------------------------
+tmp=$(mktemp -d "$cache/.tmp-$hash.XXXXXX")
+cp "$build/vmlinux" "$tmp/vmlinux"
+cp "$build/.config" "$tmp/config"
+printf '%s\n' "$release" >"$tmp/version"
+chmod 755 "$tmp"
+rm -rf "$out"
+mv -T "$tmp" "$out"
+point_current
+
+if [[ $keep_build != 1 ]]; then
+    rm -rf "$build"
+fi
+rm -f "$cache/.lock-$hash"
+
+log "built $release in $(($(date +%s) - start)) s: $out"
+echo "$out/vmlinux"
