@@ -1,0 +1,178 @@
+//! Random access to the members of a tar archive: one pass records where
+//! each file's data lies, later reads seek straight to it. A gzip-compressed
+//! archive is first decompressed into a temporary file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use flate2::read::GzDecoder;
+use tempfile::NamedTempFile;
+
+use super::{io_err, Error};
+use crate::media::{self, Compression};
+
+/// Members bigger than this are not read into memory as JSON documents.
+const MAX_JSON: u64 = 64 << 20;
+
+/// An indexed tar archive.
+pub(super) struct TarIndex {
+    file: File,
+    entries: HashMap<String, (u64, u64)>,
+    _decompressed: Option<NamedTempFile>,
+}
+
+impl TarIndex {
+    /// Indexes `path`; `tmpdir` receives the decompressed copy of a gzip archive.
+    pub(super) fn open(path: &Path, tmpdir: &Path) -> Result<Self, Error> {
+        let mut file = File::open(path).map_err(io_err("cannot open", path))?;
+        let mut head = [0u8; 4];
+        let n = file.read(&mut head).map_err(io_err("cannot read", path))?;
+        file.rewind().map_err(io_err("cannot read", path))?;
+        let mut decompressed = None;
+        if media::sniff(&head[..n]) == Compression::Gzip {
+            let mut tmp =
+                NamedTempFile::new_in(tmpdir).map_err(io_err("cannot create a file in", tmpdir))?;
+            io::copy(&mut GzDecoder::new(BufReader::new(&file)), &mut tmp)
+                .map_err(|e| Error::NotTar(path.to_owned(), e))?;
+            // Keep reading through this descriptor, not the path: GC may
+            // clean `.tmp/` meanwhile.
+            file = tmp
+                .as_file()
+                .try_clone()
+                .map_err(io_err("cannot open", tmp.path()))?;
+            file.rewind().map_err(io_err("cannot read", tmp.path()))?;
+            decompressed = Some(tmp);
+        }
+        let mut entries = HashMap::new();
+        let mut links = Vec::new();
+        {
+            let mut ar = tar::Archive::new(BufReader::new(&file));
+            let it = ar
+                .entries()
+                .map_err(|e| Error::NotTar(path.to_owned(), e))?;
+            for e in it {
+                let e = e.map_err(|e| Error::NotTar(path.to_owned(), e))?;
+                let name = clean(&String::from_utf8_lossy(&e.path_bytes()));
+                match e.header().entry_type() {
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        entries.insert(name, (e.raw_file_position(), e.size()));
+                    }
+                    // Old `docker save` links duplicate layers to the first copy.
+                    tar::EntryType::Symlink | tar::EntryType::Link => {
+                        if let Ok(Some(t)) = e.link_name() {
+                            let t = t.to_string_lossy().into_owned();
+                            let target = if e.header().entry_type() == tar::EntryType::Symlink {
+                                let base = name.rsplit_once('/').map(|p| p.0).unwrap_or("");
+                                resolve(base, &t)
+                            } else {
+                                clean(&t)
+                            };
+                            links.push((name, target));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err(Error::NotTar(
+                path.to_owned(),
+                io::Error::new(io::ErrorKind::InvalidData, "no files in it"),
+            ));
+        }
+        for (name, target) in links {
+            if let Some(v) = entries.get(&target).copied() {
+                entries.insert(name, v);
+            }
+        }
+        Ok(Self {
+            file,
+            entries,
+            _decompressed: decompressed,
+        })
+    }
+
+    /// True if the archive has a file of that name.
+    pub(super) fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(&clean(name))
+    }
+
+    /// Size of a member.
+    pub(super) fn size(&self, name: &str) -> Result<u64, Error> {
+        self.entries
+            .get(&clean(name))
+            .map(|e| e.1)
+            .ok_or_else(|| Error::Missing(name.to_owned()))
+    }
+
+    /// A reader over one member's data.
+    pub(super) fn member(&self, name: &str) -> Result<impl Read + '_, Error> {
+        let (off, size) = *self
+            .entries
+            .get(&clean(name))
+            .ok_or_else(|| Error::Missing(name.to_owned()))?;
+        let mut f = &self.file;
+        f.seek(SeekFrom::Start(off))
+            .map_err(io_err("cannot seek in", Path::new(name)))?;
+        Ok(BufReader::with_capacity(1 << 20, f.take(size)))
+    }
+
+    /// A member read whole (JSON documents).
+    pub(super) fn read(&self, name: &str) -> Result<Vec<u8>, Error> {
+        if self.size(name)? > MAX_JSON {
+            return Err(Error::Json(
+                name.to_owned(),
+                serde::de::Error::custom("document too large"),
+            ));
+        }
+        let mut buf = Vec::new();
+        self.member(name)?
+            .read_to_end(&mut buf)
+            .map_err(io_err("cannot read", Path::new(name)))?;
+        Ok(buf)
+    }
+
+    /// A member parsed as JSON.
+    pub(super) fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, Error> {
+        serde_json::from_slice(&self.read(name)?).map_err(|e| Error::Json(name.to_owned(), e))
+    }
+}
+
+/// Normalizes a member name: no leading `./` or `/`, no empty or `.` parts.
+fn clean(name: &str) -> String {
+    resolve("", name)
+}
+
+fn resolve(base: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = if rel.starts_with('/') {
+        Vec::new()
+    } else {
+        base.split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect()
+    };
+    for p in rel.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_names() {
+        assert_eq!(clean("./manifest.json"), "manifest.json");
+        assert_eq!(resolve("abc", "../def/layer.tar"), "def/layer.tar");
+        assert_eq!(clean("blobs//sha256/x"), "blobs/sha256/x");
+    }
+}
