@@ -7,8 +7,7 @@ use std::time::Instant;
 use agent::Status;
 use clap::Args;
 
-use crate::serial_watch::SerialWatcher;
-use crate::{guest_files, initramfs, units};
+use crate::guest_vm::{self, GuestOptions};
 
 /// Options of `hull debug boot`.
 #[derive(Args, Debug)]
@@ -40,25 +39,16 @@ pub enum DebugBootError {
 
 /// Boots and reports; returns the agent's exit status.
 pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
-    let mem_mib = units::parse_mib(&args.memory)?;
-    let kernel = match args.kernel {
-        Some(k) => k,
-        None => guest_files::kernel(root)?,
+    let opts = GuestOptions {
+        memory: &args.memory,
+        cpus: args.cpus,
+        // The agent's status lines are always shown; --console adds the kernel's.
+        console: true,
+        kernel: args.kernel.as_deref(),
     };
-    let agent = guest_files::agent()?;
-    let initramfs = initramfs::cached(&agent, &root.join("cache"))?;
-
-    let (watcher, seen) = SerialWatcher::new(true);
-    let mut config = vmm::VmConfig::new(kernel);
-    config.initramfs = Some(initramfs);
-    config.mem_mib = mem_mib;
-    config.vcpus = args.cpus;
-    config.serial_out = Box::new(watcher);
-    if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
-        config.kvm_device = dev.into();
-    }
-    if args.console {
-        config.cmdline.push_str(" console=ttyS0");
+    let (mut config, seen) = guest_vm::config(root, &opts)?;
+    if !args.console {
+        config.cmdline = config.cmdline.replace(" console=ttyS0", "");
     }
     if let Some(extra) = &args.append {
         config.cmdline.push(' ');

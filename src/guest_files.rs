@@ -69,7 +69,46 @@ pub fn agent() -> Result<PathBuf, GuestFilesError> {
             candidates.push(up.join("x86_64-unknown-linux-gnu/agent/hull-agent"));
         }
     }
+    // A dynamically linked build (cargo's target/debug/hull-agent) cannot
+    // run in the initramfs, which has no loader or libc.
+    candidates.retain(|p| !p.is_file() || is_static_elf(p));
     first_existing(&candidates).map_err(GuestFilesError::NoAgent)
+}
+
+/// Whether `path` is an ELF executable without a program interpreter.
+pub fn is_static_elf(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    // 64-bit little-endian ELF only (what the guest runs).
+    if bytes.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    const PT_INTERP: u32 = 3;
+    (0..usize::from(phnum)).all(|i| {
+        let at = phoff as usize + i * usize::from(phentsize);
+        u32_at(at).is_some_and(|t| t != PT_INTERP)
+    })
 }
 
 /// The kernel's release string: the `version` file the build script writes
@@ -94,4 +133,25 @@ pub fn kernel_has_pvm_switch(kernel: &Path) -> bool {
     std::fs::read(kernel)
         .map(|b| b.windows(8).any(|w| w == b"hull_pvm"))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_binaries_are_not_agents() {
+        // Our own test binary is dynamically linked.
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(Path::new("/nonexistent")));
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, b"\x7fELF\x02\x01 truncated").unwrap();
+        assert!(!is_static_elf(&junk));
+        if Path::new("/bin/busybox").exists() {
+            // Debian's busybox-static: an ELF with no interpreter.
+            assert!(is_static_elf(Path::new("/bin/busybox")));
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! `hull`: docker-style containers, each in its own KVM microVM.
 
+mod agent_client;
 mod debug_boot;
+mod debug_run;
 mod guest_files;
+mod guest_vm;
 mod image_cmd;
 mod info;
 mod initramfs;
@@ -51,6 +54,8 @@ enum Command {
 enum DebugCommand {
     /// Boot a VM with the agent, print what the guest printed, exit with its status.
     Boot(debug_boot::DebugBootArgs),
+    /// Boot a VM with disks, run one command through the agent, exit with its status.
+    Run(debug_run::DebugRunArgs),
 }
 
 fn default_root() -> PathBuf {
@@ -82,6 +87,9 @@ fn main() -> ExitCode {
         Command::Debug {
             command: DebugCommand::Boot(args),
         } => debug_boot::run(args, &root),
+        Command::Debug {
+            command: DebugCommand::Run(args),
+        } => debug_run::run(args, &root),
         Command::Image(cmd) => image_cmd::run(cmd, &root),
     };
     match result {

@@ -1,8 +1,10 @@
 //! What the host and hull's guest agent agree on.
 //!
-//! For now this is the agent's status channel: single lines it writes to
-//! the first serial port, which the host watches. The control protocol over
-//! vsock will live here too, so both sides share one definition.
+//! Two channels: the status lines the agent writes to the first serial port
+//! (readiness and shutdown, watched by the host even before vsock is up),
+//! and the control protocol over vsock ([`protocol`]).
+
+pub mod protocol;
 
 /// Version of the agent and of the host<->agent protocol.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,14 +1,28 @@
 //! hull-agent: PID 1 of every hull microVM.
 //!
 //! It mounts the pseudo filesystems, reports readiness on the serial port,
-//! and ends the VM cleanly (sync, then reset, which `reboot=k` turns into
-//! the i8042 reset the VMM watches).
+//! serves the host's control protocol on vsock (when the kernel command
+//! line says `hull.serve`), reaps every process, and ends the VM cleanly
+//! (sync, then reset, which `reboot=k` turns into the i8042 reset the VMM
+//! watches).
 
 mod console;
 mod mounts;
 mod power;
+mod process;
+mod server;
+mod vsock;
 
+use std::sync::Arc;
+
+use agent::protocol::{CONTROL_PORT, STREAM_PORT};
 use agent::Status;
+
+fn serve_requested() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == "hull.serve"))
+        .unwrap_or(false)
+}
 
 fn main() {
     // SAFETY: getpid has no preconditions.
@@ -22,11 +36,48 @@ fn main() {
         console.status(&Status::Error(e.to_string()));
         power::shutdown(&mut console, 1);
     }
-    console.status(&Status::Ready {
+    if !serve_requested() {
+        // A boot check: ready, then done.
+        console.status(&ready());
+        power::shutdown(&mut console, 0);
+    }
+    let (control, streams) = match bind_listeners() {
+        Ok(pair) => pair,
+        Err(e) => {
+            console.status(&Status::Error(format!("vsock: {e}")));
+            power::shutdown(&mut console, 1);
+        }
+    };
+    let reaper = Arc::new(process::Reaper::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let agent = Arc::new(server::Agent::new(reaper.clone(), tx));
+    let spawn = |f: Box<dyn FnOnce() + Send>| std::thread::Builder::new().spawn(f).is_ok();
+    let ok = spawn(Box::new(move || reaper.run()))
+        && spawn({
+            let agent = agent.clone();
+            Box::new(move || server::accept_loop(agent, control, true))
+        })
+        && spawn(Box::new(move || server::accept_loop(agent, streams, false)));
+    if !ok {
+        console.status(&Status::Error("cannot start agent threads".into()));
+        power::shutdown(&mut console, 1);
+    }
+    // Listening before announcing: the host may connect as soon as it reads this.
+    console.status(&ready());
+    let _ = rx.recv();
+    power::shutdown(&mut console, 0);
+}
+
+fn ready() -> Status {
+    Status::Ready {
         version: agent::VERSION.to_string(),
         uptime: mounts::uptime().unwrap_or(0.0),
-    });
-    // Until the control protocol exists, the agent's work is done once it
-    // is ready.
-    power::shutdown(&mut console, 0);
+    }
+}
+
+fn bind_listeners() -> std::io::Result<(vsock::VsockListener, vsock::VsockListener)> {
+    Ok((
+        vsock::VsockListener::bind(CONTROL_PORT)?,
+        vsock::VsockListener::bind(STREAM_PORT)?,
+    ))
 }

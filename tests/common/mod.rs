@@ -39,3 +39,38 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
     assert!(stderr.starts_with("hull: "), "{stderr:?}");
     assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
 }
+
+/// Builds an ext4 image at `img` holding a busybox userland (from Debian's
+/// busybox-static), `/etc/greeting` and empty `/data`, `/proc`, `/dev`.
+pub fn busybox_ext4(img: &Path, size_mib: u32) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "missing /bin/busybox: install Debian's busybox-static (scripts/apt-packages)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path();
+    for d in ["bin", "etc", "data", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(rootfs.join("etc/greeting"), "hello from ext4\n").unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(rootfs)
+        .arg(img)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .expect("missing mkfs.ext4: install e2fsprogs");
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod devices;
 pub mod host;
 pub mod memory;
+pub mod virtio;
 
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -70,6 +71,12 @@ pub enum VmError {
     /// Host OS resources (eventfd, epoll, threads) failed.
     #[error("Host resource error: {0}")]
     Io(&'static str, #[source] std::io::Error),
+    /// More devices than interrupt lines.
+    #[error("Too many devices (at most {0})")]
+    TooManyDevices(u32),
+    /// A device could not be created.
+    #[error("Cannot create {0}")]
+    Device(String, #[source] Box<dyn std::error::Error + Send + Sync>),
     /// A vCPU hit an exit KVM could not handle.
     #[error("VM failed: {0}")]
     Vcpu(String),
@@ -77,6 +84,15 @@ pub enum VmError {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, VmError>;
+
+/// A disk given to the guest as a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Backing file (raw image, size a multiple of 512).
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub read_only: bool,
+}
 
 /// How to build a VM.
 pub struct VmConfig {
@@ -96,6 +112,12 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// The host kind; decides the command-line additions.
     pub host: HostKind,
+    /// Disks, in guest order (/dev/vda, /dev/vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// Unix socket of the hybrid vsock device; `None` for no vsock.
+    pub vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context ID.
+    pub vsock_cid: u64,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -126,6 +148,9 @@ impl VmConfig {
             serial_out: Box::new(std::io::sink()),
             kvm_device: PathBuf::from("/dev/kvm"),
             host: HostKind::detect(),
+            disks: Vec::new(),
+            vsock_uds: None,
+            vsock_cid: 3,
         }
     }
 
@@ -256,9 +281,34 @@ impl Vm {
             devices::i8042::I8042_LEN,
         )?;
 
+        let mut mmio = Bus::new();
+        let mut attacher = VirtioAttacher {
+            vm: &vm,
+            mem: &mem,
+            mmio: &mut mmio,
+            events: &mut events,
+            cmdline: String::new(),
+            count: 0,
+        };
+        for (i, disk) in config.disks.iter().enumerate() {
+            let block = virtio::block::Block::new(virtio::block::BlockConfig {
+                path: disk.path.clone(),
+                read_only: disk.read_only,
+                id: format!("hull-disk{i}"),
+            })
+            .map_err(|e| VmError::Device(format!("disk {}", disk.path.display()), Box::new(e)))?;
+            attacher.attach(Arc::new(Mutex::new(block)))?;
+        }
+        if let Some(uds) = &config.vsock_uds {
+            let vsock = virtio::vsock::Vsock::new(config.vsock_cid, uds)
+                .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
+            attacher.attach(Arc::new(Mutex::new(vsock)))?;
+        }
+        let cmdline = format!("{cmdline}{}", attacher.cmdline);
+
         let shared = VcpuShared {
             pio: Arc::new(pio),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(mmio),
             stop: Arc::new(AtomicBool::new(false)),
             outcome: shared_outcome,
             end_evt: end_evt.clone(),
@@ -363,6 +413,81 @@ fn e_errno(e: &event_manager::Error) -> i32 {
 
 fn new_eventfd() -> Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Io("eventfd", e))
+}
+
+/// First interrupt line given to virtio devices (0-4 are legacy: PIT,
+/// keyboard, cascade, COM2, COM1).
+const VIRTIO_FIRST_GSI: u32 = 5;
+/// IOAPIC pins available to virtio devices.
+const VIRTIO_MAX_DEVICES: u32 = mptable_pins() - VIRTIO_FIRST_GSI;
+
+const fn mptable_pins() -> u32 {
+    boot::mptable::IOAPIC_PINS as u32
+}
+
+/// Puts virtio devices on the MMIO bus, wires their notifications and
+/// interrupts through KVM, and names them on the guest command line.
+struct VirtioAttacher<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    events: &'a mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    cmdline: String,
+    count: u32,
+}
+
+impl VirtioAttacher<'_> {
+    fn attach<T>(&mut self, device: Arc<Mutex<T>>) -> Result<()>
+    where
+        T: virtio::VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        if self.count >= VIRTIO_MAX_DEVICES {
+            return Err(VmError::TooManyDevices(VIRTIO_MAX_DEVICES));
+        }
+        let base = memory::VIRTIO_MMIO_START + u64::from(self.count) * virtio::mmio::MMIO_WINDOW;
+        let gsi = VIRTIO_FIRST_GSI + self.count;
+        let irqfd = new_eventfd()?;
+        self.vm
+            .register_irqfd(&irqfd, gsi)
+            .map_err(|e| VmError::Kvm("register virtio irqfd", e))?;
+        let queues = device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue_max_sizes()
+            .len();
+        let mut queue_evts = Vec::with_capacity(queues);
+        for i in 0..queues {
+            let evt = new_eventfd()?;
+            // The guest's QueueNotify write of queue index `i` lands on this
+            // eventfd inside KVM, without a userspace exit.
+            self.vm
+                .register_ioevent(
+                    &evt,
+                    &kvm_ioctls::IoEventAddress::Mmio(base + virtio::mmio::QUEUE_NOTIFY),
+                    i as u32,
+                )
+                .map_err(|e| VmError::Kvm("register virtio ioeventfd", e))?;
+            queue_evts.push(evt);
+        }
+        let interrupt = Arc::new(virtio::Interrupt::new(irqfd, gsi));
+        let transport = virtio::mmio::MmioTransport::new(
+            device.clone(),
+            self.mem.clone(),
+            interrupt,
+            queue_evts,
+        )
+        .map_err(|e| VmError::Vcpu(format!("virtio queue setup: {e:?}")))?;
+        self.mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            virtio::mmio::MMIO_WINDOW,
+        )?;
+        self.events.add_subscriber(device);
+        self.cmdline
+            .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        self.count += 1;
+        Ok(())
+    }
 }
 
 /// Watches the events that end a VM: the i8042 reset, a host stop request,

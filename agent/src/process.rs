@@ -1,0 +1,194 @@
+//! Processes the agent runs for the host: fork/exec done by hand (so PID 1's
+//! reaper owns every `waitpid`), and the reaper itself.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Condvar, Mutex};
+
+use agent::protocol::ExecSpec;
+
+/// Exit statuses collected by the reaper, by PID.
+#[derive(Default)]
+pub struct Reaper {
+    exited: Mutex<HashMap<i32, i32>>,
+    changed: Condvar,
+}
+
+impl Reaper {
+    /// Reaps every child of PID 1 forever (orphans included), recording
+    /// raw wait statuses.
+    pub fn run(&self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                let mut exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+                exited.insert(pid, status);
+                self.changed.notify_all();
+            } else if io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                // No children yet: wait until one is started.
+                let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+                let _unused = self
+                    .changed
+                    .wait_timeout(exited, std::time::Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Wakes the reaper after a child was started.
+    pub fn child_started(&self) {
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `pid` has exited; returns (exit code or 128+signal, signal).
+    pub fn wait(&self, pid: i32) -> (i32, Option<i32>) {
+        let mut exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(status) = exited.remove(&pid) {
+                return decode(status);
+            }
+            exited = self.changed.wait(exited).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn decode(status: i32) -> (i32, Option<i32>) {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (128 + sig, Some(sig))
+    } else {
+        (libc::WEXITSTATUS(status), None)
+    }
+}
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument"))
+}
+
+/// Looks `prog` up in the `PATH` of `env` (relative to `root`).
+fn resolve(prog: &str, env: &[String], root: Option<&str>) -> String {
+    if prog.contains('/') {
+        return prog.to_string();
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = format!("{dir}/{prog}");
+        let on_disk = format!("{}{candidate}", root.unwrap_or(""));
+        if std::fs::metadata(&on_disk)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            return candidate;
+        }
+    }
+    prog.to_string()
+}
+
+/// Starts `spec` with the given stdio descriptors (`None` = /dev/null);
+/// returns its PID, or the reason exec failed.
+pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> io::Result<i32> {
+    if spec.argv.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    }
+    // Everything the child needs is prepared before fork: after fork only
+    // async-signal-safe calls are allowed.
+    let prog = cstring(&resolve(&spec.argv[0], &spec.env, spec.root.as_deref()))?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<io::Result<_>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<io::Result<_>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    let root = spec.root.as_deref().map(cstring).transpose()?;
+    let cwd = cstring(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?;
+    let devnull = cstring("/dev/null")?;
+    let fds: Vec<i32> = stdio
+        .iter()
+        .map(|f| f.map_or(-1, |f| f.as_raw_fd()))
+        .collect();
+
+    // A close-on-exec pipe tells the parent whether exec succeeded.
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe2 with a valid 2-element array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fork in a multi-threaded process; the child only makes
+    // async-signal-safe calls (dup2, chroot, chdir, signal, setsid, execve,
+    // write, _exit) on data prepared above.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see the fork comment: async-signal-safe calls only.
+        unsafe {
+            libc::close(pipe[0]);
+            for (target, fd) in fds.iter().enumerate() {
+                let src = if *fd >= 0 {
+                    *fd
+                } else {
+                    libc::open(devnull.as_ptr(), libc::O_RDWR)
+                };
+                libc::dup2(src, target as i32);
+            }
+            libc::setsid();
+            // Rust ignores SIGPIPE in the agent; programs expect the default.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let fail = |step: i32| -> ! {
+                let err = [step, *libc::__errno_location()];
+                libc::write(pipe[1], err.as_ptr().cast(), 8);
+                libc::_exit(127);
+            };
+            if let Some(root) = &root {
+                if libc::chroot(root.as_ptr()) != 0 {
+                    fail(1);
+                }
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                fail(2);
+            }
+            libc::execve(prog.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            fail(3);
+        }
+    }
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(pipe[1]) };
+    if pid < 0 {
+        // SAFETY: closing the read end we own.
+        unsafe { libc::close(pipe[0]) };
+        return Err(io::Error::last_os_error());
+    }
+    reaper.child_started();
+    let mut err = [0i32; 2];
+    // SAFETY: reading at most 8 bytes into an 8-byte buffer.
+    let n = unsafe { libc::read(pipe[0], err.as_mut_ptr().cast(), 8) };
+    // SAFETY: closing the read end we own.
+    unsafe { libc::close(pipe[0]) };
+    if n == 8 {
+        // The child is gone; its status goes to the reaper, unclaimed.
+        reaper.wait(pid);
+        let what = match err[0] {
+            1 => "chroot",
+            2 => "chdir",
+            _ => "exec",
+        };
+        let e = io::Error::from_raw_os_error(err[1]);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{what} {}: {e}", spec.argv[0]),
+        ));
+    }
+    Ok(pid)
+}

@@ -1,0 +1,274 @@
+//! The host<->agent control protocol.
+//!
+//! The host opens a vsock stream to [`CONTROL_PORT`] (through the VMM's
+//! hybrid vsock socket: `CONNECT 1024`), says [`Request::Hello`], and then
+//! sends one request and reads one response at a time. Each message is a
+//! little-endian u32 length followed by that many bytes of JSON. Several
+//! control connections may be open at once (a `Wait` blocks only its own).
+//!
+//! A process's stdio travels on separate streams to [`STREAM_PORT`]: the
+//! host writes `ATTACH <id> <stdin|stdout|stderr>\n`, the agent answers
+//! `OK\n`, and from then on the stream *is* that file descriptor of the
+//! process (the agent hands the socket to the child as fd 0/1/2, so bulk
+//! data never passes through the agent or the control stream).
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// vsock port of the control protocol.
+pub const CONTROL_PORT: u32 = 1024;
+/// vsock port where stdio streams attach.
+pub const STREAM_PORT: u32 = 1025;
+/// Largest control message either side accepts.
+pub const MAX_MESSAGE: u32 = 1 << 20;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Program and arguments; `argv[0]` is resolved against `PATH` in `env`
+    /// when it has no slash.
+    pub argv: Vec<String>,
+    /// Environment as `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Working directory (inside `root`).
+    pub cwd: String,
+    /// Directory to chroot into before running, if any.
+    pub root: Option<String>,
+}
+
+/// Which stdio stream an attached connection becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdioKind {
+    /// fd 0.
+    Stdin,
+    /// fd 1.
+    Stdout,
+    /// fd 2.
+    Stderr,
+}
+
+impl StdioKind {
+    /// The word used in `ATTACH` lines.
+    pub fn word(self) -> &'static str {
+        match self {
+            StdioKind::Stdin => "stdin",
+            StdioKind::Stdout => "stdout",
+            StdioKind::Stderr => "stderr",
+        }
+    }
+
+    /// Parses an `ATTACH` word.
+    pub fn from_word(w: &str) -> Option<Self> {
+        match w {
+            "stdin" => Some(StdioKind::Stdin),
+            "stdout" => Some(StdioKind::Stdout),
+            "stderr" => Some(StdioKind::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// A request from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First message on every control connection.
+    Hello {
+        /// The host's protocol version.
+        version: String,
+    },
+    /// Mount a filesystem in the guest (creating the target directory).
+    Mount {
+        /// Device or source (`/dev/vda`, `proc`, a directory for bind mounts).
+        source: String,
+        /// Mount point.
+        target: String,
+        /// Filesystem type (`ext4`, `tmpfs`, `bind` for a bind mount).
+        fstype: String,
+        /// Mount read-only.
+        read_only: bool,
+        /// Filesystem options (`mode=0755`, ...).
+        options: String,
+    },
+    /// Prepare a process; its streams attach before `Start`.
+    Create(ExecSpec),
+    /// Start a created process.
+    Start {
+        /// Process id from `Created`.
+        id: u32,
+    },
+    /// Wait for a process to exit.
+    Wait {
+        /// Process id from `Created`.
+        id: u32,
+    },
+    /// Send a signal to a process.
+    Signal {
+        /// Process id from `Created`.
+        id: u32,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Flush filesystems and end the VM.
+    Shutdown,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Handshake accepted; the agent's version.
+    Hello {
+        /// The agent's protocol version.
+        version: String,
+    },
+    /// A process was prepared.
+    Created {
+        /// Id for later requests and `ATTACH` lines.
+        id: u32,
+    },
+    /// A process started.
+    Started {
+        /// Its guest PID.
+        pid: i32,
+    },
+    /// A process ended: `code` is its exit code, or 128+signal.
+    Exited {
+        /// Exit code as a shell reports it.
+        code: i32,
+        /// The signal that killed it, if any.
+        signal: Option<i32>,
+    },
+    /// Done.
+    Ok,
+    /// The request failed.
+    Error {
+        /// One line saying why.
+        message: String,
+    },
+}
+
+/// Errors of the wire format.
+#[derive(Debug)]
+pub enum WireError {
+    /// The stream failed or closed.
+    Io(std::io::Error),
+    /// A message over [`MAX_MESSAGE`].
+    TooLarge(u32),
+    /// Bytes that are not a message.
+    Malformed(serde_json::Error),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "agent connection: {e}"),
+            WireError::TooLarge(n) => write!(f, "agent message of {n} bytes is too large"),
+            WireError::Malformed(e) => write!(f, "malformed agent message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WireError::Io(e) => Some(e),
+            WireError::TooLarge(_) => None,
+            WireError::Malformed(e) => Some(e),
+        }
+    }
+}
+
+/// Writes one message.
+pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), WireError> {
+    let body = serde_json::to_vec(msg).map_err(WireError::Malformed)?;
+    let len = u32::try_from(body.len()).map_err(|_| WireError::TooLarge(u32::MAX))?;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&body);
+    // One write per message: on PVM every syscall costs ~0.5 ms.
+    w.write_all(&frame).map_err(WireError::Io)?;
+    w.flush().map_err(WireError::Io)
+}
+
+/// Reads one message.
+pub fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, WireError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(WireError::Io)?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).map_err(WireError::Io)?;
+    serde_json::from_slice(&body).map_err(WireError::Malformed)
+}
+
+/// Whether a peer speaking `theirs` can talk to us: same major.minor.
+pub fn compatible(ours: &str, theirs: &str) -> bool {
+    fn key(v: &str) -> Vec<&str> {
+        v.split('.').take(2).collect()
+    }
+    key(ours) == key(theirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let msgs = vec![
+            Request::Hello {
+                version: "0.1.0".into(),
+            },
+            Request::Create(ExecSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), "echo ü".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                root: Some("/mnt/root".into()),
+            }),
+            Request::Signal { id: 3, signal: 15 },
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            send(&mut buf, m).unwrap();
+        }
+        let mut r = &buf[..];
+        for m in &msgs {
+            assert_eq!(&recv::<Request>(&mut r).unwrap(), m);
+        }
+        assert!(matches!(recv::<Request>(&mut r), Err(WireError::Io(_))));
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&(MAX_MESSAGE + 1).to_le_bytes());
+        assert!(matches!(
+            recv::<Request>(&mut &huge[..]),
+            Err(WireError::TooLarge(_))
+        ));
+        let mut junk = Vec::new();
+        junk.extend_from_slice(&3u32.to_le_bytes());
+        junk.extend_from_slice(b"{{{");
+        assert!(matches!(
+            recv::<Request>(&mut &junk[..]),
+            Err(WireError::Malformed(_))
+        ));
+        let truncated = [10u8, 0, 0, 0, b'{'];
+        assert!(matches!(
+            recv::<Request>(&mut &truncated[..]),
+            Err(WireError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn versions_match_on_major_minor() {
+        assert!(compatible("0.1.0", "0.1.7"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(!compatible("1.0.0", "garbage"));
+    }
+}

@@ -1,0 +1,437 @@
+//! Serves the control protocol and stdio stream attachments.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use agent::protocol::{self, ExecSpec, Request, Response, StdioKind};
+
+use crate::process::{self, Reaper};
+use crate::vsock::VsockListener;
+
+/// A process from `Create` until it has been waited for.
+struct Proc {
+    spec: ExecSpec,
+    stdio: [Option<OwnedFd>; 3],
+    pid: Option<i32>,
+}
+
+/// State shared by all connections.
+pub struct Agent {
+    procs: Mutex<HashMap<u32, Proc>>,
+    next_id: Mutex<u32>,
+    reaper: Arc<Reaper>,
+    /// Set by a `Shutdown` request; the main thread powers off.
+    pub shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Agent {
+    /// An agent with no processes.
+    pub fn new(reaper: Arc<Reaper>, shutdown: std::sync::mpsc::Sender<()>) -> Self {
+        Self {
+            procs: Mutex::new(HashMap::new()),
+            next_id: Mutex::new(1),
+            reaper,
+            shutdown: Mutex::new(Some(shutdown)),
+        }
+    }
+
+    fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Proc>> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Hello { .. } => error("hello sent twice"),
+            Request::Mount {
+                source,
+                target,
+                fstype,
+                read_only,
+                options,
+            } => match mount(&source, &target, &fstype, read_only, &options) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("mount {source} on {target}: {e}")),
+            },
+            Request::Create(spec) => {
+                let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+                let id = *next;
+                *next += 1;
+                self.procs().insert(
+                    id,
+                    Proc {
+                        spec,
+                        stdio: [None, None, None],
+                        pid: None,
+                    },
+                );
+                Response::Created { id }
+            }
+            Request::Start { id } => {
+                let mut procs = self.procs();
+                let Some(p) = procs.get_mut(&id) else {
+                    return error(format!("no process {id}"));
+                };
+                if p.pid.is_some() {
+                    return error(format!("process {id} already started"));
+                }
+                let [a, b, c] = &p.stdio;
+                match process::spawn(&p.spec, [a.as_ref(), b.as_ref(), c.as_ref()], &self.reaper) {
+                    Ok(pid) => {
+                        // The child holds the streams now; our copies would
+                        // keep them open after it exits.
+                        p.stdio = [None, None, None];
+                        p.pid = Some(pid);
+                        Response::Started { pid }
+                    }
+                    Err(e) => {
+                        procs.remove(&id);
+                        error(e.to_string())
+                    }
+                }
+            }
+            Request::Wait { id } => {
+                let pid = match self.procs().get(&id) {
+                    Some(Proc { pid: Some(pid), .. }) => *pid,
+                    Some(_) => return error(format!("process {id} not started")),
+                    None => return error(format!("no process {id}")),
+                };
+                let (code, signal) = self.reaper.wait(pid);
+                self.procs().remove(&id);
+                Response::Exited { code, signal }
+            }
+            Request::Signal { id, signal } => {
+                let pid = match self.procs().get(&id) {
+                    Some(Proc { pid: Some(pid), .. }) => *pid,
+                    _ => return error(format!("no running process {id}")),
+                };
+                // SAFETY: kill(2) with a pid we started and a caller-chosen signal.
+                if unsafe { libc::kill(pid, signal) } != 0 {
+                    return error(format!(
+                        "signal {signal}: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                Response::Ok
+            }
+            Request::Shutdown => {
+                if let Some(tx) = self
+                    .shutdown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    let _ = tx.send(());
+                }
+                Response::Ok
+            }
+        }
+    }
+
+    /// Serves one control connection until the host closes it.
+    pub fn serve_control(&self, mut conn: UnixStream) {
+        match protocol::recv::<Request>(&mut conn) {
+            Ok(Request::Hello { version }) if protocol::compatible(agent::VERSION, &version) => {
+                let hello = Response::Hello {
+                    version: agent::VERSION.to_string(),
+                };
+                if protocol::send(&mut conn, &hello).is_err() {
+                    return;
+                }
+            }
+            Ok(Request::Hello { version }) => {
+                let msg = format!(
+                    "protocol version mismatch: host speaks {version}, agent speaks {}",
+                    agent::VERSION
+                );
+                let _ = protocol::send(&mut conn, &error(msg));
+                return;
+            }
+            _ => {
+                let _ = protocol::send(&mut conn, &error("expected hello"));
+                return;
+            }
+        }
+        while let Ok(req) = protocol::recv::<Request>(&mut conn) {
+            let shutdown = req == Request::Shutdown;
+            if protocol::send(&mut conn, &self.handle(req)).is_err() || shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Handles one `ATTACH <id> <kind>` stream.
+    pub fn serve_attach(&self, mut conn: UnixStream) {
+        let Some(line) = read_line(&mut conn) else {
+            return;
+        };
+        let mut words = line.split_whitespace();
+        let parsed = match (words.next(), words.next(), words.next()) {
+            (Some("ATTACH"), Some(id), Some(kind)) => {
+                id.parse::<u32>().ok().zip(StdioKind::from_word(kind))
+            }
+            _ => None,
+        };
+        let Some((id, kind)) = parsed else {
+            let _ = conn.write_all(b"ERR bad attach line\n");
+            return;
+        };
+        // Answer before handing the socket over, so the "OK" is not the
+        // first thing the process's peer reads as data.
+        let attached = {
+            let mut procs = self.procs();
+            match procs.get_mut(&id) {
+                Some(p) if p.pid.is_none() => match conn.try_clone() {
+                    Ok(c) => {
+                        p.stdio[kind as usize] = Some(OwnedFd::from(c));
+                        true
+                    }
+                    Err(_) => false,
+                },
+                _ => false,
+            }
+        };
+        let _ = conn.write_all(if attached {
+            b"OK\n"
+        } else {
+            b"ERR no such process\n"
+        });
+    }
+}
+
+fn error(message: impl Into<String>) -> Response {
+    Response::Error {
+        message: message.into(),
+    }
+}
+
+fn read_line(conn: &mut UnixStream) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 128 {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        if byte[0] == b'\n' {
+            return String::from_utf8(line).ok();
+        }
+        line.push(byte[0]);
+    }
+    None
+}
+
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    read_only: bool,
+    options: &str,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let c = |s: &str| {
+        CString::new(s)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte"))
+    };
+    let (src, tgt, opts) = (c(source)?, c(target)?, c(options)?);
+    let mut flags = if read_only { libc::MS_RDONLY } else { 0 };
+    let fs = if fstype == "bind" {
+        flags |= libc::MS_BIND | libc::MS_REC;
+        c("none")?
+    } else {
+        c(fstype)?
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs.as_ptr(),
+            flags,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Accepts connections on `listener` forever, one thread each.
+pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, control: bool) {
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                let agent = agent.clone();
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    if control {
+                        agent.serve_control(conn)
+                    } else {
+                        agent.serve_attach(conn)
+                    }
+                });
+                if spawned.is_err() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> Arc<Agent> {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        Arc::new(Agent::new(Arc::new(Reaper::default()), tx))
+    }
+
+    #[test]
+    fn version_mismatch_is_a_clear_error_not_a_hang() {
+        let a = agent();
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || a.serve_control(guest));
+        protocol::send(
+            &mut host,
+            &Request::Hello {
+                version: "9.9.0".into(),
+            },
+        )
+        .unwrap();
+        match protocol::recv::<Response>(&mut host).unwrap() {
+            Response::Error { message } => {
+                assert!(message.contains("version mismatch"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        t.join().unwrap();
+        // The agent closed the connection.
+        assert!(protocol::recv::<Response>(&mut host).is_err());
+    }
+
+    #[test]
+    fn requests_before_hello_and_unknown_ids_are_refused() {
+        let a = agent();
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let a2 = a.clone();
+        let t = std::thread::spawn(move || a2.serve_control(guest));
+        protocol::send(&mut host, &Request::Wait { id: 1 }).unwrap();
+        assert!(matches!(
+            protocol::recv::<Response>(&mut host).unwrap(),
+            Response::Error { .. }
+        ));
+        t.join().unwrap();
+
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let a2 = a.clone();
+        let t = std::thread::spawn(move || a2.serve_control(guest));
+        protocol::send(
+            &mut host,
+            &Request::Hello {
+                version: agent::VERSION.into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            protocol::recv::<Response>(&mut host).unwrap(),
+            Response::Hello { .. }
+        ));
+        for req in [
+            Request::Start { id: 42 },
+            Request::Wait { id: 42 },
+            Request::Signal { id: 42, signal: 9 },
+        ] {
+            protocol::send(&mut host, &req).unwrap();
+            match protocol::recv::<Response>(&mut host).unwrap() {
+                Response::Error { message } => assert!(message.contains("42"), "{message}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(host);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn attach_registers_a_stream_only_for_a_created_process() {
+        let a = agent();
+        let id = match a.handle(Request::Create(ExecSpec {
+            argv: vec!["/bin/true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            root: None,
+        })) {
+            Response::Created { id } => id,
+            other => panic!("{other:?}"),
+        };
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        host.write_all(format!("ATTACH {id} stderr\n").as_bytes())
+            .unwrap();
+        a.serve_attach(guest);
+        let mut reply = [0u8; 3];
+        host.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"OK\n");
+        assert!(a.procs()[&id].stdio[2].is_some());
+
+        for line in [
+            "ATTACH 77 stdout\n",
+            "ATTACH x stdout\n",
+            "ATTACH 1 stdsomething\n",
+            "HELLO\n",
+        ] {
+            let (mut host, guest) = UnixStream::pair().unwrap();
+            host.write_all(line.as_bytes()).unwrap();
+            a.serve_attach(guest);
+            let mut reply = String::new();
+            host.read_to_string(&mut reply).unwrap();
+            assert!(reply.starts_with("ERR"), "{line:?} -> {reply:?}");
+        }
+    }
+
+    #[test]
+    fn a_started_process_is_waited_for_with_its_exit_code() {
+        // Outside a VM the test process is not PID 1, but fork/exec and
+        // the reaper work the same for our own children.
+        let a = agent();
+        let reaper = a.reaper.clone();
+        std::thread::spawn(move || reaper.run());
+        let id = match a.handle(Request::Create(ExecSpec {
+            argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            cwd: "/".into(),
+            root: None,
+        })) {
+            Response::Created { id } => id,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            a.handle(Request::Start { id }),
+            Response::Started { .. }
+        ));
+        assert_eq!(
+            a.handle(Request::Wait { id }),
+            Response::Exited {
+                code: 7,
+                signal: None
+            }
+        );
+        let id = match a.handle(Request::Create(ExecSpec {
+            argv: vec!["/nonexistent/prog".into()],
+            env: vec![],
+            cwd: "/".into(),
+            root: None,
+        })) {
+            Response::Created { id } => id,
+            other => panic!("{other:?}"),
+        };
+        match a.handle(Request::Start { id }) {
+            Response::Error { message } => {
+                assert!(message.contains("exec /nonexistent/prog"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The host side of the agent protocol, over the VM's hybrid vsock socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent::protocol::{self, ExecSpec, Request, Response, StdioKind, CONTROL_PORT, STREAM_PORT};
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The VM's vsock socket refused or failed.
+    #[error("Cannot reach the guest agent through {0}")]
+    Connect(PathBuf, #[source] std::io::Error),
+    /// The hybrid vsock handshake (`CONNECT`/`OK`) failed.
+    #[error("Guest agent did not accept a connection to vsock port {0}")]
+    Handshake(u32),
+    /// The wire protocol failed.
+    #[error(transparent)]
+    Wire(#[from] protocol::WireError),
+    /// The agent speaks another protocol version.
+    #[error("Guest agent refused the handshake: {0}")]
+    Version(String),
+    /// The agent answered with an error.
+    #[error("Guest agent: {0}")]
+    Remote(String),
+    /// The agent answered something unexpected.
+    #[error("Unexpected reply from the guest agent: {0:?}")]
+    Unexpected(Box<Response>),
+}
+
+/// Connects to guest vsock `port` through the VMM's Unix socket.
+pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
+    let mut s = UnixStream::connect(uds).map_err(|e| AgentError::Connect(uds.into(), e))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| AgentError::Connect(uds.into(), e))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| AgentError::Connect(uds.into(), e))?;
+    let line = read_line(&mut s).ok_or(AgentError::Handshake(port))?;
+    if !line.to_ascii_uppercase().starts_with("OK ") {
+        return Err(AgentError::Handshake(port));
+    }
+    s.set_read_timeout(None)
+        .map_err(|e| AgentError::Connect(uds.into(), e))?;
+    Ok(s)
+}
+
+fn read_line(s: &mut UnixStream) -> Option<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 128 {
+        if s.read(&mut b).ok()? == 0 {
+            return None;
+        }
+        if b[0] == b'\n' {
+            return String::from_utf8(line).ok();
+        }
+        line.push(b[0]);
+    }
+    None
+}
+
+/// One control connection.
+pub struct AgentClient {
+    uds: PathBuf,
+    conn: UnixStream,
+}
+
+impl AgentClient {
+    /// Connects and performs the version handshake.
+    pub fn connect(uds: &Path) -> Result<Self, AgentError> {
+        let mut conn = connect_port(uds, CONTROL_PORT)?;
+        protocol::send(
+            &mut conn,
+            &Request::Hello {
+                version: agent::VERSION.to_string(),
+            },
+        )?;
+        match protocol::recv::<Response>(&mut conn)? {
+            Response::Hello { .. } => Ok(Self {
+                uds: uds.into(),
+                conn,
+            }),
+            Response::Error { message } => Err(AgentError::Version(message)),
+            other => Err(AgentError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// Sends one request and reads its response; agent errors become `Err`.
+    pub fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
+        protocol::send(&mut self.conn, req)?;
+        match protocol::recv::<Response>(&mut self.conn)? {
+            Response::Error { message } => Err(AgentError::Remote(message)),
+            r => Ok(r),
+        }
+    }
+
+    /// Mounts a filesystem in the guest.
+    pub fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        read_only: bool,
+    ) -> Result<(), AgentError> {
+        self.call(&Request::Mount {
+            source: source.into(),
+            target: target.into(),
+            fstype: fstype.into(),
+            read_only,
+            options: String::new(),
+        })
+        .map(|_| ())
+    }
+
+    /// Attaches a stdio stream of process `id`.
+    fn attach(&self, id: u32, kind: StdioKind) -> Result<UnixStream, AgentError> {
+        let mut s = connect_port(&self.uds, STREAM_PORT)?;
+        s.write_all(format!("ATTACH {id} {}\n", kind.word()).as_bytes())
+            .map_err(|e| AgentError::Connect(self.uds.clone(), e))?;
+        match read_line(&mut s).as_deref() {
+            Some("OK") => Ok(s),
+            other => Err(AgentError::Remote(format!(
+                "cannot attach {}: {}",
+                kind.word(),
+                other.unwrap_or("connection closed")
+            ))),
+        }
+    }
+
+    /// Runs `spec` to completion: `stdin` (if any) is sent and closed, stdout
+    /// and stderr are copied as they come. Returns the exit code (128+signal
+    /// when killed).
+    pub fn run(
+        &mut self,
+        spec: ExecSpec,
+        stdin: Option<Box<dyn Read + Send>>,
+        mut stdout: impl Write + Send,
+        mut stderr: impl Write + Send,
+    ) -> Result<i32, AgentError> {
+        let id = match self.call(&Request::Create(spec))? {
+            Response::Created { id } => id,
+            other => return Err(AgentError::Unexpected(Box::new(other))),
+        };
+        let input = match stdin {
+            Some(r) => Some((self.attach(id, StdioKind::Stdin)?, r)),
+            None => None,
+        };
+        let mut out = self.attach(id, StdioKind::Stdout)?;
+        let mut err = self.attach(id, StdioKind::Stderr)?;
+        match self.call(&Request::Start { id })? {
+            Response::Started { .. } => {}
+            other => return Err(AgentError::Unexpected(Box::new(other))),
+        }
+        if let Some((mut sock, mut reader)) = input {
+            // Detached: a process that exits without reading its stdin must
+            // not keep us waiting on our own stdin.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut sock);
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+            });
+        }
+        let code = std::thread::scope(|scope| -> Result<i32, AgentError> {
+            let err_copy = scope.spawn(move || {
+                let _ = std::io::copy(&mut err, &mut stderr);
+                let _ = stderr.flush();
+            });
+            let _ = std::io::copy(&mut out, &mut stdout);
+            let _ = stdout.flush();
+            let _ = err_copy.join();
+            match self.call(&Request::Wait { id })? {
+                Response::Exited { code, .. } => Ok(code),
+                other => Err(AgentError::Unexpected(Box::new(other))),
+            }
+        })?;
+        Ok(code)
+    }
+
+    /// Asks the agent to sync and end the VM.
+    pub fn shutdown(mut self) -> Result<(), AgentError> {
+        self.call(&Request::Shutdown).map(|_| ())
+    }
+}

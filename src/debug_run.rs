@@ -1,0 +1,166 @@
+//! `hull debug run`: boot a VM with disks and vsock, run one command through
+//! the agent with its stdio streamed, and exit with its status. The building
+//! block `hull run` grows from, and how the devices are tested end to end.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::protocol::ExecSpec;
+use clap::Args;
+
+use crate::agent_client::AgentClient;
+use crate::guest_vm::{self, GuestOptions};
+
+/// Options of `hull debug run`.
+#[derive(Args, Debug)]
+pub struct DebugRunArgs {
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Guest memory (Docker units: 128m, 1g).
+    #[arg(long, default_value = "128m")]
+    pub memory: String,
+    /// Show the kernel console.
+    #[arg(long)]
+    pub console: bool,
+    /// Attach a disk image as virtio-blk (FILE or FILE:ro); /dev/vda, vdb, ... in order.
+    #[arg(long = "disk", value_name = "FILE[:ro]")]
+    pub disks: Vec<String>,
+    /// Mount in the guest before running: DEVICE:TARGET[:ro] (ext4).
+    #[arg(long = "mount", value_name = "DEV:TARGET[:ro]")]
+    pub mounts: Vec<String>,
+    /// Run the command chrooted in this guest directory.
+    #[arg(long)]
+    pub chroot: Option<String>,
+    /// Environment variable KEY=VALUE.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[arg(short = 'w', long, default_value = "/")]
+    pub workdir: String,
+    /// Forward our stdin to the command.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Errors of `hull debug run`.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugRunError {
+    /// A `--disk` or `--mount` value does not parse.
+    #[error("Invalid {0} value {1:?}")]
+    BadValue(&'static str, String),
+    /// A disk file is missing.
+    #[error("Disk image {0} does not exist")]
+    NoDisk(PathBuf),
+}
+
+fn parse_disk(s: &str) -> Result<vmm::DiskConfig, DebugRunError> {
+    let (path, read_only) = match s.strip_suffix(":ro") {
+        Some(p) => (p, true),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err(DebugRunError::BadValue("--disk", s.into()));
+    }
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(DebugRunError::NoDisk(path));
+    }
+    Ok(vmm::DiskConfig { path, read_only })
+}
+
+fn parse_mount(s: &str) -> Result<(String, String, bool), DebugRunError> {
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts.as_slice() {
+        [dev, target] if !dev.is_empty() && target.starts_with('/') => {
+            Ok((dev.to_string(), target.to_string(), false))
+        }
+        [dev, target, "ro"] if !dev.is_empty() && target.starts_with('/') => {
+            Ok((dev.to_string(), target.to_string(), true))
+        }
+        _ => Err(DebugRunError::BadValue("--mount", s.into())),
+    }
+}
+
+/// Boots, runs the command, shuts the VM down; returns the command's code.
+pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
+    let disks = args
+        .disks
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mounts = args
+        .mounts
+        .iter()
+        .map(|m| parse_mount(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = GuestOptions {
+        memory: &args.memory,
+        cpus: args.cpus,
+        console: args.console,
+        kernel: None,
+    };
+    let (mut config, seen) = guest_vm::config(root, &opts)?;
+    let run_dir = root.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    let uds = run_dir.join(format!("debug-{}.vsock", std::process::id()));
+    config.disks = disks;
+    config.vsock_uds = Some(uds.clone());
+    config.cmdline.push_str(" hull.serve");
+
+    let vm = vmm::Vm::new(config)?;
+    let stop = vm.stop_handle();
+    let done = Arc::new(AtomicBool::new(false));
+    let vm_thread = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let r = vm.run();
+            done.store(true, Ordering::Release);
+            r
+        })
+    };
+    let result = (|| -> anyhow::Result<i32> {
+        guest_vm::wait_ready(
+            &seen,
+            || done.load(Ordering::Acquire),
+            Duration::from_secs(600),
+        )?;
+        let mut client = AgentClient::connect(&uds)?;
+        for (dev, target, ro) in &mounts {
+            client.mount(dev, target, "ext4", *ro)?;
+        }
+        let mut env =
+            vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+        env.extend(args.env.iter().cloned());
+        let spec = ExecSpec {
+            argv: args.command.clone(),
+            env,
+            cwd: args.workdir.clone(),
+            root: args.chroot.clone(),
+        };
+        let stdin: Option<Box<dyn std::io::Read + Send>> = if args.interactive {
+            Some(Box::new(std::io::stdin()))
+        } else {
+            None
+        };
+        let code = client.run(spec, stdin, std::io::stdout(), std::io::stderr())?;
+        AgentClient::connect(&uds)?.shutdown()?;
+        Ok(code)
+    })();
+    if result.is_err() {
+        stop.stop();
+    }
+    let exit = vm_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("VM thread panicked"))??;
+    let code = result?;
+    if exit != vmm::VmExit::GuestShutdown {
+        anyhow::bail!("VM ended abnormally: {exit:?}");
+    }
+    Ok(u8::try_from(code).unwrap_or(255))
+}
