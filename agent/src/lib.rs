@@ -5,6 +5,9 @@
 //! and the control protocol over vsock ([`protocol`]).
 
 pub mod protocol;
+/// Applying OCI image layers onto a directory (used by the agent in the
+/// rootfs-preparation helper VM; host-testable).
+pub mod unpack;
 
 /// Version of the agent and of the host<->agent protocol.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
