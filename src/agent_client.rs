@@ -103,15 +103,47 @@ impl AgentClient {
         target: &str,
         fstype: &str,
         read_only: bool,
+        options: &str,
     ) -> Result<(), AgentError> {
         self.call(&Request::Mount {
             source: source.into(),
             target: target.into(),
             fstype: fstype.into(),
             read_only,
-            options: String::new(),
+            options: options.into(),
         })
         .map(|_| ())
+    }
+
+    /// Creates a directory (and parents) in the guest.
+    pub fn mkdir(&mut self, path: &str) -> Result<(), AgentError> {
+        self.call(&Request::Mkdir { path: path.into() }).map(|_| ())
+    }
+
+    /// Sets the guest's hostname.
+    pub fn set_hostname(&mut self, name: &str) -> Result<(), AgentError> {
+        self.call(&Request::SetHostname { name: name.into() })
+            .map(|_| ())
+    }
+
+    /// Writes a file in the guest.
+    pub fn write_file(&mut self, path: &str, content: &str, mode: u32) -> Result<(), AgentError> {
+        self.call(&Request::WriteFile {
+            path: path.into(),
+            content: content.into(),
+            mode,
+        })
+        .map(|_| ())
+    }
+
+    /// Makes an existing guest mount read-only.
+    pub fn remount_read_only(&mut self, target: &str) -> Result<(), AgentError> {
+        self.mount("none", target, "remount", true, "")
+    }
+
+    /// Sends `signal` to agent process `id`.
+    pub fn signal(&mut self, id: u32, signal: i32) -> Result<(), AgentError> {
+        self.call(&Request::Signal { id, signal }).map(|_| ())
     }
 
     /// Attaches a stdio stream of process `id`.
@@ -136,8 +168,21 @@ impl AgentClient {
         &mut self,
         spec: ExecSpec,
         stdin: Option<Box<dyn Read + Send>>,
+        stdout: impl Write + Send,
+        stderr: impl Write + Send,
+    ) -> Result<i32, AgentError> {
+        self.run_with(spec, stdin, stdout, stderr, |_| {})
+    }
+
+    /// Like [`AgentClient::run`], calling `started` with the agent's process
+    /// id once the process runs (so it can be signalled from elsewhere).
+    pub fn run_with(
+        &mut self,
+        spec: ExecSpec,
+        stdin: Option<Box<dyn Read + Send>>,
         mut stdout: impl Write + Send,
         mut stderr: impl Write + Send,
+        started: impl FnOnce(u32),
     ) -> Result<i32, AgentError> {
         let id = match self.call(&Request::Create(spec))? {
             Response::Created { id } => id,
@@ -150,7 +195,7 @@ impl AgentClient {
         let mut out = self.attach(id, StdioKind::Stdout)?;
         let mut err = self.attach(id, StdioKind::Stderr)?;
         match self.call(&Request::Start { id })? {
-            Response::Started { .. } => {}
+            Response::Started { .. } => started(id),
             other => return Err(AgentError::Unexpected(Box::new(other))),
         }
         if let Some((mut sock, mut reader)) = input {

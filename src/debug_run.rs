@@ -3,15 +3,13 @@
 //! block `hull run` grows from, and how the devices are tested end to end.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use agent::protocol::ExecSpec;
 use clap::Args;
 
 use crate::agent_client::AgentClient;
-use crate::guest_vm::{self, GuestOptions};
+use crate::guest_vm::{self, GuestOptions, RunningVm};
 
 /// Options of `hull debug run`.
 #[derive(Args, Debug)]
@@ -113,52 +111,29 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
     config.vsock_uds = Some(uds.clone());
     config.cmdline.push_str(" hull.serve");
 
-    let vm = vmm::Vm::new(config)?;
-    let stop = vm.stop_handle();
-    let done = Arc::new(AtomicBool::new(false));
-    let vm_thread = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let r = vm.run();
-            done.store(true, Ordering::Release);
-            r
-        })
-    };
-    let result = (|| -> anyhow::Result<i32> {
-        guest_vm::wait_ready(
-            &seen,
-            || done.load(Ordering::Acquire),
-            Duration::from_secs(600),
-        )?;
-        let mut client = AgentClient::connect(&uds)?;
-        for (dev, target, ro) in &mounts {
-            client.mount(dev, target, "ext4", *ro)?;
-        }
-        let mut env =
-            vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-        env.extend(args.env.iter().cloned());
-        let spec = ExecSpec {
-            argv: args.command.clone(),
-            env,
-            cwd: args.workdir.clone(),
-            root: args.chroot.clone(),
-        };
-        let stdin: Option<Box<dyn std::io::Read + Send>> = if args.interactive {
-            Some(Box::new(std::io::stdin()))
-        } else {
-            None
-        };
-        let code = client.run(spec, stdin, std::io::stdout(), std::io::stderr())?;
-        AgentClient::connect(&uds)?.shutdown()?;
-        Ok(code)
-    })();
-    if result.is_err() {
-        stop.stop();
+    let vm = RunningVm::start(config, &seen, Duration::from_secs(600))?;
+    let mut client = AgentClient::connect(&vm.uds)?;
+    for (dev, target, ro) in &mounts {
+        client.mount(dev, target, "ext4", *ro, "")?;
     }
-    let exit = vm_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("VM thread panicked"))??;
-    let code = result?;
+    let mut env =
+        vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    env.extend(args.env.iter().cloned());
+    let spec = ExecSpec {
+        argv: args.command.clone(),
+        env,
+        cwd: args.workdir.clone(),
+        root: args.chroot.clone(),
+        user: String::new(),
+    };
+    let stdin: Option<Box<dyn std::io::Read + Send>> = if args.interactive {
+        Some(Box::new(std::io::stdin()))
+    } else {
+        None
+    };
+    let code = client.run(spec, stdin, std::io::stdout(), std::io::stderr())?;
+    AgentClient::connect(&vm.uds)?.shutdown()?;
+    let exit = vm.wait(Duration::from_secs(120))?;
     if exit != vmm::VmExit::GuestShutdown {
         anyhow::bail!("VM ended abnormally: {exit:?}");
     }

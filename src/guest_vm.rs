@@ -87,3 +87,90 @@ pub fn wait_ready(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A VM running on a thread of this process, reachable through its hybrid
+/// vsock socket once the agent is ready.
+pub struct RunningVm {
+    /// The VM's hybrid vsock socket.
+    pub uds: std::path::PathBuf,
+    stop: vmm::StopHandle,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<vmm::Result<vmm::VmExit>>>,
+}
+
+impl RunningVm {
+    /// Creates the VM from `config` (which must have `vsock_uds` set and
+    /// `hull.serve` on its command line) and starts it; waits for the agent.
+    pub fn start(
+        config: vmm::VmConfig,
+        seen: &SeenStatus,
+        ready_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let uds = config
+            .vsock_uds
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("internal: VM without vsock"))?;
+        let vm = vmm::Vm::new(config)?;
+        let stop = vm.stop_handle();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let thread = {
+            let done = done.clone();
+            std::thread::Builder::new()
+                .name("vm".into())
+                .spawn(move || {
+                    let r = vm.run();
+                    done.store(true, Ordering::Release);
+                    r
+                })?
+        };
+        let mut running = Self {
+            uds,
+            stop,
+            done,
+            thread: Some(thread),
+        };
+        let done = running.done.clone();
+        if let Err(e) = wait_ready(seen, || done.load(Ordering::Acquire), ready_timeout) {
+            running.kill();
+            return Err(e.into());
+        }
+        Ok(running)
+    }
+
+    /// Stops the VM at once (no guest shutdown) and waits for it.
+    pub fn kill(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits for the VM to end (after an agent `Shutdown`), at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> anyhow::Result<vmm::VmExit> {
+        use std::sync::atomic::Ordering;
+        let start = Instant::now();
+        while !self.done.load(Ordering::Acquire) {
+            if start.elapsed() > timeout {
+                self.kill();
+                anyhow::bail!("VM did not shut down within {} s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("internal: VM already joined"))?;
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("VM thread panicked"))?
+            .map_err(Into::into)
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        // Never leave a VM thread behind an error path.
+        self.kill();
+    }
+}

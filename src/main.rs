@@ -1,6 +1,8 @@
 //! `hull`: docker-style containers, each in its own KVM microVM.
 
 mod agent_client;
+mod container;
+mod container_cmd;
 mod debug_boot;
 mod debug_run;
 mod guest_files;
@@ -8,6 +10,7 @@ mod guest_vm;
 mod image_cmd;
 mod info;
 mod initramfs;
+mod rootfs;
 mod serial_watch;
 mod units;
 
@@ -45,6 +48,9 @@ enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
+    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, inspect.
+    #[command(flatten)]
+    Container(container_cmd::ContainerCommand),
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...
     #[command(flatten)]
     Image(image_cmd::ImageCommand),
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
             command: DebugCommand::Run(args),
         } => debug_run::run(args, &root),
         Command::Image(cmd) => image_cmd::run(cmd, &root),
+        Command::Container(cmd) => container_cmd::run(cmd, &root),
     };
     match result {
         Ok(code) => ExitCode::from(code),

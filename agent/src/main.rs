@@ -11,11 +11,13 @@ mod mounts;
 mod power;
 mod process;
 mod server;
+mod unpack_server;
+mod user;
 mod vsock;
 
 use std::sync::Arc;
 
-use agent::protocol::{CONTROL_PORT, STREAM_PORT};
+use agent::protocol::{CONTROL_PORT, STREAM_PORT, UNPACK_PORT};
 use agent::Status;
 
 fn serve_requested() -> bool {
@@ -41,7 +43,7 @@ fn main() {
         console.status(&ready());
         power::shutdown(&mut console, 0);
     }
-    let (control, streams) = match bind_listeners() {
+    let (control, streams, unpacks) = match bind_listeners() {
         Ok(pair) => pair,
         Err(e) => {
             console.status(&Status::Error(format!("vsock: {e}")));
@@ -55,9 +57,15 @@ fn main() {
     let ok = spawn(Box::new(move || reaper.run()))
         && spawn({
             let agent = agent.clone();
-            Box::new(move || server::accept_loop(agent, control, true))
+            Box::new(move || server::accept_loop(agent, control, server::Port::Control))
         })
-        && spawn(Box::new(move || server::accept_loop(agent, streams, false)));
+        && spawn({
+            let agent = agent.clone();
+            Box::new(move || server::accept_loop(agent, streams, server::Port::Streams))
+        })
+        && spawn(Box::new(move || {
+            server::accept_loop(agent, unpacks, server::Port::Unpack)
+        }));
     if !ok {
         console.status(&Status::Error("cannot start agent threads".into()));
         power::shutdown(&mut console, 1);
@@ -75,9 +83,16 @@ fn ready() -> Status {
     }
 }
 
-fn bind_listeners() -> std::io::Result<(vsock::VsockListener, vsock::VsockListener)> {
+type Listeners = (
+    vsock::VsockListener,
+    vsock::VsockListener,
+    vsock::VsockListener,
+);
+
+fn bind_listeners() -> std::io::Result<Listeners> {
     Ok((
         vsock::VsockListener::bind(CONTROL_PORT)?,
         vsock::VsockListener::bind(STREAM_PORT)?,
+        vsock::VsockListener::bind(UNPACK_PORT)?,
     ))
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
 use agent::protocol::ExecSpec;
@@ -116,6 +117,9 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
     let root = spec.root.as_deref().map(cstring).transpose()?;
     let cwd = cstring(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?;
     let devnull = cstring("/dev/null")?;
+    let identity = crate::user::resolve(&spec.user, Path::new(spec.root.as_deref().unwrap_or("/")))
+        .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
+    let groups: Vec<libc::gid_t> = identity.groups.clone();
     let fds: Vec<i32> = stdio
         .iter()
         .map(|f| f.map_or(-1, |f| f.as_raw_fd()))
@@ -156,6 +160,12 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
                     fail(1);
                 }
             }
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(identity.gid) != 0
+                || libc::setuid(identity.uid) != 0
+            {
+                fail(4);
+            }
             if libc::chdir(cwd.as_ptr()) != 0 {
                 fail(2);
             }
@@ -182,6 +192,7 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
         let what = match err[0] {
             1 => "chroot",
             2 => "chdir",
+            4 => "set user",
             _ => "exec",
         };
         let e = io::Error::from_raw_os_error(err[1]);

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port where stdio streams attach.
 pub const STREAM_PORT: u32 = 1025;
+/// vsock port where the host streams image layers for the guest to unpack.
+pub const UNPACK_PORT: u32 = 1026;
 /// Largest control message either side accepts.
 pub const MAX_MESSAGE: u32 = 1 << 20;
 
@@ -35,6 +37,10 @@ pub struct ExecSpec {
     pub cwd: String,
     /// Directory to chroot into before running, if any.
     pub root: Option<String>,
+    /// `user[:group]` by name or number, resolved in `root`'s /etc/passwd
+    /// and /etc/group; empty means root.
+    #[serde(default)]
+    pub user: String,
 }
 
 /// Which stdio stream an attached connection becomes.
@@ -83,12 +89,33 @@ pub enum Request {
         source: String,
         /// Mount point.
         target: String,
-        /// Filesystem type (`ext4`, `tmpfs`, `bind` for a bind mount).
+        /// Filesystem type (`ext4`, `tmpfs`, `overlay`; `bind` for a
+        /// recursive bind mount; `remount` to change an existing mount's
+        /// flags, e.g. to read-only).
         fstype: String,
         /// Mount read-only.
         read_only: bool,
         /// Filesystem options (`mode=0755`, ...).
         options: String,
+    },
+    /// Create a directory and its parents.
+    Mkdir {
+        /// Absolute guest path.
+        path: String,
+    },
+    /// Set the guest's hostname.
+    SetHostname {
+        /// The new hostname.
+        name: String,
+    },
+    /// Write a file (creating parent directories), e.g. /etc/hosts.
+    WriteFile {
+        /// Absolute guest path.
+        path: String,
+        /// Content.
+        content: String,
+        /// Permission bits.
+        mode: u32,
     },
     /// Prepare a process; its streams attach before `Start`.
     Create(ExecSpec),
@@ -143,6 +170,39 @@ pub enum Response {
     /// The request failed.
     Error {
         /// One line saying why.
+        message: String,
+    },
+}
+
+/// First message on an [`UNPACK_PORT`] stream; the layers' bytes follow,
+/// back to back, exactly `sizes[i]` bytes each (plain, gzip or zstd tar).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackRequest {
+    /// Guest directory the layers are applied onto, in order.
+    pub target: String,
+    /// Byte length of each layer blob.
+    pub sizes: Vec<u64>,
+}
+
+/// The agent's answer once every layer is applied (or one failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UnpackReply {
+    /// All layers applied.
+    Done {
+        /// Layer bytes received.
+        compressed_bytes: u64,
+        /// Tar bytes after decompression.
+        tar_bytes: u64,
+        /// Entries created (files, dirs, links, nodes).
+        entries: u64,
+        /// Whiteouts and opaque directories applied.
+        whiteouts: u64,
+        /// Seconds spent, as the guest measured them.
+        seconds: f64,
+    },
+    /// Unpacking failed; the target is in an unspecified state.
+    Error {
+        /// Why, naming the layer and entry.
         message: String,
     },
 }
@@ -229,6 +289,7 @@ mod tests {
                 env: vec!["PATH=/bin".into()],
                 cwd: "/".into(),
                 root: Some("/mnt/root".into()),
+                user: "nobody".into(),
             }),
             Request::Signal { id: 3, signal: 15 },
         ];

@@ -56,6 +56,29 @@ impl Agent {
                 Ok(()) => Response::Ok,
                 Err(e) => error(format!("mount {source} on {target}: {e}")),
             },
+            Request::Mkdir { path } => match std::fs::create_dir_all(&path) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("mkdir {path}: {e}")),
+            },
+            Request::SetHostname { name } => {
+                // SAFETY: sethostname reads `name.len()` bytes from a valid buffer.
+                let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+                if rc != 0 {
+                    return error(format!(
+                        "sethostname {name}: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                Response::Ok
+            }
+            Request::WriteFile {
+                path,
+                content,
+                mode,
+            } => match write_file(&path, &content, mode) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("write {path}: {e}")),
+            },
             Request::Create(spec) => {
                 let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
                 let id = *next;
@@ -208,6 +231,19 @@ fn error(message: impl Into<String>) -> Response {
     }
 }
 
+fn write_file(path: &str, content: &str, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::path::Path::new(path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // Replace, never write through: the path may be a symlink an image put
+    // there (Debian's /etc/resolv.conf often is).
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 fn read_line(conn: &mut UnixStream) -> Option<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -230,18 +266,25 @@ fn mount(
     read_only: bool,
     options: &str,
 ) -> std::io::Result<()> {
-    std::fs::create_dir_all(target)?;
+    if fstype != "remount" {
+        std::fs::create_dir_all(target)?;
+    }
     let c = |s: &str| {
         CString::new(s)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte"))
     };
     let (src, tgt, opts) = (c(source)?, c(target)?, c(options)?);
     let mut flags = if read_only { libc::MS_RDONLY } else { 0 };
-    let fs = if fstype == "bind" {
-        flags |= libc::MS_BIND | libc::MS_REC;
-        c("none")?
-    } else {
-        c(fstype)?
+    let fs = match fstype {
+        "bind" => {
+            flags |= libc::MS_BIND | libc::MS_REC;
+            c("none")?
+        }
+        "remount" => {
+            flags |= libc::MS_REMOUNT;
+            c("none")?
+        }
+        other => c(other)?,
     };
     // SAFETY: all pointers are valid NUL-terminated strings for the call.
     let rc = unsafe {
@@ -259,18 +302,27 @@ fn mount(
     Ok(())
 }
 
+/// Which service a listener offers.
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    /// The control protocol.
+    Control,
+    /// stdio stream attachments.
+    Streams,
+    /// Layer unpacking.
+    Unpack,
+}
+
 /// Accepts connections on `listener` forever, one thread each.
-pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, control: bool) {
+pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
     loop {
         match listener.accept() {
             Ok(conn) => {
                 let agent = agent.clone();
-                let spawned = std::thread::Builder::new().spawn(move || {
-                    if control {
-                        agent.serve_control(conn)
-                    } else {
-                        agent.serve_attach(conn)
-                    }
+                let spawned = std::thread::Builder::new().spawn(move || match port {
+                    Port::Control => agent.serve_control(conn),
+                    Port::Streams => agent.serve_attach(conn),
+                    Port::Unpack => crate::unpack_server::serve(conn),
                 });
                 if spawned.is_err() {
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -363,6 +415,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             root: None,
+            user: String::new(),
         })) {
             Response::Created { id } => id,
             other => panic!("{other:?}"),
@@ -403,6 +456,7 @@ mod tests {
             env: vec!["PATH=/usr/bin:/bin".into()],
             cwd: "/".into(),
             root: None,
+            user: String::new(),
         })) {
             Response::Created { id } => id,
             other => panic!("{other:?}"),
@@ -423,6 +477,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
             root: None,
+            user: String::new(),
         })) {
             Response::Created { id } => id,
             other => panic!("{other:?}"),

@@ -43,24 +43,9 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
 /// Builds an ext4 image at `img` holding a busybox userland (from Debian's
 /// busybox-static), `/etc/greeting` and empty `/data`, `/proc`, `/dev`.
 pub fn busybox_ext4(img: &Path, size_mib: u32) {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "missing /bin/busybox: install Debian's busybox-static (scripts/apt-packages)"
-    );
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path();
-    for d in ["bin", "etc", "data", "proc", "dev", "sys", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.contains('/') {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(rootfs.join("etc/greeting"), "hello from ext4\n").unwrap();
+    busybox_rootfs(rootfs);
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(rootfs)
@@ -73,4 +58,31 @@ pub fn busybox_ext4(img: &Path, size_mib: u32) {
         "mkfs.ext4: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Fills `rootfs` with a busybox userland, /etc/passwd (root, app=1000),
+/// /etc/group and /etc/greeting.
+pub fn busybox_rootfs(rootfs: &Path) {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "missing /bin/busybox: install Debian's busybox-static (scripts/apt-packages)"
+    );
+    for d in ["bin", "etc", "data", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(rootfs.join("etc/greeting"), "hello from ext4\n").unwrap();
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
 }

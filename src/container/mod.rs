@@ -1,0 +1,11 @@
+//! Containers: their configuration and state on disk, and the engine that
+//! runs one in its own microVM.
+
+pub mod engine;
+pub mod logs;
+pub mod spec;
+pub mod state;
+pub mod store;
+
+pub use spec::ContainerConfig;
+pub use state::State;

@@ -1,0 +1,194 @@
+//! The containers of a hull root: one directory each under
+//! `<root>/containers/<id>/` (config.json, state.json, logs, disks, socket).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::{ContainerConfig, State};
+
+/// Errors finding or creating containers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No container matches.
+    #[error("No such container: {0}")]
+    NotFound(String),
+    /// A prefix matches several containers.
+    #[error("Multiple containers match {0:?}: use more of the ID")]
+    Ambiguous(String),
+    /// The name is taken.
+    #[error("The container name {0:?} is already in use by container {1}")]
+    NameInUse(String, String),
+    /// Filesystem trouble.
+    #[error("Container store {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// The container directories of one hull root.
+pub struct ContainerStore {
+    dir: PathBuf,
+}
+
+/// A container found in the store.
+pub struct Container {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its configuration.
+    pub config: ContainerConfig,
+    /// Its current state.
+    pub state: State,
+}
+
+impl ContainerStore {
+    /// The store of hull root `root`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            dir: root.join("containers"),
+        }
+    }
+
+    fn io(&self, e: std::io::Error) -> StoreError {
+        StoreError::Io(self.dir.clone(), e)
+    }
+
+    /// Takes the store's lock (names are unique across hull processes).
+    fn lock(&self) -> Result<File, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
+        let f = File::create(self.dir.join(".lock")).map_err(|e| self.io(e))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when `f` closes.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(self.io(std::io::Error::last_os_error()));
+        }
+        Ok(f)
+    }
+
+    /// Every container, newest first.
+    pub fn list(&self) -> Result<Vec<Container>, StoreError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.io(e)),
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            // Directories without both files are half-made or half-removed.
+            let Ok(bytes) = std::fs::read(dir.join("config.json")) else {
+                continue;
+            };
+            let Ok(config) = serde_json::from_slice::<ContainerConfig>(&bytes) else {
+                continue;
+            };
+            let Ok(state) = State::load(&dir) else {
+                continue;
+            };
+            out.push(Container { dir, config, state });
+        }
+        out.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        Ok(out)
+    }
+
+    /// The container named `key`, or whose ID starts with `key`.
+    pub fn find(&self, key: &str) -> Result<Container, StoreError> {
+        let mut all = self.list()?;
+        if let Some(i) = all
+            .iter()
+            .position(|c| c.config.name == key || c.config.id == key)
+        {
+            return Ok(all.swap_remove(i));
+        }
+        let mut matches: Vec<Container> = all
+            .into_iter()
+            .filter(|c| !key.is_empty() && c.config.id.starts_with(key))
+            .collect();
+        match matches.len() {
+            0 => Err(StoreError::NotFound(key.into())),
+            1 => Ok(matches.remove(0)),
+            _ => Err(StoreError::Ambiguous(key.into())),
+        }
+    }
+
+    /// Creates the directory of a new container (name checked under the lock).
+    pub fn create(&self, config: &ContainerConfig) -> Result<PathBuf, StoreError> {
+        let _lock = self.lock()?;
+        if let Some(other) = self
+            .list()?
+            .into_iter()
+            .find(|c| c.config.name == config.name)
+        {
+            return Err(StoreError::NameInUse(
+                config.name.clone(),
+                short(&other.config.id),
+            ));
+        }
+        let dir = self.dir.join(&config.id);
+        let tmp = self.dir.join(format!(".{}.tmp", config.id));
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&tmp)?;
+            std::fs::write(
+                tmp.join("config.json"),
+                serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?,
+            )?;
+            State::created().save(&tmp)?;
+            std::fs::rename(&tmp, &dir)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            self.io(e)
+        })?;
+        Ok(dir)
+    }
+
+    /// Removes a container's directory (disks, logs, socket, state).
+    pub fn remove(&self, dir: &Path) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        // Rename first so a half-removed directory is never listed.
+        let gone = self.dir.join(format!(
+            ".removing.{}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        ));
+        std::fs::rename(dir, &gone).map_err(|e| self.io(e))?;
+        std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))
+    }
+}
+
+/// The 12-digit short form of an ID.
+pub fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// A new random container ID (64 hex digits).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    hex::encode(bytes)
+}
+
+/// A Docker-like generated name: adjective_noun, unique in `taken`.
+pub fn generate_name(taken: &[String]) -> String {
+    const ADJ: &[&str] = &[
+        "brave", "calm", "eager", "fond", "keen", "lucid", "quiet", "sharp", "swift", "wise",
+    ];
+    const NOUN: &[&str] = &[
+        "turing", "hopper", "lovelace", "ritchie", "thompson", "knuth", "liskov", "dijkstra",
+        "hamilton", "torvalds",
+    ];
+    let seed = new_id();
+    let b = seed.as_bytes();
+    for i in 0..1000usize {
+        let a = ADJ[(usize::from(b[0]) + i) % ADJ.len()];
+        let n = NOUN[(usize::from(b[1]) + i / ADJ.len()) % NOUN.len()];
+        let name = if i < ADJ.len() * NOUN.len() {
+            format!("{a}_{n}")
+        } else {
+            format!("{a}_{n}_{i}")
+        };
+        if !taken.contains(&name) {
+            return name;
+        }
+    }
+    format!("hull_{}", short(&seed))
+}

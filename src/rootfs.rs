@@ -1,0 +1,268 @@
+//! Image root filesystems, prepared inside a helper microVM and cached.
+//!
+//! The host never extracts a layer: it makes an empty ext4 file (mkfs on a
+//! sparse file parses no image content), boots a helper VM with that disk,
+//! streams the layer blobs, unopened, to the agent over vsock, and the agent
+//! unpacks them in order. The finished disk is cached by the chain of layer
+//! digests and attached read-only to every container of the image.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agent::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
+use sha2::{Digest, Sha256};
+
+use crate::agent_client::{self, AgentClient};
+use crate::guest_vm::{self, GuestOptions, RunningVm};
+
+/// Errors preparing a root filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// Creating or formatting the disk file failed.
+    #[error("Cannot create the root filesystem disk {0}")]
+    Disk(PathBuf, #[source] std::io::Error),
+    /// mkfs.ext4 failed.
+    #[error("mkfs.ext4 failed for {0}: {1}")]
+    Mkfs(PathBuf, String),
+    /// A layer blob cannot be read.
+    #[error("Cannot read layer {0}")]
+    Layer(PathBuf, #[source] std::io::Error),
+    /// The guest could not unpack a layer.
+    #[error("Unpacking the image failed in the helper VM: {0}")]
+    Unpack(String),
+}
+
+/// What a preparation measured.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PrepareStats {
+    /// Layer bytes streamed.
+    pub compressed_bytes: u64,
+    /// Tar bytes after decompression.
+    pub tar_bytes: u64,
+    /// Entries created.
+    pub entries: u64,
+    /// Seconds the guest spent unpacking.
+    pub unpack_seconds: f64,
+    /// Seconds for the whole preparation (boot included).
+    pub total_seconds: f64,
+}
+
+/// The cache of prepared root filesystems under `<root>/rootfs`.
+pub struct RootfsCache {
+    dir: PathBuf,
+}
+
+/// The cache key of an image's root filesystem: its layer chain.
+pub fn chain_key(layer_digests: &[String]) -> String {
+    let mut h = Sha256::new();
+    for d in layer_digests {
+        h.update(d.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())[..32].to_string()
+}
+
+/// Disk size for layers of `compressed` bytes: room for decompression
+/// (~4x) plus metadata; the file is sparse, so unused room costs nothing.
+pub fn disk_size(compressed: u64) -> u64 {
+    let mib = compressed.div_ceil(1 << 20) * 4 + 64;
+    mib << 20
+}
+
+/// Makes an empty ext4 filesystem in a new sparse file of `size` bytes.
+pub fn mkfs(path: &Path, size: u64, label: &str) -> Result<(), RootfsError> {
+    let f = File::create(path).map_err(|e| RootfsError::Disk(path.into(), e))?;
+    f.set_len(size)
+        .map_err(|e| RootfsError::Disk(path.into(), e))?;
+    drop(f);
+    // No journal: the disk is written once by one guest, or is a
+    // container's scratch layer; -m 0: no blocks reserved for root.
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-m",
+            "0",
+            "-i",
+            "8192",
+            "-L",
+            label,
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| RootfsError::Disk(path.into(), e))?;
+    if !out.status.success() {
+        return Err(RootfsError::Mkfs(
+            path.into(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+impl RootfsCache {
+    /// The cache of hull root `root`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            dir: root.join("rootfs"),
+        }
+    }
+
+    /// Where the disk of `key` lives once prepared.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.ext4"))
+    }
+
+    /// The prepared disk for these layers, preparing it first if needed.
+    /// Returns the path and, when it was prepared now, the measurements.
+    pub fn get_or_prepare(
+        &self,
+        root: &Path,
+        layers: &[(String, PathBuf)],
+    ) -> anyhow::Result<(PathBuf, Option<PrepareStats>)> {
+        let digests: Vec<String> = layers.iter().map(|(d, _)| d.clone()).collect();
+        let key = chain_key(&digests);
+        let path = self.path(&key);
+        if path.exists() {
+            return Ok((path, None));
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        // One preparation per image at a time, across hull processes.
+        let lock = File::create(self.dir.join(format!("{key}.lock")))?;
+        flock_exclusive(&lock)?;
+        if path.exists() {
+            return Ok((path, None));
+        }
+        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        let result = prepare(root, layers, &tmp);
+        match result {
+            Ok(stats) => {
+                std::fs::rename(&tmp, &path)?;
+                let mut meta = File::create(self.dir.join(format!("{key}.json")))?;
+                meta.write_all(&serde_json::to_vec_pretty(&stats)?)?;
+                Ok((path, Some(stats)))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn flock_exclusive(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; the lock is released when the
+    // file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
+fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
+    let start = Instant::now();
+    let mut sizes = Vec::new();
+    for (_, p) in layers {
+        sizes.push(
+            std::fs::metadata(p)
+                .map_err(|e| RootfsError::Layer(p.clone(), e))?
+                .len(),
+        );
+    }
+    mkfs(disk, disk_size(sizes.iter().sum()), "hull-rootfs")?;
+
+    let opts = GuestOptions {
+        memory: "256m",
+        cpus: 1,
+        console: false,
+        kernel: None,
+    };
+    let (mut config, seen) = guest_vm::config(root, &opts)?;
+    let run_dir = root.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    config.vsock_uds = Some(run_dir.join(format!("prepare-{}.vsock", std::process::id())));
+    config.disks = vec![vmm::DiskConfig {
+        path: disk.to_path_buf(),
+        read_only: false,
+    }];
+    config.cmdline.push_str(" hull.serve");
+    let vm = RunningVm::start(config, &seen, Duration::from_secs(600))?;
+    let mut client = AgentClient::connect(&vm.uds)?;
+    client.mount("/dev/vda", "/mnt/target", "ext4", false, "")?;
+
+    let mut stream = agent_client::connect_port(&vm.uds, UNPACK_PORT)?;
+    protocol::send(
+        &mut stream,
+        &UnpackRequest {
+            target: "/mnt/target".into(),
+            sizes,
+        },
+    )?;
+    for (_, p) in layers {
+        let mut f = File::open(p).map_err(|e| RootfsError::Layer(p.clone(), e))?;
+        std::io::copy(&mut f, &mut stream).map_err(|e| RootfsError::Layer(p.clone(), e))?;
+    }
+    let reply: UnpackReply = protocol::recv(&mut stream)?;
+    let stats = match reply {
+        UnpackReply::Done {
+            compressed_bytes,
+            tar_bytes,
+            entries,
+            seconds,
+            ..
+        } => PrepareStats {
+            compressed_bytes,
+            tar_bytes,
+            entries,
+            unpack_seconds: seconds,
+            total_seconds: 0.0,
+        },
+        UnpackReply::Error { message } => return Err(RootfsError::Unpack(message).into()),
+    };
+    // The agent syncs before it resets the VM.
+    client.shutdown()?;
+    vm.wait(Duration::from_secs(300))?;
+    File::open(disk)?.sync_all()?;
+    Ok(PrepareStats {
+        total_seconds: start.elapsed().as_secs_f64(),
+        ..stats
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_the_whole_chain_in_order() {
+        let a = chain_key(&["sha256:a".into(), "sha256:b".into()]);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, chain_key(&["sha256:b".into(), "sha256:a".into()]));
+        assert_ne!(a, chain_key(&["sha256:a".into()]));
+        assert_eq!(a, chain_key(&["sha256:a".into(), "sha256:b".into()]));
+    }
+
+    #[test]
+    fn disks_leave_room_and_are_sparse() {
+        assert_eq!(disk_size(0), 64 << 20);
+        assert_eq!(disk_size(10 << 20), (40 + 64) << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.ext4");
+        mkfs(&p, 64 << 20, "t").unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < 16 << 20,
+            "not sparse: {} blocks",
+            meta.blocks()
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! `hull run` and the container lifecycle, each container in its own
+//! microVM, with a busybox image the test builds from Debian's
+//! busybox-static. Boots are expensive on PVM hosts (~40 s), so one test
+//! walks the whole lifecycle in order, sharing boots where that is honest.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{assert_one_line_error, busybox_rootfs, hull, require_kvm, text};
+
+fn import_busybox(root: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    busybox_rootfs(&rootfs);
+    let tar = dir.path().join("rootfs.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = hull(root)
+        .args([
+            "import",
+            "--change",
+            "ENV GREETING=hi",
+            "--change",
+            "WORKDIR /data",
+            "--change",
+            "CMD [\"/bin/sh\", \"-c\", \"echo default cmd\"]",
+        ])
+        .arg(&tar)
+        .arg("busybox:test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+fn ok(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    stdout
+}
+
+fn ps_a(root: &Path) -> Vec<serde_json::Value> {
+    let out = hull(root)
+        .args(["ps", "-a", "--format", "json"])
+        .output()
+        .unwrap();
+    ok(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn hull_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .is_ok_and(|c| c.contains("__container-vmm"))
+        })
+        .count()
+}
+
+#[test]
+fn container_lifecycle_end_to_end() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let vmm_before = hull_processes();
+
+    // 1. Attached --rm: exact stdout/stderr/exit code; env, cwd and user
+    //    from the image config and from flags; hostname. This first run
+    //    also prepares the image's root filesystem in a helper VM.
+    let out = hull(root)
+        .args(["run", "--rm", "-e", "FOO=bar", "-u", "app", "--hostname", "box1", "busybox:test"])
+        .args(["/bin/sh", "-c", "echo out; echo err >&2; cat /etc/greeting; echo $FOO $GREETING; pwd; id -u; hostname; exit 3"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        stdout, "out\nhello from ext4\nbar hi\n/data\n1000\nbox1\n",
+        "stderr: {stderr}"
+    );
+    assert_eq!(stderr, "err\n");
+    assert_eq!(out.status.code(), Some(3));
+    // --rm leaves nothing: no container, no socket.
+    assert_eq!(
+        count_files(&root.join("containers")),
+        1,
+        "only the store lock remains"
+    );
+    assert_eq!(count_files(&root.join("run")), 0);
+    // The root filesystem was prepared once and is cached.
+    let cached = |root: &Path| {
+        std::fs::read_dir(root.join("rootfs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "ext4"))
+            .count()
+    };
+    assert_eq!(cached(root), 1);
+
+    // 2. Detached, named, with a persistent writable layer.
+    let out = hull(root)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "busybox:test",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg("echo started; echo persist > /data/file; echo oops >&2; while true; do sleep 1; done")
+        .output()
+        .unwrap();
+    let id = ok(&out).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert_eq!(
+        cached(root),
+        1,
+        "the second container reuses the cached root filesystem"
+    );
+    let ps = ps_a(root);
+    assert_eq!(ps.len(), 1);
+    assert_eq!(ps[0]["Names"], "web");
+    assert_eq!(ps[0]["State"], "running");
+    let running = hull(root).args(["ps", "-q"]).output().unwrap();
+    assert_eq!(ok(&running), format!("{}\n", &id[..12]));
+
+    // A name in use is refused before anything boots.
+    let out = hull(root)
+        .args(["run", "--name", "web", "busybox:test", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "The container name \"web\" is already in use");
+
+    // logs (the loop keeps running, so wait for its first lines).
+    let start = Instant::now();
+    loop {
+        let out = hull(root).args(["logs", "web"]).output().unwrap();
+        let (o, e) = text(&out);
+        if o == "started\n" && e == "oops\n" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "logs: {o:?} {e:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // exec: a new process in the running container sees its files.
+    let out = hull(root)
+        .args(["exec", "web", "cat", "/data/file"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "persist\n");
+    let out = hull(root)
+        .args([
+            "exec",
+            "-e",
+            "X=1",
+            "web",
+            "/bin/sh",
+            "-c",
+            "echo $X; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).0, "1\n");
+    assert_eq!(out.status.code(), Some(7));
+
+    // stop: the shell is not PID 1 in the guest (the agent is), so SIGTERM
+    // ends it as it would outside a container: exit code 128+15.
+    let out = hull(root)
+        .args(["stop", "-t", "20", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "web\n");
+    let ps = ps_a(root);
+    assert_eq!(ps[0]["State"], "exited");
+    assert_eq!(ps[0]["ExitCode"], 143);
+    assert!(hull(root)
+        .args(["ps", "-q"])
+        .output()
+        .unwrap()
+        .stdout
+        .is_empty());
+
+    // start again: the writable layer survived the stop.
+    let out = hull(root).args(["start", "web"]).output().unwrap();
+    assert_eq!(ok(&out), "web\n");
+    let out = hull(root)
+        .args(["exec", "web", "cat", "/data/file"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "persist\n");
+    // The log keeps both runs' output; --tail shows the last lines.
+    let start = Instant::now();
+    while text(&hull(root).args(["logs", "web"]).output().unwrap()).0 != "started\nstarted\n" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "second run never logged"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = hull(root)
+        .args(["logs", "--tail", "2", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out), ("started\n".to_string(), "oops\n".to_string()));
+
+    // A VMM killed with -9 shows as exited with an error, never running.
+    let inspect = ok(&hull(root).args(["inspect", "web"]).output().unwrap());
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let vmm_pid = v[0]["VM"]["VmmPid"].as_i64().expect("running VMM pid") as i32;
+    assert_eq!(v[0]["VM"]["VCPUs"], 1);
+    // SAFETY: killing the VMM process this test started.
+    unsafe { libc::kill(vmm_pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = ps_a(root);
+    assert_eq!(ps[0]["State"], "exited");
+    assert!(
+        ps[0]["Status"].as_str().unwrap().contains("with error"),
+        "{}",
+        ps[0]
+    );
+
+    // rm removes disks, logs, sockets, state; no VMM process is left.
+    let out = hull(root).args(["rm", "web"]).output().unwrap();
+    assert_eq!(ok(&out), "web\n");
+    assert!(ps_a(root).is_empty());
+    assert_eq!(count_files(&root.join("containers")), 1);
+    assert_eq!(count_files(&root.join("run")), 0);
+    assert_eq!(hull_processes(), vmm_before);
+}
+
+#[test]
+fn container_errors_are_one_clear_line() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let out = hull(root)
+        .args(["run", "--rm", "nosuchimage:1", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "nosuchimage");
+    let out = hull(root)
+        .args(["run", "--memory", "lots", "busybox", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Invalid size \"lots\"");
+    let out = hull(root)
+        .args(["run", "--name", "bad name", "busybox", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Invalid container name");
+    for verb in [
+        vec!["stop", "ghost"],
+        vec!["rm", "ghost"],
+        vec!["logs", "ghost"],
+        vec!["exec", "ghost", "true"],
+        vec!["inspect", "ghost"],
+    ] {
+        let out = hull(root).args(&verb).output().unwrap();
+        assert_one_line_error(&out, "No such container: ghost");
+    }
+    let out = hull(root)
+        .args(["kill", "-s", "NOPE", "ghost"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "Invalid signal: NOPE");
+    // Nothing was left behind by the failed commands.
+    assert_eq!(count_files(&root.join("run")), 0);
+    assert!(ps_a(root).is_empty());
+}
