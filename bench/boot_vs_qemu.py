@@ -12,17 +12,18 @@ READY = re.compile(rb"hull-agent: ready version=\S+ uptime=([0-9.]+)")
 
 
 def own_rss_kib(pid, guest_kib):
-    """RSS of `pid` excluding the mapping(s) that hold guest memory."""
-    total, size = 0, None
+    """(RSS, private RSS) of `pid` in KiB, excluding the mapping(s) that hold
+    guest memory. Private excludes pages shared with other processes (libc)."""
+    total, private, size = 0, 0, None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             if line.startswith("Size:"):
                 size = int(line.split()[1])
-            elif line.startswith("Rss:"):
-                rss = int(line.split()[1])
-                if size != guest_kib:
-                    total += rss
-    return total
+            elif size != guest_kib and line.startswith("Rss:"):
+                total += int(line.split()[1])
+            elif size != guest_kib and line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+    return total, private
 
 
 def timed_boot(argv, guest_kib, env=None):
@@ -72,12 +73,15 @@ def main():
             r = timed_boot(argv, guest_kib, env)
             res[name].append(r)
             print(f"run {i + 1} {name}: ready {r[0]:.2f} s (guest uptime {r[1]:.2f} s), "
-                  f"VMM RSS excl. guest memory {r[2] / 1024:.1f} MiB", flush=True)
-    med = {k: [statistics.median(x[j] for x in v) for j in range(3)] for k, v in res.items()}
+                  f"VMM RSS excl. guest memory {r[2][0] / 1024:.1f} MiB "
+                  f"(private {r[2][1] / 1024:.1f} MiB)", flush=True)
+    med = {k: [statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
+               statistics.median(x[2][0] for x in v), statistics.median(x[2][1] for x in v)]
+           for k, v in res.items()}
     print(f"\nkernel {kernel}\ncmdline {cmdline}\nguest memory {args.memory} MiB, {args.runs} runs each")
     for k in ("hull", "qemu"):
-        print(f"{k:5}: median ready {med[k][0]:.2f} s, guest uptime at /init+agent {med[k][1]:.2f} s, "
-              f"VMM RSS excl. guest {med[k][2] / 1024:.1f} MiB")
+        print(f"{k:5}: median ready {med[k][0]:.2f} s, guest uptime at agent ready {med[k][1]:.2f} s, "
+              f"VMM RSS excl. guest {med[k][2] / 1024:.1f} MiB, private {med[k][3] / 1024:.1f} MiB")
     print(f"ratio hull/qemu boot-to-ready: {med['hull'][0] / med['qemu'][0]:.2f} (goal <= 0.8)")
 
 

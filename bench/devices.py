@@ -15,7 +15,7 @@ Usage: bench/devices.py [--runs 5] [--vsock-mib 64] [--blk-mib 8]
 Needs target/release/hull, kernel and agent (scripts/build-all), socat,
 busybox-static, mkfs.ext4.
 """
-import argparse, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, re, shutil, socket, stat, statistics, subprocess, sys, tempfile, time
 
 HULL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target/release/hull")
 
@@ -28,6 +28,8 @@ def busybox_rootfs(path):
     for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
         if applet != "busybox":
             os.symlink("busybox", os.path.join(d, "bin", applet))
+    # The root is mounted read-only with nothing on /dev: dd needs /dev/null.
+    os.mknod(os.path.join(d, "dev/null"), 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", d, path, "16M"], check=True)
     shutil.rmtree(d)
 

@@ -37,6 +37,33 @@ fn boots_to_agent_ready_and_exits_cleanly() {
 }
 
 #[test]
+fn boots_with_two_vcpus() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let out = hull(root.path())
+        .args([
+            "debug",
+            "boot",
+            "--console",
+            "--cpus",
+            "2",
+            "--memory",
+            "192m",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // Both CPUs came up (the MP table describes them, the AP started).
+    assert!(stdout.contains("Brought up 1 node, 2 CPUs"), "{stdout}");
+    assert!(stdout.contains("hull-agent: shutdown status=0"), "{stdout}");
+}
+
+#[test]
 fn missing_kvm_device_is_one_clear_line() {
     let root = tempfile::tempdir().unwrap();
     let out = hull(root.path())

@@ -288,3 +288,36 @@ fn container_errors_are_one_clear_line() {
     assert_eq!(count_files(&root.join("run")), 0);
     assert!(ps_a(root).is_empty());
 }
+
+#[test]
+fn sigterm_to_an_attached_run_reaches_the_container_process() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let mut child = hull(root)
+        .args(["run", "--rm", "busybox:test", "/bin/sh", "-c"])
+        .arg("trap 'echo got TERM; exit 5' TERM; echo ready; while true; do sleep 1; done")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    use std::io::Read;
+    while !String::from_utf8_lossy(&seen).contains("ready\n") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "container ended early: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // SAFETY: signalling the hull process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen), "ready\ngot TERM\n");
+    assert_eq!(status.code(), Some(5));
+}
