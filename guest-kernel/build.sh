@@ -113,8 +113,9 @@ done
 ((${#missing[@]} == 0)) || die "missing build tools: ${missing[*]} (Debian: build-essential flex bison bc libelf-dev libssl-dev)"
 
 mkdir -p "$cache"
-# One build per hash at a time; a second caller waits and then finds the cache.
-exec 9>"$cache/.lock-$hash"
+# One build per source tree at a time (builds of the same sources share the
+# build directory); a second caller waits, then finds the cache.
+exec 9>"$cache/.lock-$tree_hash"
 flock 9
 if [[ -f $out/vmlinux ]]; then
     point_current
@@ -196,7 +197,6 @@ point_current
 if [[ $keep_build != 1 ]]; then
     rm -rf "$build"
 fi
-rm -f "$cache/.lock-$hash"
 
 log "built $release in $(($(date +%s) - start)) s: $out"
 echo "$out/vmlinux"

@@ -26,7 +26,8 @@ pub struct DebugRunArgs {
     /// Attach a disk image as virtio-blk (FILE or FILE:ro); /dev/vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "FILE[:ro]")]
     pub disks: Vec<String>,
-    /// Mount in the guest before running: DEVICE:TARGET[:ro] (ext4).
+    /// Mount in the guest before running: DEVICE:TARGET[:ro] (ext4; or proc,
+    /// sysfs, tmpfs by name).
     #[arg(long = "mount", value_name = "DEV:TARGET[:ro]")]
     pub mounts: Vec<String>,
     /// Run the command chrooted in this guest directory.
@@ -114,7 +115,12 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
     let vm = RunningVm::start(config, &seen, Duration::from_secs(600))?;
     let mut client = AgentClient::connect(&vm.uds)?;
     for (dev, target, ro) in &mounts {
-        client.mount(dev, target, "ext4", *ro, "")?;
+        // Pseudo filesystems by name; anything else is an ext4 device.
+        let fstype = match dev.as_str() {
+            "proc" | "tmpfs" | "sysfs" => dev.as_str(),
+            _ => "ext4",
+        };
+        client.mount(dev, target, fstype, *ro, "")?;
     }
     let mut env =
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
