@@ -37,28 +37,13 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
         .map_err(|e| AgentError::Connect(uds.into(), e))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|e| AgentError::Connect(uds.into(), e))?;
-    let line = read_line(&mut s).ok_or(AgentError::Handshake(port))?;
+    let line = protocol::read_line(&mut s).ok_or(AgentError::Handshake(port))?;
     if !line.to_ascii_uppercase().starts_with("OK ") {
         return Err(AgentError::Handshake(port));
     }
     s.set_read_timeout(None)
         .map_err(|e| AgentError::Connect(uds.into(), e))?;
     Ok(s)
-}
-
-fn read_line(s: &mut UnixStream) -> Option<String> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < 128 {
-        if s.read(&mut b).ok()? == 0 {
-            return None;
-        }
-        if b[0] == b'\n' {
-            return String::from_utf8(line).ok();
-        }
-        line.push(b[0]);
-    }
-    None
 }
 
 /// One control connection.
@@ -151,7 +136,7 @@ impl AgentClient {
         let mut s = connect_port(&self.uds, STREAM_PORT)?;
         s.write_all(format!("ATTACH {id} {}\n", kind.word()).as_bytes())
             .map_err(|e| AgentError::Connect(self.uds.clone(), e))?;
-        match read_line(&mut s).as_deref() {
+        match protocol::read_line(&mut s).as_deref() {
             Some("OK") => Ok(s),
             other => Err(AgentError::Remote(format!(
                 "cannot attach {}: {}",

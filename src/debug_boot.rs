@@ -7,20 +7,14 @@ use std::time::Instant;
 use agent::Status;
 use clap::Args;
 
-use crate::guest_vm::{self, GuestOptions};
+use crate::guest_vm::{self, GuestOptions, VmArgs};
 
 /// Options of `hull debug boot`.
 #[derive(Args, Debug)]
 pub struct DebugBootArgs {
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u8,
-    /// Guest memory (Docker units: 128m, 1g).
-    #[arg(long, default_value = "128m")]
-    pub memory: String,
-    /// Put the kernel console on the serial port and show it.
-    #[arg(long)]
-    pub console: bool,
+    /// VM size and console.
+    #[command(flatten)]
+    pub vm: VmArgs,
     /// Kernel to boot instead of the one hull found.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -40,14 +34,14 @@ pub enum DebugBootError {
 /// Boots and reports; returns the agent's exit status.
 pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
     let opts = GuestOptions {
-        memory: &args.memory,
-        cpus: args.cpus,
+        memory: &args.vm.memory,
+        cpus: args.vm.cpus,
         // The agent's status lines are always shown; --console adds the kernel's.
         console: true,
         kernel: args.kernel.as_deref(),
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
-    if !args.console {
+    if !args.vm.console {
         config.cmdline = config.cmdline.replace(" console=ttyS0", "");
     }
     if let Some(extra) = &args.append {

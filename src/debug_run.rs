@@ -9,20 +9,14 @@ use agent::protocol::ExecSpec;
 use clap::Args;
 
 use crate::agent_client::AgentClient;
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::guest_vm::{self, GuestOptions, RunningVm, VmArgs};
 
 /// Options of `hull debug run`.
 #[derive(Args, Debug)]
 pub struct DebugRunArgs {
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub cpus: u8,
-    /// Guest memory (Docker units: 128m, 1g).
-    #[arg(long, default_value = "128m")]
-    pub memory: String,
-    /// Show the kernel console.
-    #[arg(long)]
-    pub console: bool,
+    /// VM size and console.
+    #[command(flatten)]
+    pub vm: VmArgs,
     /// Attach a disk image as virtio-blk (FILE or FILE:ro); /dev/vda, vdb, ... in order.
     #[arg(long = "disk", value_name = "FILE[:ro]")]
     pub disks: Vec<String>,
@@ -99,9 +93,9 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         .map(|m| parse_mount(m))
         .collect::<Result<Vec<_>, _>>()?;
     let opts = GuestOptions {
-        memory: &args.memory,
-        cpus: args.cpus,
-        console: args.console,
+        memory: &args.vm.memory,
+        cpus: args.vm.cpus,
+        console: args.vm.console,
         kernel: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;

@@ -23,6 +23,20 @@ pub enum GuestVmError {
     Ended,
 }
 
+/// VM size and console flags shared by the `hull debug` commands.
+#[derive(clap::Args, Debug)]
+pub struct VmArgs {
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Guest memory (Docker units: 128m, 1g).
+    #[arg(long, default_value = "128m")]
+    pub memory: String,
+    /// Put the kernel console on the serial port and show it.
+    #[arg(long)]
+    pub console: bool,
+}
+
 /// Size and console options shared by commands that boot a VM.
 pub struct GuestOptions<'a> {
     /// Docker-style memory size.

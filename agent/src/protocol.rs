@@ -266,6 +266,24 @@ pub fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, WireEr
     serde_json::from_slice(&body).map_err(WireError::Malformed)
 }
 
+/// Reads one `\n`-terminated line of at most 128 bytes, one byte at a time
+/// so that nothing after the newline is consumed (the stream goes on as
+/// raw data). `None` on EOF, error, overlong line or invalid UTF-8.
+pub fn read_line(r: &mut impl Read) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 128 {
+        if r.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        if byte[0] == b'\n' {
+            return String::from_utf8(line).ok();
+        }
+        line.push(byte[0]);
+    }
+    None
+}
+
 /// Whether a peer speaking `theirs` can talk to us: same major.minor.
 pub fn compatible(ours: &str, theirs: &str) -> bool {
     fn key(v: &str) -> Vec<&str> {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -188,7 +188,7 @@ impl Agent {
 
     /// Handles one `ATTACH <id> <kind>` stream.
     pub fn serve_attach(&self, mut conn: UnixStream) {
-        let Some(line) = read_line(&mut conn) else {
+        let Some(line) = protocol::read_line(&mut conn) else {
             return;
         };
         let mut words = line.split_whitespace();
@@ -242,21 +242,6 @@ fn write_file(path: &str, content: &str, mode: u32) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     std::fs::write(path, content)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-fn read_line(conn: &mut UnixStream) -> Option<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < 128 {
-        if conn.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        if byte[0] == b'\n' {
-            return String::from_utf8(line).ok();
-        }
-        line.push(byte[0]);
-    }
-    None
 }
 
 fn mount(
@@ -336,6 +321,7 @@ pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn agent() -> Arc<Agent> {
         let (tx, _rx) = std::sync::mpsc::channel();

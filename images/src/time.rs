@@ -25,6 +25,16 @@ pub fn format_unix(secs: u64) -> String {
     )
 }
 
+/// Current UTC time with nanoseconds (`YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`),
+/// for logs and container state where order within a second matters.
+pub fn now_rfc3339_nanos() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = format_unix(d.as_secs());
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+}
+
 /// Parses the `YYYY-MM-DDTHH:MM:SS` prefix of an RFC 3339 timestamp (UTC
 /// offset and fraction ignored: minutes of error do not matter for "ago").
 pub fn parse_unix(s: &str) -> Option<u64> {
