@@ -105,11 +105,15 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
         .iter()
         .map(|a| cstring(a))
         .collect::<io::Result<_>>()?;
-    let envp: Vec<CString> = spec
-        .env
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<io::Result<_>>()?;
+    let mut env = spec.env.clone();
+    // A platform workaround the VMM put on the kernel command line (see
+    // vmm/src/host.rs) applies to every process, unless it sets its own.
+    if let Ok(tunables) = std::env::var("GLIBC_TUNABLES") {
+        if !env.iter().any(|e| e.starts_with("GLIBC_TUNABLES=")) {
+            env.push(format!("GLIBC_TUNABLES={tunables}"));
+        }
+    }
+    let envp: Vec<CString> = env.iter().map(|a| cstring(a)).collect::<io::Result<_>>()?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();

@@ -17,10 +17,16 @@ pub enum HostKind {
 const PVM_MODULE: &str = "/sys/module/kvm_pvm";
 
 /// Guest command-line additions a PVM host needs (see docs/guest-kernel.md):
-/// hide CPU features its instruction emulator cannot execute, and switch on
-/// hull's guest-kernel workarounds (`hull_pvm`).
+/// hide CPU features its instruction emulator cannot execute, switch on
+/// hull's guest-kernel workarounds (`hull_pvm`), and keep glibc off AVX:
+/// guest user code sees the host's AVX, but the guest kernel (without
+/// XSAVE) does not preserve AVX registers across context switches, so AVX
+/// string functions corrupt each other's data between processes. The kernel
+/// hands `GLIBC_TUNABLES` to the agent as an environment variable and the
+/// agent passes it to every process it starts.
 pub const PVM_CMDLINE: &str = "noxsave clearcpuid=cx16,popcnt,xsave,smap,invpcid,fsgsbase,\
-rdrand,rdseed,clflushopt,clwb,rdpid,xsaves,xsavec,xsaveopt,erms,fsrm,rep_good hull_pvm";
+rdrand,rdseed,clflushopt,clwb,rdpid,xsaves,xsavec,xsaveopt,erms,fsrm,rep_good hull_pvm \
+GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-AVX,-AVX512F,-AVX512VL,-AVX512BW,-EVEX,-AVX_Fast_Unaligned_Load";
 
 impl HostKind {
     /// Detects the host kind from sysfs.

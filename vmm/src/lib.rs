@@ -133,8 +133,13 @@ impl std::fmt::Debug for VmConfig {
 }
 
 /// Default guest command line: no PCI or ACPI to probe, reboot through the
-/// i8042 (the VM ends), reboot at once on panic.
-pub const BASE_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule i8042.noaux";
+/// i8042 (the VM ends), reboot at once on panic. `noreplace-smp` (keep lock
+/// prefixes instead of patching them all out on one vCPU) and
+/// `percpu_alloc=page` (map per-CPU pages as needed instead of clearing a
+/// 2 MiB chunk) cost nothing measurable on hardware KVM and save seconds of
+/// emulated boot on PVM (docs/guest-kernel.md).
+pub const BASE_CMDLINE: &str =
+    "reboot=k panic=-1 pci=off nomodule i8042.noaux noreplace-smp percpu_alloc=page";
 
 impl VmConfig {
     /// A 1-vCPU, 128 MiB VM of `kernel` with the serial output discarded.
