@@ -106,6 +106,15 @@ pub enum ContainerCommand {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Restart containers (stop, then start).
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Send a signal to a container's process.
     Kill {
         /// Signal name or number.
@@ -226,6 +235,15 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             for name in containers {
                 let c = store.find(&name)?;
                 stop(root, &c, Duration::from_secs(time))?;
+                println!("{name}");
+            }
+            Ok(0)
+        }
+        ContainerCommand::Restart { time, containers } => {
+            for name in containers {
+                let c = store.find(&name)?;
+                stop(root, &c, Duration::from_secs(time))?;
+                start_detached(root, &store.find(&name)?)?;
                 println!("{name}");
             }
             Ok(0)

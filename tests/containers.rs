@@ -202,8 +202,9 @@ fn container_lifecycle_end_to_end() {
         .stdout
         .is_empty());
 
-    // start again: the writable layer survived the stop.
-    let out = hull(root).args(["start", "web"]).output().unwrap();
+    // start again (through restart, which stops nothing here): the
+    // writable layer survived the stop.
+    let out = hull(root).args(["restart", "web"]).output().unwrap();
     assert_eq!(ok(&out), "web\n");
     let out = hull(root)
         .args(["exec", "web", "cat", "/data/file"])
@@ -248,6 +249,23 @@ fn container_lifecycle_end_to_end() {
     assert_eq!(count_files(&root.join("containers")), 1);
     assert_eq!(count_files(&root.join("run")), 0);
     assert_eq!(hull_processes(), vmm_before);
+}
+
+#[test]
+fn read_only_root_refuses_writes_but_tmp_mounts_work() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = hull(root)
+        .args(["run", "--rm", "--read-only", "busybox:test", "/bin/sh", "-c"])
+        .arg("echo x > /data/f || echo refused; cat /proc/self/comm; echo ok > /dev/shm/f && cat /dev/shm/f")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "refused\ncat\nok\n", "stderr: {stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]
