@@ -36,14 +36,12 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
     let opts = GuestOptions {
         memory: &args.vm.memory,
         cpus: args.vm.cpus,
+        console: args.vm.console,
         // The agent's status lines are always shown; --console adds the kernel's.
-        console: true,
+        echo: true,
         kernel: args.kernel.as_deref(),
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
-    if !args.vm.console {
-        config.cmdline = config.cmdline.replace(" console=ttyS0", "");
-    }
     if let Some(extra) = &args.append {
         config.cmdline.push(' ');
         config.cmdline.push_str(extra);

@@ -96,6 +96,7 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         memory: &args.vm.memory,
         cpus: args.vm.cpus,
         console: args.vm.console,
+        echo: args.vm.console,
         kernel: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;

@@ -43,8 +43,10 @@ pub struct GuestOptions<'a> {
     pub memory: &'a str,
     /// vCPUs.
     pub cpus: u8,
-    /// Kernel console on the serial port, echoed to stdout.
+    /// Kernel console on the serial port.
     pub console: bool,
+    /// Copy everything the guest writes on the serial port to stdout.
+    pub echo: bool,
     /// Kernel to use instead of the one found.
     pub kernel: Option<&'a Path>,
 }
@@ -59,7 +61,7 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     };
     let agent = guest_files::agent()?;
     let initramfs = initramfs::cached(&agent, &root.join("cache"))?;
-    let (watcher, seen) = SerialWatcher::new(opts.console);
+    let (watcher, seen) = SerialWatcher::new(opts.echo);
     let mut config = vmm::VmConfig::new(kernel);
     config.initramfs = Some(initramfs);
     config.mem_mib = mem_mib;
@@ -68,9 +70,14 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
         config.kvm_device = dev.into();
     }
-    if opts.console {
-        config.cmdline.push_str(" console=ttyS0");
-    }
+    // Without console= the kernel still picks ttyS0 as its console, and
+    // every byte it prints is a VM exit (emulated driver code on PVM):
+    // without --console, keep it to errors.
+    config.cmdline.push_str(if opts.console {
+        " console=ttyS0"
+    } else {
+        " quiet"
+    });
     Ok((config, seen))
 }
 

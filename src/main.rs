@@ -5,6 +5,7 @@ mod container;
 mod container_cmd;
 mod debug_boot;
 mod debug_run;
+mod file_lock;
 mod guest_files;
 mod guest_vm;
 mod image_cmd;

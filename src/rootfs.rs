@@ -133,8 +133,7 @@ impl RootfsCache {
         }
         std::fs::create_dir_all(&self.dir)?;
         // One preparation per image at a time, across hull processes.
-        let lock = File::create(self.dir.join(format!("{key}.lock")))?;
-        flock_exclusive(&lock)?;
+        let _lock = crate::file_lock::lock_exclusive(&self.dir.join(format!("{key}.lock")))?;
         if path.exists() {
             return Ok((path, None));
         }
@@ -155,16 +154,6 @@ impl RootfsCache {
     }
 }
 
-fn flock_exclusive(f: &File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; the lock is released when the
-    // file is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
 fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
     let start = Instant::now();
@@ -182,6 +171,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         memory: "256m",
         cpus: 1,
         console: false,
+        echo: false,
         kernel: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;

@@ -143,6 +143,7 @@ fn run_inner(
         memory: &memory,
         cpus: config.cpus,
         console: false,
+        echo: false,
         kernel: None,
     };
     let (mut vm_config, seen) = guest_vm::config(root, &opts)?;

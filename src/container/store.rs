@@ -53,13 +53,7 @@ impl ContainerStore {
     /// Takes the store's lock (names are unique across hull processes).
     fn lock(&self) -> Result<File, StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        let f = File::create(self.dir.join(".lock")).map_err(|e| self.io(e))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own; released when `f` closes.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(self.io(std::io::Error::last_os_error()));
-        }
-        Ok(f)
+        crate::file_lock::lock_exclusive(&self.dir.join(".lock")).map_err(|e| self.io(e))
     }
 
     /// Every container, newest first.
