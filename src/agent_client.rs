@@ -100,6 +100,25 @@ impl AgentClient {
         .map(|_| ())
     }
 
+    /// Gives a guest restored from a snapshot its own wall clock and
+    /// random state.
+    pub fn resumed(&mut self, unix_nanos: u64, entropy: Vec<u8>) -> Result<(), AgentError> {
+        self.call(&Request::Resumed {
+            unix_nanos,
+            entropy,
+        })
+        .map(drop)
+    }
+
+    /// Has the guest see a disk's new backing (after a snapshot restore).
+    pub fn refresh_disk(&mut self, device: &str, sectors: u64) -> Result<(), AgentError> {
+        self.call(&Request::RefreshDisk {
+            device: device.into(),
+            sectors,
+        })
+        .map(drop)
+    }
+
     /// Creates a directory (and parents) in the guest.
     pub fn mkdir(&mut self, path: &str) -> Result<(), AgentError> {
         self.call(&Request::Mkdir { path: path.into() }).map(|_| ())

@@ -10,6 +10,7 @@ mod console;
 mod mounts;
 mod power;
 mod process;
+mod resume;
 mod server;
 mod unpack_server;
 mod user;

@@ -138,6 +138,24 @@ pub enum Request {
     },
     /// Flush filesystems and end the VM.
     Shutdown,
+    /// Sent first after a VM was restored from a snapshot: the guest takes
+    /// a fresh identity (wall clock and random state) so no two VMs of one
+    /// snapshot share them.
+    Resumed {
+        /// The host's wall clock, nanoseconds since the Unix epoch.
+        unix_nanos: u64,
+        /// Random bytes from the host, mixed into the guest's RNG and
+        /// credited, then the RNG is reseeded at once.
+        entropy: Vec<u8>,
+    },
+    /// A disk's backing file changed under the guest (snapshot restore):
+    /// wait until the guest sees its new size, then drop cached blocks.
+    RefreshDisk {
+        /// Block device (`/dev/vda`).
+        device: String,
+        /// Its new size in 512-byte sectors.
+        sectors: u64,
+    },
 }
 
 /// The agent's answer.

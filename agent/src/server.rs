@@ -140,6 +140,19 @@ impl Agent {
                 }
                 Response::Ok
             }
+            Request::Resumed {
+                unix_nanos,
+                entropy,
+            } => match crate::resume::take_identity(unix_nanos, &entropy) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("resume: {e}")),
+            },
+            Request::RefreshDisk { device, sectors } => {
+                match crate::resume::refresh_disk(&device, sectors) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => error(format!("refresh {device}: {e}")),
+                }
+            }
             Request::Shutdown => {
                 if let Some(tx) = self
                     .shutdown

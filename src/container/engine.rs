@@ -14,7 +14,8 @@ use super::logs::{self, LogWriter};
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
 use crate::agent_client::AgentClient;
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::fast_start;
+use crate::guest_vm::GuestOptions;
 use crate::rootfs::{self, RootfsCache};
 
 /// Where the container's root is assembled inside the guest.
@@ -23,6 +24,8 @@ const GUEST_LOWER: &str = "/run/hull/lower";
 const GUEST_SCRATCH: &str = "/run/hull/scratch";
 /// Size of a container's writable layer disk (sparse).
 const UPPER_DISK_BYTES: u64 = 4 << 30;
+/// Size of the unused second disk of a `--rm` container.
+const SCRATCH_DISK_BYTES: u64 = 1 << 20;
 
 /// How the container's stdio is connected.
 pub enum Attach {
@@ -131,13 +134,26 @@ fn run_inner(
         // Before any VM thread exists, so none of them takes the signals.
         forward_signals(socket_path(root, &config.id), main_process.clone())?;
     }
-    let (image_disk, _) = RootfsCache::new(root).get_or_prepare(root, &config.layers)?;
+    let (image_disk, _) = RootfsCache::new(root)
+        .get_or_prepare(root, &config.layers)
+        .map_err(|e| e.context("preparing the image's root filesystem"))?;
     let upper = dir.join("upper.ext4");
     if !config.auto_remove && !upper.exists() {
         let tmp = dir.join(".upper.ext4.tmp");
         rootfs::mkfs(&tmp, UPPER_DISK_BYTES, "hull-upper")?;
         std::fs::rename(&tmp, &upper)?;
     }
+    // Every container VM has the same two disks, so all can start from one
+    // snapshot; with --rm the writable layer is tmpfs and the second disk
+    // a small unused file of this container's own (never a shared one: the
+    // guest could write it).
+    let second = if config.auto_remove {
+        let scratch = dir.join("scratch.img");
+        std::fs::File::create(&scratch)?.set_len(SCRATCH_DISK_BYTES)?;
+        scratch
+    } else {
+        upper
+    };
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
         memory: &memory,
@@ -146,24 +162,30 @@ fn run_inner(
         echo: false,
         kernel: None,
     };
-    let (mut vm_config, seen) = guest_vm::config(root, &opts)?;
     std::fs::create_dir_all(root.join("run"))?;
-    vm_config.vsock_uds = Some(socket_path(root, &config.id));
-    vm_config.disks = vec![vmm::DiskConfig {
-        path: image_disk,
-        read_only: true,
-    }];
-    if !config.auto_remove {
-        vm_config.disks.push(vmm::DiskConfig {
-            path: upper,
+    let disks = vec![
+        vmm::DiskConfig {
+            path: image_disk,
+            read_only: true,
+        },
+        vmm::DiskConfig {
+            path: second,
             read_only: false,
-        });
-    }
-    vm_config.cmdline.push_str(" hull.serve");
-    let vm = RunningVm::start(vm_config, &seen, Duration::from_secs(600))?;
+        },
+    ];
+    let t0 = std::time::Instant::now();
+    let vm = fast_start::start(
+        root,
+        &opts,
+        disks,
+        socket_path(root, &config.id),
+        Duration::from_secs(600),
+    )?;
 
     let mut client = AgentClient::connect(&vm.uds)?;
-    setup_root(&mut client, config)?;
+    tracing::debug!("VM ready in {:?}", t0.elapsed());
+    setup_root(&mut client, config).map_err(|e| with_guest_console(e, &vm))?;
+    tracing::debug!("container root ready at {:?}", t0.elapsed());
 
     let log = logs::open(dir)?;
     let spec = ExecSpec {
@@ -200,9 +222,28 @@ fn run_inner(
             record_pid,
         )?,
     };
-    AgentClient::connect(&vm.uds)?.shutdown()?;
-    vm.wait(Duration::from_secs(120))?;
+    tracing::debug!("process exited at {:?}", t0.elapsed());
+    if config.auto_remove {
+        // Nothing of a --rm container's VM outlives it (its writable layer
+        // is guest tmpfs, its image disk read-only): end it without the
+        // guest's shutdown work.
+        drop(vm);
+    } else {
+        AgentClient::connect(&vm.uds)?.shutdown()?;
+        vm.wait(Duration::from_secs(120))?;
+    }
     Ok(code)
+}
+
+/// Adds what the guest last printed to an error seen after its VM ended
+/// (a kernel panic says more than a closed connection).
+fn with_guest_console(e: anyhow::Error, vm: &crate::guest_vm::RunningVm) -> anyhow::Error {
+    std::thread::sleep(Duration::from_millis(200));
+    let tail = crate::serial_watch::console_tail();
+    match tail.last() {
+        Some(last) if vm.is_done() => e.context(format!("the VM ended; guest console: {last}")),
+        _ => e,
+    }
 }
 
 /// Assembles the container's root in the guest: the image disk as the
