@@ -198,8 +198,12 @@ impl AgentClient {
         };
         let mut out = self.attach(id, StdioKind::Stdout)?;
         let mut err = self.attach(id, StdioKind::Stderr)?;
+        tracing::debug!("process {id} created and attached");
         match self.call(&Request::Start { id })? {
-            Response::Started { .. } => started(id),
+            Response::Started { .. } => {
+                tracing::debug!("process {id} started");
+                started(id)
+            }
             other => return Err(AgentError::Unexpected(Box::new(other))),
         }
         if let Some((mut sock, mut reader)) = input {
@@ -218,6 +222,7 @@ impl AgentClient {
             let _ = std::io::copy(&mut out, &mut stdout);
             let _ = stdout.flush();
             let _ = err_copy.join();
+            tracing::debug!("process {id} output closed");
             match self.call(&Request::Wait { id })? {
                 Response::Exited { code, .. } => Ok(code),
                 other => Err(AgentError::Unexpected(Box::new(other))),

@@ -162,12 +162,14 @@ pub fn start(
         .collect::<std::io::Result<_>>()?;
     let (vm, mut client) = RunningVm::restore(config, &dir, timeout)
         .with_context(|| format!("restoring VM snapshot {}", dir.display()))?;
+    tracing::debug!("restored; agent answers");
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     client
         .resumed(nanos, entropy()?)
         .context("giving the restored guest its identity")?;
+    tracing::debug!("guest identity set");
     for (i, sectors) in sizes.into_iter().enumerate() {
         let device = format!("/dev/vd{}", (b'a' + i as u8) as char);
         client

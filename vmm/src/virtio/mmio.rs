@@ -446,6 +446,7 @@ mod tests {
     struct Dummy {
         activated: Option<(usize, u64)>,
         resets: usize,
+        queues: Vec<QueueState>,
     }
 
     impl VirtioDevice for Dummy {
@@ -463,7 +464,11 @@ mod tests {
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             self.activated = Some((ctx.queues.len(), ctx.acked_features));
+            self.queues = ctx.queues.iter().map(Queue::state).collect();
             Ok(())
+        }
+        fn queue_states(&self) -> Vec<QueueState> {
+            self.queues.clone()
         }
         fn reset(&mut self) -> bool {
             self.resets += 1;
@@ -552,6 +557,42 @@ mod tests {
         assert_eq!(r(&mut t, 0x070), 0);
         assert_eq!(dev.lock().unwrap().resets, 1);
         assert_eq!(r(&mut t, 0x044), 0);
+    }
+
+    #[test]
+    fn saved_state_restores_into_a_fresh_transport() {
+        let (mut t, dev) = transport();
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, 0x024, 1);
+        w(&mut t, 0x020, 1);
+        w(&mut t, 0x070, s);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        w(&mut t, 0x070, s | STATUS_DRIVER_OK);
+        // The device has moved along its first queue since activation.
+        dev.lock().unwrap().queues[0].next_avail = 7;
+        dev.lock().unwrap().queues[0].next_used = 7;
+        let saved: TransportState =
+            serde_json::from_str(&serde_json::to_string(&t.state()).unwrap()).unwrap();
+
+        let (mut fresh, fresh_dev) = transport();
+        fresh.restore(&saved).unwrap();
+        assert_eq!(r(&mut fresh, 0x070), s | STATUS_DRIVER_OK);
+        let d = fresh_dev.lock().unwrap();
+        assert_eq!(d.activated, Some((2, VIRTIO_F_VERSION_1)));
+        assert_eq!(d.queues[0].next_avail, 7);
+        assert_eq!(d.queues[0].next_used, 7);
+        assert_eq!(d.queues[1].desc_table, 0x2_0000);
+        drop(d);
+        // Each queue was notified once, so posted work is looked at.
+        assert_eq!(fresh.queue_evts[0].read().unwrap(), 1);
+        assert_eq!(fresh.queue_evts[1].read().unwrap(), 1);
+
+        // A snapshot of another kind of device is refused.
+        let mut other = saved.clone();
+        other.device_type = 7;
+        assert!(transport().0.restore(&other).is_err());
     }
 
     #[test]
