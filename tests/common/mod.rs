@@ -4,10 +4,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A `hull` command with its state under `root`.
+/// A `hull` command with its state under `root`. Fast-start snapshots are
+/// shared by all tests (one template boot per VM shape per machine instead
+/// of one per test); a test may set its own `HULL_SNAPSHOT_DIR`.
 pub fn hull(root: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hull"));
     cmd.env("HULL_ROOT", root);
+    cmd.env(
+        "HULL_SNAPSHOT_DIR",
+        std::env::temp_dir().join("hull-test-snapshots"),
+    );
     cmd
 }
 
