@@ -8,9 +8,10 @@
 - that preparation vs the host doing the same job: `tar -x` of the same
   layer plus `mkfs.ext4 -d` (median of --runs);
 - host memory per idle container: N busybox containers running
-  `sleep 1000` (`hull run -d`), each VMM's RSS (which includes the guest
-  pages touched: guest memory is anonymous memory of the VMM) and PSS, the
-  drop in the host's MemAvailable, and how many such containers would fit.
+  `sleep 1000` (`hull run -d`), each VMM's RSS split into guest pages
+  touched (guest memory is one anonymous mapping of the VMM) and the VMM's
+  own, its PSS, and how many such containers the host's MemAvailable holds.
+  Then all are removed (`hull rm -f`) and `hull ps -a` must be empty.
 
 Usage: bench/run_vs_runc.py [--runs 5] [--idle 10] [--parallel 2]
                             [--image busybox|python]
@@ -152,20 +153,28 @@ def meminfo_kib(key):
     return 0
 
 
-def proc_kib(pid, path, keys):
-    out = {}
-    with open(f"/proc/{pid}/{path}") as f:
+def vmm_memory_kib(pid, guest_kib):
+    """(RSS of guest memory, RSS of everything else, PSS) of a VMM in KiB.
+    Guest memory is the anonymous mapping of exactly the guest's size: its
+    RSS is the guest pages touched so far."""
+    guest, own, pss, size = 0, 0, 0, None
+    with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            k, _, v = line.partition(":")
-            if k in keys:
-                out[k] = int(v.split()[0])
-    return out
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:"):
+                if size == guest_kib:
+                    guest += int(line.split()[1])
+                else:
+                    own += int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss += int(line.split()[1])
+    return guest, own, pss
 
 
 def idle_containers(hull, n, parallel):
     """Starts n idle busybox containers, measures, removes them all."""
     names = [f"bench-idle-{i}" for i in range(n)]
-    avail_before = meminfo_kib("MemAvailable")
     started = []
     start = time.monotonic()
     try:
@@ -178,24 +187,22 @@ def idle_containers(hull, n, parallel):
                 started.append(name)
         start_all = time.monotonic() - start
         time.sleep(5)  # let the guests settle into idle
-        avail_after = meminfo_kib("MemAvailable")
         per = []
         for name in names:
             info = json.loads(hull("inspect", name))
             info = info[0] if isinstance(info, list) else info
             if not info["State"]["Running"]:
                 die(f"{name} is not running: {info['State']}")
-            pid = info["VM"]["VmmPid"]
-            status = proc_kib(pid, "status", {"VmRSS", "RssAnon", "RssFile", "RssShmem"})
-            rollup = proc_kib(pid, "smaps_rollup", {"Rss", "Pss"})
-            per.append({**status, **rollup, "MemoryMiB": info["VM"]["MemoryMiB"]})
+            guest_mib = info["VM"]["MemoryMiB"]
+            guest, own, pss = vmm_memory_kib(info["VM"]["VmmPid"], guest_mib * 1024)
+            per.append({"guest": guest / 1024, "own": own / 1024, "pss": pss / 1024, "memory": guest_mib})
     finally:
         for name in started:
             subprocess.run([hull.binary, "rm", "-f", name], env=hull.env, capture_output=True)
     left = hull("ps", "-a", "-q").split()
     if left:
         die(f"containers left after rm -f: {left}")
-    return per, avail_before, avail_after, start_all
+    return per, start_all
 
 
 def main():
@@ -266,20 +273,18 @@ def main():
         print(f"{'ratio preparation/host':44} {prep['total_seconds'] / hp:9.0f} x", flush=True)
 
         if args.idle > 0:
-            per, before, after, took = idle_containers(hull, args.idle, args.parallel)
-            rss = median([p["VmRSS"] for p in per]) / 1024
-            anon = median([p["RssAnon"] for p in per]) / 1024
-            pss = median([p["Pss"] for p in per]) / 1024
-            drop = (before - after) / 1024
-            guest = per[0]["MemoryMiB"]
+            available = meminfo_kib("MemAvailable") / 1024
+            per, took = idle_containers(hull, args.idle, args.parallel)
+            guest = median([p["guest"] for p in per])
+            own = median([p["own"] for p in per])
+            pss = median([p["pss"] for p in per])
+            memory = per[0]["memory"]
             print()
-            print(f"{len(per)} idle busybox containers (sleep 1000, {guest} MiB guests) started in {took:.0f} s")
-            print(f"{'VMM RSS per container, median':44} {rss:9.1f} MiB  (anonymous, i.e. guest"
-                  f" pages touched + VMM heap: {anon:.1f} MiB)")
-            print(f"{'VMM PSS per container, median':44} {pss:9.1f} MiB")
-            print(f"{'host MemAvailable drop per container':44} {drop / len(per):9.1f} MiB")
-            print(f"{'idle containers that fit in MemAvailable':44} {before / 1024 / pss:9.0f}"
-                  f"  ({before / 1024:.0f} MiB available; {before / 1024 / (guest + pss - anon):.0f}"
+            print(f"{len(per)} idle busybox containers (sleep 1000, {memory} MiB guests) started in {took:.0f} s")
+            print(f"{'per container, median: VMM RSS':44} {guest + own:9.1f} MiB"
+                  f"  = guest pages touched {guest:.1f} + VMM's own {own:.1f}; PSS {pss:.1f} MiB")
+            print(f"{'idle containers that fit in MemAvailable':44} {available / pss:9.0f}"
+                  f"  ({available:.0f} MiB available before; {available / (memory + own):.0f}"
                   f" if every guest touched all its memory)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
