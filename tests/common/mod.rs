@@ -86,3 +86,38 @@ pub fn busybox_rootfs(rootfs: &Path) {
     .unwrap();
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
 }
+
+/// Imports a busybox userland (see [`busybox_rootfs`]) as image
+/// `busybox:test`, with `ENV GREETING=hi`, `WORKDIR /data` and a default
+/// command.
+pub fn import_busybox(root: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    busybox_rootfs(&rootfs);
+    let tar = dir.path().join("rootfs.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = hull(root)
+        .args([
+            "import",
+            "--change",
+            "ENV GREETING=hi",
+            "--change",
+            "WORKDIR /data",
+            "--change",
+            "CMD [\"/bin/sh\", \"-c\", \"echo default cmd\"]",
+        ])
+        .arg(&tar)
+        .arg("busybox:test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
