@@ -5,7 +5,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::protocol::{self, ExecSpec, Request, Response, StdioKind, CONTROL_PORT, STREAM_PORT};
+use agent::protocol::{
+    self, ExecSpec, ProcessInfo, Request, Response, StdioKind, WindowSize, CONTROL_PORT,
+    STREAM_PORT,
+};
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,24 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
     Ok(s)
 }
 
+/// Copies until EOF (or an error on either side), flushing each chunk: a
+/// prompt without a newline must show at once, not when stdout's line
+/// buffer decides.
+fn copy_flushing(from: &mut impl Read, to: &mut impl Write) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+            return;
+        }
+    }
+}
+
 /// One control connection.
 pub struct AgentClient {
     uds: PathBuf,
@@ -59,7 +80,7 @@ impl AgentClient {
         protocol::send(
             &mut conn,
             &Request::Hello {
-                version: agent::VERSION.to_string(),
+                version: protocol::VERSION.to_string(),
             },
         )?;
         match protocol::recv::<Response>(&mut conn)? {
@@ -150,6 +171,19 @@ impl AgentClient {
         self.call(&Request::Signal { id, signal }).map(|_| ())
     }
 
+    /// Sets the size of agent process `id`'s terminal.
+    pub fn resize_tty(&mut self, id: u32, size: WindowSize) -> Result<(), AgentError> {
+        self.call(&Request::ResizeTty { id, size }).map(|_| ())
+    }
+
+    /// The guest's processes (without the agent and kernel threads).
+    pub fn processes(&mut self) -> Result<Vec<ProcessInfo>, AgentError> {
+        match self.call(&Request::ListProcesses)? {
+            Response::Processes { processes } => Ok(processes),
+            other => Err(AgentError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// Attaches a stdio stream of process `id`.
     fn attach(&self, id: u32, kind: StdioKind) -> Result<UnixStream, AgentError> {
         let mut s = connect_port(&self.uds, STREAM_PORT)?;
@@ -180,6 +214,8 @@ impl AgentClient {
 
     /// Like [`AgentClient::run`], calling `started` with the agent's process
     /// id once the process runs (so it can be signalled from elsewhere).
+    /// A process with a terminal (`spec.tty`) has one stream: `stdin` goes
+    /// into its terminal and everything it writes comes out on `stdout`.
     pub fn run_with(
         &mut self,
         spec: ExecSpec,
@@ -188,10 +224,14 @@ impl AgentClient {
         mut stderr: impl Write + Send,
         started: impl FnOnce(u32),
     ) -> Result<i32, AgentError> {
+        let tty = spec.tty.is_some();
         let id = match self.call(&Request::Create(spec))? {
             Response::Created { id } => id,
             other => return Err(AgentError::Unexpected(Box::new(other))),
         };
+        if tty {
+            return self.run_terminal(id, stdin, stdout, started);
+        }
         let input = match stdin {
             Some(r) => Some((self.attach(id, StdioKind::Stdin)?, r)),
             None => None,
@@ -215,12 +255,8 @@ impl AgentClient {
             });
         }
         let code = std::thread::scope(|scope| -> Result<i32, AgentError> {
-            let err_copy = scope.spawn(move || {
-                let _ = std::io::copy(&mut err, &mut stderr);
-                let _ = stderr.flush();
-            });
-            let _ = std::io::copy(&mut out, &mut stdout);
-            let _ = stdout.flush();
+            let err_copy = scope.spawn(move || copy_flushing(&mut err, &mut stderr));
+            copy_flushing(&mut out, &mut stdout);
             let _ = err_copy.join();
             tracing::debug!("process {id} output closed");
             match self.call(&Request::Wait { id })? {
@@ -229,6 +265,42 @@ impl AgentClient {
             }
         })?;
         Ok(code)
+    }
+
+    /// The rest of [`AgentClient::run_with`] for a process with a terminal.
+    fn run_terminal(
+        &mut self,
+        id: u32,
+        stdin: Option<Box<dyn Read + Send>>,
+        mut stdout: impl Write + Send,
+        started: impl FnOnce(u32),
+    ) -> Result<i32, AgentError> {
+        let mut term = self.attach(id, StdioKind::Tty)?;
+        let input = match stdin {
+            Some(r) => Some((
+                term.try_clone()
+                    .map_err(|e| AgentError::Connect(self.uds.clone(), e))?,
+                r,
+            )),
+            None => None,
+        };
+        match self.call(&Request::Start { id })? {
+            Response::Started { .. } => started(id),
+            other => return Err(AgentError::Unexpected(Box::new(other))),
+        }
+        if let Some((mut sock, mut reader)) = input {
+            // Detached, as in `run_with`: our stdin may never end.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut sock);
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+            });
+        }
+        // The agent ends the stream when the terminal closes.
+        copy_flushing(&mut term, &mut stdout);
+        match self.call(&Request::Wait { id })? {
+            Response::Exited { code, .. } => Ok(code),
+            other => Err(AgentError::Unexpected(Box::new(other))),
+        }
     }
 
     /// Asks the agent to sync and end the VM.

@@ -73,9 +73,10 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
         Ok(a) => {
             let size = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
             println!(
-                "Agent: {} (version {}, {} KiB)",
+                "Agent: {} (version {}, protocol {}, {} KiB)",
                 a.display(),
                 agent::VERSION,
+                agent::protocol::VERSION,
                 size / 1024
             );
         }

@@ -14,6 +14,7 @@ mod info;
 mod initramfs;
 mod rootfs;
 mod serial_watch;
+mod terminal;
 mod units;
 
 use std::path::PathBuf;

@@ -10,6 +10,8 @@ mod console;
 mod mounts;
 mod power;
 mod process;
+mod procs;
+mod pty;
 mod resume;
 mod server;
 mod unpack_server;

@@ -37,6 +37,9 @@ pub struct ContainerConfig {
     pub read_only: bool,
     /// Keep stdin open (`-i`).
     pub interactive: bool,
+    /// Run on a pseudo-terminal (`-t`).
+    #[serde(default)]
+    pub tty: bool,
     /// Creation time, RFC 3339.
     pub created: String,
 }

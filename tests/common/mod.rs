@@ -150,3 +150,38 @@ pub fn import_python_image(root: &Path, flask: bool, tag: &str) -> &'static Pyth
     assert!(out.status.success(), "hull import: {:?}", text(&out));
     image
 }
+
+/// Imports a busybox userland (see [`busybox_rootfs`]) as image
+/// `busybox:test`, with `ENV GREETING=hi`, `WORKDIR /data` and a default
+/// command.
+pub fn import_busybox(root: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    busybox_rootfs(&rootfs);
+    let tar = dir.path().join("rootfs.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = hull(root)
+        .args([
+            "import",
+            "--change",
+            "ENV GREETING=hi",
+            "--change",
+            "WORKDIR /data",
+            "--change",
+            "CMD [\"/bin/sh\", \"-c\", \"echo default cmd\"]",
+        ])
+        .arg(&tar)
+        .arg("busybox:test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
