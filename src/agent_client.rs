@@ -71,6 +71,8 @@ fn copy_flushing(from: &mut impl Read, to: &mut impl Write) {
 pub struct AgentClient {
     uds: PathBuf,
     conn: UnixStream,
+    /// Requests held for one `Batch` round trip (see `begin_batch`).
+    batch: Option<Vec<Request>>,
 }
 
 impl AgentClient {
@@ -87,14 +89,35 @@ impl AgentClient {
             Response::Hello { .. } => Ok(Self {
                 uds: uds.into(),
                 conn,
+                batch: None,
             }),
             Response::Error { message } => Err(AgentError::Version(message)),
             other => Err(AgentError::Unexpected(Box::new(other))),
         }
     }
 
+    /// From now until [`AgentClient::end_batch`], requests are held and
+    /// answered `Ok` at once, then sent in one round trip: each round trip
+    /// costs the guest an interrupt, wake-ups and socket calls, which are
+    /// slow on emulating hosts. Only for requests the agent answers `Ok`.
+    pub fn begin_batch(&mut self) {
+        self.batch = Some(Vec::new());
+    }
+
+    /// Sends the held requests; the first failure is the error.
+    pub fn end_batch(&mut self) -> Result<(), AgentError> {
+        match self.batch.take() {
+            Some(reqs) if !reqs.is_empty() => self.call(&Request::Batch(reqs)).map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// Sends one request and reads its response; agent errors become `Err`.
     pub fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
+        if let Some(batch) = &mut self.batch {
+            batch.push(req.clone());
+            return Ok(Response::Ok);
+        }
         protocol::send(&mut self.conn, req)?;
         match protocol::recv::<Response>(&mut self.conn)? {
             Response::Error { message } => Err(AgentError::Remote(message)),

@@ -166,16 +166,16 @@ pub fn start(
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    client
-        .resumed(nanos, entropy()?)
-        .context("giving the restored guest its identity")?;
-    tracing::debug!("guest identity set");
+    // One round trip: identity first, then each disk.
+    client.begin_batch();
+    client.resumed(nanos, entropy()?)?;
     for (i, sectors) in sizes.into_iter().enumerate() {
-        let device = format!("/dev/vd{}", (b'a' + i as u8) as char);
-        client
-            .refresh_disk(&device, sectors)
-            .with_context(|| format!("attaching {device} to the restored guest"))?;
+        client.refresh_disk(&format!("/dev/vd{}", (b'a' + i as u8) as char), sectors)?;
     }
+    client
+        .end_batch()
+        .context("giving the restored guest its identity and disks")?;
+    tracing::debug!("guest identity set, disks attached");
     Ok(vm)
 }
 

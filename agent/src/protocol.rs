@@ -189,6 +189,10 @@ pub enum Request {
         /// credited, then the RNG is reseeded at once.
         entropy: Vec<u8>,
     },
+    /// Several requests answered by `Ok`, handled in order in one round
+    /// trip (container set-up: a dozen mounts and files); the answer is
+    /// `Ok` or the first `Error`, after which the rest are not run.
+    Batch(Vec<Request>),
     /// A disk's backing file changed under the guest (snapshot restore):
     /// wait until the guest sees its new size, then drop cached blocks.
     RefreshDisk {

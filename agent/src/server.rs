@@ -184,6 +184,24 @@ impl Agent {
                 }
                 Response::Ok
             }
+            Request::Batch(requests) => {
+                for (i, req) in requests.into_iter().enumerate() {
+                    if matches!(req, Request::Batch(_) | Request::Shutdown) {
+                        return error(format!("request {} cannot be batched", i + 1));
+                    }
+                    match self.handle(req) {
+                        Response::Ok => {}
+                        Response::Error { message } => return error(message),
+                        other => {
+                            return error(format!(
+                                "batched request {} answered {other:?}, not Ok",
+                                i + 1
+                            ))
+                        }
+                    }
+                }
+                Response::Ok
+            }
             Request::Resumed {
                 unix_nanos,
                 entropy,
@@ -395,6 +413,39 @@ mod tests {
     /// Agents for tests share one running reaper: a reaper waits for any
     /// child (`waitpid(-1)`), so two in one process would steal each
     /// other's exit statuses.
+    #[test]
+    fn a_batch_runs_in_order_and_stops_at_the_first_error() {
+        let a = agent();
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        let batch = Request::Batch(vec![
+            Request::Mkdir { path: p("one") },
+            Request::WriteFile {
+                path: p("one/f"),
+                content: "x".into(),
+                mode: 0o600,
+            },
+            Request::Mkdir {
+                path: p("one/f/under-a-file"),
+            },
+            Request::Mkdir { path: p("never") },
+        ]);
+        match a.handle(batch) {
+            Response::Error { message } => assert!(message.contains("under-a-file"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(p("one/f")).unwrap(), "x");
+        assert!(!std::path::Path::new(&p("never")).exists());
+        assert_eq!(
+            a.handle(Request::Batch(vec![Request::Mkdir { path: p("two") }])),
+            Response::Ok
+        );
+        assert!(matches!(
+            a.handle(Request::Batch(vec![Request::Shutdown])),
+            Response::Error { .. }
+        ));
+    }
+
     fn agent() -> Arc<Agent> {
         static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
         let reaper = REAPER.get_or_init(|| {

@@ -245,6 +245,7 @@ fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
 /// overlay's lower layer, the writable layer on its own disk (or tmpfs for
 /// `--rm`), then /proc, /sys, /dev, hostname, /etc/hosts, /etc/resolv.conf.
 fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Result<()> {
+    client.begin_batch();
     client.mount("/dev/vda", GUEST_LOWER, "ext4", true, "")?;
     if config.auto_remove {
         client.mount("tmpfs", GUEST_SCRATCH, "tmpfs", false, "mode=0755")?;
@@ -296,6 +297,7 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Res
     if config.read_only {
         client.remount_read_only(GUEST_ROOT)?;
     }
+    client.end_batch()?;
     Ok(())
 }
 
