@@ -319,7 +319,7 @@ fn tty_run_exec_start_attach_and_logs_follow() {
     let header: Vec<&str> = rows.next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["UID", "PID", "PPID", "ELAPSED", "TIME", "CMD"]);
     let rows: Vec<Vec<&str>> = rows.map(|l| l.split_whitespace().collect()).collect();
-    assert!(rows.iter().all(|r| r[1] != "1"), "{top}");
+    assert!(rows.iter().all(|r| r.len() >= 6 && r[1] != "1"), "{top}");
     assert!(
         rows.iter()
             .any(|r| r[0] == "0" && r[2] == "1" && r[5..8] == ["/bin/sh", "-c", "if"]),
@@ -345,6 +345,36 @@ fn tty_run_exec_start_attach_and_logs_follow() {
         .output()
         .unwrap();
     assert_one_line_error(&out, "The input device is not a TTY");
+    // ... `-i -t`: ^C typed on our (raw) terminal is a byte for the
+    // container's terminal, whose line discipline interrupts its
+    // foreground process group (the exec'd shell's: it is a session
+    // leader with the PTY as controlling terminal) ...
+    let mut cmd = hull(root);
+    cmd.args([
+        "exec",
+        "-i",
+        "-t",
+        "t1",
+        "sh",
+        "-c",
+        "echo armed; sleep 1000",
+    ]);
+    let interrupted = OnPty::spawn(cmd, 24, 80);
+    let before = termios(interrupted.slave_fd());
+    interrupted.wait_for("armed", Duration::from_secs(60));
+    (&interrupted.master).write_all(b"\x03").unwrap();
+    let done = interrupted.finish();
+    assert_eq!(
+        done.code,
+        Some(130),
+        "{:?} {:?}",
+        done.terminal,
+        done.stderr
+    );
+    assert!(
+        same_termios(&before, &done.termios),
+        "terminal left changed"
+    );
     // ... then on a 50x132 host terminal; it releases the main process.
     let mut cmd = hull(root);
     cmd.args(["exec", "-t", "t1", "sh", "-c"])

@@ -28,7 +28,13 @@ pub fn table(procs: &[ProcessInfo]) -> String {
             p.ppid,
             duration(p.running_ms),
             duration(p.cpu_ms),
-            p.command.join(" ")
+            // One line per process: control characters (a script's
+            // newlines, escape sequences) show as `?`, as ps shows them.
+            p.command
+                .join(" ")
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
         ));
     }
     out
@@ -46,12 +52,12 @@ mod tests {
             uid: 1000,
             cpu_ms: 61_500,
             running_ms: 90_061_000,
-            command: vec!["/bin/sh".into(), "-c".into(), "sleep 1".into()],
+            command: vec!["/bin/sh".into(), "-c".into(), "sleep 1\n\x1b[2J".into()],
         }];
         assert_eq!(
             table(&procs),
             "UID     PID     PPID    ELAPSED     TIME        CMD\n\
-             1000    12      1       1-01:01:01  01:01       /bin/sh -c sleep 1\n"
+             1000    12      1       1-01:01:01  01:01       /bin/sh -c sleep 1??[2J\n"
         );
         assert_eq!(duration(3_600_000), "01:00:00");
         assert_eq!(table(&[]).lines().count(), 1);
