@@ -11,6 +11,7 @@ mod guest_vm;
 mod image_cmd;
 mod info;
 mod initramfs;
+mod ports;
 mod rootfs;
 mod serial_watch;
 mod units;
@@ -49,7 +50,7 @@ enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
-    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, inspect.
+    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, port, inspect.
     #[command(flatten)]
     Container(container_cmd::ContainerCommand),
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...

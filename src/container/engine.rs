@@ -15,6 +15,7 @@ use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
 use crate::agent_client::AgentClient;
 use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::ports::PortForwarder;
 use crate::rootfs::{self, RootfsCache};
 
 /// Where the container's root is assembled inside the guest.
@@ -70,6 +71,7 @@ pub fn run(
         s.status = Status::Exited;
         s.vmm_pid = None;
         s.process_id = None;
+        s.ports.clear();
         s.finished_at = Some(now_rfc3339());
         match &result {
             Ok(code) => s.exit_code = Some(*code),
@@ -131,6 +133,10 @@ fn run_inner(
         // Before any VM thread exists, so none of them takes the signals.
         forward_signals(socket_path(root, &config.id), main_process.clone())?;
     }
+    // Before the boot: a port in use fails the start at once. Dropped
+    // (listeners closed) before `run` records the exit.
+    let mut ports = PortForwarder::bind(&config.ports)?;
+    update(dir, |s| s.ports = ports.bindings())?;
     let (image_disk, _) = RootfsCache::new(root).get_or_prepare(root, &config.layers)?;
     let upper = dir.join("upper.ext4");
     if !config.auto_remove && !upper.exists() {
@@ -161,6 +167,7 @@ fn run_inner(
     }
     vm_config.cmdline.push_str(" hull.serve");
     let vm = RunningVm::start(vm_config, &seen, Duration::from_secs(600))?;
+    ports.start(&vm.uds)?;
 
     let mut client = AgentClient::connect(&vm.uds)?;
     setup_root(&mut client, config)?;
@@ -200,6 +207,8 @@ fn run_inner(
             record_pid,
         )?,
     };
+    // The container's process is gone: refuse new connections now.
+    drop(ports);
     AgentClient::connect(&vm.uds)?.shutdown()?;
     vm.wait(Duration::from_secs(120))?;
     Ok(code)
