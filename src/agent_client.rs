@@ -5,7 +5,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::protocol::{self, ExecSpec, Request, Response, StdioKind, CONTROL_PORT, STREAM_PORT};
+use agent::protocol::{
+    self, ExecSpec, ProcessInfo, Request, Response, StdioKind, WindowSize, CONTROL_PORT,
+    STREAM_PORT,
+};
 
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +49,30 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
     Ok(s)
 }
 
+/// Copies until EOF (or an error on either side), flushing each chunk: a
+/// prompt without a newline must show at once, not when stdout's line
+/// buffer decides.
+fn copy_flushing(from: &mut impl Read, to: &mut impl Write) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+            return;
+        }
+    }
+}
+
 /// One control connection.
 pub struct AgentClient {
     uds: PathBuf,
     conn: UnixStream,
+    /// Requests held for one `Batch` round trip (see `begin_batch`).
+    batch: Option<Vec<Request>>,
 }
 
 impl AgentClient {
@@ -59,21 +82,42 @@ impl AgentClient {
         protocol::send(
             &mut conn,
             &Request::Hello {
-                version: agent::VERSION.to_string(),
+                version: protocol::VERSION.to_string(),
             },
         )?;
         match protocol::recv::<Response>(&mut conn)? {
             Response::Hello { .. } => Ok(Self {
                 uds: uds.into(),
                 conn,
+                batch: None,
             }),
             Response::Error { message } => Err(AgentError::Version(message)),
             other => Err(AgentError::Unexpected(Box::new(other))),
         }
     }
 
+    /// From now until [`AgentClient::end_batch`], requests are held and
+    /// answered `Ok` at once, then sent in one round trip: each round trip
+    /// costs the guest an interrupt, wake-ups and socket calls, which are
+    /// slow on emulating hosts. Only for requests the agent answers `Ok`.
+    pub fn begin_batch(&mut self) {
+        self.batch = Some(Vec::new());
+    }
+
+    /// Sends the held requests; the first failure is the error.
+    pub fn end_batch(&mut self) -> Result<(), AgentError> {
+        match self.batch.take() {
+            Some(reqs) if !reqs.is_empty() => self.call(&Request::Batch(reqs)).map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// Sends one request and reads its response; agent errors become `Err`.
     pub fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
+        if let Some(batch) = &mut self.batch {
+            batch.push(req.clone());
+            return Ok(Response::Ok);
+        }
         protocol::send(&mut self.conn, req)?;
         match protocol::recv::<Response>(&mut self.conn)? {
             Response::Error { message } => Err(AgentError::Remote(message)),
@@ -98,6 +142,25 @@ impl AgentClient {
             options: options.into(),
         })
         .map(|_| ())
+    }
+
+    /// Gives a guest restored from a snapshot its own wall clock and
+    /// random state.
+    pub fn resumed(&mut self, unix_nanos: u64, entropy: Vec<u8>) -> Result<(), AgentError> {
+        self.call(&Request::Resumed {
+            unix_nanos,
+            entropy,
+        })
+        .map(drop)
+    }
+
+    /// Has the guest see a disk's new backing (after a snapshot restore).
+    pub fn refresh_disk(&mut self, device: &str, sectors: u64) -> Result<(), AgentError> {
+        self.call(&Request::RefreshDisk {
+            device: device.into(),
+            sectors,
+        })
+        .map(drop)
     }
 
     /// Creates a directory (and parents) in the guest.
@@ -131,6 +194,19 @@ impl AgentClient {
         self.call(&Request::Signal { id, signal }).map(|_| ())
     }
 
+    /// Sets the size of agent process `id`'s terminal.
+    pub fn resize_tty(&mut self, id: u32, size: WindowSize) -> Result<(), AgentError> {
+        self.call(&Request::ResizeTty { id, size }).map(|_| ())
+    }
+
+    /// The guest's processes (without the agent and kernel threads).
+    pub fn processes(&mut self) -> Result<Vec<ProcessInfo>, AgentError> {
+        match self.call(&Request::ListProcesses)? {
+            Response::Processes { processes } => Ok(processes),
+            other => Err(AgentError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// Attaches a stdio stream of process `id`.
     fn attach(&self, id: u32, kind: StdioKind) -> Result<UnixStream, AgentError> {
         let mut s = connect_port(&self.uds, STREAM_PORT)?;
@@ -161,6 +237,8 @@ impl AgentClient {
 
     /// Like [`AgentClient::run`], calling `started` with the agent's process
     /// id once the process runs (so it can be signalled from elsewhere).
+    /// A process with a terminal (`spec.tty`) has one stream: `stdin` goes
+    /// into its terminal and everything it writes comes out on `stdout`.
     pub fn run_with(
         &mut self,
         spec: ExecSpec,
@@ -169,18 +247,26 @@ impl AgentClient {
         mut stderr: impl Write + Send,
         started: impl FnOnce(u32),
     ) -> Result<i32, AgentError> {
+        let tty = spec.tty.is_some();
         let id = match self.call(&Request::Create(spec))? {
             Response::Created { id } => id,
             other => return Err(AgentError::Unexpected(Box::new(other))),
         };
+        if tty {
+            return self.run_terminal(id, stdin, stdout, started);
+        }
         let input = match stdin {
             Some(r) => Some((self.attach(id, StdioKind::Stdin)?, r)),
             None => None,
         };
         let mut out = self.attach(id, StdioKind::Stdout)?;
         let mut err = self.attach(id, StdioKind::Stderr)?;
+        tracing::debug!("process {id} created and attached");
         match self.call(&Request::Start { id })? {
-            Response::Started { .. } => started(id),
+            Response::Started { .. } => {
+                tracing::debug!("process {id} started");
+                started(id)
+            }
             other => return Err(AgentError::Unexpected(Box::new(other))),
         }
         if let Some((mut sock, mut reader)) = input {
@@ -192,19 +278,52 @@ impl AgentClient {
             });
         }
         let code = std::thread::scope(|scope| -> Result<i32, AgentError> {
-            let err_copy = scope.spawn(move || {
-                let _ = std::io::copy(&mut err, &mut stderr);
-                let _ = stderr.flush();
-            });
-            let _ = std::io::copy(&mut out, &mut stdout);
-            let _ = stdout.flush();
+            let err_copy = scope.spawn(move || copy_flushing(&mut err, &mut stderr));
+            copy_flushing(&mut out, &mut stdout);
             let _ = err_copy.join();
+            tracing::debug!("process {id} output closed");
             match self.call(&Request::Wait { id })? {
                 Response::Exited { code, .. } => Ok(code),
                 other => Err(AgentError::Unexpected(Box::new(other))),
             }
         })?;
         Ok(code)
+    }
+
+    /// The rest of [`AgentClient::run_with`] for a process with a terminal.
+    fn run_terminal(
+        &mut self,
+        id: u32,
+        stdin: Option<Box<dyn Read + Send>>,
+        mut stdout: impl Write + Send,
+        started: impl FnOnce(u32),
+    ) -> Result<i32, AgentError> {
+        let mut term = self.attach(id, StdioKind::Tty)?;
+        let input = match stdin {
+            Some(r) => Some((
+                term.try_clone()
+                    .map_err(|e| AgentError::Connect(self.uds.clone(), e))?,
+                r,
+            )),
+            None => None,
+        };
+        match self.call(&Request::Start { id })? {
+            Response::Started { .. } => started(id),
+            other => return Err(AgentError::Unexpected(Box::new(other))),
+        }
+        if let Some((mut sock, mut reader)) = input {
+            // Detached, as in `run_with`: our stdin may never end.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut sock);
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+            });
+        }
+        // The agent ends the stream when the terminal closes.
+        copy_flushing(&mut term, &mut stdout);
+        match self.call(&Request::Wait { id })? {
+            Response::Exited { code, .. } => Ok(code),
+            other => Err(AgentError::Unexpected(Box::new(other))),
+        }
     }
 
     /// Asks the agent to sync and end the VM.

@@ -1,5 +1,5 @@
 //! CLI handlers for container commands (`hull run`, `ps`, `logs`, `stop`,
-//! `kill`, `rm`, `exec`, `start`, `wait`, `port`, `inspect`).
+//! `kill`, `rm`, `exec`, `start`, `wait`, `top`, `port`, `inspect`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,7 +44,7 @@ pub struct RunArgs {
     /// Keep stdin open.
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Allocate a pseudo-TTY (not supported yet).
+    /// Allocate a pseudo-TTY.
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Container hostname (default: the short ID).
@@ -160,7 +160,7 @@ pub enum ContainerCommand {
         /// Keep stdin open.
         #[arg(short = 'i', long)]
         interactive: bool,
-        /// Allocate a pseudo-TTY (not supported yet).
+        /// Allocate a pseudo-TTY.
         #[arg(short = 't', long)]
         tty: bool,
         /// Environment variable KEY=VALUE.
@@ -177,6 +177,11 @@ pub enum ContainerCommand {
         /// Command and arguments.
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Show the processes running in a container.
+    Top {
+        /// Container.
+        container: String,
     },
     /// List a container's published ports, or the host addresses of one.
     Port {
@@ -205,9 +210,10 @@ pub enum CommandError {
     /// Bad flag value.
     #[error("Invalid {0}: {1}")]
     Invalid(&'static str, String),
-    /// Not supported yet.
-    #[error("{0} is not supported yet")]
-    Unsupported(&'static str),
+    /// `-i -t` with a stdin that is not a terminal (Docker refuses it too:
+    /// raw mode and window sizes need one).
+    #[error("The input device is not a TTY")]
+    NotATty,
     /// The container is not running.
     #[error("Container {0} is not running")]
     NotRunning(String),
@@ -332,22 +338,33 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             container,
             command,
         } => {
-            if tty {
-                return Err(CommandError::Unsupported("-t (TTY)").into());
-            }
             let c = store.find(&container)?;
             if c.state.status != Status::Running || c.state.process_id.is_none() {
                 return Err(CommandError::NotRunning(container).into());
             }
-            Ok(exit_code(engine::exec(
-                root,
-                &c.config,
-                command,
+            check_tty_input(interactive, tty)?;
+            let opts = engine::ExecOptions {
+                argv: command,
                 env,
-                workdir,
+                cwd: workdir,
                 user,
-                interactive,
-            )?))
+                stdin: interactive,
+                tty,
+            };
+            Ok(exit_code(engine::exec(root, &c.config, opts)?))
+        }
+        ContainerCommand::Top { container } => {
+            let c = store.find(&container)?;
+            if c.state.status != Status::Running {
+                return Err(CommandError::NotRunning(container).into());
+            }
+            let procs = crate::agent_client::AgentClient::connect(&engine::socket_path(
+                root,
+                &c.config.id,
+            ))?
+            .processes()?;
+            print!("{}", crate::container::top::table(&procs));
+            Ok(0)
         }
         ContainerCommand::Port { container, port } => {
             let c = store.find(&container)?;
@@ -373,13 +390,23 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
     }
 }
 
+/// `-i -t` needs our stdin to be a terminal; `-t` alone does not (the
+/// container still gets its PTY, only our side is not put in raw mode).
+fn check_tty_input(interactive: bool, tty: bool) -> Result<(), CommandError> {
+    use std::io::IsTerminal;
+    if interactive && tty && !std::io::stdin().is_terminal() {
+        return Err(CommandError::NotATty);
+    }
+    Ok(())
+}
+
 fn exit_code(code: i32) -> u8 {
     u8::try_from(code).unwrap_or(255)
 }
 
 fn run_container(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
-    if args.tty {
-        return Err(CommandError::Unsupported("-t (TTY)").into());
+    if !args.detach {
+        check_tty_input(args.interactive, args.tty)?;
     }
     let mem_mib = units::parse_mib(&args.memory)?;
     if mem_mib < 64 {
@@ -484,6 +511,7 @@ fn run_container(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::
         ports,
         publish_all: args.publish_all,
         exposed_ports,
+        tty: args.tty,
         created: now_rfc3339(),
     };
     let dir = store.create(&config)?;

@@ -74,7 +74,7 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
             Err(DebugBootError::NoShutdown("guest reset, kernel panic?".into()).into())
         }
         (vmm::VmExit::GuestCrash(why), _) => Err(DebugBootError::NoShutdown(why).into()),
-        (vmm::VmExit::HostStop, _) => {
+        (vmm::VmExit::HostStop | vmm::VmExit::Snapshotted, _) => {
             Err(DebugBootError::NoShutdown("stopped by host".into()).into())
         }
     }

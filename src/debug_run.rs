@@ -126,6 +126,7 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         cwd: args.workdir.clone(),
         root: args.chroot.clone(),
         user: String::new(),
+        tty: None,
     };
     let stdin: Option<Box<dyn std::io::Read + Send>> = if args.interactive {
         Some(Box::new(std::io::stdin()))

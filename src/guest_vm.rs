@@ -127,12 +127,48 @@ impl RunningVm {
         seen: &SeenStatus,
         ready_timeout: Duration,
     ) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let uds = vm_socket(&config)?;
+        let mut running = Self::spawn(vmm::Vm::new(config)?, uds)?;
+        let done = running.done.clone();
+        if let Err(e) = wait_ready(seen, || done.load(Ordering::Acquire), ready_timeout) {
+            running.kill();
+            return Err(e.into());
+        }
+        Ok(running)
+    }
+
+    /// Restores the VM saved in `snapshot` with the devices of `config` and
+    /// starts it; returns once its agent answers on vsock (it was already
+    /// listening when the snapshot was taken).
+    pub fn restore(
+        config: vmm::VmConfig,
+        snapshot: &Path,
+        ready_timeout: Duration,
+    ) -> anyhow::Result<(Self, crate::agent_client::AgentClient)> {
+        use std::sync::atomic::Ordering;
+        let uds = vm_socket(&config)?;
+        let mut running = Self::spawn(vmm::Vm::restore(config, snapshot)?, uds)?;
+        let start = Instant::now();
+        loop {
+            match crate::agent_client::AgentClient::connect(&running.uds) {
+                Ok(client) => return Ok((running, client)),
+                Err(e) if running.done.load(Ordering::Acquire) => {
+                    running.kill();
+                    return Err(anyhow::anyhow!(e).context("restored VM ended"));
+                }
+                Err(e) if start.elapsed() > ready_timeout => {
+                    running.kill();
+                    return Err(anyhow::anyhow!(e).context("restored VM's agent does not answer"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Runs `vm` on its own thread.
+    pub fn spawn(vm: vmm::Vm, uds: std::path::PathBuf) -> anyhow::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let uds = config
-            .vsock_uds
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("internal: VM without vsock"))?;
-        let vm = vmm::Vm::new(config)?;
         let stop = vm.stop_handle();
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let thread = {
@@ -145,18 +181,17 @@ impl RunningVm {
                     r
                 })?
         };
-        let mut running = Self {
+        Ok(Self {
             uds,
             stop,
             done,
             thread: Some(thread),
-        };
-        let done = running.done.clone();
-        if let Err(e) = wait_ready(seen, || done.load(Ordering::Acquire), ready_timeout) {
-            running.kill();
-            return Err(e.into());
-        }
-        Ok(running)
+        })
+    }
+
+    /// Whether the VM has ended.
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Stops the VM at once (no guest shutdown) and waits for it.
@@ -187,6 +222,13 @@ impl RunningVm {
             .map_err(|_| anyhow::anyhow!("VM thread panicked"))?
             .map_err(Into::into)
     }
+}
+
+fn vm_socket(config: &vmm::VmConfig) -> anyhow::Result<std::path::PathBuf> {
+    config
+        .vsock_uds
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("internal: VM without vsock"))
 }
 
 impl Drop for RunningVm {

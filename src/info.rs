@@ -73,14 +73,48 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
         Ok(a) => {
             let size = std::fs::metadata(&a).map(|m| m.len()).unwrap_or(0);
             println!(
-                "Agent: {} (version {}, {} KiB)",
+                "Agent: {} (version {}, protocol {}, {} KiB)",
                 a.display(),
                 agent::VERSION,
+                agent::protocol::VERSION,
                 size / 1024
             );
         }
         Err(e) => println!("Agent: missing ({e})"),
     }
     println!("Data dir: {}", root.display());
+    let store = crate::fast_start::snapshots_dir(root);
+    println!(
+        "Fast start: {} (set {}=0 to boot every container cold)",
+        if crate::fast_start::enabled() {
+            "on, containers start from a VM snapshot"
+        } else {
+            "off"
+        },
+        crate::fast_start::ENABLE_ENV
+    );
+    let snapshots = crate::fast_start::list(&store);
+    let bytes: u64 = snapshots
+        .iter()
+        .map(|(p, _)| crate::fast_start::disk_usage(p))
+        .sum();
+    println!(
+        "Snapshots: {} in {} ({:.1} MiB on disk; {} moves them)",
+        snapshots.len(),
+        store.display(),
+        bytes as f64 / (1 << 20) as f64,
+        crate::fast_start::DIR_ENV
+    );
+    for (path, meta) in &snapshots {
+        if let Some(m) = meta {
+            println!(
+                "  {}: {} MiB, {} vCPU(s), made in {:.1} s",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                m.mem_mib,
+                m.vcpus,
+                m.make_seconds
+            );
+        }
+    }
     Ok(0)
 }

@@ -5,6 +5,7 @@ mod container;
 mod container_cmd;
 mod debug_boot;
 mod debug_run;
+mod fast_start;
 mod file_lock;
 mod guest_files;
 mod guest_vm;
@@ -14,6 +15,7 @@ mod initramfs;
 mod ports;
 mod rootfs;
 mod serial_watch;
+mod terminal;
 mod units;
 
 use std::path::PathBuf;
@@ -50,7 +52,12 @@ enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
-    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, port, inspect.
+    /// Housekeeping of hull's caches.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, top, port, inspect.
     #[command(flatten)]
     Container(container_cmd::ContainerCommand),
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...
@@ -59,11 +66,29 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Remove the fast-start VM snapshots (made again on the next run).
+    Prune,
+}
+
+#[derive(Subcommand, Debug)]
 enum DebugCommand {
     /// Boot a VM with the agent, print what the guest printed, exit with its status.
     Boot(debug_boot::DebugBootArgs),
     /// Boot a VM with disks, run one command through the agent, exit with its status.
     Run(debug_run::DebugRunArgs),
+}
+
+/// `hull system prune`: deletes the fast-start snapshots.
+fn system_prune(root: &std::path::Path) -> anyhow::Result<u8> {
+    let store = fast_start::snapshots_dir(root);
+    let (count, bytes) = fast_start::prune(&store)
+        .map_err(|e| anyhow::anyhow!("cannot prune {}: {e}", store.display()))?;
+    println!(
+        "Deleted {count} VM snapshot(s), {:.1} MiB reclaimed",
+        bytes as f64 / (1 << 20) as f64
+    );
+    Ok(0)
 }
 
 fn default_root() -> PathBuf {
@@ -98,6 +123,9 @@ fn main() -> ExitCode {
         Command::Debug {
             command: DebugCommand::Run(args),
         } => debug_run::run(args, &root),
+        Command::System {
+            command: SystemCommand::Prune,
+        } => system_prune(&root),
         Command::Image(cmd) => image_cmd::run(cmd, &root),
         Command::Container(cmd) => container_cmd::run(cmd, &root),
     };

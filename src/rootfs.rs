@@ -138,7 +138,18 @@ impl RootfsCache {
             return Ok((path, None));
         }
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let result = prepare(root, layers, &tmp);
+        let mut result = prepare(root, layers, &tmp);
+        if let Err(e) = &result {
+            if broken_connection(e) {
+                // Seen rarely on heavily loaded PVM hosts: the unpack stream
+                // ends without the agent's reply (cause not yet found, see
+                // docs/unpack.md). Preparation starts from an empty disk, so
+                // one more attempt is safe.
+                tracing::debug!("rootfs preparation failed ({e:#}); trying once more");
+                let _ = std::fs::remove_file(&tmp);
+                result = prepare(root, layers, &tmp);
+            }
+        }
         match result {
             Ok(stats) => {
                 std::fs::rename(&tmp, &path)?;
@@ -152,6 +163,20 @@ impl RootfsCache {
             }
         }
     }
+}
+
+/// Whether preparation failed because a connection to the helper VM's
+/// agent broke (rather than on bad input, which fails the same way again).
+fn broken_connection(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<protocol::WireError>(),
+            Some(protocol::WireError::Io(_))
+        ) || matches!(
+            c.downcast_ref::<agent_client::AgentError>(),
+            Some(agent_client::AgentError::Wire(protocol::WireError::Io(_)))
+        )
+    })
 }
 
 /// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
@@ -199,7 +224,19 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         let mut f = File::open(p).map_err(|e| RootfsError::Layer(p.clone(), e))?;
         std::io::copy(&mut f, &mut stream).map_err(|e| RootfsError::Layer(p.clone(), e))?;
     }
-    let reply: UnpackReply = protocol::recv(&mut stream)?;
+    let reply: UnpackReply = protocol::recv(&mut stream).map_err(|e| {
+        let why = if vm.is_done() {
+            std::thread::sleep(Duration::from_millis(200));
+            let tail = crate::serial_watch::console_tail();
+            format!(
+                "helper VM ended; guest console: {}",
+                tail.last().map_or("(nothing)", String::as_str)
+            )
+        } else {
+            "helper VM still running".to_string()
+        };
+        anyhow::Error::from(e).context(format!("waiting for the unpack result ({why})"))
+    })?;
     let stats = match reply {
         UnpackReply::Done {
             compressed_bytes,

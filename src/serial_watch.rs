@@ -10,6 +10,23 @@ use agent::Status;
 /// Status lines seen so far, with when (since the watcher was made) they came.
 pub type SeenStatus = Arc<Mutex<Vec<(Duration, Status)>>>;
 
+/// The last lines of guest console output that were not status lines (a
+/// kernel panic, an agent error), for error messages; one per process is
+/// enough since a process watches one VM at a time.
+static CONSOLE_TAIL: Mutex<std::collections::VecDeque<String>> =
+    Mutex::new(std::collections::VecDeque::new());
+const CONSOLE_TAIL_LINES: usize = 8;
+
+/// The last console lines of the guest this process ran, oldest first.
+pub fn console_tail() -> Vec<String> {
+    CONSOLE_TAIL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
 /// A `Write` for the VMM's serial port.
 pub struct SerialWatcher {
     echo: bool,
@@ -34,9 +51,16 @@ impl SerialWatcher {
     }
 
     fn end_line(&mut self) {
-        if let Some(status) = Status::parse(&String::from_utf8_lossy(&self.line)) {
+        let line = String::from_utf8_lossy(&self.line).trim_end().to_string();
+        if let Some(status) = Status::parse(&line) {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.push((self.start.elapsed(), status));
+        } else if !line.is_empty() {
+            let mut tail = CONSOLE_TAIL.lock().unwrap_or_else(|p| p.into_inner());
+            if tail.len() == CONSOLE_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
         }
         self.line.clear();
     }

@@ -9,39 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{assert_one_line_error, busybox_rootfs, hull, require_kvm, text};
-
-fn import_busybox(root: &Path) {
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path().join("rootfs");
-    std::fs::create_dir(&rootfs).unwrap();
-    busybox_rootfs(&rootfs);
-    let tar = dir.path().join("rootfs.tar");
-    let out = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = hull(root)
-        .args([
-            "import",
-            "--change",
-            "ENV GREETING=hi",
-            "--change",
-            "WORKDIR /data",
-            "--change",
-            "CMD [\"/bin/sh\", \"-c\", \"echo default cmd\"]",
-        ])
-        .arg(&tar)
-        .arg("busybox:test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{:?}", text(&out));
-}
+use common::{assert_one_line_error, hull, import_busybox, require_kvm, text};
 
 fn ok(out: &Output) -> String {
     let (stdout, stderr) = text(out);

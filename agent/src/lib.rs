@@ -9,7 +9,7 @@ pub mod protocol;
 /// rootfs-preparation helper VM; host-testable).
 pub mod unpack;
 
-/// Version of the agent and of the host<->agent protocol.
+/// Version of the agent (the protocol has its own: [`protocol::VERSION`]).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Prefix of every status line the agent writes on the serial port.

@@ -91,9 +91,18 @@ fn resolve(prog: &str, env: &[String], root: Option<&str>) -> String {
     prog.to_string()
 }
 
-/// Starts `spec` with the given stdio descriptors (`None` = /dev/null);
-/// returns its PID, or the reason exec failed.
-pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> io::Result<i32> {
+/// What a new process gets as fds 0/1/2.
+pub enum ChildIo<'a> {
+    /// One descriptor each (`None` = /dev/null).
+    Streams([Option<&'a OwnedFd>; 3]),
+    /// A PTY slave on all three, made the controlling terminal of the
+    /// process's new session.
+    Terminal(&'a OwnedFd),
+}
+
+/// Starts `spec` with the given stdio; returns its PID, or the reason exec
+/// failed.
+pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i32> {
     if spec.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     }
@@ -124,10 +133,22 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
     let identity = crate::user::resolve(&spec.user, Path::new(spec.root.as_deref().unwrap_or("/")))
         .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
     let groups: Vec<libc::gid_t> = identity.groups.clone();
-    let fds: Vec<i32> = stdio
-        .iter()
-        .map(|f| f.map_or(-1, |f| f.as_raw_fd()))
-        .collect();
+    let (fds, controlling_tty): (Vec<i32>, bool) = match io {
+        ChildIo::Streams(stdio) => (
+            stdio
+                .iter()
+                .map(|f| f.map_or(-1, |f| f.as_raw_fd()))
+                .collect(),
+            false,
+        ),
+        ChildIo::Terminal(slave) => {
+            // The terminal belongs to the user it runs as (as runc does),
+            // so it can e.g. chmod it; best effort, the fds work anyway.
+            // SAFETY: fchown on a descriptor we hold; -1 keeps the group.
+            unsafe { libc::fchown(slave.as_raw_fd(), identity.uid, u32::MAX) };
+            (vec![slave.as_raw_fd(); 3], true)
+        }
+    };
 
     // A close-on-exec pipe tells the parent whether exec succeeded.
     let mut pipe = [0i32; 2];
@@ -136,8 +157,8 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fork in a multi-threaded process; the child only makes
-    // async-signal-safe calls (dup2, chroot, chdir, signal, setsid, execve,
-    // write, _exit) on data prepared above.
+    // async-signal-safe calls (dup2, chroot, chdir, signal, setsid, ioctl,
+    // execve, write, _exit) on data prepared above.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: see the fork comment: async-signal-safe calls only.
@@ -159,6 +180,11 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
                 libc::write(pipe[1], err.as_ptr().cast(), 8);
                 libc::_exit(127);
             };
+            // A session leader without a controlling terminal takes the
+            // PTY on fd 0 as its own: job control and ^C work inside.
+            if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                fail(5);
+            }
             if let Some(root) = &root {
                 if libc::chroot(root.as_ptr()) != 0 {
                     fail(1);
@@ -197,6 +223,7 @@ pub fn spawn(spec: &ExecSpec, stdio: [Option<&OwnedFd>; 3], reaper: &Reaper) -> 
             1 => "chroot",
             2 => "chdir",
             4 => "set user",
+            5 => "set controlling terminal",
             _ => "exec",
         };
         let e = io::Error::from_raw_os_error(err[1]);

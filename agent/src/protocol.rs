@@ -11,10 +11,23 @@
 //! `OK\n`, and from then on the stream *is* that file descriptor of the
 //! process (the agent hands the socket to the child as fd 0/1/2, so bulk
 //! data never passes through the agent or the control stream).
+//!
+//! A process created with [`ExecSpec::tty`] gets a pseudo-terminal instead:
+//! its one stream attaches as `ATTACH <id> tty` and carries the terminal's
+//! bytes both ways (stdout and stderr are one stream, as with Docker's
+//! `-t`); the agent copies between it and the PTY master, and
+//! [`Request::ResizeTty`] changes the terminal's size.
+//!
+//! Versions: [`VERSION`] is exchanged in `Hello`; peers must agree on
+//! major.minor. 0.2 added PTYs (`ExecSpec::tty`, `ResizeTty`, `tty`
+//! streams) and `ListProcesses`.
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
+
+/// Version of the host<->agent protocol (independent of the crate version).
+pub const VERSION: &str = "0.2.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -48,6 +61,20 @@ pub struct ExecSpec {
     /// and /etc/group; empty means root.
     #[serde(default)]
     pub user: String,
+    /// Run on a new pseudo-terminal of this size (its controlling terminal,
+    /// on fds 0/1/2) instead of separate stdio streams; `None`: no PTY.
+    #[serde(default)]
+    pub tty: Option<WindowSize>,
+}
+
+/// A terminal's size in character cells; zero means unknown (the PTY
+/// keeps the kernel's default of 0x0, as Docker's does without a terminal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// Which stdio stream an attached connection becomes.
@@ -59,6 +86,8 @@ pub enum StdioKind {
     Stdout,
     /// fd 2.
     Stderr,
+    /// The PTY of a process created with a `tty`: input and output both.
+    Tty,
 }
 
 impl StdioKind {
@@ -68,6 +97,7 @@ impl StdioKind {
             StdioKind::Stdin => "stdin",
             StdioKind::Stdout => "stdout",
             StdioKind::Stderr => "stderr",
+            StdioKind::Tty => "tty",
         }
     }
 
@@ -77,6 +107,7 @@ impl StdioKind {
             "stdin" => Some(StdioKind::Stdin),
             "stdout" => Some(StdioKind::Stdout),
             "stderr" => Some(StdioKind::Stderr),
+            "tty" => Some(StdioKind::Tty),
             _ => None,
         }
     }
@@ -143,8 +174,58 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
+    /// Change the size of a process's PTY (the kernel then sends SIGWINCH
+    /// to its foreground process group).
+    ResizeTty {
+        /// Process id from `Created`.
+        id: u32,
+        /// The new size.
+        size: WindowSize,
+    },
+    /// List the guest's processes (`hull top`).
+    ListProcesses,
     /// Flush filesystems and end the VM.
     Shutdown,
+    /// Sent first after a VM was restored from a snapshot: the guest takes
+    /// a fresh identity (wall clock and random state) so no two VMs of one
+    /// snapshot share them.
+    Resumed {
+        /// The host's wall clock, nanoseconds since the Unix epoch.
+        unix_nanos: u64,
+        /// Random bytes from the host, mixed into the guest's RNG and
+        /// credited, then the RNG is reseeded at once.
+        entropy: Vec<u8>,
+    },
+    /// Several requests answered by `Ok`, handled in order in one round
+    /// trip (container set-up: a dozen mounts and files); the answer is
+    /// `Ok` or the first `Error`, after which the rest are not run.
+    Batch(Vec<Request>),
+    /// A disk's backing file changed under the guest (snapshot restore):
+    /// wait until the guest sees its new size, then drop cached blocks.
+    RefreshDisk {
+        /// Block device (`/dev/vda`).
+        device: String,
+        /// Its new size in 512-byte sectors.
+        sectors: u64,
+    },
+}
+
+/// One guest process, as `hull top` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Guest PID.
+    pub pid: i32,
+    /// Parent's guest PID.
+    pub ppid: i32,
+    /// Real user ID.
+    pub uid: u32,
+    /// CPU time used (user + system), in milliseconds.
+    pub cpu_ms: u64,
+    /// Milliseconds since it started (by the guest's uptime clock, so the
+    /// guest's wall clock does not matter).
+    pub running_ms: u64,
+    /// Its command line (`[name]` when it has none).
+    pub command: Vec<String>,
 }
 
 /// The agent's answer.
@@ -171,6 +252,11 @@ pub enum Response {
         code: i32,
         /// The signal that killed it, if any.
         signal: Option<i32>,
+    },
+    /// The guest's processes, except the agent and kernel threads.
+    Processes {
+        /// In PID order.
+        processes: Vec<ProcessInfo>,
     },
     /// Done.
     Ok,
@@ -329,8 +415,24 @@ mod tests {
                 cwd: "/".into(),
                 root: Some("/mnt/root".into()),
                 user: "nobody".into(),
+                tty: None,
+            }),
+            Request::Create(ExecSpec {
+                argv: vec!["sh".into()],
+                env: vec![],
+                cwd: "/".into(),
+                root: None,
+                user: String::new(),
+                tty: Some(WindowSize { rows: 33, cols: 97 }),
             }),
             Request::Signal { id: 3, signal: 15 },
+            Request::ResizeTty {
+                id: 3,
+                size: WindowSize {
+                    rows: u16::MAX,
+                    cols: 0,
+                },
+            },
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -389,5 +491,64 @@ mod tests {
         assert!(compatible("0.1.0", "0.1.7"));
         assert!(!compatible("0.1.0", "0.2.0"));
         assert!(!compatible("1.0.0", "garbage"));
+        // A host or agent from before PTYs is told apart in the handshake.
+        assert!(!compatible(VERSION, "0.1.0"));
+    }
+
+    #[test]
+    fn tty_frames_have_a_fixed_wire_form() {
+        // The exact JSON is the contract with agents built from other
+        // commits: pin it.
+        let mut buf = Vec::new();
+        send(
+            &mut buf,
+            &Request::ResizeTty {
+                id: 7,
+                size: WindowSize {
+                    rows: 40,
+                    cols: 120,
+                },
+            },
+        )
+        .unwrap();
+        let body = br#"{"ResizeTty":{"id":7,"size":{"rows":40,"cols":120}}}"#;
+        assert_eq!(&buf[..4], &(body.len() as u32).to_le_bytes());
+        assert_eq!(&buf[4..], body);
+
+        // A spec without the field (a 0.1 peer's) means no PTY.
+        let old = br#"{"Create":{"argv":["true"],"env":[],"cwd":"/","root":null}}"#;
+        let mut frame = (old.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(old);
+        match recv::<Request>(&mut &frame[..]).unwrap() {
+            Request::Create(spec) => {
+                assert_eq!(spec.tty, None);
+                assert_eq!(spec.user, "");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Sizes are u16: a hostile or buggy peer's out-of-range value is
+        // refused, not truncated.
+        let bad = br#"{"ResizeTty":{"id":1,"size":{"rows":70000,"cols":1}}}"#;
+        let mut frame = (bad.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(bad);
+        assert!(matches!(
+            recv::<Request>(&mut &frame[..]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn attach_words_round_trip() {
+        for kind in [
+            StdioKind::Stdin,
+            StdioKind::Stdout,
+            StdioKind::Stderr,
+            StdioKind::Tty,
+        ] {
+            assert_eq!(StdioKind::from_word(kind.word()), Some(kind));
+        }
+        assert_eq!(StdioKind::from_word("TTY"), None);
+        assert_eq!(StdioKind::from_word("pty"), None);
     }
 }

@@ -2,21 +2,26 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use agent::protocol::{self, ExecSpec, Request, Response, StdioKind};
 
-use crate::process::{self, Reaper};
+use crate::process::{self, ChildIo, Reaper};
+use crate::pty::{self, Pty};
 use crate::vsock::VsockListener;
 
 /// A process from `Create` until it has been waited for.
 struct Proc {
     spec: ExecSpec,
-    stdio: [Option<OwnedFd>; 3],
+    /// Attached streams, by [`StdioKind`]: stdin, stdout, stderr, tty.
+    stdio: [Option<OwnedFd>; 4],
     pid: Option<i32>,
+    /// The PTY master of a process started with a terminal (for resizes).
+    pty: Option<Arc<File>>,
 }
 
 /// State shared by all connections.
@@ -87,8 +92,9 @@ impl Agent {
                     id,
                     Proc {
                         spec,
-                        stdio: [None, None, None],
+                        stdio: [None, None, None, None],
                         pid: None,
+                        pty: None,
                     },
                 );
                 Response::Created { id }
@@ -101,12 +107,40 @@ impl Agent {
                 if p.pid.is_some() {
                     return error(format!("process {id} already started"));
                 }
-                let [a, b, c] = &p.stdio;
-                match process::spawn(&p.spec, [a.as_ref(), b.as_ref(), c.as_ref()], &self.reaper) {
+                if let Some(size) = p.spec.tty {
+                    let started = Pty::open(p.spec.root.as_deref(), size)
+                        .map_err(|e| format!("allocate a terminal: {e}"))
+                        .and_then(|pty| {
+                            process::spawn(&p.spec, ChildIo::Terminal(&pty.slave), &self.reaper)
+                                .map(|pid| (pid, pty.master))
+                                .map_err(|e| e.to_string())
+                        });
+                    return match started {
+                        Ok((pid, master)) => {
+                            // Our slave copy is closed (dropped above): the
+                            // master reads EIO once the process side is gone.
+                            let master = Arc::new(master);
+                            let stream = p.stdio[StdioKind::Tty as usize]
+                                .take()
+                                .map(UnixStream::from);
+                            pty::relay(master.clone(), stream);
+                            p.pty = Some(master);
+                            p.pid = Some(pid);
+                            Response::Started { pid }
+                        }
+                        Err(e) => {
+                            procs.remove(&id);
+                            error(e)
+                        }
+                    };
+                }
+                let [a, b, c, _] = &p.stdio;
+                let io = ChildIo::Streams([a.as_ref(), b.as_ref(), c.as_ref()]);
+                match process::spawn(&p.spec, io, &self.reaper) {
                     Ok(pid) => {
                         // The child holds the streams now; our copies would
                         // keep them open after it exits.
-                        p.stdio = [None, None, None];
+                        p.stdio = [None, None, None, None];
                         p.pid = Some(pid);
                         Response::Started { pid }
                     }
@@ -114,6 +148,16 @@ impl Agent {
                         procs.remove(&id);
                         error(e.to_string())
                     }
+                }
+            }
+            Request::ResizeTty { id, size } => {
+                let master = match self.procs().get(&id) {
+                    Some(Proc { pty: Some(m), .. }) => m.clone(),
+                    _ => return error(format!("no running process {id} with a terminal")),
+                };
+                match pty::set_size(master.as_raw_fd(), size) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => error(format!("resize terminal of process {id}: {e}")),
                 }
             }
             Request::Wait { id } => {
@@ -140,6 +184,45 @@ impl Agent {
                 }
                 Response::Ok
             }
+            Request::Batch(requests) => {
+                for (i, req) in requests.into_iter().enumerate() {
+                    if matches!(req, Request::Batch(_) | Request::Shutdown) {
+                        return error(format!("request {} cannot be batched", i + 1));
+                    }
+                    match self.handle(req) {
+                        Response::Ok => {}
+                        Response::Error { message } => return error(message),
+                        other => {
+                            return error(format!(
+                                "batched request {} answered {other:?}, not Ok",
+                                i + 1
+                            ))
+                        }
+                    }
+                }
+                Response::Ok
+            }
+            Request::Resumed {
+                unix_nanos,
+                entropy,
+            } => match crate::resume::take_identity(unix_nanos, &entropy) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("resume: {e}")),
+            },
+            Request::RefreshDisk { device, sectors } => {
+                match crate::resume::refresh_disk(&device, sectors) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => error(format!("refresh {device}: {e}")),
+                }
+            }
+            Request::ListProcesses => Response::Processes {
+                // Without the agent (PID 1): it is the VM, not the container.
+                processes: crate::procs::list(
+                    std::path::Path::new("/proc"),
+                    crate::mounts::uptime().unwrap_or(0.0),
+                    1,
+                ),
+            },
             Request::Shutdown => {
                 if let Some(tx) = self
                     .shutdown
@@ -157,9 +240,9 @@ impl Agent {
     /// Serves one control connection until the host closes it.
     pub fn serve_control(&self, mut conn: UnixStream) {
         match protocol::recv::<Request>(&mut conn) {
-            Ok(Request::Hello { version }) if protocol::compatible(agent::VERSION, &version) => {
+            Ok(Request::Hello { version }) if protocol::compatible(protocol::VERSION, &version) => {
                 let hello = Response::Hello {
-                    version: agent::VERSION.to_string(),
+                    version: protocol::VERSION.to_string(),
                 };
                 if protocol::send(&mut conn, &hello).is_err() {
                     return;
@@ -168,7 +251,7 @@ impl Agent {
             Ok(Request::Hello { version }) => {
                 let msg = format!(
                     "protocol version mismatch: host speaks {version}, agent speaks {}",
-                    agent::VERSION
+                    protocol::VERSION
                 );
                 let _ = protocol::send(&mut conn, &error(msg));
                 return;
@@ -207,13 +290,17 @@ impl Agent {
         let attached = {
             let mut procs = self.procs();
             match procs.get_mut(&id) {
-                Some(p) if p.pid.is_none() => match conn.try_clone() {
-                    Ok(c) => {
-                        p.stdio[kind as usize] = Some(OwnedFd::from(c));
-                        true
+                // A terminal process has one `tty` stream, others the three
+                // stdio streams.
+                Some(p) if p.pid.is_none() && (kind == StdioKind::Tty) == p.spec.tty.is_some() => {
+                    match conn.try_clone() {
+                        Ok(c) => {
+                            p.stdio[kind as usize] = Some(OwnedFd::from(c));
+                            true
+                        }
+                        Err(_) => false,
                     }
-                    Err(_) => false,
-                },
+                }
                 _ => false,
             }
         };
@@ -323,9 +410,52 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// Agents for tests share one running reaper: a reaper waits for any
+    /// child (`waitpid(-1)`), so two in one process would steal each
+    /// other's exit statuses.
+    #[test]
+    fn a_batch_runs_in_order_and_stops_at_the_first_error() {
+        let a = agent();
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        let batch = Request::Batch(vec![
+            Request::Mkdir { path: p("one") },
+            Request::WriteFile {
+                path: p("one/f"),
+                content: "x".into(),
+                mode: 0o600,
+            },
+            Request::Mkdir {
+                path: p("one/f/under-a-file"),
+            },
+            Request::Mkdir { path: p("never") },
+        ]);
+        match a.handle(batch) {
+            Response::Error { message } => assert!(message.contains("under-a-file"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(p("one/f")).unwrap(), "x");
+        assert!(!std::path::Path::new(&p("never")).exists());
+        assert_eq!(
+            a.handle(Request::Batch(vec![Request::Mkdir { path: p("two") }])),
+            Response::Ok
+        );
+        assert!(matches!(
+            a.handle(Request::Batch(vec![Request::Shutdown])),
+            Response::Error { .. }
+        ));
+    }
+
     fn agent() -> Arc<Agent> {
+        static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
+        let reaper = REAPER.get_or_init(|| {
+            let r = Arc::new(Reaper::default());
+            let run = r.clone();
+            std::thread::spawn(move || run.run());
+            r
+        });
         let (tx, _rx) = std::sync::mpsc::channel();
-        Arc::new(Agent::new(Arc::new(Reaper::default()), tx))
+        Arc::new(Agent::new(reaper.clone(), tx))
     }
 
     #[test]
@@ -370,7 +500,7 @@ mod tests {
         protocol::send(
             &mut host,
             &Request::Hello {
-                version: agent::VERSION.into(),
+                version: protocol::VERSION.into(),
             },
         )
         .unwrap();
@@ -402,6 +532,7 @@ mod tests {
             cwd: "/".into(),
             root: None,
             user: String::new(),
+            tty: None,
         })) {
             Response::Created { id } => id,
             other => panic!("{other:?}"),
@@ -435,14 +566,13 @@ mod tests {
         // Outside a VM the test process is not PID 1, but fork/exec and
         // the reaper work the same for our own children.
         let a = agent();
-        let reaper = a.reaper.clone();
-        std::thread::spawn(move || reaper.run());
         let id = match a.handle(Request::Create(ExecSpec {
             argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
             env: vec!["PATH=/usr/bin:/bin".into()],
             cwd: "/".into(),
             root: None,
             user: String::new(),
+            tty: None,
         })) {
             Response::Created { id } => id,
             other => panic!("{other:?}"),
@@ -464,6 +594,7 @@ mod tests {
             cwd: "/".into(),
             root: None,
             user: String::new(),
+            tty: None,
         })) {
             Response::Created { id } => id,
             other => panic!("{other:?}"),
@@ -472,6 +603,88 @@ mod tests {
             Response::Error { message } => {
                 assert!(message.contains("exec /nonexistent/prog"), "{message}")
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_terminal_process_gets_a_pty_stream_and_resizes() {
+        let a = agent();
+        let id = match a.handle(Request::Create(ExecSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "tty; stty size; read x; stty size; echo got $x >&2; exit 4".into(),
+            ],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            cwd: "/".into(),
+            root: None,
+            user: String::new(),
+            tty: Some(protocol::WindowSize { rows: 33, cols: 97 }),
+        })) {
+            Response::Created { id } => id,
+            other => panic!("{other:?}"),
+        };
+        // One `tty` stream; stdio streams are refused for it.
+        let (mut refused, guest) = UnixStream::pair().unwrap();
+        refused
+            .write_all(format!("ATTACH {id} stdout\n").as_bytes())
+            .unwrap();
+        a.serve_attach(guest);
+        let mut reply = String::new();
+        refused.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("ERR"), "{reply:?}");
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        host.write_all(format!("ATTACH {id} tty\n").as_bytes())
+            .unwrap();
+        a.serve_attach(guest);
+        let mut ok = [0u8; 3];
+        host.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"OK\n");
+        assert!(matches!(
+            a.handle(Request::Start { id }),
+            Response::Started { .. }
+        ));
+
+        // Wait for the first size, resize, then let the shell go on.
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("33 97\r\n") {
+            let n = host.read(&mut buf).unwrap();
+            assert!(n > 0, "{:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let resize = Request::ResizeTty {
+            id,
+            size: protocol::WindowSize {
+                rows: 40,
+                cols: 120,
+            },
+        };
+        assert_eq!(a.handle(resize), Response::Ok);
+        host.write_all(b"hi\n").unwrap();
+        host.read_to_end(&mut seen).unwrap();
+        let out = String::from_utf8_lossy(&seen);
+        // stdout and stderr are one stream; the terminal echoes input and
+        // turns \n into \r\n.
+        assert!(out.starts_with("/dev/pts/"), "{out:?}");
+        assert!(
+            out.ends_with("33 97\r\nhi\r\n40 120\r\ngot hi\r\n"),
+            "{out:?}"
+        );
+        assert_eq!(
+            a.handle(Request::Wait { id }),
+            Response::Exited {
+                code: 4,
+                signal: None
+            }
+        );
+        // Gone after the wait.
+        match a.handle(Request::ResizeTty {
+            id,
+            size: protocol::WindowSize::default(),
+        }) {
+            Response::Error { message } => assert!(message.contains("terminal"), "{message}"),
             other => panic!("{other:?}"),
         }
     }

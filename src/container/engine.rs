@@ -11,12 +11,15 @@ use std::time::Duration;
 use agent::protocol::ExecSpec;
 
 use super::logs::{self, LogWriter};
+use super::signals;
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
 use crate::agent_client::AgentClient;
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::fast_start;
+use crate::guest_vm::GuestOptions;
 use crate::ports::PortForwarder;
 use crate::rootfs::{self, RootfsCache};
+use crate::terminal;
 
 /// Where the container's root is assembled inside the guest.
 pub const GUEST_ROOT: &str = "/run/hull/root";
@@ -24,6 +27,8 @@ const GUEST_LOWER: &str = "/run/hull/lower";
 const GUEST_SCRATCH: &str = "/run/hull/scratch";
 /// Size of a container's writable layer disk (sparse).
 const UPPER_DISK_BYTES: u64 = 4 << 30;
+/// Size of the unused second disk of a `--rm` container.
+const SCRATCH_DISK_BYTES: u64 = 1 << 20;
 
 /// How the container's stdio is connected.
 pub enum Attach {
@@ -84,44 +89,6 @@ pub fn run(
     result
 }
 
-/// Signals an attached `hull run` passes on to the container's process.
-const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
-
-/// Blocks the forwarded signals in this thread (and so in every thread it
-/// starts from now on) and starts a thread that waits for them and sends
-/// each to the container's process once its agent id is known.
-fn forward_signals(uds: PathBuf, process: Arc<AtomicU32>) -> std::io::Result<()> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t for these calls.
-    unsafe { libc::sigemptyset(&mut set) };
-    for sig in FORWARDED {
-        // SAFETY: as above, with valid signal numbers.
-        unsafe { libc::sigaddset(&mut set, sig) };
-    }
-    // SAFETY: blocking signals in the calling thread with a valid set.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: sigwait on the set blocked above, with a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                return;
-            }
-            let id = process.load(Ordering::Acquire);
-            if id != 0 {
-                if let Ok(mut c) = AgentClient::connect(&uds) {
-                    let _ = c.signal(id, sig);
-                }
-            }
-        })?;
-    Ok(())
-}
-
 fn run_inner(
     root: &Path,
     dir: &Path,
@@ -129,21 +96,41 @@ fn run_inner(
     attach: Attach,
 ) -> anyhow::Result<i32> {
     let main_process = Arc::new(AtomicU32::new(0));
-    if matches!(attach, Attach::Terminal { .. }) {
+    let attached = matches!(attach, Attach::Terminal { .. });
+    // The terminal the container's PTY follows (attached `-t` only).
+    let our_terminal = terminal::size_source().filter(|_| attached && config.tty);
+    if attached {
         // Before any VM thread exists, so none of them takes the signals.
-        forward_signals(socket_path(root, &config.id), main_process.clone())?;
+        signals::forward(
+            socket_path(root, &config.id),
+            main_process.clone(),
+            our_terminal,
+        )?;
     }
     // Before the boot: a port in use fails the start at once. Dropped
     // (listeners closed) before `run` records the exit.
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
-    let (image_disk, _) = RootfsCache::new(root).get_or_prepare(root, &config.layers)?;
+    let (image_disk, _) = RootfsCache::new(root)
+        .get_or_prepare(root, &config.layers)
+        .map_err(|e| e.context("preparing the image's root filesystem"))?;
     let upper = dir.join("upper.ext4");
     if !config.auto_remove && !upper.exists() {
         let tmp = dir.join(".upper.ext4.tmp");
         rootfs::mkfs(&tmp, UPPER_DISK_BYTES, "hull-upper")?;
         std::fs::rename(&tmp, &upper)?;
     }
+    // Every container VM has the same two disks, so all can start from one
+    // snapshot; with --rm the writable layer is tmpfs and the second disk
+    // a small unused file of this container's own (never a shared one: the
+    // guest could write it).
+    let second = if config.auto_remove {
+        let scratch = dir.join("scratch.img");
+        std::fs::File::create(&scratch)?.set_len(SCRATCH_DISK_BYTES)?;
+        scratch
+    } else {
+        upper
+    };
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
         memory: &memory,
@@ -152,25 +139,31 @@ fn run_inner(
         echo: false,
         kernel: None,
     };
-    let (mut vm_config, seen) = guest_vm::config(root, &opts)?;
     std::fs::create_dir_all(root.join("run"))?;
-    vm_config.vsock_uds = Some(socket_path(root, &config.id));
-    vm_config.disks = vec![vmm::DiskConfig {
-        path: image_disk,
-        read_only: true,
-    }];
-    if !config.auto_remove {
-        vm_config.disks.push(vmm::DiskConfig {
-            path: upper,
+    let disks = vec![
+        vmm::DiskConfig {
+            path: image_disk,
+            read_only: true,
+        },
+        vmm::DiskConfig {
+            path: second,
             read_only: false,
-        });
-    }
-    vm_config.cmdline.push_str(" hull.serve");
-    let vm = RunningVm::start(vm_config, &seen, Duration::from_secs(600))?;
+        },
+    ];
+    let t0 = std::time::Instant::now();
+    let vm = fast_start::start(
+        root,
+        &opts,
+        disks,
+        socket_path(root, &config.id),
+        Duration::from_secs(600),
+    )?;
     ports.start(&vm.uds)?;
 
     let mut client = AgentClient::connect(&vm.uds)?;
-    setup_root(&mut client, config)?;
+    tracing::debug!("VM ready in {:?}", t0.elapsed());
+    setup_root(&mut client, config).map_err(|e| with_guest_console(e, &vm))?;
+    tracing::debug!("container root ready at {:?}", t0.elapsed());
 
     let log = logs::open(dir)?;
     let spec = ExecSpec {
@@ -179,6 +172,11 @@ fn run_inner(
         cwd: config.cwd.clone(),
         root: Some(GUEST_ROOT.into()),
         user: config.user.clone(),
+        tty: config.tty.then(|| {
+            our_terminal
+                .and_then(terminal::window_size)
+                .unwrap_or_default()
+        }),
     };
     let record_pid = |id: u32| {
         main_process.store(id, Ordering::Release);
@@ -191,13 +189,20 @@ fn run_inner(
             } else {
                 None
             };
-            client.run_with(
+            // Raw from the moment the process runs until we return.
+            let raw = std::sync::Mutex::new(None);
+            let code = client.run_with(
                 spec,
                 input,
                 LogWriter::new(log.clone(), "stdout", Some(std::io::stdout())),
                 LogWriter::new(log, "stderr", Some(std::io::stderr())),
-                record_pid,
-            )?
+                |id| {
+                    record_pid(id);
+                    *raw.lock().unwrap_or_else(|p| p.into_inner()) = raw_stdin(config.tty && stdin);
+                },
+            );
+            drop(raw);
+            code?
         }
         Attach::Detached => client.run_with(
             spec,
@@ -209,15 +214,47 @@ fn run_inner(
     };
     // The container's process is gone: refuse new connections now.
     drop(ports);
-    AgentClient::connect(&vm.uds)?.shutdown()?;
-    vm.wait(Duration::from_secs(120))?;
+    tracing::debug!("process exited at {:?}", t0.elapsed());
+    if config.auto_remove {
+        // Nothing of a --rm container's VM outlives it (its writable layer
+        // is guest tmpfs, its image disk read-only): end it without the
+        // guest's shutdown work.
+        drop(vm);
+    } else {
+        AgentClient::connect(&vm.uds)?.shutdown()?;
+        vm.wait(Duration::from_secs(120))?;
+    }
     Ok(code)
+}
+
+/// Adds what the guest last printed to an error seen after its VM ended
+/// (a kernel panic says more than a closed connection).
+fn with_guest_console(e: anyhow::Error, vm: &crate::guest_vm::RunningVm) -> anyhow::Error {
+    std::thread::sleep(Duration::from_millis(200));
+    let tail = crate::serial_watch::console_tail();
+    match tail.last() {
+        Some(last) if vm.is_done() => e.context(format!("the VM ended; guest console: {last}")),
+        _ => e,
+    }
+}
+
+/// Raw mode for our stdin when it is a terminal the container's PTY takes
+/// over (`-t` with `-i`, as Docker: without `-i`, ^C stays a signal for
+/// hull to forward).
+fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if !wanted || !stdin.is_terminal() {
+        return None;
+    }
+    terminal::RawMode::enable(std::os::fd::AsRawFd::as_raw_fd(&stdin)).ok()
 }
 
 /// Assembles the container's root in the guest: the image disk as the
 /// overlay's lower layer, the writable layer on its own disk (or tmpfs for
 /// `--rm`), then /proc, /sys, /dev, hostname, /etc/hosts, /etc/resolv.conf.
 fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Result<()> {
+    client.begin_batch();
     client.mount("/dev/vda", GUEST_LOWER, "ext4", true, "")?;
     if config.auto_remove {
         client.mount("tmpfs", GUEST_SCRATCH, "tmpfs", false, "mode=0755")?;
@@ -240,6 +277,16 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Res
         false,
         "mode=1777",
     )?;
+    // The container's own terminals, as Docker mounts them (gid 5: tty);
+    // its /dev/ptmx allocates from this instance, so `-t` terminals are
+    // /dev/pts/N inside.
+    client.mount(
+        "devpts",
+        &format!("{GUEST_ROOT}/dev/pts"),
+        "devpts",
+        false,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )?;
     client.set_hostname(&config.hostname)?;
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -259,6 +306,7 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Res
     if config.read_only {
         client.remount_read_only(GUEST_ROOT)?;
     }
+    client.end_batch()?;
     Ok(())
 }
 
@@ -282,17 +330,37 @@ fn resolv_conf() -> String {
     out.trim_start().to_string() + "\n"
 }
 
+/// What `hull exec` runs, and how.
+pub struct ExecOptions {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` added to (or replacing in) the container's environment.
+    pub env: Vec<String>,
+    /// Working directory (default: the container's).
+    pub cwd: Option<String>,
+    /// User (default: the container's).
+    pub user: Option<String>,
+    /// Forward our stdin (`-i`).
+    pub stdin: bool,
+    /// Run on a pseudo-terminal (`-t`).
+    pub tty: bool,
+}
+
 /// Runs another process in a running container (`hull exec`).
-pub fn exec(
-    root: &Path,
-    config: &ContainerConfig,
-    argv: Vec<String>,
-    env: Vec<String>,
-    cwd: Option<String>,
-    user: Option<String>,
-    stdin: bool,
-) -> anyhow::Result<i32> {
-    let mut client = AgentClient::connect(&socket_path(root, &config.id))?;
+pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow::Result<i32> {
+    let ExecOptions {
+        argv,
+        env,
+        cwd,
+        user,
+        stdin,
+        tty,
+    } = opts;
+    let uds = socket_path(root, &config.id);
+    let process = Arc::new(AtomicU32::new(0));
+    let our_terminal = terminal::size_source().filter(|_| tty);
+    signals::forward(uds.clone(), process.clone(), our_terminal)?;
+    let mut client = AgentClient::connect(&uds)?;
     let mut full_env = config.env.clone();
     for e in env {
         let key = e.split('=').next().unwrap_or_default().to_string();
@@ -305,13 +373,24 @@ pub fn exec(
         cwd: cwd.unwrap_or_else(|| config.cwd.clone()),
         root: Some(GUEST_ROOT.into()),
         user: user.unwrap_or_else(|| config.user.clone()),
+        tty: tty.then(|| {
+            our_terminal
+                .and_then(terminal::window_size)
+                .unwrap_or_default()
+        }),
     };
     let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
         Some(Box::new(std::io::stdin()))
     } else {
         None
     };
-    Ok(client.run_with(spec, input, std::io::stdout(), std::io::stderr(), |_| {})?)
+    let raw = std::sync::Mutex::new(None);
+    let code = client.run_with(spec, input, std::io::stdout(), std::io::stderr(), |id| {
+        process.store(id, Ordering::Release);
+        *raw.lock().unwrap_or_else(|p| p.into_inner()) = raw_stdin(tty && stdin);
+    });
+    drop(raw);
+    Ok(code?)
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 
 pub mod engine;
 pub mod logs;
+pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod top;
 
 pub use spec::ContainerConfig;
 pub use state::State;

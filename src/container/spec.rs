@@ -37,6 +37,9 @@ pub struct ContainerConfig {
     pub read_only: bool,
     /// Keep stdin open (`-i`).
     pub interactive: bool,
+    /// Run on a pseudo-terminal (`-t`).
+    #[serde(default)]
+    pub tty: bool,
     /// Published ports (`-p`, and with `-P` the image's exposed TCP ports
     /// on free host ports).
     #[serde(default)]

@@ -1,13 +1,20 @@
 //! Helpers shared by hull's integration tests.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
-/// A `hull` command with its state under `root`.
+/// A `hull` command with its state under `root`. Fast-start snapshots are
+/// shared by all tests (one template boot per VM shape per machine instead
+/// of one per test); a test may set its own `HULL_SNAPSHOT_DIR`.
 pub fn hull(root: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hull"));
     cmd.env("HULL_ROOT", root);
+    cmd.env(
+        "HULL_SNAPSHOT_DIR",
+        std::env::temp_dir().join("hull-test-snapshots"),
+    );
     cmd
 }
 
@@ -85,4 +92,96 @@ pub fn busybox_rootfs(rootfs: &Path) {
     )
     .unwrap();
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+}
+
+/// A Debian python image made by `tests/support/make-python-image`.
+pub struct PythonImage {
+    /// The rootfs tarball (zstd), for `hull import`.
+    pub tarball: PathBuf,
+    /// The builder's summary: `entries`, `uncompressed_bytes`,
+    /// `compressed_bytes`, `zip_modules`, `packages`.
+    pub summary: serde_json::Value,
+}
+
+/// Builds the minimal Debian python image (python3-minimal; with `flask`,
+/// python3-flask and what it imports), once per test process. Needs apt
+/// and Debian's package mirror only; the builder caches the .debs and the
+/// finished image (see the script).
+pub fn python_image(flask: bool) -> &'static PythonImage {
+    static MINIMAL: OnceLock<PythonImage> = OnceLock::new();
+    static FLASK: OnceLock<PythonImage> = OnceLock::new();
+    let cell = if flask { &FLASK } else { &MINIMAL };
+    cell.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make-python-image");
+        let name = if flask { "python-flask" } else { "python" };
+        let tarball = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.tar.zst"));
+        let mut cmd = Command::new(&script);
+        if flask {
+            cmd.arg("--flask");
+        }
+        let out = cmd
+            .arg(&tarball)
+            .output()
+            .expect("cannot run tests/support/make-python-image (needs python3)");
+        assert!(
+            out.status.success(),
+            "make-python-image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        let summary = std::fs::read(format!("{}.json", tarball.display())).unwrap();
+        PythonImage {
+            tarball,
+            summary: serde_json::from_slice(&summary).unwrap(),
+        }
+    })
+}
+
+/// Imports the python image into the hull root `root` as `tag`, with
+/// `CMD ["python3"]` as its config.
+pub fn import_python_image(root: &Path, flask: bool, tag: &str) -> &'static PythonImage {
+    let image = python_image(flask);
+    let out = hull(root)
+        .args(["import", "--change", "CMD [\"python3\"]"])
+        .arg(&image.tarball)
+        .arg(tag)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "hull import: {:?}", text(&out));
+    image
+}
+
+/// Imports a busybox userland (see [`busybox_rootfs`]) as image
+/// `busybox:test`, with `ENV GREETING=hi`, `WORKDIR /data` and a default
+/// command.
+pub fn import_busybox(root: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    busybox_rootfs(&rootfs);
+    let tar = dir.path().join("rootfs.tar");
+    let out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = hull(root)
+        .args([
+            "import",
+            "--change",
+            "ENV GREETING=hi",
+            "--change",
+            "WORKDIR /data",
+            "--change",
+            "CMD [\"/bin/sh\", \"-c\", \"echo default cmd\"]",
+        ])
+        .arg(&tar)
+        .arg("busybox:test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
 }

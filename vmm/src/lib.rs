@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod devices;
 pub mod host;
 pub mod memory;
+pub mod snapshot;
 pub mod virtio;
 
 use std::io::Write;
@@ -80,6 +81,9 @@ pub enum VmError {
     /// A vCPU hit an exit KVM could not handle.
     #[error("VM failed: {0}")]
     Vcpu(String),
+    /// A snapshot could not be written or restored.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 /// Result alias for this crate.
@@ -179,6 +183,8 @@ pub enum VmExit {
     GuestCrash(String),
     /// The host asked the VM to stop.
     HostStop,
+    /// The host asked for a snapshot; it was written and the VM ended.
+    Snapshotted,
 }
 
 /// Stops a running VM from another thread.
@@ -210,19 +216,80 @@ pub struct Vm {
     // Field order is drop order: vCPUs and the VM fd go before the memory
     // they point into.
     vcpus: Vec<VcpuFd>,
-    _vm: VmFd,
-    _kvm: Kvm,
+    vm: VmFd,
+    kvm: Kvm,
     shared: VcpuShared,
     events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     host_stop: Arc<EventFd>,
-    _mem: GuestMemoryMmap,
+    snapshot: Arc<SnapshotRequest>,
+    serial: Arc<Mutex<devices::serial::SerialDevice>>,
+    transports: Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>,
+    layout: Layout,
+    mem: GuestMemoryMmap,
+}
+
+/// What a snapshot must match to be restored into a VM.
+#[derive(Debug, Clone)]
+struct Layout {
+    mem_mib: u64,
+    disks_read_only: Vec<bool>,
+    vsock_cid: Option<u64>,
+}
+
+/// A pending snapshot request: where to write it.
+#[derive(Default)]
+struct SnapshotRequest {
+    evt: Option<EventFd>,
+    dir: Mutex<Option<PathBuf>>,
+}
+
+/// Asks a running VM to pause, write a snapshot and end.
+#[derive(Clone)]
+pub struct SnapshotHandle {
+    request: Arc<SnapshotRequest>,
+}
+
+impl SnapshotHandle {
+    /// Pauses the VM, writes its snapshot into `dir` (which must exist and
+    /// be empty) and ends it: `run` then returns [`VmExit::Snapshotted`]
+    /// or the error writing it.
+    pub fn snapshot(&self, dir: &std::path::Path) {
+        *self.request.dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
+        if let Some(evt) = &self.request.evt {
+            let _ = evt.write(1);
+        }
+    }
 }
 
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// Where a VM's state comes from.
+enum Source<'a> {
+    /// A fresh boot of the configured kernel.
+    Boot,
+    /// A snapshot: its state and memory file.
+    Snapshot(&'a snapshot::VmState, &'a std::fs::File),
+}
+
 impl Vm {
     /// Creates the VM: memory, irqchip, devices, loaded kernel, vCPUs.
     pub fn new(config: VmConfig) -> Result<Self> {
+        Self::build(config, Source::Boot)
+    }
+
+    /// Creates a VM from the snapshot in `dir`, with the devices of
+    /// `config` (disks and vsock socket; they must match the snapshot's in
+    /// number and kind). The kernel, initramfs and command line of `config`
+    /// are not used: the guest carries on from where it was saved.
+    pub fn restore(config: VmConfig, dir: &std::path::Path) -> Result<Self> {
+        let state = snapshot::VmState::load(dir)?;
+        let path = dir.join(snapshot::MEMORY_FILE);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| snapshot::SnapshotError::Io(path.display().to_string(), e))?;
+        Self::build(config, Source::Snapshot(&state, &file))
+    }
+
+    fn build(mut config: VmConfig, source: Source) -> Result<Self> {
         let cmdline = config.full_cmdline();
         let kvm = open_kvm(&config.kvm_device)?;
         for (cap, name) in [
@@ -233,6 +300,23 @@ impl Vm {
         ] {
             if !kvm.check_extension(cap) {
                 return Err(VmError::MissingCap(name));
+            }
+        }
+        if let Source::Snapshot(state, _) = source {
+            let disks: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
+            if state.mem_mib != config.mem_mib
+                || state.vcpus.len() != usize::from(config.vcpus)
+                || state.disks_read_only != disks
+                || state.vsock_cid.is_some() != config.vsock_uds.is_some()
+            {
+                return Err(snapshot::SnapshotError::Invalid(
+                    "it was made for a different VM size or device set".into(),
+                )
+                .into());
+            }
+            // The guest knows its CID from before the snapshot.
+            if let Some(cid) = state.vsock_cid {
+                config.vsock_cid = cid;
             }
         }
         let max_vcpus = kvm.get_max_vcpus();
@@ -253,7 +337,10 @@ impl Vm {
         };
         vm.create_pit2(pit)
             .map_err(|e| VmError::Kvm("create PIT", e))?;
-        let mem = memory::create(&vm, config.mem_mib)?;
+        let mem = match source {
+            Source::Boot => memory::create(&vm, config.mem_mib)?,
+            Source::Snapshot(_, file) => memory::create_from_file(&vm, config.mem_mib, file)?,
+        };
 
         let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().map_err(|e| {
@@ -261,17 +348,28 @@ impl Vm {
             })?;
         let end_evt = Arc::new(new_eventfd()?);
         let host_stop = Arc::new(new_eventfd()?);
+        let snapshot = Arc::new(SnapshotRequest {
+            evt: Some(new_eventfd()?),
+            dir: Mutex::new(None),
+        });
         let shared_outcome = Arc::new(Mutex::new(None));
 
         let mut pio = Bus::new();
         let serial_irq = new_eventfd()?;
         vm.register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
             .map_err(|e| VmError::Kvm("register serial irqfd", e))?;
-        pio.insert(
-            Arc::new(Mutex::new(devices::serial::SerialDevice::new(
+        let serial = match source {
+            Source::Boot => devices::serial::SerialDevice::new(serial_irq, config.serial_out),
+            Source::Snapshot(state, _) => devices::serial::SerialDevice::from_state(
+                &state.serial,
                 serial_irq,
                 config.serial_out,
-            ))),
+            )
+            .ok_or_else(|| snapshot::SnapshotError::Invalid("bad serial port state".into()))?,
+        };
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(
+            serial.clone(),
             devices::serial::COM1_BASE,
             devices::serial::COM1_LEN,
         )?;
@@ -293,7 +391,7 @@ impl Vm {
             mmio: &mut mmio,
             events: &mut events,
             cmdline: String::new(),
-            count: 0,
+            transports: Vec::new(),
         };
         for (i, disk) in config.disks.iter().enumerate() {
             let block = virtio::block::Block::new(virtio::block::BlockConfig {
@@ -310,6 +408,7 @@ impl Vm {
             attacher.attach(Arc::new(Mutex::new(vsock)))?;
         }
         let cmdline = format!("{cmdline}{}", attacher.cmdline);
+        let transports = attacher.transports;
 
         let shared = VcpuShared {
             pio: Arc::new(pio),
@@ -321,28 +420,56 @@ impl Vm {
         let watcher: Arc<Mutex<dyn MutEventSubscriber + Send>> = Arc::new(Mutex::new(EndWatcher {
             reset: reset_evt,
             host_stop: host_stop.clone(),
+            snapshot: snapshot.clone(),
             end: end_evt,
             shared: shared.clone(),
         }));
         events.add_subscriber(watcher);
 
-        let boot = boot::load(
-            &mem,
-            &config.kernel,
-            config.initramfs.as_deref(),
-            &cmdline,
-            config.vcpus,
-        )?;
-        cpu::write_boot_tables(&mem)?;
         let base_cpuid = cpu::supported_cpuid(&kvm).map_err(|e| VmError::Kvm("get CPUID", e))?;
         let mut vcpus = Vec::new();
-        for id in 0..config.vcpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .map_err(|e| VmError::Kvm("create vCPU", e))?;
-            let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus);
-            cpu::setup_vcpu(&vcpu, id, &cpuid, &boot)?;
-            vcpus.push(vcpu);
+        match source {
+            Source::Boot => {
+                let boot = boot::load(
+                    &mem,
+                    &config.kernel,
+                    config.initramfs.as_deref(),
+                    &cmdline,
+                    config.vcpus,
+                )?;
+                cpu::write_boot_tables(&mem)?;
+                for id in 0..config.vcpus {
+                    let vcpu = vm
+                        .create_vcpu(u64::from(id))
+                        .map_err(|e| VmError::Kvm("create vCPU", e))?;
+                    let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus);
+                    cpu::setup_vcpu(&vcpu, id, &cpuid, &boot)?;
+                    vcpus.push(vcpu);
+                }
+            }
+            Source::Snapshot(state, _) => {
+                restore_vm_state(&vm, state)?;
+                for (id, saved) in (0..config.vcpus).zip(&state.vcpus) {
+                    let vcpu = vm
+                        .create_vcpu(u64::from(id))
+                        .map_err(|e| VmError::Kvm("create vCPU", e))?;
+                    let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus);
+                    vcpu.set_cpuid2(&cpuid)
+                        .map_err(|e| VmError::Kvm("set CPUID", e))?;
+                    saved.restore(&vcpu)?;
+                    vcpus.push(vcpu);
+                }
+                for (transport, saved) in transports.iter().zip(&state.transports) {
+                    lock(transport).restore(saved).map_err(|e| {
+                        snapshot::SnapshotError::Invalid(format!("virtio device: {e}"))
+                    })?;
+                }
+                // The disks behind the restored devices may differ from the
+                // ones the guest saw: have it read their size again.
+                for transport in &transports[..config.disks.len()] {
+                    lock(transport).config_changed();
+                }
+            }
         }
         tracing::debug!(
             "VM created: {} vCPUs, {} MiB, cmdline {cmdline:?}",
@@ -351,12 +478,20 @@ impl Vm {
         );
         Ok(Self {
             vcpus,
-            _vm: vm,
-            _kvm: kvm,
+            vm,
+            kvm,
             shared,
             events,
             host_stop,
-            _mem: mem,
+            snapshot,
+            serial,
+            transports,
+            layout: Layout {
+                mem_mib: config.mem_mib,
+                disks_read_only: config.disks.iter().map(|d| d.read_only).collect(),
+                vsock_cid: config.vsock_uds.as_ref().map(|_| config.vsock_cid),
+            },
+            mem,
         })
     }
 
@@ -367,8 +502,15 @@ impl Vm {
         }
     }
 
+    /// A handle that can snapshot the VM while `run` is running.
+    pub fn snapshot_handle(&self) -> SnapshotHandle {
+        SnapshotHandle {
+            request: self.snapshot.clone(),
+        }
+    }
+
     /// Runs the VM until the guest resets or powers off, crashes, or the
-    /// host stops it.
+    /// host stops or snapshots it.
     pub fn run(mut self) -> Result<VmExit> {
         cpu::vcpu::install_kick_handler().map_err(|e| VmError::Io("signal handler", e))?;
         // Setup read the kernel and initramfs through heap buffers; give
@@ -381,7 +523,9 @@ impl Vm {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.shared.stop.store(true, Ordering::Release);
-                    threads.into_iter().for_each(VcpuThread::stop_and_join);
+                    threads.into_iter().for_each(|t| {
+                        t.stop_and_join();
+                    });
                     return Err(VmError::Io("spawn vCPU thread", e));
                 }
             }
@@ -394,7 +538,8 @@ impl Vm {
             }
         }
         self.shared.stop.store(true, Ordering::Release);
-        threads.into_iter().for_each(VcpuThread::stop_and_join);
+        let vcpus: Vec<Option<VcpuFd>> =
+            threads.into_iter().map(VcpuThread::stop_and_join).collect();
         if let Some(e) = loop_error {
             return Err(VmError::Vcpu(e));
         }
@@ -404,13 +549,108 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        match outcome {
-            Some(ExitAction::GuestStop) => Ok(VmExit::GuestShutdown),
-            Some(ExitAction::GuestCrash(why)) => Ok(VmExit::GuestCrash(why)),
-            Some(ExitAction::Fatal(why)) => Err(VmError::Vcpu(why)),
-            Some(ExitAction::Continue) | None => Ok(VmExit::HostStop),
+        let snapshot_dir = self
+            .snapshot
+            .dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match (outcome, snapshot_dir) {
+            (Some(ExitAction::GuestStop), _) => Ok(VmExit::GuestShutdown),
+            (Some(ExitAction::GuestCrash(why)), _) => Ok(VmExit::GuestCrash(why)),
+            (Some(ExitAction::Fatal(why)), _) => Err(VmError::Vcpu(why)),
+            (Some(ExitAction::Continue) | None, Some(dir)) => {
+                let vcpus: Option<Vec<VcpuFd>> = vcpus.into_iter().collect();
+                let mut vcpus =
+                    vcpus.ok_or_else(|| VmError::Vcpu("a vCPU thread panicked".into()))?;
+                self.write_snapshot(&mut vcpus, &dir)?;
+                Ok(VmExit::Snapshotted)
+            }
+            (Some(ExitAction::Continue) | None, None) => Ok(VmExit::HostStop),
         }
     }
+
+    /// Saves the paused VM into `dir`.
+    fn write_snapshot(&self, vcpus: &mut [VcpuFd], dir: &std::path::Path) -> Result<()> {
+        let started = std::time::Instant::now();
+        // A vCPU may have left KVM_RUN with an I/O exit whose result KVM
+        // applies only on the next entry: enter once with immediate_exit so
+        // the saved registers include it.
+        for vcpu in vcpus.iter_mut() {
+            vcpu.set_kvm_immediate_exit(1);
+            let result = vcpu.run().map(|_| ());
+            vcpu.set_kvm_immediate_exit(0);
+            match result {
+                Ok(()) => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return Err(VmError::Kvm("finish pending I/O", e)),
+            }
+        }
+        let msr_list = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(|e| VmError::Kvm("get MSR list", e))?;
+        let vcpu_states = vcpus
+            .iter()
+            .map(|v| snapshot::VcpuState::save(v, msr_list.as_slice()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut irqchips = Vec::new();
+        for id in snapshot::IRQCHIP_IDS {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.vm
+                .get_irqchip(&mut chip)
+                .map_err(|e| VmError::Kvm("get irqchip", e))?;
+            irqchips.push(chip);
+        }
+        let state = snapshot::VmState {
+            format: snapshot::FORMAT,
+            mem_mib: self.layout.mem_mib,
+            disks_read_only: self.layout.disks_read_only.clone(),
+            vsock_cid: self.layout.vsock_cid,
+            clock: self
+                .vm
+                .get_clock()
+                .map_err(|e| VmError::Kvm("get clock", e))?,
+            pit: self.vm.get_pit2().map_err(|e| VmError::Kvm("get PIT", e))?,
+            irqchips,
+            serial: lock(&self.serial).state(),
+            transports: self.transports.iter().map(|t| lock(t).state()).collect(),
+            vcpus: vcpu_states,
+        };
+        let path = dir.join(snapshot::MEMORY_FILE);
+        let file = std::fs::File::create(&path)
+            .map_err(|e| snapshot::SnapshotError::Io(path.display().to_string(), e))?;
+        memory::dump(&self.mem, &file)?;
+        file.sync_all()
+            .map_err(|e| snapshot::SnapshotError::Io(path.display().to_string(), e))?;
+        state.save(dir)?;
+        tracing::debug!("snapshot written in {:?}", started.elapsed());
+        Ok(())
+    }
+}
+
+fn restore_vm_state(vm: &VmFd, state: &snapshot::VmState) -> Result<()> {
+    vm.set_pit2(&state.pit)
+        .map_err(|e| VmError::Kvm("set PIT", e))?;
+    // Flags describe how the clock was read; KVM_SET_CLOCK takes none of them.
+    let clock = kvm_bindings::kvm_clock_data {
+        flags: 0,
+        ..state.clock
+    };
+    vm.set_clock(&clock)
+        .map_err(|e| VmError::Kvm("set clock", e))?;
+    for chip in &state.irqchips {
+        vm.set_irqchip(chip)
+            .map_err(|e| VmError::Kvm("set irqchip", e))?;
+    }
+    Ok(())
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn e_errno(e: &event_manager::Error) -> i32 {
@@ -442,7 +682,7 @@ struct VirtioAttacher<'a> {
     mmio: &'a mut Bus,
     events: &'a mut EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     cmdline: String,
-    count: u32,
+    transports: Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>,
 }
 
 impl VirtioAttacher<'_> {
@@ -450,11 +690,12 @@ impl VirtioAttacher<'_> {
     where
         T: virtio::VirtioDevice + MutEventSubscriber + Send + 'static,
     {
-        if self.count >= VIRTIO_MAX_DEVICES {
+        let count = self.transports.len() as u32;
+        if count >= VIRTIO_MAX_DEVICES {
             return Err(VmError::TooManyDevices(VIRTIO_MAX_DEVICES));
         }
-        let base = memory::VIRTIO_MMIO_START + u64::from(self.count) * virtio::mmio::MMIO_WINDOW;
-        let gsi = VIRTIO_FIRST_GSI + self.count;
+        let base = memory::VIRTIO_MMIO_START + u64::from(count) * virtio::mmio::MMIO_WINDOW;
+        let gsi = VIRTIO_FIRST_GSI + count;
         let irqfd = new_eventfd()?;
         self.vm
             .register_irqfd(&irqfd, gsi)
@@ -486,15 +727,13 @@ impl VirtioAttacher<'_> {
             queue_evts,
         )
         .map_err(|e| VmError::Vcpu(format!("virtio queue setup: {e:?}")))?;
-        self.mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            base,
-            virtio::mmio::MMIO_WINDOW,
-        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(transport.clone(), base, virtio::mmio::MMIO_WINDOW)?;
+        self.transports.push(transport);
         self.events.add_subscriber(device);
         self.cmdline
             .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
-        self.count += 1;
         Ok(())
     }
 }
@@ -504,6 +743,7 @@ impl VirtioAttacher<'_> {
 struct EndWatcher {
     reset: EventFd,
     host_stop: Arc<EventFd>,
+    snapshot: Arc<SnapshotRequest>,
     end: Arc<EventFd>,
     shared: VcpuShared,
 }
@@ -516,6 +756,9 @@ impl MutEventSubscriber for EndWatcher {
             self.shared.end(ExitAction::GuestStop);
         } else if fd == self.host_stop.as_raw_fd() {
             let _ = self.host_stop.read();
+        } else if let Some(evt) = self.snapshot.evt.as_ref().filter(|e| e.as_raw_fd() == fd) {
+            // `run` writes the snapshot once the vCPUs are out of KVM_RUN.
+            let _ = evt.read();
         } else {
             let _ = self.end.read();
         }
@@ -524,11 +767,15 @@ impl MutEventSubscriber for EndWatcher {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        let snapshot = self.snapshot.evt.as_ref().map(|e| e.as_raw_fd());
         for fd in [
             self.reset.as_raw_fd(),
             self.host_stop.as_raw_fd(),
             self.end.as_raw_fd(),
-        ] {
+        ]
+        .into_iter()
+        .chain(snapshot)
+        {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 tracing::error!("cannot watch VM end events: {e:?}");
             }

@@ -1,12 +1,19 @@
 //! Guest physical memory: the layout hull's VMs use and its creation.
 //!
 //! Memory is anonymous, private and `MAP_NORESERVE`: the host pays only for
-//! pages the guest touches. RAM is split around the 32-bit hole where the
+//! pages the guest touches. A restored VM maps its snapshot's memory file
+//! private instead: pages it only reads stay shared with every other VM
+//! restored from the same file (the host's page cache), pages it writes
+//! are copied. RAM is split around the 32-bit hole where the
 //! virtio-mmio windows, the IOAPIC and the local APIC live.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 /// Start of the GDT written for the PVH entry.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -48,6 +55,12 @@ pub enum MemoryError {
     /// KVM refused a memory slot.
     #[error("Cannot register guest memory with KVM")]
     Register(#[source] kvm_ioctls::Error),
+    /// Mapping a snapshot's memory file failed.
+    #[error("Cannot map snapshot memory")]
+    MapFile(#[source] std::io::Error),
+    /// Writing a snapshot's memory file failed.
+    #[error("Cannot write snapshot memory")]
+    Dump(#[source] std::io::Error),
 }
 
 /// The RAM ranges (start, size) for a guest of `mem_mib` MiB.
@@ -71,6 +84,72 @@ pub fn ram_ranges(mem_mib: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryErro
 /// Allocates guest memory and hands every region to KVM.
 pub fn create(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let mem = GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib)?).map_err(MemoryError::Allocate)?;
+    register(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Maps `file` (written by [`dump`] for a guest of the same size) private
+/// and copy-on-write as guest memory and hands it to KVM.
+pub fn create_from_file(
+    vm: &VmFd,
+    mem_mib: u64,
+    file: &std::fs::File,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = ram_ranges(mem_mib)?;
+    let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+    let file_len = file.metadata().map_err(MemoryError::MapFile)?.len();
+    if file_len != total {
+        return Err(MemoryError::MapFile(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("memory file is {file_len} bytes, guest has {total}"),
+        )));
+    }
+    let mut regions = Vec::with_capacity(ranges.len());
+    let mut offset = 0u64;
+    for (start, len) in ranges {
+        let fd = file.try_clone().map_err(MemoryError::MapFile)?;
+        let map = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::new(fd, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| MemoryError::MapFile(std::io::Error::other(e.to_string())))?;
+        let region = GuestRegionMmap::new(map, start)
+            .ok_or_else(|| MemoryError::MapFile(std::io::Error::other("guest region overflows")))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    let mem = GuestMemoryMmap::from_regions(regions)
+        .map_err(|e| MemoryError::MapFile(std::io::Error::other(e.to_string())))?;
+    register(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Writes guest memory, regions back to back, to `file`; pages that are all
+/// zero are left as holes so the file costs only what the guest used.
+pub fn dump(mem: &GuestMemoryMmap, file: &std::fs::File) -> Result<(), MemoryError> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total).map_err(MemoryError::Dump)?;
+    let mut offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        // SAFETY: the region is a live mapping of `len` bytes owned by
+        // `mem`; the VM is paused, so nothing writes it while we read.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
+        for (i, page) in bytes.chunks(PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                file.write_all_at(page, offset + (i * PAGE) as u64)
+                    .map_err(MemoryError::Dump)?;
+            }
+        }
+        offset += len as u64;
+    }
+    Ok(())
+}
+
+fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -84,7 +163,7 @@ pub fn create(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
         // same `Vm` value and dropped after the VM fd.
         unsafe { vm.set_user_memory_region(desc) }.map_err(MemoryError::Register)?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// The E820-style map the guest sees: (start, size, is_ram).
@@ -113,6 +192,44 @@ mod tests {
         assert_eq!(big[1].0, GuestAddress(MMIO_HOLE_END));
         assert_eq!(big[0].1 + big[1].1, 4096 << 20);
         assert!(matches!(ram_ranges(16), Err(MemoryError::TooSmall(16))));
+    }
+
+    #[test]
+    fn dumped_memory_maps_back_private_and_sparse() {
+        use vm_memory::Bytes;
+        let kvm = kvm_ioctls::Kvm::new();
+        let Ok(kvm) = kvm else {
+            panic!("this test needs /dev/kvm, which this machine lacks");
+        };
+        let vm = kvm.create_vm().unwrap();
+        let mem = create(&vm, 32).unwrap();
+        mem.write_obj(0xfeed_u64, GuestAddress(0x5000)).unwrap();
+        let dir = tempfile_dir();
+        let path = dir.join("mem");
+        let file = std::fs::File::create(&path).unwrap();
+        dump(&mem, &file).unwrap();
+        drop(file);
+        // One non-zero page: the file is sparse.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 32 << 20);
+        assert!(meta.blocks() * 512 <= 64 * 1024, "{} blocks", meta.blocks());
+        let vm2 = kvm.create_vm().unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let back = create_from_file(&vm2, 32, &file).unwrap();
+        assert_eq!(back.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
+        // Writes are private: the file keeps its contents.
+        back.write_obj(1u64, GuestAddress(0x5000)).unwrap();
+        let again = create_from_file(&kvm.create_vm().unwrap(), 32, &file).unwrap();
+        assert_eq!(again.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
+        assert!(create_from_file(&kvm.create_vm().unwrap(), 64, &file).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("hull-mem-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl VcpuShared {
 
 /// A running vCPU thread.
 pub struct VcpuThread {
-    handle: JoinHandle<()>,
+    handle: JoinHandle<VcpuFd>,
 }
 
 impl VcpuThread {
@@ -67,18 +67,22 @@ impl VcpuThread {
     pub fn spawn(id: u8, mut vcpu: VcpuFd, shared: VcpuShared) -> std::io::Result<Self> {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || run_loop(id, &mut vcpu, &shared))?;
+            .spawn(move || {
+                run_loop(id, &mut vcpu, &shared);
+                vcpu
+            })?;
         Ok(Self { handle })
     }
 
     /// Stops the thread: keeps kicking it until it has left KVM_RUN (a kick
-    /// sent just before it entered KVM_RUN would otherwise be lost).
-    pub fn stop_and_join(self) {
+    /// sent just before it entered KVM_RUN would otherwise be lost). Gives
+    /// the vCPU back (for a snapshot) unless the thread panicked.
+    pub fn stop_and_join(self) -> Option<VcpuFd> {
         while !self.handle.is_finished() {
             let _ = self.handle.kill(kick_signal());
             std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = self.handle.join();
+        self.handle.join().ok()
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,6 +40,62 @@ impl SerialDevice {
         Self {
             uart: Serial::new(IrqTrigger(irq), out),
         }
+    }
+}
+
+/// The UART's registers, for a snapshot (vm-superio's [`SerialState`] in a
+/// serialisable form). Without them a restored guest's driver, which caches
+/// the interrupt-enable register, would wait for a transmit interrupt that
+/// never comes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SerialSaved {
+    regs: [u8; 9],
+    in_buffer: Vec<u8>,
+}
+
+impl SerialDevice {
+    /// The registers, for a snapshot.
+    pub fn state(&self) -> SerialSaved {
+        let s = self.uart.state();
+        SerialSaved {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in a saved state; `None` if the state is invalid.
+    pub fn from_state(
+        saved: &SerialSaved,
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+    ) -> Option<Self> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            saved.regs;
+        let state = SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        let uart =
+            Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out).ok()?;
+        Some(Self { uart })
     }
 }
 
@@ -95,5 +153,21 @@ mod tests {
         let mut lsr = [0u8; 1];
         dev.read(5, &mut lsr);
         assert_eq!(lsr[0] & 0x60, 0x60);
+    }
+
+    #[test]
+    fn saved_registers_come_back() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(std::io::sink()));
+        dev.write(1, &[0x02]); // IER: THRE interrupt
+        dev.write(7, &[0x5a]); // scratch
+        let saved: SerialSaved =
+            serde_json::from_str(&serde_json::to_string(&dev.state()).unwrap()).unwrap();
+        let mut back = SerialDevice::from_state(&saved, irq, Box::new(std::io::sink())).unwrap();
+        let mut b = [0u8; 1];
+        back.read(1, &mut b);
+        assert_eq!(b[0], 0x02);
+        back.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
     }
 }

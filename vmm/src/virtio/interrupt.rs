@@ -34,6 +34,11 @@ impl Interrupt {
         self.irqfd.write(1)
     }
 
+    /// Sets saved InterruptStatus bits again and raises the line (restore).
+    pub fn raise_bits(&self, bits: u32) {
+        let _ = self.raise(bits);
+    }
+
     /// Tells the driver a queue has used buffers.
     pub fn signal_used_queue(&self) -> std::io::Result<()> {
         self.raise(INT_VRING)

@@ -4,7 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -203,7 +204,19 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let all_valid = self.queues.iter().all(|q| q.is_valid(&self.mem));
+        // The device takes the configured queues; fresh ones (of the same
+        // sizes) wait for a reset and renegotiation.
+        let fresh: Vec<Queue> = self
+            .queues
+            .iter()
+            .filter_map(|q| Queue::new(q.max_size()).ok())
+            .collect();
+        let queues = std::mem::replace(&mut self.queues, fresh);
+        self.activate_with(queues);
+    }
+
+    fn activate_with(&mut self, mut queues: Vec<Queue>) {
+        let all_valid = queues.iter().all(|q| q.is_valid(&self.mem));
         let evts: Result<Vec<EventFd>, _> =
             self.queue_evts.iter().map(EventFd::try_clone).collect();
         let result = match (all_valid, evts) {
@@ -211,14 +224,6 @@ impl MmioTransport {
             (true, Err(e)) => Err(format!("cannot clone queue eventfds: {e}")),
             (true, Ok(queue_evts)) => {
                 let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-                // The device takes the configured queues; fresh ones (of the
-                // same sizes) wait for a reset and renegotiation.
-                let fresh: Vec<Queue> = self
-                    .queues
-                    .iter()
-                    .filter_map(|q| Queue::new(q.max_size()).ok())
-                    .collect();
-                let mut queues = std::mem::replace(&mut self.queues, fresh);
                 for q in &mut queues {
                     q.set_event_idx(event_idx);
                 }
@@ -265,6 +270,141 @@ impl MmioTransport {
         self.config_generation = self.config_generation.wrapping_add(1);
         let _ = self.interrupt.signal_config_change();
     }
+
+    /// The transport's registers and queues, for a snapshot. The device must
+    /// be quiescent (the VM paused with no request in flight).
+    pub fn state(&self) -> TransportState {
+        let queues = if self.activated {
+            lock(&self.device).queue_states()
+        } else {
+            self.queues.iter().map(Queue::state).collect()
+        };
+        TransportState {
+            device_type: lock(&self.device).device_type(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            interrupt_status: self.interrupt.status(),
+            queues: queues.iter().map(SavedQueue::from).collect(),
+        }
+    }
+
+    /// Puts a freshly made transport (same device kind) into a saved state;
+    /// a device that was running is activated again with its saved queues,
+    /// and every queue is then notified once so work the guest posted just
+    /// before the snapshot is not left waiting.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let device_type = lock(&self.device).device_type();
+        if state.device_type != device_type || state.queues.len() != self.queues.len() {
+            return Err(RestoreError::Mismatch(device_type, state.device_type));
+        }
+        let queues = state
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(QueueState::from(q)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(RestoreError::Queue)?;
+        self.queue_sel = state.queue_sel;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.acked_features = state.acked_features;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        if state.activated {
+            self.activate_with(queues);
+            if !self.activated {
+                return Err(RestoreError::Activate);
+            }
+            for evt in &self.queue_evts {
+                let _ = evt.write(1);
+            }
+        } else {
+            self.queues = queues;
+        }
+        if state.interrupt_status != 0 {
+            self.interrupt.raise_bits(state.interrupt_status);
+        }
+        Ok(())
+    }
+}
+
+/// Errors putting a transport back into a saved state.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The snapshot's device differs from the one attached now.
+    #[error("snapshot device mismatch: attached type {0}, saved type {1}")]
+    Mismatch(u32, u32),
+    /// A saved queue is invalid.
+    #[error("invalid saved virtqueue")]
+    Queue(#[source] virtio_queue::Error),
+    /// The device refused its saved queues.
+    #[error("the device refused its saved queues")]
+    Activate,
+}
+
+/// A virtio-mmio transport's saved registers and queues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportState {
+    device_type: u32,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+    interrupt_status: u32,
+    queues: Vec<SavedQueue>,
+}
+
+/// [`QueueState`] in a serialisable form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedQueue {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+impl From<&QueueState> for SavedQueue {
+    fn from(q: &QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<&SavedQueue> for QueueState {
+    fn from(q: &SavedQueue) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
 }
 
 impl BusDevice for MmioTransport {
@@ -306,6 +446,7 @@ mod tests {
     struct Dummy {
         activated: Option<(usize, u64)>,
         resets: usize,
+        queues: Vec<QueueState>,
     }
 
     impl VirtioDevice for Dummy {
@@ -323,7 +464,11 @@ mod tests {
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             self.activated = Some((ctx.queues.len(), ctx.acked_features));
+            self.queues = ctx.queues.iter().map(Queue::state).collect();
             Ok(())
+        }
+        fn queue_states(&self) -> Vec<QueueState> {
+            self.queues.clone()
         }
         fn reset(&mut self) -> bool {
             self.resets += 1;
@@ -412,6 +557,42 @@ mod tests {
         assert_eq!(r(&mut t, 0x070), 0);
         assert_eq!(dev.lock().unwrap().resets, 1);
         assert_eq!(r(&mut t, 0x044), 0);
+    }
+
+    #[test]
+    fn saved_state_restores_into_a_fresh_transport() {
+        let (mut t, dev) = transport();
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, 0x024, 1);
+        w(&mut t, 0x020, 1);
+        w(&mut t, 0x070, s);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        w(&mut t, 0x070, s | STATUS_DRIVER_OK);
+        // The device has moved along its first queue since activation.
+        dev.lock().unwrap().queues[0].next_avail = 7;
+        dev.lock().unwrap().queues[0].next_used = 7;
+        let saved: TransportState =
+            serde_json::from_str(&serde_json::to_string(&t.state()).unwrap()).unwrap();
+
+        let (mut fresh, fresh_dev) = transport();
+        fresh.restore(&saved).unwrap();
+        assert_eq!(r(&mut fresh, 0x070), s | STATUS_DRIVER_OK);
+        let d = fresh_dev.lock().unwrap();
+        assert_eq!(d.activated, Some((2, VIRTIO_F_VERSION_1)));
+        assert_eq!(d.queues[0].next_avail, 7);
+        assert_eq!(d.queues[0].next_used, 7);
+        assert_eq!(d.queues[1].desc_table, 0x2_0000);
+        drop(d);
+        // Each queue was notified once, so posted work is looked at.
+        assert_eq!(fresh.queue_evts[0].read().unwrap(), 1);
+        assert_eq!(fresh.queue_evts[1].read().unwrap(), 1);
+
+        // A snapshot of another kind of device is refused.
+        let mut other = saved.clone();
+        other.device_type = 7;
+        assert!(transport().0.restore(&other).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod vsock;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -91,6 +91,12 @@ pub trait VirtioDevice: Send {
     /// cannot be reset (it then stays failed until the VM ends).
     fn reset(&mut self) -> bool {
         false
+    }
+    /// The state of the queues the device took at activation (empty while
+    /// not activated), for a snapshot. Only meaningful while the device is
+    /// quiescent: no chain popped and not yet returned.
+    fn queue_states(&self) -> Vec<QueueState> {
+        Vec::new()
     }
 }
 

@@ -331,6 +331,10 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
         true
     }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
 }
 
 impl MutEventSubscriber for Block {

@@ -324,6 +324,13 @@ impl VirtioDevice for Vsock {
         }
         true
     }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| a.queues.iter().map(|q| q.state()))
+            .collect()
+    }
 }
 
 impl MutEventSubscriber for Vsock {

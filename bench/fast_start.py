@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Fast start vs cold boot vs runc, and the host memory of idle containers.
+
+One invocation measures, on this host:
+  - `hull run --rm busybox true` end to end: cold boot (HULL_FAST_START=0)
+    vs fast path (restore from the VM snapshot) vs `runc run` of an OCI
+    bundle made from the same rootfs; median of --runs each, as ratios;
+  - host memory of --idle idle containers (`hull run -d IMAGE sleep`) for
+    the fast path and --idle-cold for cold boots: sum of the VMM processes'
+    PSS (proportional set size: pages shared between VMs, e.g. clean pages
+    of the snapshot's memory file, are split among them) and RSS.
+
+Needs hull built (HULL_BIN or target/release/hull), HULL_KERNEL/HULL_AGENT
+as for the tests, /bin/busybox, and runc (or crun) for the peer.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HULL = os.environ.get("HULL_BIN", os.path.join(HERE, "..", "target", "release", "hull"))
+
+
+def sh(cmd, env=None, check=True):
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed: {r.stderr.strip()}")
+    return r
+
+
+def busybox_rootfs(path):
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "data"]:
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(path, "bin", "busybox"))
+    for applet in sh(["/bin/busybox", "--list"]).stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(path, "bin", applet))
+    with open(os.path.join(path, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\n")
+    with open(os.path.join(path, "etc", "group"), "w") as f:
+        f.write("root:x:0:\n")
+
+
+def timed(cmd, env=None):
+    t = time.monotonic()
+    sh(cmd, env=env)
+    return time.monotonic() - t
+
+
+def vmm_memory(root, env, names):
+    """Sum of PSS and RSS (KiB) of the VMM processes of the named containers."""
+    pss = rss = 0
+    for n in names:
+        info = json.loads(sh([HULL, "inspect", n], env=env).stdout)
+        info = info[0] if isinstance(info, list) else info
+        pid = info.get("State", {}).get("Pid") or info.get("VM", {}).get("VmmPid")
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                if k == "Pss":
+                    pss += int(v.split()[0])
+                elif k == "Rss":
+                    rss += int(v.split()[0])
+    return pss, rss
+
+
+def idle(env, count, label):
+    names = [f"idle-{label}-{i}" for i in range(count)]
+    t = time.monotonic()
+    for n in names:
+        sh([HULL, "run", "-d", "--name", n, "busybox:bench", "sleep", "100000"], env=env)
+    started = time.monotonic() - t
+    time.sleep(5)
+    pss, rss = vmm_memory(None, env, names)
+    for n in names:
+        sh([HULL, "rm", "-f", n], env=env)
+    return started, pss, rss
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cold-runs", type=int, default=None, help="default: --runs")
+    ap.add_argument("--idle", type=int, default=50, help="idle fast-started containers")
+    ap.add_argument("--idle-cold", type=int, default=10, help="idle cold-booted containers")
+    args = ap.parse_args()
+    cold_runs = args.cold_runs or args.runs
+    runc = shutil.which("runc") or shutil.which("crun")
+    if not runc:
+        sys.exit("bench: runc (or crun) is missing: apt-get install runc")
+
+    work = tempfile.mkdtemp(prefix="hull-bench-fast-")
+    env = dict(os.environ, HULL_ROOT=os.path.join(work, "root"))
+    cold_env = dict(env, HULL_FAST_START="0")
+    try:
+        rootfs = os.path.join(work, "bundle", "rootfs")
+        busybox_rootfs(rootfs)
+        tar = os.path.join(work, "rootfs.tar")
+        sh(["tar", "-C", rootfs, "-cf", tar, "."])
+        sh([HULL, "import", tar, "busybox:bench"], env=env)
+        host = next(
+            (l.split(":", 1)[1].strip() for l in sh([HULL, "info"], env=env).stdout.splitlines()
+             if l.startswith("Hypervisor:")), "unknown")
+        print(f"host: {host}; {os.cpu_count()} CPUs")
+
+        t = timed([HULL, "run", "--rm", "busybox:bench", "true"], env=cold_env)
+        print(f"first run (rootfs preparation + cold boot): {t:.2f} s")
+        t = timed([HULL, "run", "--rm", "busybox:bench", "true"], env=env)
+        print(f"first fast-path run (template boot + snapshot + restore): {t:.2f} s")
+
+        bundle = os.path.join(work, "bundle")
+        sh([runc, "spec", "--rootless"] if os.geteuid() else [runc, "spec"], env=None)
+        shutil.move("config.json", os.path.join(bundle, "config.json"))
+        with open(os.path.join(bundle, "config.json")) as f:
+            spec = json.load(f)
+        spec["process"]["args"] = ["true"]
+        spec["process"]["terminal"] = False
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            json.dump(spec, f)
+
+        results = {"cold": [], "fast": [], "runc": []}
+        for i in range(max(args.runs, cold_runs)):
+            if i < cold_runs:
+                results["cold"].append(
+                    timed([HULL, "run", "--rm", "busybox:bench", "true"], env=cold_env))
+            if i < args.runs:
+                results["fast"].append(
+                    timed([HULL, "run", "--rm", "busybox:bench", "true"], env=env))
+                results["runc"].append(
+                    timed([runc, "run", "--bundle", bundle, f"bench-{os.getpid()}-{i}"]))
+        med = {k: statistics.median(v) for k, v in results.items()}
+        for k, v in results.items():
+            print(f"{k:5s} median {med[k]*1000:9.1f} ms  runs: "
+                  + " ".join(f"{x*1000:.0f}" for x in v))
+        print(f"fast / cold  = {med['fast']/med['cold']:.3f}")
+        print(f"fast / {os.path.basename(runc)} = {med['fast']/med['runc']:.1f}")
+        print(f"cold / {os.path.basename(runc)} = {med['cold']/med['runc']:.1f}")
+
+        for label, e, n in [("fast", env, args.idle), ("cold", cold_env, args.idle_cold)]:
+            if n <= 0:
+                continue
+            started, pss, rss = idle(e, n, label)
+            print(f"{n} idle {label} containers: started in {started:.1f} s; VMM PSS "
+                  f"{pss/1024:.1f} MiB total, {pss/1024/n:.1f} MiB each; RSS "
+                  f"{rss/1024:.1f} MiB total, {rss/1024/n:.1f} MiB each")
+    finally:
+        sh([HULL, "system", "prune"], env=env, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+//! Fast start: containers begin from a snapshot of a VM that booted once,
+//! instead of booting a kernel each.
+//!
+//! The first container of a given VM shape (memory, vCPUs, kernel, agent,
+//! command line, disk layout) boots a template VM with placeholder disks to
+//! agent-ready and snapshots it under `<snapshots>/<key>/`. Every container
+//! of that shape then restores the snapshot with its own disks and vsock
+//! socket: guest memory is the snapshot file mapped private, so clean pages
+//! are shared between containers. Right after the restore the guest gets a
+//! fresh identity (wall clock, RNG reseeded from host entropy) and re-reads
+//! its disks; hostname and the rest follow in the usual container set-up.
+//!
+//! The key covers everything that shaped the saved guest, so a new kernel
+//! or agent makes a new snapshot; stale ones are deleted when it is made.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::guest_vm::{self, GuestOptions, RunningVm};
+
+/// Set to `0`/`off`/`false` to boot every container cold.
+pub const ENABLE_ENV: &str = "HULL_FAST_START";
+/// Where snapshots live (default `<root>/snapshots`).
+pub const DIR_ENV: &str = "HULL_SNAPSHOT_DIR";
+/// Size of the template's placeholder disks.
+const PLACEHOLDER_BYTES: u64 = 1 << 20;
+/// Random bytes given to each restored guest's RNG.
+const ENTROPY_BYTES: usize = 64;
+
+/// Errors of the fast-start path.
+#[derive(Debug, thiserror::Error)]
+pub enum FastStartError {
+    /// A file of the snapshot store could not be read or written.
+    #[error("snapshot store {0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    /// The template VM did not end in a snapshot.
+    #[error("template VM ended without a snapshot ({0})")]
+    NoSnapshot(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FastStartError + '_ {
+    move |e| FastStartError::Io(path.to_path_buf(), e)
+}
+
+/// Whether containers start from snapshots (the default).
+pub fn enabled() -> bool {
+    !matches!(
+        std::env::var(ENABLE_ENV).as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
+}
+
+/// The snapshot store.
+pub fn snapshots_dir(root: &Path) -> PathBuf {
+    std::env::var_os(DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("snapshots"))
+}
+
+/// What a snapshot was made from (kept beside it, for `hull info` and to
+/// find stale ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Kernel file identity.
+    pub kernel: String,
+    /// Initramfs (agent) file identity.
+    pub initramfs: String,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Seconds the template took to boot and save.
+    pub make_seconds: f64,
+}
+
+/// A file's identity: path, size, modification time and inode, so a
+/// replaced kernel or agent gives a different key without hashing it.
+fn file_identity(path: &Path) -> Result<String, FastStartError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(io(path))?;
+    Ok(format!(
+        "{}:{}:{}.{}:{}",
+        path.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}
+
+fn meta_for(config: &vmm::VmConfig) -> Result<SnapshotMeta, FastStartError> {
+    Ok(SnapshotMeta {
+        kernel: file_identity(&config.kernel)?,
+        // The initramfs file is named by the agent's hash: its name and
+        // size identify it, so hull roots sharing a snapshot store (and
+        // an agent) share snapshots.
+        initramfs: match &config.initramfs {
+            Some(p) => {
+                let len = std::fs::metadata(p).map_err(io(p))?.len();
+                format!(
+                    "{}:{len}",
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                )
+            }
+            None => String::new(),
+        },
+        mem_mib: config.mem_mib,
+        vcpus: config.vcpus,
+        make_seconds: 0.0,
+    })
+}
+
+/// The key of the snapshot a VM of `config` restores from.
+fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
+    let mut h = Sha256::new();
+    let disks: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
+    h.update(format!(
+        "format={}\nhull={}\nkernel={}\ninitramfs={}\nmem={}\ncpus={}\ncmdline={}\ndisks={disks:?}\nvsock={}\n",
+        vmm::snapshot::FORMAT,
+        env!("CARGO_PKG_VERSION"),
+        meta.kernel,
+        meta.initramfs,
+        config.mem_mib,
+        config.vcpus,
+        config.full_cmdline(),
+        config.vsock_uds.is_some(),
+    ));
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// Starts a VM of `opts` with `disks` and the vsock socket `uds`, from a
+/// snapshot when fast start is on (making the snapshot first if needed),
+/// else by booting. Either way the agent is ready when this returns.
+pub fn start(
+    root: &Path,
+    opts: &GuestOptions<'_>,
+    disks: Vec<vmm::DiskConfig>,
+    uds: PathBuf,
+    timeout: Duration,
+) -> anyhow::Result<RunningVm> {
+    let (mut config, seen) = guest_vm::config(root, opts)?;
+    config.cmdline.push_str(" hull.serve");
+    config.disks = disks;
+    config.vsock_uds = Some(uds);
+    if !enabled() {
+        return RunningVm::start(config, &seen, timeout);
+    }
+    let meta = meta_for(&config)?;
+    let dir = snapshots_dir(root).join(key(&config, &meta));
+    if !dir.join(vmm::snapshot::STATE_FILE).exists() {
+        make(root, opts, &config, &meta, &dir, timeout)
+            .context("making the fast-start VM snapshot")?;
+    }
+    let sizes: Vec<u64> = config
+        .disks
+        .iter()
+        .map(|d| std::fs::metadata(&d.path).map(|m| m.len() / 512))
+        .collect::<std::io::Result<_>>()?;
+    let (vm, mut client) = RunningVm::restore(config, &dir, timeout)
+        .with_context(|| format!("restoring VM snapshot {}", dir.display()))?;
+    tracing::debug!("restored; agent answers");
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // One round trip: identity first, then each disk.
+    client.begin_batch();
+    client.resumed(nanos, entropy()?)?;
+    for (i, sectors) in sizes.into_iter().enumerate() {
+        client.refresh_disk(&format!("/dev/vd{}", (b'a' + i as u8) as char), sectors)?;
+    }
+    client
+        .end_batch()
+        .context("giving the restored guest its identity and disks")?;
+    tracing::debug!("guest identity set, disks attached");
+    Ok(vm)
+}
+
+fn entropy() -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0u8; ENTROPY_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Boots a template VM like `config` but with placeholder disks, waits for
+/// its agent, snapshots it into `dir`, and deletes stale snapshots.
+fn make(
+    root: &Path,
+    opts: &GuestOptions<'_>,
+    config: &vmm::VmConfig,
+    meta: &SnapshotMeta,
+    dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let store = dir.parent().unwrap_or(dir);
+    std::fs::create_dir_all(store).map_err(io(store))?;
+    let _lock = crate::file_lock::lock_exclusive(&store.join(".lock")).map_err(io(store))?;
+    if dir.join(vmm::snapshot::STATE_FILE).exists() {
+        // Another hull made it while we waited for the lock.
+        return Ok(());
+    }
+    let started = Instant::now();
+    let tmp = store.join(format!(".tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = (|| -> anyhow::Result<()> {
+        let (mut template, seen) = guest_vm::config(root, opts)?;
+        template.cmdline.push_str(" hull.serve");
+        for (i, disk) in config.disks.iter().enumerate() {
+            let path = tmp.join(format!("placeholder{i}"));
+            let f = std::fs::File::create(&path).map_err(io(&path))?;
+            f.set_len(PLACEHOLDER_BYTES).map_err(io(&path))?;
+            template.disks.push(vmm::DiskConfig {
+                path,
+                read_only: disk.read_only,
+            });
+        }
+        let run = root.join("run");
+        std::fs::create_dir_all(&run).map_err(io(&run))?;
+        let uds = run.join(format!("template-{}.vsock", std::process::id()));
+        template.vsock_uds = Some(uds.clone());
+        let vm = vmm::Vm::new(template)?;
+        let snapshot = vm.snapshot_handle();
+        let running = RunningVm::spawn(vm, uds.clone())?;
+        guest_vm::wait_ready(&seen, || running.is_done(), timeout)?;
+        snapshot.snapshot(&tmp);
+        let exit = running.wait(Duration::from_secs(120));
+        let _ = std::fs::remove_file(&uds);
+        match exit? {
+            vmm::VmExit::Snapshotted => {}
+            other => return Err(FastStartError::NoSnapshot(format!("{other:?}")).into()),
+        }
+        for i in 0..config.disks.len() {
+            let _ = std::fs::remove_file(tmp.join(format!("placeholder{i}")));
+        }
+        let meta = SnapshotMeta {
+            make_seconds: started.elapsed().as_secs_f64(),
+            ..meta.clone()
+        };
+        let path = tmp.join("meta.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&meta)?).map_err(io(&path))?;
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
+    remove_stale(store, meta);
+    Ok(())
+}
+
+/// Deletes snapshots made from another kernel or agent. VMs restored from
+/// them keep running: their memory mapping outlives the file's name.
+fn remove_stale(store: &Path, current: &SnapshotMeta) {
+    for (path, meta) in list(store) {
+        let stale = match meta {
+            Some(m) => m.kernel != current.kernel || m.initramfs != current.initramfs,
+            None => true,
+        };
+        if stale {
+            tracing::debug!("removing stale snapshot {}", path.display());
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// The snapshots in `store` with what they were made from (`None` if
+/// unreadable). Temporary directories of snapshots being made are skipped.
+pub fn list(store: &Path) -> Vec<(PathBuf, Option<SnapshotMeta>)> {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let meta = std::fs::read(e.path().join("meta.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            (e.path(), meta)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Removes every snapshot (`hull system prune`); returns how many and the
+/// bytes freed on disk. They are made again on the next `hull run`.
+pub fn prune(store: &Path) -> std::io::Result<(usize, u64)> {
+    if !store.exists() {
+        return Ok((0, 0));
+    }
+    let _lock = crate::file_lock::lock_exclusive(&store.join(".lock"))?;
+    let mut count = 0;
+    let mut bytes = 0;
+    for (path, _) in list(store) {
+        bytes += disk_usage(&path);
+        std::fs::remove_dir_all(&path)?;
+        count += 1;
+    }
+    Ok((count, bytes))
+}
+
+/// Bytes a directory's files occupy on disk (sparse files count what they use).
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(kernel: &Path, mem: u64) -> vmm::VmConfig {
+        let mut c = vmm::VmConfig::new(kernel.to_path_buf());
+        c.mem_mib = mem;
+        c.disks = vec![vmm::DiskConfig {
+            path: "/x".into(),
+            read_only: true,
+        }];
+        c
+    }
+
+    #[test]
+    fn key_changes_with_kernel_file_and_vm_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"one").unwrap();
+        let c = config_with(&kernel, 128);
+        let k1 = key(&c, &meta_for(&c).unwrap());
+        assert_eq!(k1, key(&c, &meta_for(&c).unwrap()), "stable");
+        let c256 = config_with(&kernel, 256);
+        assert_ne!(k1, key(&c256, &meta_for(&c256).unwrap()));
+        // A rebuilt kernel (new file in place) is a new snapshot.
+        std::fs::remove_file(&kernel).unwrap();
+        std::fs::write(&kernel, b"two!").unwrap();
+        assert_ne!(k1, key(&c, &meta_for(&c).unwrap()));
+    }
+
+    #[test]
+    fn stale_snapshots_go_and_current_ones_stay() {
+        let store = tempfile::tempdir().unwrap();
+        let current = SnapshotMeta {
+            kernel: "k2".into(),
+            initramfs: "a".into(),
+            mem_mib: 128,
+            vcpus: 1,
+            make_seconds: 1.0,
+        };
+        for (name, kernel) in [("old", "k1"), ("new", "k2")] {
+            let d = store.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let m = SnapshotMeta {
+                kernel: kernel.into(),
+                ..current.clone()
+            };
+            std::fs::write(d.join("meta.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        }
+        remove_stale(store.path(), &current);
+        let left: Vec<_> = list(store.path()).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(left, vec![store.path().join("new")]);
+        assert_eq!(prune(store.path()).unwrap().0, 1);
+        assert!(list(store.path()).is_empty());
+    }
+}

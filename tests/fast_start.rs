@@ -1,0 +1,198 @@
+//! Fast start (containers restored from a VM snapshot instead of booting):
+//! same results as a cold boot, a fresh identity per container, nothing
+//! shared between containers of one snapshot, stale snapshots replaced.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{busybox_rootfs, hull, require_kvm, text};
+
+fn import_busybox(root: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    busybox_rootfs(&rootfs);
+    let tar = dir.path().join("rootfs.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = hull(root)
+        .arg("import")
+        .arg(&tar)
+        .arg("busybox:fast")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+/// `hull` with its own snapshot store.
+fn hull_s(root: &Path, snapshots: &Path) -> Command {
+    let mut c = hull(root);
+    c.env("HULL_SNAPSHOT_DIR", snapshots);
+    c
+}
+
+fn ok(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "stdout {stdout:?} stderr {stderr:?}");
+    stdout
+}
+
+fn snapshot_dirs(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn fast_start_matches_cold_boot_and_isolates_containers() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let store = store.path();
+    import_busybox(root);
+    let script = "echo out $GREETING; echo err >&2; exit 3";
+
+    // Cold boot (also prepares the image's rootfs).
+    let cold = hull_s(root, store)
+        .env("HULL_FAST_START", "0")
+        .args([
+            "run",
+            "--rm",
+            "-e",
+            "GREETING=hi",
+            "busybox:fast",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&cold), ("out hi\n".into(), "err\n".into()));
+    assert_eq!(cold.status.code(), Some(3));
+    assert!(snapshot_dirs(store).is_empty(), "cold path made a snapshot");
+
+    // Fast path: first run makes the snapshot, then restores it; same bytes.
+    let fast = hull_s(root, store)
+        .args([
+            "run",
+            "--rm",
+            "-e",
+            "GREETING=hi",
+            "busybox:fast",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(text(&fast), text(&cold));
+    assert_eq!(fast.status.code(), Some(3));
+    let made = snapshot_dirs(store);
+    assert_eq!(made.len(), 1, "{made:?}");
+    let info = ok(&hull_s(root, store).arg("info").output().unwrap());
+    assert!(info.contains("Fast start: on"), "{info}");
+    assert!(info.contains("Snapshots: 1 in"), "{info}");
+
+    // Two containers from the same snapshot: A keeps a secret in a file and
+    // in its memory; B must see neither, and each has its own identity.
+    let secret = format!("hull-secret-{}", std::process::id());
+    ok(&hull_s(root, store)
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "a",
+            "--hostname",
+            "alpha",
+            "busybox:fast",
+        ])
+        .args(["sleep", "600"])
+        .output()
+        .unwrap());
+    // The secret reaches A through `exec`, so it is nowhere in B's command.
+    let put = hull_s(root, store)
+        .args(["exec", "a", "sh", "-c"])
+        .arg(format!("echo {secret} > /tmp/secret; cat /tmp/secret"))
+        .output()
+        .unwrap();
+    assert_eq!(ok(&put), format!("{secret}\n"));
+    let ident = "cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1; hostname; date +%s";
+    let a_ident = ok(&hull_s(root, store)
+        .args(["exec", "a", "sh", "-c", ident])
+        .output()
+        .unwrap());
+    let b = hull_s(root, store)
+        .args(["run", "--rm", "--hostname", "beta", "busybox:fast", "sh", "-c"])
+        .arg(format!(
+            "ls /tmp; cat /tmp/secret 2>&1; grep -rl hull-secret- /tmp /etc /data 2>/dev/null; {ident}"
+        ))
+        .output()
+        .unwrap();
+    let b_out = ok(&b);
+    assert!(!b_out.contains(&secret), "B saw A's secret: {b_out}");
+    assert!(b_out.contains("No such file"), "{b_out}");
+    let a_lines: Vec<&str> = a_ident.lines().collect();
+    let b_lines: Vec<&str> = b_out.lines().rev().take(4).collect::<Vec<_>>();
+    let b_lines: Vec<&str> = b_lines.into_iter().rev().collect();
+    assert_eq!(a_lines.len(), 4, "{a_ident}");
+    assert_ne!(a_lines[0], b_lines[0], "same boot_id");
+    assert_ne!(a_lines[1], b_lines[1], "same random bytes");
+    assert_eq!((a_lines[2], b_lines[2]), ("alpha", "beta"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for l in [a_lines[3], b_lines[3]] {
+        let t: i64 = l.parse().unwrap();
+        assert!((now - t).abs() < 120, "guest clock {t} vs host {now}");
+    }
+    // A's writes stayed in A: the shared snapshot memory never got them.
+    let memory = std::fs::read(store.join(&made[0]).join("memory")).unwrap();
+    assert!(!contains(&memory, secret.as_bytes()));
+    ok(&hull_s(root, store)
+        .args(["rm", "-f", "a"])
+        .output()
+        .unwrap());
+
+    // A new kernel file makes a new snapshot and the old one goes.
+    let kernel_copy = root.join("vmlinux-copy");
+    let kernel = std::env::var("HULL_KERNEL").expect("HULL_KERNEL must point at the guest kernel");
+    std::fs::copy(&kernel, &kernel_copy).unwrap();
+    let again = hull_s(root, store)
+        .env("HULL_KERNEL", &kernel_copy)
+        .args(["run", "--rm", "busybox:fast", "echo", "new kernel"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&again), "new kernel\n");
+    let now_made = snapshot_dirs(store);
+    assert_eq!(now_made.len(), 1, "{now_made:?}");
+    assert_ne!(now_made, made, "stale snapshot kept");
+
+    let pruned = ok(&hull_s(root, store)
+        .args(["system", "prune"])
+        .output()
+        .unwrap());
+    assert!(pruned.starts_with("Deleted 1 VM snapshot(s)"), "{pruned}");
+    assert!(snapshot_dirs(store).is_empty());
+}

@@ -1,0 +1,219 @@
+//! Hostile image layers go through a real helper VM and can only affect
+//! that VM's own disk: `../` paths, absolute paths, symlinks pointing out
+//! of the root (absolute and relative) with files written through them,
+//! hard links to outside paths, a symlink to a host path replaced by a
+//! file, device nodes, and a 1 GiB sparse-file bomb. A canary directory on
+//! the host (named in every hostile entry) must come out unchanged.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_one_line_error, busybox_rootfs, hull, require_kvm, text};
+
+/// Writes a layer tar (Python's tarfile writes any name and link the tar
+/// format can hold, unlike tar tools that clean them): the busybox userland
+/// of `rootfs`, then entries that aim at `canary` and `escape` on the host.
+const MAKE_LAYER: &str = r#"
+import io, sys, tarfile
+rootfs, canary, escape, out = sys.argv[1:5]
+c = canary.strip("/")
+up = "../" * 8
+t = tarfile.open(out, "w", format=tarfile.GNU_FORMAT)
+t.add(rootfs, arcname=".")
+def entry(name, kind=tarfile.REGTYPE, data=b"", link="", dev=(0, 0)):
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.linkname, ti.mode = kind, link, 0o644
+    ti.devmajor, ti.devminor = dev
+    ti.size = len(data) if kind == tarfile.REGTYPE else 0
+    t.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+entry(up + c + "/dotdot", data=b"dotdot\n")
+entry("/" + c + "/absolute", data=b"absolute\n")
+entry("escape-abs", tarfile.SYMTYPE, link="/" + c)
+entry("escape-abs/through-abs", data=b"through-abs\n")
+entry("escape-rel", tarfile.SYMTYPE, link=up + c)
+entry("escape-rel/through-rel", data=b"through-rel\n")
+entry(c + "/host-file", data=b"in-image\n")
+entry("hardlink-rel", tarfile.LNKTYPE, link=up + c + "/host-file")
+entry("hardlink-abs", tarfile.LNKTYPE, link="/" + c + "/host-file")
+entry("clobber", tarfile.SYMTYPE, link=escape)
+entry("clobber", data=b"clobbered\n")
+entry("devnull-copy", tarfile.CHRTYPE, dev=(1, 3))
+entry("disk-node", tarfile.BLKTYPE, dev=(8, 0))
+t.close()
+"#;
+
+/// Every file under `dir`: relative path, size, link count, content.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            let content = if m.is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+            out.push((rel, m.len(), m.nlink(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Removes the canary directory however the test ends.
+struct Canary(PathBuf);
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn import(root: &Path, tar: &Path, name: &str) {
+    let out = hull(root)
+        .arg("import")
+        .arg(tar)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "import {name}: {:?}", text(&out));
+}
+
+/// Names in `dir` (empty when it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn hostile_layers_only_touch_the_helper_vm_disk() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let pid = std::process::id();
+    let canary = Canary(PathBuf::from(format!("/tmp/hull-canary-{pid}")));
+    let escape = PathBuf::from(format!("/tmp/hull-escape-{pid}"));
+    std::fs::create_dir_all(&canary.0).unwrap();
+    std::fs::write(canary.0.join("host-file"), "original\n").unwrap();
+    assert!(!escape.exists());
+    let before = snapshot(&canary.0);
+    let work_before = snapshot(work);
+
+    // A 1 GiB sparse file (a tar bomb: 10 KiB of tar for 1 GiB of file):
+    // refused in the helper VM with one clear line; nothing is cached or
+    // left half-written, and no container remains (--rm).
+    let bomb_dir = tempfile::tempdir().unwrap();
+    let bomb = std::fs::File::create(bomb_dir.path().join("bomb")).unwrap();
+    bomb.set_len(1 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&bomb, b"tail\n", (1 << 30) - 5).unwrap();
+    drop(bomb);
+    let bomb_tar = work.join("bomb.tar");
+    let out = Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-C"])
+        .arg(bomb_dir.path())
+        .arg("-cf")
+        .arg(&bomb_tar)
+        .arg("bomb")
+        .output()
+        .expect("missing GNU tar (scripts/apt-packages)");
+    assert!(out.status.success(), "{:?}", text(&out));
+    drop(bomb_dir);
+    import(root, &bomb_tar, "bomb:test");
+    let start = std::time::Instant::now();
+    let out = hull(root)
+        .args(["run", "--rm", "bomb:test", "/bin/sh"])
+        .output()
+        .unwrap();
+    eprintln!("sparse bomb refused after {:?}", start.elapsed());
+    assert_one_line_error(&out, "bomb: unsupported GNU sparse file");
+    assert_eq!(
+        names(&root.join("rootfs"))
+            .iter()
+            .filter(|n| !n.ends_with(".lock"))
+            .count(),
+        0,
+        "a failed preparation leaves no disk: {:?}",
+        names(&root.join("rootfs"))
+    );
+    assert_eq!(names(&root.join("run")), Vec::<String>::new());
+    assert_eq!(names(&root.join("containers")), vec![".lock".to_string()]);
+
+    // A layer that aims everywhere outside its root: it unpacks, with every
+    // entry confined to the image's disk, and the container sees them
+    // there.
+    let rootfs = work.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let layer = work.join("hostile.tar");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(MAKE_LAYER)
+        .arg(&rootfs)
+        .arg(&canary.0)
+        .arg(&escape)
+        .arg(&layer)
+        .output()
+        .expect("missing python3 (scripts/apt-packages)");
+    assert!(out.status.success(), "{:?}", text(&out));
+    import(root, &layer, "hostile:test");
+    let c = canary.0.display();
+    let start = std::time::Instant::now();
+    let out = hull(root)
+        .args(["run", "--rm", "hostile:test", "/bin/sh", "-c"])
+        .arg(format!(
+            "cd / && cat {c}/dotdot {c}/absolute {c}/through-abs {c}/through-rel \
+             hardlink-rel clobber && readlink escape-abs && readlink escape-rel && \
+             stat -c '%h %F' {c}/host-file && stat -c '%F %t,%T' devnull-copy disk-node && \
+             ls {c}"
+        ))
+        .output()
+        .unwrap();
+    eprintln!("hostile image prepared and run in {:?}", start.elapsed());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        stdout,
+        format!(
+            "dotdot\nabsolute\nthrough-abs\nthrough-rel\nin-image\nclobbered\n\
+             {c}\n{up}{rel}\n3 regular file\ncharacter special file 1,3\n\
+             block special file 8,0\nabsolute\ndotdot\nhost-file\nthrough-abs\nthrough-rel\n",
+            up = "../".repeat(8),
+            rel = c.to_string().trim_start_matches('/'),
+        ),
+        "stderr: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+
+    // The host: the canary is exactly as it was (no new files, the host
+    // file neither overwritten nor hard-linked), nothing appeared at the
+    // escape path, and the test's own directory holds only what it wrote.
+    assert_eq!(snapshot(&canary.0), before);
+    assert!(
+        !escape.exists(),
+        "{} was created on the host",
+        escape.display()
+    );
+    let mut work_after: Vec<PathBuf> = snapshot(work).into_iter().map(|e| e.0).collect();
+    work_after.retain(|p| {
+        !p.starts_with("rootfs") && p != Path::new("bomb.tar") && p != Path::new("hostile.tar")
+    });
+    assert_eq!(
+        work_after,
+        work_before.into_iter().map(|e| e.0).collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,107 @@
+//! Snapshots of a paused VM: its vCPUs, in-kernel irqchip, PIT and clock,
+//! the serial port and virtio transports, and guest memory.
+//!
+//! A snapshot is a directory with `state.json` (everything but memory) and
+//! `memory` (guest RAM, sparse). A restored VM maps `memory` private, so VMs
+//! restored from one snapshot share the pages none of them wrote.
+//!
+//! Devices are saved at the transport level only: hull snapshots a VM when
+//! its guest is idle (no request in flight, no vsock connection), so a
+//! device's queues (positions and addresses) are all its state. Disks and
+//! the vsock socket are given anew on restore; the guest re-reads a disk's
+//! size on the config-change interrupt raised then.
+
+mod vcpu_state;
+
+use std::path::Path;
+
+use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+use serde::{Deserialize, Serialize};
+
+pub use vcpu_state::VcpuState;
+
+use crate::devices::serial::SerialSaved;
+use crate::virtio::mmio::TransportState;
+
+/// Bumped whenever the saved format or what a snapshot assumes changes.
+pub const FORMAT: u32 = 1;
+
+/// File names inside a snapshot directory.
+pub const STATE_FILE: &str = "state.json";
+/// Guest memory file inside a snapshot directory.
+pub const MEMORY_FILE: &str = "memory";
+
+/// Errors saving or restoring a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A KVM call failed.
+    #[error("KVM: {0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// Reading or writing the snapshot's files failed.
+    #[error("snapshot {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The snapshot does not fit the VM asked for, or is damaged.
+    #[error("snapshot unusable: {0}")]
+    Invalid(String),
+}
+
+/// Everything about a paused VM but its memory.
+#[derive(Serialize, Deserialize)]
+pub struct VmState {
+    /// [`FORMAT`] of the writer.
+    pub format: u32,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Read-only flag of each disk, in guest order.
+    pub disks_read_only: Vec<bool>,
+    /// The vsock device's guest CID, if the VM has one.
+    pub vsock_cid: Option<u64>,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+    /// The PIT.
+    pub pit: kvm_pit_state2,
+    /// PIC master, PIC slave, IOAPIC.
+    pub irqchips: Vec<kvm_irqchip>,
+    /// COM1.
+    pub serial: SerialSaved,
+    /// The virtio transports, in attach order (disks, then vsock).
+    pub transports: Vec<TransportState>,
+    /// The vCPUs, in id order.
+    pub vcpus: Vec<VcpuState>,
+}
+
+impl VmState {
+    /// Writes `state.json` into `dir` (the memory file is written apart).
+    pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let path = dir.join(STATE_FILE);
+        let json = serde_json::to_vec(self)
+            .map_err(|e| SnapshotError::Invalid(format!("cannot encode state: {e}")))?;
+        std::fs::write(&path, json).map_err(|e| SnapshotError::Io(path.display().to_string(), e))
+    }
+
+    /// Reads `state.json` from `dir` and checks its format.
+    pub fn load(dir: &Path) -> Result<Self, SnapshotError> {
+        let path = dir.join(STATE_FILE);
+        let bytes =
+            std::fs::read(&path).map_err(|e| SnapshotError::Io(path.display().to_string(), e))?;
+        let state: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| SnapshotError::Invalid(format!("{}: {e}", path.display())))?;
+        if state.format != FORMAT {
+            return Err(SnapshotError::Invalid(format!(
+                "format {} (this hull writes {FORMAT})",
+                state.format
+            )));
+        }
+        if state.irqchips.len() != 3 || state.vcpus.is_empty() {
+            return Err(SnapshotError::Invalid("incomplete state".into()));
+        }
+        Ok(state)
+    }
+}
+
+/// The irqchip ids KVM_GET_IRQCHIP takes: PIC master, PIC slave, IOAPIC.
+pub const IRQCHIP_IDS: [u32; 3] = [
+    kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
+    kvm_bindings::KVM_IRQCHIP_PIC_SLAVE,
+    kvm_bindings::KVM_IRQCHIP_IOAPIC,
+];
