@@ -303,8 +303,18 @@ fn forward(client: TcpStream, uds: &Path, port: u16) {
         // The VMM's `OK <port>` (the agent accepted the vsock connection),
         // then the agent's `OK` (it reached the container port) or `ERR`.
         let vmm_ok = protocol::read_line(&mut &vsock).is_some_and(|l| l.starts_with("OK "));
-        let agent_ok = vmm_ok && protocol::read_line(&mut &vsock).as_deref() == Some("OK");
-        if !agent_ok {
+        let agent = if vmm_ok {
+            protocol::read_line(&mut &vsock)
+        } else {
+            None
+        };
+        if agent.as_deref() != Some("OK") {
+            tracing::debug!(
+                "ports: container port {port}: {}",
+                agent
+                    .as_deref()
+                    .unwrap_or("the guest agent did not accept the connection")
+            );
             // Nothing listens there: the client sees its connection end at
             // once, as with a closed port, and the upward pump wakes up.
             client.shut(Shutdown::Both);
