@@ -1,5 +1,5 @@
 //! CLI handlers for container commands (`hull run`, `ps`, `logs`, `stop`,
-//! `kill`, `rm`, `exec`, `start`, `wait`, `top`, `inspect`).
+//! `kill`, `rm`, `exec`, `start`, `wait`, `top`, `port`, `inspect`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,7 +12,7 @@ use crate::container::logs;
 use crate::container::spec::{self, ContainerConfig};
 use crate::container::state::{now_rfc3339, pid_alive, Status};
 use crate::container::store::{self, Container, ContainerStore};
-use crate::units;
+use crate::{ports, units};
 
 /// Options of `hull run`.
 #[derive(Args, Debug)]
@@ -59,6 +59,13 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Publish a container port on the host:
+    /// [IP:][HOSTPORT:]CONTAINERPORT[/tcp] (IPv6 as [::1]:8080:80).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Publish every TCP port the image exposes on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -176,6 +183,13 @@ pub enum ContainerCommand {
         /// Container.
         container: String,
     },
+    /// List a container's published ports, or the host addresses of one.
+    Port {
+        /// Container.
+        container: String,
+        /// Container port (`80` or `80/tcp`).
+        port: Option<String>,
+    },
     /// Show containers' configuration and state as JSON.
     Inspect {
         /// Containers.
@@ -209,6 +223,9 @@ pub enum CommandError {
     /// A detached container failed to start.
     #[error("Container {0} failed to start: {1}")]
     StartFailed(String, String),
+    /// `hull port` for a port that is not published.
+    #[error("No public port '{0}/tcp' published for {1}")]
+    NoPublicPort(u16, String),
 }
 
 /// Runs a container command; returns the exit code.
@@ -349,6 +366,10 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             print!("{}", crate::container::top::table(&procs));
             Ok(0)
         }
+        ContainerCommand::Port { container, port } => {
+            let c = store.find(&container)?;
+            print_ports(&c, port.as_deref())
+        }
         ContainerCommand::Inspect { containers } => {
             let mut out = Vec::new();
             for name in containers {
@@ -405,9 +426,36 @@ fn run_container(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::
             .into());
         }
     }
+    let mut ports = args
+        .publish
+        .iter()
+        .map(|p| ports::spec::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let images = images::Store::open(root)?;
     let image = images.image(&args.image)?;
     let cfg = image.config.config().clone().unwrap_or_default();
+    let exposed_ports = cfg.exposed_ports().clone().unwrap_or_default();
+    if args.publish_all {
+        for exposed in &exposed_ports {
+            let Some(port) = ports::spec::parse_exposed(exposed)? else {
+                eprintln!(
+                    "hull: warning: not publishing {exposed}: only TCP ports can be published"
+                );
+                continue;
+            };
+            // An explicit -p for the same port wins, as in Docker.
+            if !ports.iter().any(|p| p.container_port == port) {
+                ports.push(ports::PortSpec {
+                    host_ip: None,
+                    host_port: 0,
+                    container_port: port,
+                });
+            }
+        }
+    }
+    // A port in use is an error before anything is created; the VMM binds
+    // again (and would report a port taken in between).
+    drop(ports::PortForwarder::bind(&ports)?);
     let mut env_flags = Vec::new();
     for f in &args.env_file {
         env_flags.extend(
@@ -460,6 +508,9 @@ fn run_container(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::
         auto_remove: args.rm,
         read_only: args.read_only,
         interactive: args.interactive,
+        ports,
+        publish_all: args.publish_all,
+        exposed_ports,
         tty: args.tty,
         created: now_rfc3339(),
     };
@@ -645,6 +696,7 @@ fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyhow::R
             for c in &list {
                 let v = serde_json::json!({
                     "ID": store::short(&c.config.id),
+                    "Ports": ports_text(c),
                     "Image": c.config.image,
                     "Command": c.config.argv.join(" "),
                     "CreatedAt": c.config.created,
@@ -657,9 +709,15 @@ fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyhow::R
             }
         }
         "table" => {
+            let ports_width = list
+                .iter()
+                .map(|c| ports_text(c).chars().count() + 3)
+                .max()
+                .unwrap_or(0)
+                .max(8);
             println!(
-                "{:<14}{:<24}{:<24}{:<40}NAMES",
-                "CONTAINER ID", "IMAGE", "COMMAND", "STATUS"
+                "{:<14}{:<24}{:<24}{:<40}{:<ports_width$}NAMES",
+                "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "PORTS"
             );
             for c in &list {
                 let mut cmd = format!("\"{}\"", c.config.argv.join(" "));
@@ -670,11 +728,12 @@ fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyhow::R
                     );
                 }
                 println!(
-                    "{:<14}{:<24}{:<24}{:<40}{}",
+                    "{:<14}{:<24}{:<24}{:<40}{:<ports_width$}{}",
                     store::short(&c.config.id),
                     c.config.image,
                     cmd,
                     status_text(c),
+                    ports_text(c),
                     c.config.name
                 );
             }
@@ -684,7 +743,91 @@ fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyhow::R
     Ok(0)
 }
 
+/// A running container's bindings as `docker ps` shows them.
+fn ports_text(c: &Container) -> String {
+    c.state
+        .ports
+        .iter()
+        .map(ports::PortBinding::ps_text)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `hull port`: every binding as `80/tcp -> 0.0.0.0:8080`, or with a port
+/// only its host addresses.
+fn print_ports(c: &Container, query: Option<&str>) -> anyhow::Result<u8> {
+    let mut bindings = c.state.ports.clone();
+    bindings.sort_by_key(|b| b.container_port);
+    match query {
+        None => {
+            for b in &bindings {
+                println!("{}/tcp -> {}", b.container_port, b.host_addr());
+            }
+        }
+        Some(q) => {
+            let port = ports::spec::parse_query(q)?;
+            let matching: Vec<_> = bindings
+                .iter()
+                .filter(|b| b.container_port == port)
+                .collect();
+            if matching.is_empty() {
+                return Err(CommandError::NoPublicPort(port, c.config.name.clone()).into());
+            }
+            for b in matching {
+                println!("{}", b.host_addr());
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Docker's `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
+fn port_map<'a>(
+    entries: impl Iterator<Item = (u16, Option<std::net::IpAddr>, u16)> + 'a,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    for (container_port, ip, host_port) in entries {
+        let list = map
+            .entry(format!("{container_port}/tcp"))
+            .or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = list.as_array_mut() {
+            list.push(serde_json::json!({
+                "HostIp": ip.map(|i| i.to_string()).unwrap_or_default(),
+                "HostPort": if host_port == 0 { String::new() } else { host_port.to_string() },
+            }));
+        }
+    }
+    map
+}
+
 fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
+    // Exposed ports without a binding show as null while running, as in Docker.
+    let mut live = port_map(
+        c.state
+            .ports
+            .iter()
+            .map(|b| (b.container_port, Some(b.host_ip), b.host_port)),
+    );
+    if c.state.status == Status::Running {
+        for e in &c.config.exposed_ports {
+            if let Ok(Some(p)) = ports::spec::parse_exposed(e) {
+                live.entry(format!("{p}/tcp"))
+                    .or_insert(serde_json::Value::Null);
+            }
+        }
+    }
+    let requested = port_map(
+        c.config
+            .ports
+            .iter()
+            .map(|p| (p.container_port, p.host_ip, p.host_port)),
+    );
+    let exposed: serde_json::Map<String, serde_json::Value> = c
+        .config
+        .exposed_ports
+        .iter()
+        .map(|e| (e.clone(), serde_json::json!({})))
+        .collect();
     serde_json::json!({
         "Id": c.config.id,
         "Name": format!("/{}", c.config.name),
@@ -697,6 +840,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "WorkingDir": c.config.cwd,
             "User": c.config.user,
             "Hostname": c.config.hostname,
+            "ExposedPorts": exposed,
         },
         "State": {
             "Status": c.state.status,
@@ -707,7 +851,13 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "StartedAt": c.state.started_at,
             "FinishedAt": c.state.finished_at,
         },
-        "HostConfig": { "AutoRemove": c.config.auto_remove, "ReadonlyRootfs": c.config.read_only },
+        "HostConfig": {
+            "AutoRemove": c.config.auto_remove,
+            "ReadonlyRootfs": c.config.read_only,
+            "PortBindings": requested,
+            "PublishAllPorts": c.config.publish_all,
+        },
+        "NetworkSettings": { "Ports": live },
         "VM": {
             "VCPUs": c.config.cpus,
             "MemoryMiB": c.config.mem_mib,

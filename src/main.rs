@@ -12,6 +12,7 @@ mod guest_vm;
 mod image_cmd;
 mod info;
 mod initramfs;
+mod ports;
 mod rootfs;
 mod serial_watch;
 mod terminal;
@@ -56,7 +57,7 @@ enum Command {
         #[command(subcommand)]
         command: SystemCommand,
     },
-    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, inspect.
+    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, top, port, inspect.
     #[command(flatten)]
     Container(container_cmd::ContainerCommand),
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...

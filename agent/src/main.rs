@@ -7,7 +7,9 @@
 //! watches).
 
 mod console;
+mod forward;
 mod mounts;
+mod net;
 mod power;
 mod process;
 mod procs;
@@ -20,7 +22,7 @@ mod vsock;
 
 use std::sync::Arc;
 
-use agent::protocol::{CONTROL_PORT, STREAM_PORT, UNPACK_PORT};
+use agent::protocol::{CONTROL_PORT, FORWARD_PORT, STREAM_PORT, UNPACK_PORT};
 use agent::Status;
 
 fn serve_requested() -> bool {
@@ -41,12 +43,16 @@ fn main() {
         console.status(&Status::Error(e.to_string()));
         power::shutdown(&mut console, 1);
     }
+    if let Err(e) = net::loopback_up() {
+        console.status(&Status::Error(format!("loopback: {e}")));
+        power::shutdown(&mut console, 1);
+    }
     if !serve_requested() {
         // A boot check: ready, then done.
         console.status(&ready());
         power::shutdown(&mut console, 0);
     }
-    let (control, streams, unpacks) = match bind_listeners() {
+    let (control, streams, unpacks, forwards) = match bind_listeners() {
         Ok(pair) => pair,
         Err(e) => {
             console.status(&Status::Error(format!("vsock: {e}")));
@@ -68,6 +74,10 @@ fn main() {
         })
         && spawn(Box::new(move || {
             server::accept_loop(agent, unpacks, server::Port::Unpack)
+        }))
+        && spawn(Box::new(move || {
+            // Only a broken epoll ends it; published ports then stop working.
+            let _ = forward::run(forwards.into_fd());
         }));
     if !ok {
         console.status(&Status::Error("cannot start agent threads".into()));
@@ -90,12 +100,18 @@ type Listeners = (
     vsock::VsockListener,
     vsock::VsockListener,
     vsock::VsockListener,
+    vsock::VsockListener,
 );
+
+/// Published ports may see hundreds of connections arrive at once; the
+/// guest kernel resets those beyond the backlog.
+const FORWARD_BACKLOG: i32 = 1024;
 
 fn bind_listeners() -> std::io::Result<Listeners> {
     Ok((
-        vsock::VsockListener::bind(CONTROL_PORT)?,
-        vsock::VsockListener::bind(STREAM_PORT)?,
-        vsock::VsockListener::bind(UNPACK_PORT)?,
+        vsock::VsockListener::bind(CONTROL_PORT, 64)?,
+        vsock::VsockListener::bind(STREAM_PORT, 64)?,
+        vsock::VsockListener::bind(UNPACK_PORT, 64)?,
+        vsock::VsockListener::bind(FORWARD_PORT, FORWARD_BACKLOG)?,
     ))
 }

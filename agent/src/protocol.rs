@@ -35,6 +35,13 @@ pub const CONTROL_PORT: u32 = 1024;
 pub const STREAM_PORT: u32 = 1025;
 /// vsock port where the host streams image layers for the guest to unpack.
 pub const UNPACK_PORT: u32 = 1026;
+/// vsock port where the host opens connections to published container
+/// ports: the host writes [`forward_header`], the agent dials that port on
+/// the guest's loopback and answers `OK\n` or `ERR <reason>\n`; then the
+/// stream carries the connection's bytes both ways (see [`crate::relay`]).
+/// The host may send the connection's first bytes right after the header,
+/// without waiting for the answer.
+pub const FORWARD_PORT: u32 = 1027;
 /// Largest control message either side accepts.
 pub const MAX_MESSAGE: u32 = 1 << 20;
 
@@ -370,6 +377,20 @@ pub fn read_line(r: &mut impl Read) -> Option<String> {
     None
 }
 
+/// The first line on a [`FORWARD_PORT`] stream: which TCP port to dial.
+pub fn forward_header(port: u16) -> String {
+    format!("TCP {port}\n")
+}
+
+/// Parses a [`forward_header`] line (without its newline).
+pub fn parse_forward_header(line: &str) -> Option<u16> {
+    let mut words = line.split(' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("TCP"), Some(port), None) => port.parse().ok().filter(|p| *p != 0),
+        _ => None,
+    }
+}
+
 /// Whether a peer speaking `theirs` can talk to us: same major.minor.
 pub fn compatible(ours: &str, theirs: &str) -> bool {
     fn key(v: &str) -> Vec<&str> {
@@ -444,6 +465,25 @@ mod tests {
             recv::<Request>(&mut &truncated[..]),
             Err(WireError::Io(_))
         ));
+    }
+
+    #[test]
+    fn forward_headers_round_trip_and_junk_is_refused() {
+        let h = forward_header(5000);
+        assert_eq!(h, "TCP 5000\n");
+        assert_eq!(parse_forward_header(h.trim_end()), Some(5000));
+        for bad in [
+            "",
+            "TCP",
+            "TCP 0",
+            "TCP 65536",
+            "TCP 80 81",
+            "UDP 53",
+            "tcp 80",
+            "TCP x",
+        ] {
+            assert_eq!(parse_forward_header(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

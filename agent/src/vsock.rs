@@ -10,8 +10,10 @@ pub struct VsockListener {
 }
 
 impl VsockListener {
-    /// Listens on `port` for connections from any CID (the host is CID 2).
-    pub fn bind(port: u32) -> io::Result<Self> {
+    /// Listens on `port` for connections from any CID (the host is CID 2),
+    /// with room for `backlog` connections not yet accepted (the guest
+    /// kernel resets the ones beyond).
+    pub fn bind(port: u32, backlog: i32) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the result is checked below.
         let raw =
             unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -39,10 +41,15 @@ impl VsockListener {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: listen on a bound socket we own.
-        if unsafe { libc::listen(fd.as_raw_fd(), 64) } != 0 {
+        if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(Self { fd })
+    }
+
+    /// The listening socket, for callers with their own accept loop.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 
     /// Accepts one connection. It is returned as a `UnixStream` only for its

@@ -17,6 +17,7 @@ use super::ContainerConfig;
 use crate::agent_client::AgentClient;
 use crate::fast_start;
 use crate::guest_vm::GuestOptions;
+use crate::ports::PortForwarder;
 use crate::rootfs::{self, RootfsCache};
 use crate::terminal;
 
@@ -75,6 +76,7 @@ pub fn run(
         s.status = Status::Exited;
         s.vmm_pid = None;
         s.process_id = None;
+        s.ports.clear();
         s.finished_at = Some(now_rfc3339());
         match &result {
             Ok(code) => s.exit_code = Some(*code),
@@ -105,6 +107,10 @@ fn run_inner(
             our_terminal,
         )?;
     }
+    // Before the boot: a port in use fails the start at once. Dropped
+    // (listeners closed) before `run` records the exit.
+    let mut ports = PortForwarder::bind(&config.ports)?;
+    update(dir, |s| s.ports = ports.bindings())?;
     let (image_disk, _) = RootfsCache::new(root)
         .get_or_prepare(root, &config.layers)
         .map_err(|e| e.context("preparing the image's root filesystem"))?;
@@ -152,6 +158,7 @@ fn run_inner(
         socket_path(root, &config.id),
         Duration::from_secs(600),
     )?;
+    ports.start(&vm.uds)?;
 
     let mut client = AgentClient::connect(&vm.uds)?;
     tracing::debug!("VM ready in {:?}", t0.elapsed());
@@ -205,6 +212,8 @@ fn run_inner(
             record_pid,
         )?,
     };
+    // The container's process is gone: refuse new connections now.
+    drop(ports);
     tracing::debug!("process exited at {:?}", t0.elapsed());
     if config.auto_remove {
         // Nothing of a --rm container's VM outlives it (its writable layer

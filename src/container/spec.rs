@@ -40,6 +40,16 @@ pub struct ContainerConfig {
     /// Run on a pseudo-terminal (`-t`).
     #[serde(default)]
     pub tty: bool,
+    /// Published ports (`-p`, and with `-P` the image's exposed TCP ports
+    /// on free host ports).
+    #[serde(default)]
+    pub ports: Vec<crate::ports::PortSpec>,
+    /// `-P` was given.
+    #[serde(default)]
+    pub publish_all: bool,
+    /// The image's exposed ports as it lists them (`80/tcp`).
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
     /// Creation time, RFC 3339.
     pub created: String,
 }

@@ -33,6 +33,9 @@ pub struct State {
     pub exit_code: Option<i32>,
     /// Why it ended abnormally, if it did.
     pub error: Option<String>,
+    /// Host listeners of published ports, while running.
+    #[serde(default)]
+    pub ports: Vec<crate::ports::PortBinding>,
 }
 
 impl State {
@@ -46,6 +49,7 @@ impl State {
             finished_at: None,
             exit_code: None,
             error: None,
+            ports: Vec::new(),
         }
     }
 
@@ -60,6 +64,7 @@ impl State {
             s.exit_code = s.exit_code.or(Some(255));
             s.error = Some("VMM process died without recording an exit".into());
             s.vmm_pid = None;
+            s.ports.clear();
         }
         Ok(s)
     }
