@@ -327,7 +327,21 @@ impl AgentClient {
     }
 
     /// Asks the agent to sync and end the VM.
+    /// The agent powers off once we close the connection (dropping `self`)
+    /// after its answer; a connection that closes instead of answering
+    /// means the VM is already going down, which is what was asked.
     pub fn shutdown(mut self) -> Result<(), AgentError> {
-        self.call(&Request::Shutdown).map(|_| ())
+        match self.call(&Request::Shutdown) {
+            Ok(_) => Ok(()),
+            Err(AgentError::Wire(protocol::WireError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }

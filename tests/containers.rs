@@ -32,13 +32,16 @@ fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-fn hull_processes() -> usize {
+/// VMM processes of containers under `root` (other hull roots on the
+/// machine, e.g. a benchmark running alongside, do not count).
+fn hull_processes(root: &Path) -> usize {
+    let root = root.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read_to_string(e.path().join("cmdline"))
-                .is_ok_and(|c| c.contains("__container-vmm"))
+                .is_ok_and(|c| c.contains("__container-vmm") && c.contains(&root))
         })
         .count()
 }
@@ -49,7 +52,7 @@ fn container_lifecycle_end_to_end() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
-    let vmm_before = hull_processes();
+    let vmm_before = hull_processes(root);
 
     // 1. Attached --rm: exact stdout/stderr/exit code; env, cwd and user
     //    from the image config and from flags; hostname. This first run
@@ -216,7 +219,7 @@ fn container_lifecycle_end_to_end() {
     assert!(ps_a(root).is_empty());
     assert_eq!(count_files(&root.join("containers")), 1);
     assert_eq!(count_files(&root.join("run")), 0);
-    assert_eq!(hull_processes(), vmm_before);
+    assert_eq!(hull_processes(root), vmm_before);
 }
 
 #[test]

@@ -223,17 +223,21 @@ impl Agent {
                     1,
                 ),
             },
-            Request::Shutdown => {
-                if let Some(tx) = self
-                    .shutdown
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
-                    let _ = tx.send(());
-                }
-                Response::Ok
-            }
+            // Powering off waits for the answer to reach the host: see
+            // `serve_control`.
+            Request::Shutdown => Response::Ok,
+        }
+    }
+
+    /// Tells the main thread to power off (once).
+    fn power_off(&self) {
+        if let Some(tx) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(());
         }
     }
 
@@ -263,7 +267,21 @@ impl Agent {
         }
         while let Ok(req) = protocol::recv::<Request>(&mut conn) {
             let shutdown = req == Request::Shutdown;
-            if protocol::send(&mut conn, &self.handle(req)).is_err() || shutdown {
+            let sent = protocol::send(&mut conn, &self.handle(req));
+            if shutdown {
+                // Written is not delivered: the guest's vsock driver sends
+                // later, and a reset in between would leave the host with
+                // a closed connection instead of its answer. The host
+                // closes once it has the answer; wait for that (briefly:
+                // a host that went away must not keep the VM up).
+                if sent.is_ok() {
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    let _ = std::io::Read::read(&mut conn, &mut [0u8; 1]);
+                }
+                self.power_off();
+                return;
+            }
+            if sent.is_err() {
                 return;
             }
         }
@@ -605,6 +623,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn shutdown_answers_first_and_powers_off_when_the_host_closes() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let a = Arc::new(Agent::new(Arc::new(Reaper::default()), tx));
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || a.serve_control(guest));
+        protocol::send(
+            &mut host,
+            &Request::Hello {
+                version: protocol::VERSION.into(),
+            },
+        )
+        .unwrap();
+        protocol::recv::<Response>(&mut host).unwrap();
+        protocol::send(&mut host, &Request::Shutdown).unwrap();
+        assert_eq!(protocol::recv::<Response>(&mut host).unwrap(), Response::Ok);
+        // Not before the host has its answer and closes.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        drop(host);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("power-off requested");
+        t.join().unwrap();
     }
 
     #[test]

@@ -190,7 +190,7 @@ fn run_inner(
                 None
             };
             // Raw from the moment the process runs until we return.
-            let raw = std::sync::Mutex::new(None);
+            let mut raw = None;
             let code = client.run_with(
                 spec,
                 input,
@@ -198,7 +198,7 @@ fn run_inner(
                 LogWriter::new(log, "stderr", Some(std::io::stderr())),
                 |id| {
                     record_pid(id);
-                    *raw.lock().unwrap_or_else(|p| p.into_inner()) = raw_stdin(config.tty && stdin);
+                    raw = raw_stdin(config.tty && stdin);
                 },
             );
             drop(raw);
@@ -384,10 +384,10 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
     } else {
         None
     };
-    let raw = std::sync::Mutex::new(None);
+    let mut raw = None;
     let code = client.run_with(spec, input, std::io::stdout(), std::io::stderr(), |id| {
         process.store(id, Ordering::Release);
-        *raw.lock().unwrap_or_else(|p| p.into_inner()) = raw_stdin(tty && stdin);
+        raw = raw_stdin(tty && stdin);
     });
     drop(raw);
     Ok(code?)
