@@ -207,6 +207,8 @@ fn make(
     let tmp = store.join(format!(".tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let run = root.join("run");
+    let uds = run.join(format!("template-{}.vsock", std::process::id()));
     let result = (|| -> anyhow::Result<()> {
         let (mut template, seen) = guest_vm::config(root, opts)?;
         template.cmdline.push_str(" hull.serve");
@@ -219,18 +221,14 @@ fn make(
                 read_only: disk.read_only,
             });
         }
-        let run = root.join("run");
         std::fs::create_dir_all(&run).map_err(io(&run))?;
-        let uds = run.join(format!("template-{}.vsock", std::process::id()));
         template.vsock_uds = Some(uds.clone());
         let vm = vmm::Vm::new(template)?;
         let snapshot = vm.snapshot_handle();
         let running = RunningVm::spawn(vm, uds.clone())?;
         guest_vm::wait_ready(&seen, || running.is_done(), timeout)?;
         snapshot.snapshot(&tmp);
-        let exit = running.wait(Duration::from_secs(120));
-        let _ = std::fs::remove_file(&uds);
-        match exit? {
+        match running.wait(Duration::from_secs(120))? {
             vmm::VmExit::Snapshotted => {}
             other => return Err(FastStartError::NoSnapshot(format!("{other:?}")).into()),
         }
@@ -246,6 +244,7 @@ fn make(
         std::fs::rename(&tmp, dir).map_err(io(dir))?;
         Ok(())
     })();
+    let _ = std::fs::remove_file(&uds);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         return result;
