@@ -7,31 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{busybox_rootfs, hull, require_kvm, text};
-
-fn import_busybox(root: &Path) {
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path().join("rootfs");
-    std::fs::create_dir(&rootfs).unwrap();
-    busybox_rootfs(&rootfs);
-    let tar = dir.path().join("rootfs.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .args(["-cf"])
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = hull(root)
-        .arg("import")
-        .arg(&tar)
-        .arg("busybox:fast")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{:?}", text(&out));
-}
+use common::{hull, import_busybox, require_kvm, text};
 
 /// `hull` with its own snapshot store.
 fn hull_s(root: &Path, snapshots: &Path) -> Command {
@@ -81,7 +57,7 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
             "--rm",
             "-e",
             "GREETING=hi",
-            "busybox:fast",
+            "busybox:test",
             "sh",
             "-c",
             script,
@@ -99,7 +75,7 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
             "--rm",
             "-e",
             "GREETING=hi",
-            "busybox:fast",
+            "busybox:test",
             "sh",
             "-c",
             script,
@@ -125,7 +101,7 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
             "a",
             "--hostname",
             "alpha",
-            "busybox:fast",
+            "busybox:test",
         ])
         .args(["sleep", "600"])
         .output()
@@ -143,7 +119,7 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         .output()
         .unwrap());
     let b = hull_s(root, store)
-        .args(["run", "--rm", "--hostname", "beta", "busybox:fast", "sh", "-c"])
+        .args(["run", "--rm", "--hostname", "beta", "busybox:test", "sh", "-c"])
         .arg(format!(
             "ls /tmp; cat /tmp/secret 2>&1; grep -rl hull-secret- /tmp /etc /data 2>/dev/null; {ident}"
         ))
@@ -181,7 +157,7 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
     std::fs::copy(&kernel, &kernel_copy).unwrap();
     let again = hull_s(root, store)
         .env("HULL_KERNEL", &kernel_copy)
-        .args(["run", "--rm", "busybox:fast", "echo", "new kernel"])
+        .args(["run", "--rm", "busybox:test", "echo", "new kernel"])
         .output()
         .unwrap();
     assert_eq!(ok(&again), "new kernel\n");
