@@ -127,6 +127,16 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // spawn() returns once the exec has closed our CLOEXEC pipe, but
+        // the kernel fills in the argument area a moment later: until then
+        // /proc/PID/cmdline is empty (the listing shows "[sleep]").
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        for _ in 0..500 {
+            if std::fs::read(&cmdline).is_ok_and(|c| !c.is_empty()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let procs = list(Path::new("/proc"), uptime, me);
         let _ = child.kill();
         let _ = child.wait();
