@@ -20,6 +20,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::agent_client::{AgentClient, AgentError};
 use crate::guest_vm::{self, GuestOptions, RunningVm};
 
 /// Set to `0`/`off`/`false` to boot every container cold.
@@ -134,20 +135,29 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
 
 /// Starts a VM of `opts` with `disks` and the vsock socket `uds`, from a
 /// snapshot when fast start is on (making the snapshot first if needed),
-/// else by booting. Either way the agent is ready when this returns.
+/// else by booting, and returns it with a connection to its agent.
+/// `setup` queues the caller's first requests: they go in the same round
+/// trip as the restored guest's identity and disks (each round trip costs
+/// the guest a wake-up, a thread switch and vsock packets).
 pub fn start(
     root: &Path,
     opts: &GuestOptions<'_>,
     disks: Vec<vmm::DiskConfig>,
     uds: PathBuf,
     timeout: Duration,
-) -> anyhow::Result<RunningVm> {
+    setup: impl FnOnce(&mut AgentClient) -> Result<(), AgentError>,
+) -> anyhow::Result<(RunningVm, AgentClient)> {
     let (mut config, seen) = guest_vm::config(root, opts)?;
     config.cmdline.push_str(" hull.serve");
     config.disks = disks;
     config.vsock_uds = Some(uds);
     if !enabled() {
-        return RunningVm::start(config, &seen, timeout);
+        let vm = RunningVm::start(config, &seen, timeout)?;
+        let mut client = AgentClient::connect(&vm.uds)?;
+        client.begin_batch();
+        setup(&mut client)?;
+        client.end_batch().map_err(|e| vm.explain(e.into()))?;
+        return Ok((vm, client));
     }
     let meta = meta_for(&config)?;
     let dir = snapshots_dir(root).join(key(&config, &meta));
@@ -166,17 +176,19 @@ pub fn start(
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    // One round trip: identity first, then each disk.
+    // One round trip: identity first, then each disk, then the caller's.
     client.begin_batch();
     client.resumed(nanos, entropy()?)?;
     for (i, sectors) in sizes.into_iter().enumerate() {
         client.refresh_disk(&format!("/dev/vd{}", (b'a' + i as u8) as char), sectors)?;
     }
+    setup(&mut client)?;
     client
         .end_batch()
-        .context("giving the restored guest its identity and disks")?;
-    tracing::debug!("guest identity set, disks attached");
-    Ok(vm)
+        .map_err(|e| vm.explain(e.into()))
+        .context("setting up the restored guest")?;
+    tracing::debug!("guest identity set, disks attached, set-up done");
+    Ok((vm, client))
 }
 
 fn entropy() -> std::io::Result<Vec<u8>> {

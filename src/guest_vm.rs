@@ -166,6 +166,20 @@ impl RunningVm {
         }
     }
 
+    /// Adds what the guest last printed to an error seen after this VM
+    /// ended (a kernel panic says more than a closed connection).
+    pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        // The VM thread may still be writing its last lines.
+        std::thread::sleep(Duration::from_millis(200));
+        let tail = crate::serial_watch::console_tail();
+        match tail.last() {
+            Some(last) if self.is_done() => {
+                e.context(format!("the VM ended; guest console: {last}"))
+            }
+            _ => e,
+        }
+    }
+
     /// Runs `vm` on its own thread.
     pub fn spawn(vm: vmm::Vm, uds: std::path::PathBuf) -> anyhow::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,4 @@
-//! Processes the agent runs for the host: fork/exec done by hand (so PID 1's
+//! Processes the agent runs for the host: clone/exec done by hand (so PID 1's
 //! reaper owns every `waitpid`), and the reaper itself.
 
 use std::collections::HashMap;
@@ -156,59 +156,49 @@ pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i3
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fork in a multi-threaded process; the child only makes
-    // async-signal-safe calls (dup2, chroot, chdir, signal, setsid, ioctl,
-    // execve, write, _exit) on data prepared above.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: see the fork comment: async-signal-safe calls only.
-        unsafe {
-            libc::close(pipe[0]);
-            for (target, fd) in fds.iter().enumerate() {
-                let src = if *fd >= 0 {
-                    *fd
-                } else {
-                    libc::open(devnull.as_ptr(), libc::O_RDWR)
-                };
-                libc::dup2(src, target as i32);
-            }
-            libc::setsid();
-            // Rust ignores SIGPIPE in the agent; programs expect the default.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            let fail = |step: i32| -> ! {
-                let err = [step, *libc::__errno_location()];
-                libc::write(pipe[1], err.as_ptr().cast(), 8);
-                libc::_exit(127);
-            };
-            // A session leader without a controlling terminal takes the
-            // PTY on fd 0 as its own: job control and ^C work inside.
-            if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                fail(5);
-            }
-            if let Some(root) = &root {
-                if libc::chroot(root.as_ptr()) != 0 {
-                    fail(1);
-                }
-            }
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(identity.gid) != 0
-                || libc::setuid(identity.uid) != 0
-            {
-                fail(4);
-            }
-            if libc::chdir(cwd.as_ptr()) != 0 {
-                fail(2);
-            }
-            libc::execve(prog.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
-            fail(3);
-        }
-    }
+    let child = Child {
+        fds: &fds,
+        devnull: &devnull,
+        controlling_tty,
+        root: root.as_ref(),
+        groups: &groups,
+        uid: identity.uid,
+        gid: identity.gid,
+        cwd: &cwd,
+        prog: &prog,
+        argv: argv_ptrs.as_ptr(),
+        envp: envp_ptrs.as_ptr(),
+        report: pipe[1],
+    };
+    // The child borrows our memory (CLONE_VM) and runs on this stack until
+    // it has exec'd; CLONE_VFORK keeps this thread stopped until then, so
+    // the stack and everything `child` points to outlive its use. Unlike
+    // fork, nothing of the agent's address space is copied or marked
+    // copy-on-write: in a guest whose page-table updates and faults are
+    // emulated (PVM) that copying was most of a container's start time.
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    // SAFETY: the pointer stays inside `stack` (one past its end is the
+    // initial stack top, as clone(2) wants on x86); rounded down to 16.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) } as usize & !15;
+    // SAFETY: `child_main` only makes async-signal-safe system calls on the
+    // data in `child` (see there) and ends in execve or _exit; the agent
+    // installs no signal handlers that could run on the shared memory.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&child as *const Child<'_>).cast_mut().cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    drop(stack);
     // SAFETY: closing our copy of the write end.
     unsafe { libc::close(pipe[1]) };
     if pid < 0 {
         // SAFETY: closing the read end we own.
         unsafe { libc::close(pipe[0]) };
-        return Err(io::Error::last_os_error());
+        return Err(clone_error);
     }
     reaper.child_started();
     let mut err = [0i32; 2];
@@ -233,4 +223,78 @@ pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i3
         ));
     }
     Ok(pid)
+}
+
+/// Stack of a starting child until its exec (system calls only).
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// What a starting child needs, prepared by the parent (no allocation or
+/// locking is allowed between clone and exec).
+struct Child<'a> {
+    fds: &'a [i32],
+    devnull: &'a CString,
+    controlling_tty: bool,
+    root: Option<&'a CString>,
+    groups: &'a [libc::gid_t],
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    cwd: &'a CString,
+    prog: &'a CString,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// Write end of the close-on-exec pipe: a failed step is reported as
+    /// two i32s (step, errno).
+    report: i32,
+}
+
+/// The child side of [`spawn`]: sets up stdio, session, root, user and
+/// working directory, then execs.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Child` that `spawn` passed to clone and keeps
+    // alive (the parent is suspended until we exec or exit). Everything
+    // below is a plain system call on that data.
+    unsafe {
+        let c = &*(arg as *const Child<'_>);
+        let fail = |step: i32| -> ! {
+            let err = [step, *libc::__errno_location()];
+            libc::write(c.report, err.as_ptr().cast(), 8);
+            libc::_exit(127);
+        };
+        for (target, fd) in c.fds.iter().enumerate() {
+            let src = if *fd >= 0 {
+                *fd
+            } else {
+                libc::open(c.devnull.as_ptr(), libc::O_RDWR)
+            };
+            libc::dup2(src, target as i32);
+        }
+        libc::setsid();
+        // Rust ignores SIGPIPE in the agent; programs expect the default.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // A session leader without a controlling terminal takes the PTY on
+        // fd 0 as its own: job control and ^C work inside.
+        if c.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            fail(5);
+        }
+        if let Some(root) = c.root {
+            if libc::chroot(root.as_ptr()) != 0 {
+                fail(1);
+            }
+        }
+        // Raw system calls, not libc's wrappers: those change the
+        // credentials of every thread of the process (POSIX), walking a
+        // thread list that under CLONE_VM is the agent's. Linux credentials
+        // are per thread, so the raw calls change only this child.
+        if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setgid, c.gid) != 0
+            || libc::syscall(libc::SYS_setuid, c.uid) != 0
+        {
+            fail(4);
+        }
+        if libc::chdir(c.cwd.as_ptr()) != 0 {
+            fail(2);
+        }
+        libc::execve(c.prog.as_ptr(), c.argv, c.envp);
+        fail(3);
+    }
 }

@@ -303,6 +303,10 @@ impl Agent {
             let _ = conn.write_all(b"ERR bad attach line\n");
             return;
         };
+        // The process reads this socket as its stdin: no timeout there.
+        if conn.set_read_timeout(None).is_err() {
+            return;
+        }
         // Answer before handing the socket over, so the "OK" is not the
         // first thing the process's peer reads as data.
         let attached = {
@@ -403,10 +407,21 @@ pub enum Port {
     Unpack,
 }
 
-/// Accepts connections on `listener` forever, one thread each.
+/// How long an attachment's `ATTACH` line may take to arrive.
+const ATTACH_LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts connections on `listener` forever, one thread each, except
+/// stream attachments: those are one short line and are handled here, as a
+/// new thread costs the guest more than the whole attachment.
 pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
     loop {
         match listener.accept() {
+            Ok(conn) if matches!(port, Port::Streams) => {
+                // A host that never sends its line must not stop the others.
+                if conn.set_read_timeout(Some(ATTACH_LINE_TIMEOUT)).is_ok() {
+                    agent.serve_attach(conn);
+                }
+            }
             Ok(conn) => {
                 let agent = agent.clone();
                 let spawned = std::thread::Builder::new().spawn(move || match port {
@@ -623,6 +638,49 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_process_runs_as_its_user_and_the_agent_stays_root() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = || unsafe { libc::geteuid() };
+        assert_eq!(euid(), 0, "this test switches users and needs root");
+        let a = agent();
+        let id = match a.handle(Request::Create(ExecSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                r#"test "$(id -u):$(id -g):$(id -G)" = 65534:65533:65533"#.into(),
+            ],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            cwd: "/".into(),
+            root: None,
+            user: "65534:65533".into(),
+            tty: None,
+        })) {
+            Response::Created { id } => id,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            a.handle(Request::Start { id }),
+            Response::Started { .. }
+        ));
+        assert_eq!(
+            a.handle(Request::Wait { id }),
+            Response::Exited {
+                code: 0,
+                signal: None
+            }
+        );
+        // The child shared our memory until its exec: its user switch must
+        // not have reached any thread of ours.
+        assert_eq!(euid(), 0);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        for line in status.lines().filter(|l| l.starts_with("Uid:")) {
+            assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+        }
+        let other_thread = std::thread::spawn(euid).join().unwrap();
+        assert_eq!(other_thread, 0);
     }
 
     #[test]

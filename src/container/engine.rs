@@ -14,7 +14,9 @@ use super::logs::{self, LogWriter};
 use super::signals;
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
-use crate::agent_client::AgentClient;
+use anyhow::Context;
+
+use crate::agent_client::{AgentClient, AgentError};
 use crate::fast_start;
 use crate::guest_vm::GuestOptions;
 use crate::ports::PortForwarder;
@@ -151,19 +153,17 @@ fn run_inner(
         },
     ];
     let t0 = std::time::Instant::now();
-    let vm = fast_start::start(
+    let (vm, mut client) = fast_start::start(
         root,
         &opts,
         disks,
         socket_path(root, &config.id),
         Duration::from_secs(600),
-    )?;
-    ports.start(&vm.uds)?;
-
-    let mut client = AgentClient::connect(&vm.uds)?;
-    tracing::debug!("VM ready in {:?}", t0.elapsed());
-    setup_root(&mut client, config).map_err(|e| with_guest_console(e, &vm))?;
+        |client| setup_root(client, config),
+    )
+    .context("starting the container's VM and root filesystem")?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
+    ports.start(&vm.uds)?;
 
     let log = logs::open(dir)?;
     let spec = ExecSpec {
@@ -227,17 +227,6 @@ fn run_inner(
     Ok(code)
 }
 
-/// Adds what the guest last printed to an error seen after its VM ended
-/// (a kernel panic says more than a closed connection).
-fn with_guest_console(e: anyhow::Error, vm: &crate::guest_vm::RunningVm) -> anyhow::Error {
-    std::thread::sleep(Duration::from_millis(200));
-    let tail = crate::serial_watch::console_tail();
-    match tail.last() {
-        Some(last) if vm.is_done() => e.context(format!("the VM ended; guest console: {last}")),
-        _ => e,
-    }
-}
-
 /// Raw mode for our stdin when it is a terminal the container's PTY takes
 /// over (`-t` with `-i`, as Docker: without `-i`, ^C stays a signal for
 /// hull to forward).
@@ -250,11 +239,11 @@ fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
     terminal::RawMode::enable(std::os::fd::AsRawFd::as_raw_fd(&stdin)).ok()
 }
 
-/// Assembles the container's root in the guest: the image disk as the
-/// overlay's lower layer, the writable layer on its own disk (or tmpfs for
-/// `--rm`), then /proc, /sys, /dev, hostname, /etc/hosts, /etc/resolv.conf.
-fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Result<()> {
-    client.begin_batch();
+/// Queues (into the caller's batch) the assembly of the container's root in
+/// the guest: the image disk as the overlay's lower layer, the writable
+/// layer on its own disk (or tmpfs for `--rm`), then /proc, /sys, /dev,
+/// hostname, /etc/hosts, /etc/resolv.conf.
+fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), AgentError> {
     client.mount("/dev/vda", GUEST_LOWER, "ext4", true, "")?;
     if config.auto_remove {
         client.mount("tmpfs", GUEST_SCRATCH, "tmpfs", false, "mode=0755")?;
@@ -306,7 +295,6 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> anyhow::Res
     if config.read_only {
         client.remount_read_only(GUEST_ROOT)?;
     }
-    client.end_batch()?;
     Ok(())
 }
 
