@@ -67,6 +67,39 @@ fn copy_flushing(from: &mut impl Read, to: &mut impl Write) {
     }
 }
 
+/// Waits for the threads copying a process's output. After a failed
+/// `Wait` nothing says its streams will ever end (the agent may be stuck
+/// while the VM lives on): they are cut, and what was not copied is lost
+/// with the error.
+fn finish_copies<const N: usize>(
+    copies: [std::thread::ScopedJoinHandle<'_, ()>; N],
+    streams: &[UnixStream],
+    exited: bool,
+) {
+    if !exited {
+        for s in streams {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    for c in copies {
+        let _ = c.join();
+    }
+}
+
+/// What the end of a process means for the rest of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessRole {
+    /// The container's main process: once it has exited, every other
+    /// process of the guest is killed, as Docker's container ends with
+    /// its PID namespace when PID 1 of the container exits. Its streams
+    /// then end, even when background children shared them.
+    Main,
+    /// A process started in a running container (`hull exec`): it ends
+    /// alone, and its output is copied until every holder of its streams
+    /// has closed them.
+    Exec,
+}
+
 /// One control connection.
 pub struct AgentClient {
     uds: PathBuf,
@@ -222,9 +255,10 @@ impl AgentClient {
         }
     }
 
-    /// Runs `spec` to completion: `stdin` (if any) is sent and closed, stdout
-    /// and stderr are copied as they come. Returns the exit code (128+signal
-    /// when killed).
+    /// Runs `spec` to completion as the guest's main process (see
+    /// [`ProcessRole::Main`]): `stdin` (if any) is sent and closed, stdout
+    /// and stderr are copied as they come. Returns the exit code
+    /// (128+signal when killed).
     pub fn run(
         &mut self,
         spec: ExecSpec,
@@ -232,16 +266,18 @@ impl AgentClient {
         stdout: impl Write + Send,
         stderr: impl Write + Send,
     ) -> Result<i32, AgentError> {
-        self.run_with(spec, stdin, stdout, stderr, |_| {})
+        self.run_with(spec, ProcessRole::Main, stdin, stdout, stderr, |_| {})
     }
 
-    /// Like [`AgentClient::run`], calling `started` with the agent's process
-    /// id once the process runs (so it can be signalled from elsewhere).
-    /// A process with a terminal (`spec.tty`) has one stream: `stdin` goes
-    /// into its terminal and everything it writes comes out on `stdout`.
+    /// Like [`AgentClient::run`] for a process of either `role`, calling
+    /// `started` with the agent's process id once the process runs (so it
+    /// can be signalled from elsewhere). A process with a terminal
+    /// (`spec.tty`) has one stream: `stdin` goes into its terminal and
+    /// everything it writes comes out on `stdout`.
     pub fn run_with(
         &mut self,
         spec: ExecSpec,
+        role: ProcessRole,
         stdin: Option<Box<dyn Read + Send>>,
         mut stdout: impl Write + Send,
         mut stderr: impl Write + Send,
@@ -253,7 +289,7 @@ impl AgentClient {
             other => return Err(AgentError::Unexpected(Box::new(other))),
         };
         if tty {
-            return self.run_terminal(id, stdin, stdout, started);
+            return self.run_terminal(id, role, stdin, stdout, started);
         }
         let input = match stdin {
             Some(r) => Some((self.attach(id, StdioKind::Stdin)?, r)),
@@ -261,6 +297,7 @@ impl AgentClient {
         };
         let mut out = self.attach(id, StdioKind::Stdout)?;
         let mut err = self.attach(id, StdioKind::Stderr)?;
+        let streams = [self.handle(&out)?, self.handle(&err)?];
         tracing::debug!("process {id} created and attached");
         match self.call(&Request::Start { id })? {
             Response::Started { .. } => {
@@ -277,34 +314,31 @@ impl AgentClient {
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             });
         }
-        let code = std::thread::scope(|scope| -> Result<i32, AgentError> {
-            let err_copy = scope.spawn(move || copy_flushing(&mut err, &mut stderr));
-            copy_flushing(&mut out, &mut stdout);
-            let _ = err_copy.join();
+        std::thread::scope(|scope| {
+            let copies = [
+                scope.spawn(move || copy_flushing(&mut out, &mut stdout)),
+                scope.spawn(move || copy_flushing(&mut err, &mut stderr)),
+            ];
+            let code = self.wait_exit(id, role);
+            finish_copies(copies, &streams, code.is_ok());
             tracing::debug!("process {id} output closed");
-            match self.call(&Request::Wait { id })? {
-                Response::Exited { code, .. } => Ok(code),
-                other => Err(AgentError::Unexpected(Box::new(other))),
-            }
-        })?;
-        Ok(code)
+            code
+        })
     }
 
     /// The rest of [`AgentClient::run_with`] for a process with a terminal.
     fn run_terminal(
         &mut self,
         id: u32,
+        role: ProcessRole,
         stdin: Option<Box<dyn Read + Send>>,
         mut stdout: impl Write + Send,
         started: impl FnOnce(u32),
     ) -> Result<i32, AgentError> {
         let mut term = self.attach(id, StdioKind::Tty)?;
+        let stream = self.handle(&term)?;
         let input = match stdin {
-            Some(r) => Some((
-                term.try_clone()
-                    .map_err(|e| AgentError::Connect(self.uds.clone(), e))?,
-                r,
-            )),
+            Some(r) => Some((self.handle(&term)?, r)),
             None => None,
         };
         match self.call(&Request::Start { id })? {
@@ -318,12 +352,37 @@ impl AgentClient {
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             });
         }
-        // The agent ends the stream when the terminal closes.
-        copy_flushing(&mut term, &mut stdout);
-        match self.call(&Request::Wait { id })? {
-            Response::Exited { code, .. } => Ok(code),
-            other => Err(AgentError::Unexpected(Box::new(other))),
+        std::thread::scope(|scope| {
+            // The agent ends the stream when the terminal closes: when no
+            // process holds it any more.
+            let copy = scope.spawn(move || copy_flushing(&mut term, &mut stdout));
+            let code = self.wait_exit(id, role);
+            finish_copies([copy], &[stream], code.is_ok());
+            code
+        })
+    }
+
+    /// Another handle on a stream, to end it from another thread.
+    fn handle(&self, stream: &UnixStream) -> Result<UnixStream, AgentError> {
+        stream
+            .try_clone()
+            .map_err(|e| AgentError::Connect(self.uds.clone(), e))
+    }
+
+    /// Waits for process `id` to exit; when it is the main process, has the
+    /// agent kill every other process of the guest, whose streams (and the
+    /// main process's, which children share) then end once their last
+    /// bytes are delivered.
+    fn wait_exit(&mut self, id: u32, role: ProcessRole) -> Result<i32, AgentError> {
+        let code = match self.call(&Request::Wait { id })? {
+            Response::Exited { code, .. } => code,
+            other => return Err(AgentError::Unexpected(Box::new(other))),
+        };
+        tracing::debug!("process {id} exited with {code}");
+        if role == ProcessRole::Main {
+            self.call(&Request::KillAll)?;
         }
+        Ok(code)
     }
 
     /// Asks the agent to sync and end the VM.

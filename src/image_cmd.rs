@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use images::archive::{self, Format};
 use images::platform::Platform;
 use images::registry::{self, Credentials, Options};
-use images::store::{short, Image};
+use images::store::{short, Image, ImageUser};
 use images::{Reference, Store};
 
 /// Image subcommands, flattened into hull's top-level commands.
@@ -267,7 +267,7 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
             store()?.tag(&source, &dst)?;
             Ok(0)
         }
-        ImageCommand::Rmi(a) => rmi(&store()?, &a),
+        ImageCommand::Rmi(a) => rmi(&store()?, &a, &image_users(root)?),
         ImageCommand::History { no_trunc, image } => history(&store()?.image(&image)?, no_trunc),
         ImageCommand::Login {
             username,
@@ -310,7 +310,7 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
         ImageCommand::Image { command } => match command {
             ImageSubcommand::Inspect { images } => inspect(&store()?, &images),
             ImageSubcommand::Prune { force: _ } => {
-                let (removed, freed) = store()?.prune()?;
+                let (removed, freed) = store()?.prune(&image_users(root)?)?;
                 if !removed.is_empty() {
                     println!("Deleted Images:");
                     for id in removed {
@@ -322,7 +322,7 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
                 Ok(0)
             }
             ImageSubcommand::Ls(a) => list(&store()?, &a),
-            ImageSubcommand::Rm(a) => rmi(&store()?, &a),
+            ImageSubcommand::Rm(a) => rmi(&store()?, &a, &image_users(root)?),
         },
     }
 }
@@ -430,10 +430,26 @@ fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn rmi(store: &Store, a: &RmiArgs) -> anyhow::Result<u8> {
+/// The containers of the hull root, as users of their images: running or
+/// stopped, each keeps its image (and the blobs it may need to prepare
+/// its root filesystem again) until it is removed.
+fn image_users(root: &Path) -> anyhow::Result<Vec<ImageUser>> {
+    use crate::container::{state::Status, store};
+    Ok(store::ContainerStore::new(root)
+        .list()?
+        .into_iter()
+        .map(|c| ImageUser {
+            container: store::short(&c.config.id),
+            running: c.state.status == Status::Running,
+            image_id: c.config.image_id,
+        })
+        .collect())
+}
+
+fn rmi(store: &Store, a: &RmiArgs, users: &[ImageUser]) -> anyhow::Result<u8> {
     let mut code = 0;
     for img in &a.images {
-        match store.remove(img, a.force) {
+        match store.remove(img, a.force, users) {
             Ok(rep) => {
                 for u in rep.untagged {
                     println!("Untagged: {u}");

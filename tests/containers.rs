@@ -86,6 +86,27 @@ fn container_lifecycle_end_to_end() {
     };
     assert_eq!(cached(root), 1);
 
+    // 1b. The container ends with its main process, as Docker's with its
+    //     PID namespace: a background child holding stdout is killed
+    //     once the shell has exited, which must not hang the run.
+    let t0 = Instant::now();
+    let out = hull(root)
+        .args([
+            "run",
+            "--rm",
+            "busybox:test",
+            "sh",
+            "-c",
+            "sleep 1000 & echo hi",
+        ])
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(text(&out), ("hi\n".to_string(), String::new()));
+    assert_eq!(out.status.code(), Some(0));
+    eprintln!("run with a background child took {took:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
     // 2. Detached, named, with a persistent writable layer.
     let out = hull(root)
         .args([
@@ -97,7 +118,8 @@ fn container_lifecycle_end_to_end() {
             "/bin/sh",
             "-c",
         ])
-        .arg("echo started; echo persist > /data/file; echo oops >&2; while true; do sleep 1; done")
+        // A background child shares the streams and outlives SIGTERM.
+        .arg("echo started; echo persist > /data/file; (echo oops >&2; exec sleep 1000) & exec sleep 2000")
         .output()
         .unwrap();
     let id = ok(&out).trim().to_string();
@@ -156,16 +178,76 @@ fn container_lifecycle_end_to_end() {
     assert_eq!(text(&out).0, "1\n");
     assert_eq!(out.status.code(), Some(7));
 
-    // stop: the shell is not PID 1 in the guest (the agent is), so SIGTERM
-    // ends it as it would outside a container: exit code 128+15.
+    // An exec'd process still running when the container ends is killed.
+    let mut exec = hull(root)
+        .args([
+            "exec",
+            "web",
+            "sh",
+            "-c",
+            "echo exec-running; exec sleep 1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exec_out = exec.stdout.take().unwrap();
+    let mut line = [0u8; 13];
+    std::io::Read::read_exact(&mut exec_out, &mut line).unwrap();
+    assert_eq!(&line, b"exec-running\n");
+
+    // stop: the main process is not PID 1 in the guest (the agent is), so
+    // SIGTERM ends it as it would outside a container: exit code 128+15;
+    // the rest of the container goes with it, well before the timeout.
+    let t0 = Instant::now();
     let out = hull(root)
         .args(["stop", "-t", "20", "web"])
         .output()
         .unwrap();
     assert_eq!(ok(&out), "web\n");
+    eprintln!("stop with a background child took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     let ps = ps_a(root);
     assert_eq!(ps[0]["State"], "exited");
     assert_eq!(ps[0]["ExitCode"], 143);
+    assert_eq!(ps[0]["Status"], "Exited (143)", "recorded cleanly");
+    let status = exec.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 9));
+    let out = hull(root).args(["logs", "web"]).output().unwrap();
+    assert_eq!(text(&out), ("started\n".to_string(), "oops\n".to_string()));
+
+    // rmi of the image a (stopped) container uses: refused, naming the
+    // container, as Docker refuses it; -f untags, and the image stays
+    // (dangling, with its blobs, also through a prune) while the
+    // container exists. The container starts again below.
+    let out = hull(root).args(["rmi", "busybox:test"]).output().unwrap();
+    assert_one_line_error(
+        &out,
+        &format!(
+            "conflict: unable to remove repository reference \"busybox:test\" (must force) - container {} is using its referenced image",
+            &id[..12]
+        ),
+    );
+    let out = hull(root)
+        .args(["rmi", "-f", "busybox:test"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "Untagged: busybox:test\n");
+    let out = hull(root).args(["image", "prune"]).output().unwrap();
+    assert!(!ok(&out).contains("deleted:"));
+    let inspect = ok(&hull(root).args(["inspect", "web"]).output().unwrap());
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let image_id = v[0]["Image"].as_str().unwrap().to_string();
+    let out = hull(root)
+        .args(["image", "inspect", &image_id])
+        .output()
+        .unwrap();
+    let image: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(image[0]["RepoTags"], serde_json::json!([]));
+    let out = hull(root)
+        .args(["run", "--rm", "busybox:test", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "busybox:test");
     assert!(hull(root)
         .args(["ps", "-q"])
         .output()
@@ -220,6 +302,13 @@ fn container_lifecycle_end_to_end() {
     assert_eq!(count_files(&root.join("containers")), 1);
     assert_eq!(count_files(&root.join("run")), 0);
     assert_eq!(hull_processes(root), vmm_before);
+    // With its last container gone, the untagged image is pruned.
+    let out = hull(root).args(["image", "prune"]).output().unwrap();
+    assert!(
+        ok(&out).contains(&format!("deleted: {image_id}\n")),
+        "{:?}",
+        text(&out)
+    );
 }
 
 #[test]

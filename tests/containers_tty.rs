@@ -187,9 +187,12 @@ fn is_pts(line: Option<&str>) -> bool {
 }
 
 /// First run: a terminal; a second run (`start -a`) waits for a file that an
-/// `exec` creates, and writes a line after `logs -f` started following.
+/// `exec` creates, and writes a line after `logs -f` started following. Its
+/// background child ignores the hangup the terminal gets when the shell
+/// exits and keeps the terminal open: the container must end anyway.
 const SCRIPT: &str = "\
 if [ -f /data/ran ]; then
+  (trap '' HUP; exec sleep 1000) &
   echo second run
   while [ ! -f /data/stop ]; do sleep 1; done
   echo later line
@@ -394,7 +397,8 @@ fn tty_run_exec_start_attach_and_logs_follow() {
         "{seen:?}"
     );
 
-    // start -a prints the rest and returns the container's exit code.
+    // start -a prints the rest and returns the container's exit code, its
+    // main process's, though a background child held the terminal.
     attached_out.read_to_end(&mut first).unwrap();
     let status = attached.0.wait().unwrap();
     let mut err = String::new();

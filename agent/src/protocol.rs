@@ -20,14 +20,15 @@
 //!
 //! Versions: [`VERSION`] is exchanged in `Hello`; peers must agree on
 //! major.minor. 0.2 added PTYs (`ExecSpec::tty`, `ResizeTty`, `tty`
-//! streams) and `ListProcesses`.
+//! streams) and `ListProcesses`; 0.3 added `KillAll` (the container ends
+//! with its main process).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.2.0";
+pub const VERSION: &str = "0.3.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -184,6 +185,12 @@ pub enum Request {
     },
     /// List the guest's processes (`hull top`).
     ListProcesses,
+    /// Kill (SIGKILL) every process of the guest except the agent: sent
+    /// once the container's main process has exited, so that what it left
+    /// running (background children, `exec` processes) ends with it, as
+    /// when a container's PID namespace dies. Answered `Ok` once none of
+    /// them is alive (their streams are closed then).
+    KillAll,
     /// Flush filesystems and end the VM.
     Shutdown,
     /// Sent first after a VM was restored from a snapshot: the guest takes
@@ -426,6 +433,7 @@ mod tests {
                 tty: Some(WindowSize { rows: 33, cols: 97 }),
             }),
             Request::Signal { id: 3, signal: 15 },
+            Request::KillAll,
             Request::ResizeTty {
                 id: 3,
                 size: WindowSize {
@@ -491,8 +499,10 @@ mod tests {
         assert!(compatible("0.1.0", "0.1.7"));
         assert!(!compatible("0.1.0", "0.2.0"));
         assert!(!compatible("1.0.0", "garbage"));
-        // A host or agent from before PTYs is told apart in the handshake.
+        // A host or agent from before PTYs, or from before `KillAll`, is
+        // told apart in the handshake.
         assert!(!compatible(VERSION, "0.1.0"));
+        assert!(!compatible(VERSION, "0.2.0"));
     }
 
     #[test]

@@ -223,6 +223,18 @@ impl Agent {
                     1,
                 ),
             },
+            Request::KillAll => {
+                // Everything descends from the agent (PID 1), orphans
+                // included. SIGKILL cannot be refused, so only a process
+                // stuck in the kernel outlasts the patience; the host then
+                // stops waiting for its streams on its own.
+                crate::procs::kill_descendants(
+                    std::path::Path::new("/proc"),
+                    std::process::id() as i32,
+                    std::time::Duration::from_secs(5),
+                );
+                Response::Ok
+            }
             // Powering off waits for the answer to reach the host: see
             // `serve_control`.
             Request::Shutdown => Response::Ok,

@@ -42,6 +42,35 @@ pub enum Error {
         /// Its names.
         names: String,
     },
+    /// `rmi NAME` of the last name of an image a container was created
+    /// from, without `-f` (Docker's words, so scripts matching them work).
+    #[error(
+        "conflict: unable to remove repository reference {reference:?} (must force) - \
+         container {container} is using its referenced image {id}"
+    )]
+    ReferenceInUse {
+        /// The name as given.
+        reference: String,
+        /// Short ID of a container using the image.
+        container: String,
+        /// Short image ID.
+        id: String,
+    },
+    /// `rmi ID` of an image a container was created from: refused while
+    /// the container runs, and without `-f` while it exists.
+    #[error(
+        "conflict: unable to delete {id} ({}) - image is being used by {} container {container}",
+        if *running { "cannot be forced" } else { "must be forced" },
+        if *running { "running" } else { "stopped" }
+    )]
+    ImageInUse {
+        /// Short image ID.
+        id: String,
+        /// Short ID of a container using the image.
+        container: String,
+        /// Whether that container runs.
+        running: bool,
+    },
     /// A stored manifest, index or config does not parse.
     #[error("cannot parse {what} {digest}")]
     Json {
@@ -131,6 +160,21 @@ pub struct Removal {
     pub deleted: Vec<String>,
     /// Bytes freed by the GC.
     pub freed: u64,
+}
+
+/// A container made from an image. The store knows nothing of containers;
+/// the caller lists them so that `rmi` refuses to pull an image from under
+/// one (unless forced, as in Docker) and no GC deletes the blobs a
+/// container may need again: an image in use that loses its last name
+/// stays as a dangling image until its last container is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUser {
+    /// The image ID (config digest, `sha256:...`) it was created from.
+    pub image_id: String,
+    /// The container's short ID, for messages.
+    pub container: String,
+    /// Whether the container runs.
+    pub running: bool,
 }
 
 /// First 12 hex digits of a digest.
@@ -490,30 +534,52 @@ impl Store {
     }
 
     /// `hull rmi [-f] IMG`: removes a name, or with an ID every entry of the
-    /// image (several names need `force`), then collects garbage.
-    pub fn remove(&self, s: &str, force: bool) -> Result<Removal> {
+    /// image (several names need `force`), then collects garbage. An image
+    /// one of `users` was created from is kept, untagged, with its blobs;
+    /// removing its last name needs `force`, removing it by ID needs
+    /// `force` and no running user.
+    pub fn remove(&self, s: &str, force: bool, users: &[ImageUser]) -> Result<Removal> {
         let mut report = Removal::default();
         self.layout.update_index(|index| -> Result<()> {
             let found = self.find(index, s)?;
             let mut entries = index.manifests().clone();
+            let entry = entry_of(index, &found.digest)
+                .ok_or_else(|| Error::NotFound(s.into()))?
+                .clone();
             let id = self
-                .load(
-                    entry_of(index, &found.digest).ok_or_else(|| Error::NotFound(s.into()))?,
-                    Vec::new(),
-                )
+                .load(&entry, Vec::new())
                 .map(|i| i.config_digest.to_string())
                 .unwrap_or_else(|_| found.digest.to_string());
+            let using: Vec<&ImageUser> = users.iter().filter(|u| u.image_id == id).collect();
+            let names: Vec<String> = entries
+                .iter()
+                .filter(|e| e.digest() == &found.digest)
+                .filter_map(|e| ref_name(e).map(|n| familiar(n.as_str())))
+                .collect();
             match &found.by_name {
                 Some(name) => {
+                    if let (false, [_], Some(user)) = (force, names.as_slice(), using.first()) {
+                        return Err(Error::ReferenceInUse {
+                            reference: s.into(),
+                            container: user.container.clone(),
+                            id: short_id(&id),
+                        }
+                        .into());
+                    }
                     entries.retain(|e| ref_name(e) != Some(name));
                     report.untagged.push(familiar(name));
                 }
                 None => {
-                    let names: Vec<String> = entries
-                        .iter()
-                        .filter(|e| e.digest() == &found.digest)
-                        .filter_map(|e| ref_name(e).map(|n| familiar(n.as_str())))
-                        .collect();
+                    let in_use = |user: &ImageUser| Error::ImageInUse {
+                        id: short_id(&id),
+                        container: user.container.clone(),
+                        running: user.running,
+                    };
+                    // Docker's order: a running user, which even a force
+                    // cannot overrule; several names; a stopped user.
+                    if let Some(user) = using.iter().find(|u| u.running) {
+                        return Err(in_use(user).into());
+                    }
                     if names.len() > 1 && !force {
                         return Err(Error::MultipleNames {
                             id: short(&found.digest),
@@ -521,13 +587,23 @@ impl Store {
                         }
                         .into());
                     }
+                    if let (false, Some(user)) = (force, using.first()) {
+                        return Err(in_use(user).into());
+                    }
                     entries.retain(|e| e.digest() != &found.digest);
                     report.untagged.extend(names);
                 }
             }
             if !entries.iter().any(|e| e.digest() == &found.digest) {
-                entries.retain(|e| e.digest() != &found.digest);
-                report.deleted.push(id);
+                if using.is_empty() {
+                    report.deleted.push(id);
+                } else {
+                    // Dangling, so that neither this GC nor a prune takes
+                    // the blobs of a container's image.
+                    let mut kept = entry;
+                    kept.set_annotations(without_name(&kept));
+                    entries.push(kept);
+                }
             }
             index.set_manifests(entries);
             Ok(())
@@ -538,9 +614,10 @@ impl Store {
         Ok(report)
     }
 
-    /// `hull image prune`: drops dangling images, then collects garbage.
-    /// Returns the IDs removed and the bytes freed.
-    pub fn prune(&self) -> Result<(Vec<String>, u64)> {
+    /// `hull image prune`: drops dangling images none of `users` was
+    /// created from, then collects garbage. Returns the IDs removed and
+    /// the bytes freed.
+    pub fn prune(&self, users: &[ImageUser]) -> Result<(Vec<String>, u64)> {
         let mut removed = Vec::new();
         self.layout.update_index(|index| -> Result<()> {
             let mut keep = Vec::new();
@@ -550,7 +627,11 @@ impl Store {
                         .load(e, Vec::new())
                         .map(|i| i.config_digest.to_string())
                         .unwrap_or_else(|_| e.digest().to_string());
-                    removed.push(id);
+                    if users.iter().any(|u| u.image_id == id) {
+                        keep.push(e.clone());
+                    } else {
+                        removed.push(id);
+                    }
                 } else {
                     keep.push(e.clone());
                 }
@@ -662,6 +743,11 @@ fn names_of(index: &ImageIndex, d: &Digest) -> Vec<Reference> {
         .collect()
 }
 
+/// First 12 hex digits of an ID given as text.
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
 fn familiar(name: &str) -> String {
     Reference::parse(name)
         .map(|r| r.familiar())
@@ -725,7 +811,7 @@ mod tests {
         assert!(rows
             .iter()
             .any(|x| x.name.is_none() && x.image.manifest_digest == *a.digest()));
-        let (removed, freed) = s.prune().unwrap();
+        let (removed, freed) = s.prune(&[]).unwrap();
         assert_eq!(removed.len(), 1);
         assert!(freed > 0);
         assert!(!s.layout().has_blob(a.digest(), None));
@@ -739,11 +825,11 @@ mod tests {
         let a = put_image(&s, b"x");
         s.add(&a, &[r("one"), r("two:1")]).unwrap();
         let id = s.image("one").unwrap().short_id();
-        assert!(s.remove(&id, false).is_err());
-        let rep = s.remove("one", false).unwrap();
+        assert!(s.remove(&id, false, &[]).is_err());
+        let rep = s.remove("one", false, &[]).unwrap();
         assert_eq!(rep.untagged, ["one:latest"]);
         assert!(rep.deleted.is_empty());
-        let rep = s.remove(&id, true).unwrap();
+        let rep = s.remove(&id, true, &[]).unwrap();
         assert_eq!(rep.deleted.len(), 1);
         assert!(s.list().unwrap().is_empty());
         assert_eq!(
@@ -753,5 +839,71 @@ mod tests {
             0
         );
         assert!(s.image("two:1").is_err());
+    }
+
+    #[test]
+    fn an_image_a_container_uses_is_kept_with_its_blobs() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let a = put_image(&s, b"in use");
+        s.add(&a, &[r("app:1")]).unwrap();
+        let img = s.image("app:1").unwrap();
+        let blobs = || {
+            std::fs::read_dir(s.layout().dir().join("blobs/sha256"))
+                .unwrap()
+                .count()
+        };
+        let stored = blobs();
+        let mut users = vec![ImageUser {
+            image_id: img.id().to_string(),
+            container: "0123456789ab".into(),
+            running: false,
+        }];
+        let msg = |e: crate::Error| e.to_string();
+
+        // Its last name: refused without -f, naming the container.
+        let e = msg(s.remove("app:1", false, &users).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "conflict: unable to remove repository reference \"app:1\" (must force) - \
+                 container 0123456789ab is using its referenced image {}",
+                img.short_id()
+            )
+        );
+        // A second name may go: the image keeps one.
+        s.tag("app:1", &r("app:2")).unwrap();
+        let rep = s.remove("app:2", false, &users).unwrap();
+        assert_eq!(rep.untagged, ["app:2"]);
+        // By ID: a stopped user needs -f, a running one refuses even that.
+        let e = msg(s.remove(&img.short_id(), false, &users).unwrap_err());
+        assert!(
+            e.contains("(must be forced) - image is being used by stopped container 0123456789ab"),
+            "{e}"
+        );
+        users[0].running = true;
+        let e = msg(s.remove(&img.short_id(), true, &users).unwrap_err());
+        assert!(
+            e.contains("(cannot be forced) - image is being used by running container"),
+            "{e}"
+        );
+
+        // -f untags; the image stays, dangling, with every blob, also
+        // through a prune.
+        let rep = s.remove("app:1", true, &users).unwrap();
+        assert_eq!(rep.untagged, ["app:1"]);
+        assert!(rep.deleted.is_empty());
+        assert_eq!(s.prune(&users).unwrap(), (vec![], 0));
+        assert_eq!(blobs(), stored);
+        let rows = s.list().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].name.is_none());
+        assert!(img.layers.iter().all(|l| l.path.exists()));
+
+        // Once the container is gone, a prune takes it all.
+        let (removed, freed) = s.prune(&[]).unwrap();
+        assert_eq!(removed, [img.id().to_string()]);
+        assert!(freed > 0);
+        assert_eq!(blobs(), 0);
     }
 }

@@ -16,7 +16,7 @@ use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
 use anyhow::Context;
 
-use crate::agent_client::{AgentClient, AgentError};
+use crate::agent_client::{AgentClient, AgentError, ProcessRole};
 use crate::fast_start;
 use crate::guest_vm::GuestOptions;
 use crate::ports::PortForwarder;
@@ -193,6 +193,7 @@ fn run_inner(
             let mut raw = None;
             let code = client.run_with(
                 spec,
+                ProcessRole::Main,
                 input,
                 LogWriter::new(log.clone(), "stdout", Some(std::io::stdout())),
                 LogWriter::new(log, "stderr", Some(std::io::stderr())),
@@ -206,6 +207,7 @@ fn run_inner(
         }
         Attach::Detached => client.run_with(
             spec,
+            ProcessRole::Main,
             None,
             LogWriter::<std::io::Sink>::new(log.clone(), "stdout", None),
             LogWriter::<std::io::Sink>::new(log, "stderr", None),
@@ -373,10 +375,17 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
         None
     };
     let mut raw = None;
-    let code = client.run_with(spec, input, std::io::stdout(), std::io::stderr(), |id| {
-        process.store(id, Ordering::Release);
-        raw = raw_stdin(tty && stdin);
-    });
+    let code = client.run_with(
+        spec,
+        ProcessRole::Exec,
+        input,
+        std::io::stdout(),
+        std::io::stderr(),
+        |id| {
+            process.store(id, Ordering::Release);
+            raw = raw_stdin(tty && stdin);
+        },
+    );
     drop(raw);
     Ok(code?)
 }
