@@ -12,6 +12,14 @@
 //!
 //! The key covers everything that shaped the saved guest, so a new kernel
 //! or agent makes a new snapshot; stale ones are deleted when it is made.
+//!
+//! A caller may also name a [`Warmup`]: disks that are the same file for
+//! every VM (an image's read-only root disk) and requests that prepare the
+//! guest with them (mount it, read its files into the page cache). The
+//! first such start restores the base snapshot, does the warm-up and saves
+//! a derived snapshot keyed by the base, those disks' identities and the
+//! requests; later starts restore the derived one and skip that work (a
+//! cold page cache cost more than the rest of a container's start here).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,6 +84,24 @@ pub struct SnapshotMeta {
     pub vcpus: u8,
     /// Seconds the template took to boot and save.
     pub make_seconds: f64,
+    /// For a derived (warm) snapshot: its base snapshot's key.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// For a derived snapshot: the disks it was made with, which every VM
+    /// restored from it must have (it is stale once one is gone).
+    #[serde(default)]
+    pub fixed_disks: Vec<PathBuf>,
+}
+
+/// Preparation saved in a derived snapshot (see the module comment).
+#[derive(Debug, Clone)]
+pub struct Warmup {
+    /// The first `fixed_disks` disks are the same file for every VM of
+    /// the derived snapshot (read-only: the snapshot's page cache holds
+    /// their blocks).
+    pub fixed_disks: usize,
+    /// Requests run once, after the disks are attached.
+    pub requests: Vec<agent::protocol::Request>,
 }
 
 /// A file's identity: path, size, modification time and inode, so a
@@ -112,6 +138,8 @@ fn meta_for(config: &vmm::VmConfig) -> Result<SnapshotMeta, FastStartError> {
         mem_mib: config.mem_mib,
         vcpus: config.vcpus,
         make_seconds: 0.0,
+        base: None,
+        fixed_disks: Vec::new(),
     })
 }
 
@@ -133,18 +161,38 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
     hex::encode(h.finalize())[..16].to_string()
 }
 
+/// The key of the derived snapshot of `base_key` with `warmup`, or `None`
+/// when a fixed disk is missing or not read-only.
+fn derived_key(
+    base_key: &str,
+    config: &vmm::VmConfig,
+    warmup: &Warmup,
+) -> Result<String, FastStartError> {
+    let mut h = Sha256::new();
+    h.update(format!("base={base_key}\n"));
+    for d in config.disks.iter().take(warmup.fixed_disks) {
+        h.update(format!("disk={}\n", file_identity(&d.path)?));
+    }
+    h.update(serde_json::to_vec(&warmup.requests).unwrap_or_default());
+    Ok(format!("{base_key}-{}", &hex::encode(h.finalize())[..16]))
+}
+
 /// Starts a VM of `opts` with `disks` and the vsock socket `uds`, from a
 /// snapshot when fast start is on (making the snapshot first if needed),
 /// else by booting, and returns it with a connection to its agent.
-/// `setup` queues the caller's first requests: they go in the same round
-/// trip as the restored guest's identity and disks (each round trip costs
-/// the guest a wake-up, a thread switch and vsock packets).
+/// With a `warmup` whose fixed disks lead `disks`, the VM starts from the
+/// derived snapshot (made first if needed) or, booting cold, runs the
+/// warm-up's requests itself. `setup` queues the caller's first requests:
+/// they go in the same round trip as the restored guest's identity and
+/// disks (each round trip costs the guest a wake-up, a thread switch and
+/// vsock packets).
 pub fn start(
     root: &Path,
     opts: &GuestOptions<'_>,
     disks: Vec<vmm::DiskConfig>,
     uds: PathBuf,
     timeout: Duration,
+    warmup: Option<&Warmup>,
     setup: impl FnOnce(&mut AgentClient) -> Result<(), AgentError>,
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let (mut config, seen) = guest_vm::config(root, opts)?;
@@ -155,16 +203,46 @@ pub fn start(
         let vm = RunningVm::start(config, &seen, timeout)?;
         let mut client = AgentClient::connect(&vm.uds)?;
         client.begin_batch();
+        for req in warmup.iter().flat_map(|w| &w.requests) {
+            // Reading the files into memory is only worth it for a snapshot.
+            if !matches!(req, agent::protocol::Request::ReadFiles { .. }) {
+                client.call(req)?;
+            }
+        }
         setup(&mut client)?;
         client.end_batch().map_err(|e| vm.explain(e.into()))?;
         return Ok((vm, client));
     }
     let meta = meta_for(&config)?;
-    let dir = snapshots_dir(root).join(key(&config, &meta));
-    if !dir.join(vmm::snapshot::STATE_FILE).exists() {
-        make(root, opts, &config, &meta, &dir, timeout)
+    let base_key = key(&config, &meta);
+    let store = snapshots_dir(root);
+    let base = store.join(&base_key);
+    if !base.join(vmm::snapshot::STATE_FILE).exists() {
+        make(root, opts, &config, &meta, &base, timeout)
             .context("making the fast-start VM snapshot")?;
     }
+    // The derived snapshot, when there is (or can be made) one.
+    let derived = match warmup {
+        Some(w) => {
+            let dir = store.join(derived_key(&base_key, &config, w)?);
+            if !dir.join(vmm::snapshot::STATE_FILE).exists() {
+                if let Err(e) = make_derived(
+                    root, opts, &base, &base_key, &meta, &config, w, &dir, timeout,
+                ) {
+                    // The base snapshot still works: start from it.
+                    tracing::warn!("no warm snapshot for this image: {e:#}");
+                }
+            }
+            dir.join(vmm::snapshot::STATE_FILE)
+                .exists()
+                .then_some((dir, w))
+        }
+        None => None,
+    };
+    let (dir, fixed, warm_requests) = match derived {
+        Some((dir, w)) => (dir, w.fixed_disks, &[][..]),
+        None => (base, 0, warmup.map_or(&[][..], |w| w.requests.as_slice())),
+    };
     let sizes: Vec<u64> = config
         .disks
         .iter()
@@ -172,15 +250,19 @@ pub fn start(
         .collect::<std::io::Result<_>>()?;
     let (vm, mut client) = RunningVm::restore(config, &dir, timeout)
         .with_context(|| format!("restoring VM snapshot {}", dir.display()))?;
-    tracing::debug!("restored; agent answers");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    // One round trip: identity first, then each disk, then the caller's.
+    tracing::debug!("restored {}; agent answers", dir.display());
+    // One round trip: identity first, then each disk the snapshot does
+    // not have already, then the warm-up if the snapshot lacks it, then
+    // the caller's.
     client.begin_batch();
-    client.resumed(nanos, entropy()?)?;
-    for (i, sectors) in sizes.into_iter().enumerate() {
-        client.refresh_disk(&format!("/dev/vd{}", (b'a' + i as u8) as char), sectors)?;
+    client.resumed(unix_nanos(), entropy()?)?;
+    for (i, sectors) in sizes.into_iter().enumerate().skip(fixed) {
+        client.refresh_disk(&disk_device(i), sectors)?;
+    }
+    for req in warm_requests {
+        if !matches!(req, agent::protocol::Request::ReadFiles { .. }) {
+            client.call(req)?;
+        }
     }
     setup(&mut client)?;
     client
@@ -189,6 +271,105 @@ pub fn start(
         .context("setting up the restored guest")?;
     tracing::debug!("guest identity set, disks attached, set-up done");
     Ok((vm, client))
+}
+
+/// The guest's name for disk `i` (virtio-blk devices in order).
+fn disk_device(i: usize) -> String {
+    format!("/dev/vd{}", (b'a' + i as u8) as char)
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Restores the base snapshot with `config`'s fixed disks (placeholders
+/// for the others), runs the warm-up and saves the result as `dir`.
+#[allow(clippy::too_many_arguments)]
+fn make_derived(
+    root: &Path,
+    opts: &GuestOptions<'_>,
+    base: &Path,
+    base_key: &str,
+    base_meta: &SnapshotMeta,
+    config: &vmm::VmConfig,
+    warmup: &Warmup,
+    dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let store = dir.parent().unwrap_or(dir);
+    let _lock = crate::file_lock::lock_exclusive(&store.join(".lock")).map_err(io(store))?;
+    if dir.join(vmm::snapshot::STATE_FILE).exists() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let tmp = store.join(format!(".tmp-derived-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let (mut derived, _) = guest_vm::config(root, opts)?;
+    derived.cmdline.push_str(" hull.serve");
+    derived.disks = config.disks.clone();
+    let uds = tmp.join("vsock");
+    derived.vsock_uds = Some(uds.clone());
+    let mut fixed_disks = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        for (i, disk) in derived.disks.iter_mut().enumerate() {
+            if i < warmup.fixed_disks {
+                anyhow::ensure!(disk.read_only, "a warm snapshot's disk must be read-only");
+                fixed_disks.push(disk.path.clone());
+                continue;
+            }
+            let path = tmp.join(format!("placeholder{i}"));
+            let f = std::fs::File::create(&path).map_err(io(&path))?;
+            f.set_len(PLACEHOLDER_BYTES).map_err(io(&path))?;
+            disk.path = path;
+        }
+        let vm = vmm::Vm::restore(derived, base)?;
+        let snapshot = vm.snapshot_handle();
+        let (running, mut client) = RunningVm::start_restored(vm, uds.clone(), timeout)?;
+        client.begin_batch();
+        for (i, path) in fixed_disks.iter().enumerate() {
+            let sectors = std::fs::metadata(path).map_err(io(path))?.len() / 512;
+            client.refresh_disk(&disk_device(i), sectors)?;
+        }
+        for req in &warmup.requests {
+            client.call(req)?;
+        }
+        client.end_batch().map_err(|e| running.explain(e.into()))?;
+        // Closed before saving; a guest socket still closing when the
+        // snapshot is taken is reset by the restored VMM (it knows no such
+        // connection) and never mistaken for a new one (the VMM's
+        // connection ports start at a random offset).
+        drop(client);
+        std::thread::sleep(Duration::from_millis(300));
+        snapshot.snapshot(&tmp);
+        match running.wait(Duration::from_secs(120))? {
+            vmm::VmExit::Snapshotted => {}
+            other => return Err(FastStartError::NoSnapshot(format!("{other:?}")).into()),
+        }
+        for i in warmup.fixed_disks..config.disks.len() {
+            let _ = std::fs::remove_file(tmp.join(format!("placeholder{i}")));
+        }
+        let _ = std::fs::remove_file(&uds);
+        let meta = SnapshotMeta {
+            make_seconds: started.elapsed().as_secs_f64(),
+            base: Some(base_key.to_string()),
+            fixed_disks: fixed_disks.clone(),
+            ..base_meta.clone()
+        };
+        let path = tmp.join("meta.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&meta)?).map_err(io(&path))?;
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return result;
+    }
+    tracing::debug!("warm snapshot made in {:?}", started.elapsed());
+    remove_stale(store, base_meta);
+    Ok(())
 }
 
 fn entropy() -> std::io::Result<Vec<u8>> {
@@ -270,7 +451,11 @@ fn make(
 fn remove_stale(store: &Path, current: &SnapshotMeta) {
     for (path, meta) in list(store) {
         let stale = match meta {
-            Some(m) => m.kernel != current.kernel || m.initramfs != current.initramfs,
+            Some(m) => {
+                m.kernel != current.kernel
+                    || m.initramfs != current.initramfs
+                    || m.fixed_disks.iter().any(|d| !d.exists())
+            }
             None => true,
         };
         if stale {
@@ -371,20 +556,35 @@ mod tests {
             mem_mib: 128,
             vcpus: 1,
             make_seconds: 1.0,
+            base: None,
+            fixed_disks: Vec::new(),
         };
-        for (name, kernel) in [("old", "k1"), ("new", "k2")] {
+        let image = store.path().join("image.ext4");
+        std::fs::write(&image, b"disk").unwrap();
+        let gone = store.path().join("gone.ext4");
+        for (name, kernel, fixed) in [
+            ("old", "k1", vec![]),
+            ("new", "k2", vec![]),
+            ("new-warm", "k2", vec![image.clone()]),
+            ("new-gone", "k2", vec![gone]),
+            ("old-warm", "k1", vec![image.clone()]),
+        ] {
             let d = store.path().join(name);
             std::fs::create_dir_all(&d).unwrap();
             let m = SnapshotMeta {
                 kernel: kernel.into(),
+                fixed_disks: fixed,
                 ..current.clone()
             };
             std::fs::write(d.join("meta.json"), serde_json::to_vec(&m).unwrap()).unwrap();
         }
         remove_stale(store.path(), &current);
         let left: Vec<_> = list(store.path()).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(left, vec![store.path().join("new")]);
-        assert_eq!(prune(store.path()).unwrap().0, 1);
+        assert_eq!(
+            left,
+            vec![store.path().join("new"), store.path().join("new-warm")]
+        );
+        assert_eq!(prune(store.path()).unwrap().0, 2);
         assert!(list(store.path()).is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! Building a VM configuration for hull's guest: kernel, agent initramfs,
 //! size, console, and the serial watcher that sees the agent's status.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent::Status;
@@ -146,9 +146,19 @@ impl RunningVm {
         snapshot: &Path,
         ready_timeout: Duration,
     ) -> anyhow::Result<(Self, crate::agent_client::AgentClient)> {
-        use std::sync::atomic::Ordering;
         let uds = vm_socket(&config)?;
-        let mut running = Self::spawn(vmm::Vm::restore(config, snapshot)?, uds)?;
+        Self::start_restored(vmm::Vm::restore(config, snapshot)?, uds, ready_timeout)
+    }
+
+    /// Starts `vm`, restored from a snapshot, whose vsock socket is `uds`;
+    /// returns once its agent answers.
+    pub fn start_restored(
+        vm: vmm::Vm,
+        uds: PathBuf,
+        ready_timeout: Duration,
+    ) -> anyhow::Result<(Self, crate::agent_client::AgentClient)> {
+        use std::sync::atomic::Ordering;
+        let mut running = Self::spawn(vm, uds)?;
         let start = Instant::now();
         loop {
             match crate::agent_client::AgentClient::connect(&running.uds) {

@@ -107,8 +107,14 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
     );
     for (path, meta) in &snapshots {
         if let Some(m) = meta {
+            // A warm snapshot says which image disk it holds.
+            let warm = m
+                .fixed_disks
+                .first()
+                .map(|d| format!(", warm with {}", d.display()))
+                .unwrap_or_default();
             println!(
-                "  {}: {} MiB, {} vCPU(s), made in {:.1} s",
+                "  {}: {} MiB, {} vCPU(s), made in {:.1} s{warm}",
                 path.file_name().unwrap_or_default().to_string_lossy(),
                 m.mem_mib,
                 m.vcpus,

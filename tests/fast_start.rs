@@ -39,6 +39,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Whether guest memory holds `page` as one of its 4 KiB pages (a page
+/// cache page of a file holds one page of it).
+fn has_page(memory: &[u8], page: &[u8]) -> bool {
+    memory.chunks_exact(4096).any(|p| p == page)
+}
+
 #[test]
 fn fast_start_matches_cold_boot_and_isolates_containers() {
     require_kvm();
@@ -84,11 +90,29 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         .unwrap();
     assert_eq!(text(&fast), text(&cold));
     assert_eq!(fast.status.code(), Some(3));
+    // The VM shape's base snapshot and the image's warm one derived from it,
+    // made with the image's disk, whose file pages it holds in memory.
     let made = snapshot_dirs(store);
-    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(made[1].starts_with(&format!("{}-", made[0])), "{made:?}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join(&made[1]).join("meta.json")).unwrap())
+            .unwrap();
+    let image_disk = meta["fixed_disks"][0].as_str().unwrap().to_string();
+    assert!(image_disk.starts_with(root.to_str().unwrap()), "{meta}");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let page = &busybox[1 << 20..(1 << 20) + 4096];
+    let base_memory = std::fs::read(store.join(&made[0]).join("memory")).unwrap();
+    let warm_memory = std::fs::read(store.join(&made[1]).join("memory")).unwrap();
+    assert!(!has_page(&base_memory, page), "the base knows no image");
+    assert!(
+        has_page(&warm_memory, page),
+        "image files not in the warm snapshot"
+    );
+    drop((base_memory, warm_memory));
     let info = ok(&hull_s(root, store).arg("info").output().unwrap());
     assert!(info.contains("Fast start: on"), "{info}");
-    assert!(info.contains("Snapshots: 1 in"), "{info}");
+    assert!(info.contains("Snapshots: 2 in"), "{info}");
 
     // Two containers from the same snapshot: A keeps a secret in a file and
     // in its memory; B must see neither, and each has its own identity.
@@ -144,8 +168,10 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         assert!((now - t).abs() < 120, "guest clock {t} vs host {now}");
     }
     // A's writes stayed in A: the shared snapshot memory never got them.
-    let memory = std::fs::read(store.join(&made[0]).join("memory")).unwrap();
-    assert!(!contains(&memory, secret.as_bytes()));
+    for snapshot in &made {
+        let memory = std::fs::read(store.join(snapshot).join("memory")).unwrap();
+        assert!(!contains(&memory, secret.as_bytes()), "{snapshot}");
+    }
     ok(&hull_s(root, store)
         .args(["rm", "-f", "a"])
         .output()
@@ -162,13 +188,16 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         .unwrap();
     assert_eq!(ok(&again), "new kernel\n");
     let now_made = snapshot_dirs(store);
-    assert_eq!(now_made.len(), 1, "{now_made:?}");
-    assert_ne!(now_made, made, "stale snapshot kept");
+    assert_eq!(now_made.len(), 2, "{now_made:?}");
+    assert!(
+        now_made.iter().all(|n| !made.contains(n)),
+        "stale snapshot kept: {now_made:?} {made:?}"
+    );
 
     let pruned = ok(&hull_s(root, store)
         .args(["system", "prune"])
         .output()
         .unwrap());
-    assert!(pruned.starts_with("Deleted 1 VM snapshot(s)"), "{pruned}");
+    assert!(pruned.starts_with("Deleted 2 VM snapshot(s)"), "{pruned}");
     assert!(snapshot_dirs(store).is_empty());
 }

@@ -19,6 +19,7 @@ mod server;
 mod unpack_server;
 mod user;
 mod vsock;
+mod warm;
 
 use std::sync::Arc;
 

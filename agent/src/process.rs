@@ -13,11 +13,23 @@ use agent::protocol::ExecSpec;
 /// Exit statuses collected by the reaper, by PID.
 #[derive(Default)]
 pub struct Reaper {
-    exited: Mutex<HashMap<i32, i32>>,
+    state: Mutex<Reaped>,
     changed: Condvar,
 }
 
+#[derive(Default)]
+struct Reaped {
+    /// Raw wait statuses not yet claimed, by PID.
+    exited: HashMap<i32, i32>,
+    /// The last `waitpid` found no child at all.
+    childless: bool,
+}
+
 impl Reaper {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reaped> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Reaps every child of PID 1 forever (orphans included), recording
     /// raw wait statuses.
     pub fn run(&self) {
@@ -26,32 +38,71 @@ impl Reaper {
             // SAFETY: waitpid with a valid out-pointer.
             let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
             if pid > 0 {
-                let mut exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
-                exited.insert(pid, status);
+                self.lock().exited.insert(pid, status);
                 self.changed.notify_all();
             } else if io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-                // No children yet: wait until one is started.
-                let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+                // No children: say so, and wait until one is started.
+                let mut state = self.lock();
+                state.childless = true;
+                self.changed.notify_all();
                 let _unused = self
                     .changed
-                    .wait_timeout(exited, std::time::Duration::from_millis(200));
+                    .wait_timeout(state, std::time::Duration::from_millis(200));
             }
         }
     }
 
     /// Wakes the reaper after a child was started.
     pub fn child_started(&self) {
+        self.lock().childless = false;
         self.changed.notify_all();
     }
 
     /// Blocks until `pid` has exited; returns (exit code or 128+signal, signal).
     pub fn wait(&self, pid: i32) -> (i32, Option<i32>) {
-        let mut exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         loop {
-            if let Some(status) = exited.remove(&pid) {
+            if let Some(status) = state.exited.remove(&pid) {
                 return decode(status);
             }
-            exited = self.changed.wait(exited).unwrap_or_else(|p| p.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// As PID 1 of the guest (the caller's check): SIGKILLs every other
+    /// process, then waits until all are reaped, so every stream they held
+    /// is closed; gives up after `patience` (a process stuck in the kernel
+    /// outlasts SIGKILL). Returns whether none is left.
+    ///
+    /// kill(-1) from PID 1 reaches every process but the caller (kernel
+    /// threads ignore it) in one system call, where scanning /proc cost the
+    /// emulated guest most of a second. Orphans are re-parented to PID 1,
+    /// so "no child left" means no process left.
+    pub fn kill_all(&self, patience: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        self.lock().childless = false;
+        loop {
+            // Again each round: a process may have forked meanwhile.
+            // SAFETY: kill(2) has no memory effects.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            // The reaper sees the last exit and then no child.
+            self.changed.notify_all();
+            let state = self.lock();
+            let now = std::time::Instant::now();
+            if state.childless {
+                return true;
+            }
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(std::time::Duration::from_millis(20));
+            let (state, _) = self
+                .changed
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|p| p.into_inner());
+            if state.childless {
+                return true;
+            }
         }
     }
 }
@@ -296,5 +347,110 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         libc::execve(c.prog.as_ptr(), c.argv, c.envp);
         fail(3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    /// Set in the re-run of this test binary that is PID 1 of its own PID
+    /// namespace: only there may `kill(-1)` run.
+    const AS_PID1: &str = "HULL_AGENT_TEST_AS_PID1";
+
+    #[test]
+    fn kill_all_as_pid_1_ends_every_process_and_their_streams() {
+        if std::env::var_os(AS_PID1).is_some() {
+            return kill_all_inside_the_namespace();
+        }
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "needs root for a PID namespace");
+        let mut inner = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "process::tests::kill_all_as_pid_1_ends_every_process_and_their_streams",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(AS_PID1, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A kill that misses a process leaves the pipe open: a hang, here
+        // turned into a failure (unshare --kill-child ends the namespace).
+        let t0 = Instant::now();
+        while inner.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = inner.kill();
+                panic!("the PID 1 run hung");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = inner.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+        assert!(stderr.contains("killed all in "), "{stderr}");
+    }
+
+    fn kill_all_inside_the_namespace() {
+        assert_eq!(std::process::id(), 1, "runs as PID 1 of its namespace");
+        let reaper = std::sync::Arc::new(Reaper::default());
+        let run = reaper.clone();
+        std::thread::spawn(move || run.run());
+        // A tree sharing one pipe: a child, a grandchild (orphaned once its
+        // parent is killed) and the top, all writing first.
+        // Reaped by our reaper (its status is claimed below), as the
+        // agent's children are.
+        #[expect(clippy::zombie_processes)]
+        let mut top = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                "(echo child; exec sleep 1000) & \
+                 sh -c '(echo grandchild; exec sleep 1000) & wait' & \
+                 echo top; exec sleep 2000",
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        reaper.child_started();
+        let mut out = top.stdout.take().unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 64];
+        while seen.lines().count() < 3 {
+            let n = out.read(&mut buf).unwrap();
+            assert!(n > 0, "{seen:?}");
+            seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        let t0 = Instant::now();
+        assert!(reaper.kill_all(Duration::from_secs(10)));
+        eprintln!("killed all in {:?}", t0.elapsed());
+        // Every holder of the pipe is gone: it ends, nothing was lost.
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "");
+        let mut lines: Vec<&str> = seen.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["child", "grandchild", "top"]);
+        // The top's status waits for its claim: killed by SIGKILL.
+        assert_eq!(reaper.wait(top.id() as i32), (128 + 9, Some(9)));
+        // No process is left in the namespace but us.
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECHILD)
+        );
+        // With nothing to kill, it answers at once.
+        assert!(reaper.kill_all(Duration::from_secs(10)));
     }
 }

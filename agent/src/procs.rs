@@ -1,9 +1,6 @@
-//! The guest's processes from /proc: listed for `hull top`, and all
-//! killed when the container's main process has exited.
+//! The guest's processes from /proc, for `hull top`.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use agent::protocol::ProcessInfo;
 
@@ -15,8 +12,6 @@ const TICKS_PER_SECOND: u64 = 100;
 #[derive(Debug, PartialEq, Eq)]
 struct Stat {
     comm: String,
-    /// `R`, `S`, ... `Z` for a zombie (exited, its files closed).
-    state: char,
     ppid: i32,
     /// Kernel threads carry PF_KTHREAD (0x200000) in their flags.
     flags: u64,
@@ -36,7 +31,6 @@ fn parse_stat(line: &str) -> Option<Stat> {
     let num = |n: usize| field(n)?.parse::<u64>().ok();
     Some(Stat {
         comm,
-        state: field(3)?.chars().next()?,
         ppid: field(4)?.parse().ok()?,
         flags: num(9)?,
         cpu_ticks: num(14)? + num(15)?,
@@ -98,74 +92,6 @@ pub fn list(proc: &Path, uptime_seconds: f64, exclude: i32) -> Vec<ProcessInfo> 
         .collect()
 }
 
-/// PIDs under `proc` that descend from `top` (not `top` itself) and are
-/// alive: zombies and dead processes have closed their files already and
-/// cannot be killed again; kernel threads are never signalled.
-fn live_descendants(proc: &Path, top: i32) -> Vec<i32> {
-    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(proc) else {
-        return Vec::new();
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        // A process that ends while being read is gone: nothing to kill.
-        let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|l| parse_stat(&l))
-        else {
-            continue;
-        };
-        let alive = !matches!(stat.state, 'Z' | 'X' | 'x') && stat.flags & PF_KTHREAD == 0;
-        children.entry(stat.ppid).or_default().push((pid, alive));
-    }
-    let mut found = Vec::new();
-    let mut seen = HashSet::from([top]);
-    let mut todo = vec![top];
-    while let Some(parent) = todo.pop() {
-        for &(pid, alive) in children.get(&parent).map_or(&[][..], Vec::as_slice) {
-            // Each PID has one parent, so this only guards against a /proc
-            // that changed under the scan.
-            if !seen.insert(pid) {
-                continue;
-            }
-            if alive {
-                found.push(pid);
-            }
-            // A zombie's children have been reparented already; its entry
-            // stays until it is reaped.
-            todo.push(pid);
-        }
-    }
-    found
-}
-
-/// Sends SIGKILL to every live descendant of `top` until none is left (a
-/// process may fork between a scan and the kill: scan again), or until
-/// `patience` has passed. In the guest `top` is the agent, PID 1: every
-/// process but kernel threads descends from it, orphans included. Returns
-/// how many processes were signalled.
-pub fn kill_descendants(proc: &Path, top: i32, patience: Duration) -> usize {
-    let start = Instant::now();
-    let mut killed = HashSet::new();
-    loop {
-        let live = live_descendants(proc, top);
-        if live.is_empty() || start.elapsed() > patience {
-            return killed.len();
-        }
-        for pid in live {
-            // SAFETY: kill(2) has no memory effects; `pid` descends from
-            // `top`, which is never signalled itself.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                killed.insert(pid);
-            }
-        }
-        // Dying takes the emulated guest kernel a moment.
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +103,6 @@ mod tests {
             parse_stat(line),
             Some(Stat {
                 comm: "a) b (c)".into(),
-                state: 'S',
                 ppid: 7,
                 flags: 4194560,
                 cpu_ticks: 300,
@@ -228,49 +153,5 @@ mod tests {
         // kthreadd (PID 2) and its children are never listed, when this
         // /proc shows them at all.
         assert!(procs.iter().all(|p| p.pid != 2 && p.ppid != 2));
-    }
-
-    #[test]
-    fn kills_every_descendant_but_not_the_top_and_their_output_ends() {
-        // Only descendants of a child of the test are in reach, never the
-        // test runner or anything else on the machine.
-        use std::io::Read;
-        let mut top = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(
-                "(echo child; exec sleep 1000) & \
-                 sh -c '(echo grandchild; exec sleep 1000) & wait' & \
-                 exec sleep 2000 >/dev/null",
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let top_pid = top.id() as i32;
-        let mut out = top.stdout.take().unwrap();
-        let mut seen = String::new();
-        let mut buf = [0u8; 64];
-        while seen.lines().count() < 2 {
-            let n = out.read(&mut buf).unwrap();
-            assert!(n > 0, "{seen:?}");
-            seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-        }
-        // The two subshells and the inner sh; they have written already.
-        let proc = Path::new("/proc");
-        assert_eq!(live_descendants(proc, top_pid).len(), 3);
-        let t0 = Instant::now();
-        assert_eq!(kill_descendants(proc, top_pid, Duration::from_secs(10)), 3);
-        assert!(live_descendants(proc, top_pid).is_empty());
-        // Every holder of the pipe is gone: it ends, nothing was lost.
-        let mut rest = String::new();
-        out.read_to_string(&mut rest).unwrap();
-        assert_eq!(rest, "");
-        let mut lines: Vec<&str> = seen.lines().collect();
-        lines.sort_unstable();
-        assert_eq!(lines, ["child", "grandchild"]);
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-        // The top itself was left alone.
-        assert!(top.try_wait().unwrap().is_none());
-        let _ = top.kill();
-        let _ = top.wait();
     }
 }

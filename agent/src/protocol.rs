@@ -21,14 +21,15 @@
 //! Versions: [`VERSION`] is exchanged in `Hello`; peers must agree on
 //! major.minor. 0.2 added PTYs (`ExecSpec::tty`, `ResizeTty`, `tty`
 //! streams) and `ListProcesses`; 0.3 added `KillAll` (the container ends
-//! with its main process).
+//! with its main process); 0.4 added `ReadFiles` (per-image warm
+//! snapshots).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.3.0";
+pub const VERSION: &str = "0.4.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -191,6 +192,11 @@ pub enum Request {
     /// when a container's PID namespace dies. Answered `Ok` once none of
     /// them is alive (their streams are closed then).
     KillAll,
+    /// Reads every regular file under `root` (not crossing into other
+    /// file systems), at most `max_bytes` in all, so their pages are in the
+    /// guest's page cache: done before a per-image snapshot is taken, so
+    /// containers restored from it find their image's files in memory.
+    ReadFiles { root: String, max_bytes: u64 },
     /// Flush filesystems and end the VM.
     Shutdown,
     /// Sent first after a VM was restored from a snapshot: the guest takes
@@ -434,6 +440,10 @@ mod tests {
             }),
             Request::Signal { id: 3, signal: 15 },
             Request::KillAll,
+            Request::ReadFiles {
+                root: "/run/hull/lower".into(),
+                max_bytes: 1 << 26,
+            },
             Request::ResizeTty {
                 id: 3,
                 size: WindowSize {
@@ -499,10 +509,11 @@ mod tests {
         assert!(compatible("0.1.0", "0.1.7"));
         assert!(!compatible("0.1.0", "0.2.0"));
         assert!(!compatible("1.0.0", "garbage"));
-        // A host or agent from before PTYs, or from before `KillAll`, is
+        // A host or agent from before PTYs, `KillAll` or `ReadFiles` is
         // told apart in the handshake.
         assert!(!compatible(VERSION, "0.1.0"));
         assert!(!compatible(VERSION, "0.2.0"));
+        assert!(!compatible(VERSION, "0.3.0"));
     }
 
     #[test]

@@ -223,16 +223,22 @@ impl Agent {
                     1,
                 ),
             },
+            Request::ReadFiles { root, max_bytes } => {
+                match crate::warm::read_tree(std::path::Path::new(&root), max_bytes) {
+                    Ok(_) => Response::Ok,
+                    Err(e) => error(format!("read files under {root}: {e}")),
+                }
+            }
             Request::KillAll => {
-                // Everything descends from the agent (PID 1), orphans
-                // included. SIGKILL cannot be refused, so only a process
-                // stuck in the kernel outlasts the patience; the host then
-                // stops waiting for its streams on its own.
-                crate::procs::kill_descendants(
-                    std::path::Path::new("/proc"),
-                    std::process::id() as i32,
-                    std::time::Duration::from_secs(5),
-                );
+                // kill(-1) outside PID 1 would reach every process of the
+                // machine the agent's user may signal.
+                if std::process::id() != 1 {
+                    return error("KillAll is only done by the guest's PID 1");
+                }
+                // SIGKILL cannot be refused, so only a process stuck in the
+                // kernel outlasts the patience; the host then stops waiting
+                // for its streams on its own.
+                self.reaper.kill_all(std::time::Duration::from_secs(5));
                 Response::Ok
             }
             // Powering off waits for the answer to reach the host: see

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::protocol::ExecSpec;
+use agent::protocol::{ExecSpec, Request};
 
 use super::logs::{self, LogWriter};
 use super::signals;
@@ -29,6 +29,10 @@ const GUEST_LOWER: &str = "/run/hull/lower";
 const GUEST_SCRATCH: &str = "/run/hull/scratch";
 /// Size of a container's writable layer disk (sparse).
 const UPPER_DISK_BYTES: u64 = 4 << 30;
+/// Most of an image's file bytes read into a warm snapshot's page cache
+/// (each such snapshot's memory file grows by what is read; the rest of a
+/// larger image is read from disk as containers use it).
+const WARM_BYTES: u64 = 64 << 20;
 /// Size of the unused second disk of a `--rm` container.
 const SCRATCH_DISK_BYTES: u64 = 1 << 20;
 
@@ -159,6 +163,7 @@ fn run_inner(
         disks,
         socket_path(root, &config.id),
         Duration::from_secs(600),
+        Some(&image_warmup()),
         |client| setup_root(client, config),
     )
     .context("starting the container's VM and root filesystem")?;
@@ -241,12 +246,33 @@ fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
     terminal::RawMode::enable(std::os::fd::AsRawFd::as_raw_fd(&stdin)).ok()
 }
 
+/// What every container of an image shares, done once into a warm
+/// snapshot per image (fast start): the image disk (/dev/vda) mounted as
+/// the overlay's lower layer, its files read into the page cache.
+fn image_warmup() -> fast_start::Warmup {
+    fast_start::Warmup {
+        fixed_disks: 1,
+        requests: vec![
+            Request::Mount {
+                source: "/dev/vda".into(),
+                target: GUEST_LOWER.into(),
+                fstype: "ext4".into(),
+                read_only: true,
+                options: String::new(),
+            },
+            Request::ReadFiles {
+                root: GUEST_LOWER.into(),
+                max_bytes: WARM_BYTES,
+            },
+        ],
+    }
+}
+
 /// Queues (into the caller's batch) the assembly of the container's root in
-/// the guest: the image disk as the overlay's lower layer, the writable
-/// layer on its own disk (or tmpfs for `--rm`), then /proc, /sys, /dev,
-/// hostname, /etc/hosts, /etc/resolv.conf.
+/// the guest, on the image disk mounted by [`image_warmup`]: the writable
+/// layer on its own disk (or tmpfs for `--rm`), the overlay, then /proc,
+/// /sys, /dev, hostname, /etc/hosts, /etc/resolv.conf.
 fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), AgentError> {
-    client.mount("/dev/vda", GUEST_LOWER, "ext4", true, "")?;
     if config.auto_remove {
         client.mount("tmpfs", GUEST_SCRATCH, "tmpfs", false, "mode=0755")?;
     } else {

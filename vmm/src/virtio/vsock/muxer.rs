@@ -36,6 +36,20 @@ const MAX_CONNECT_LINE: usize = 32;
 /// First local port handed to host-initiated connections (as Firecracker).
 const LOCAL_PORT_BASE: u32 = 1 << 30;
 
+/// Where this VMM starts handing out local ports: a random offset from
+/// [`LOCAL_PORT_BASE`]. A guest restored from a snapshot may still hold a
+/// socket of a connection made before the snapshot (closing, waiting for
+/// our reset); a new connection from the same port would be taken for it.
+fn first_local_port() -> u32 {
+    let mut offset = [0u8; 4];
+    // SAFETY: getrandom writes at most `offset.len()` bytes into it.
+    let got = unsafe { libc::getrandom(offset.as_mut_ptr().cast(), offset.len(), 0) };
+    if got != offset.len() as isize {
+        return LOCAL_PORT_BASE;
+    }
+    LOCAL_PORT_BASE + (u32::from_ne_bytes(offset) & 0x00ff_ffff)
+}
+
 /// A connection's identity: its host-side port and its guest-side port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -106,7 +120,7 @@ impl Muxer {
             dirty: HashSet::new(),
             registered: HashMap::new(),
             closing: Vec::new(),
-            next_local_port: LOCAL_PORT_BASE,
+            next_local_port: first_local_port(),
         }
     }
 
