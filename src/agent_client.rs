@@ -196,11 +196,6 @@ impl AgentClient {
         .map(drop)
     }
 
-    /// Creates a directory (and parents) in the guest.
-    pub fn mkdir(&mut self, path: &str) -> Result<(), AgentError> {
-        self.call(&Request::Mkdir { path: path.into() }).map(|_| ())
-    }
-
     /// Sets the guest's hostname.
     pub fn set_hostname(&mut self, name: &str) -> Result<(), AgentError> {
         self.call(&Request::SetHostname { name: name.into() })

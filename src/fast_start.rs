@@ -310,7 +310,9 @@ fn make_derived(
     let (mut derived, _) = guest_vm::config(root, opts)?;
     derived.cmdline.push_str(" hull.serve");
     derived.disks = config.disks.clone();
-    let uds = tmp.join("vsock");
+    let run = root.join("run");
+    std::fs::create_dir_all(&run).map_err(io(&run))?;
+    let uds = run.join(format!("warm-{}.vsock", std::process::id()));
     derived.vsock_uds = Some(uds.clone());
     let mut fixed_disks = Vec::new();
     let result = (|| -> anyhow::Result<()> {
@@ -351,7 +353,6 @@ fn make_derived(
         for i in warmup.fixed_disks..config.disks.len() {
             let _ = std::fs::remove_file(tmp.join(format!("placeholder{i}")));
         }
-        let _ = std::fs::remove_file(&uds);
         let meta = SnapshotMeta {
             make_seconds: started.elapsed().as_secs_f64(),
             base: Some(base_key.to_string()),
@@ -363,6 +364,7 @@ fn make_derived(
         std::fs::rename(&tmp, dir).map_err(io(dir))?;
         Ok(())
     })();
+    let _ = std::fs::remove_file(&uds);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         return result;

@@ -142,36 +142,52 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         .args(["exec", "a", "sh", "-c", ident])
         .output()
         .unwrap());
+    let a_lines: Vec<&str> = a_ident.lines().collect();
+    assert_eq!(a_lines.len(), 4, "{a_ident}");
+    // B: a container with its own writable disk, restored from the same
+    // warm snapshot as A; B2: a `--rm` one (its warm snapshot has the whole
+    // root mounted, on an empty tmpfs).
+    let look = format!(
+        "ls /tmp; cat /tmp/secret 2>&1; grep -rl hull-secret- /tmp /etc /data 2>/dev/null; {ident}"
+    );
     let b = hull_s(root, store)
-        .args(["run", "--rm", "--hostname", "beta", "busybox:test", "sh", "-c"])
-        .arg(format!(
-            "ls /tmp; cat /tmp/secret 2>&1; grep -rl hull-secret- /tmp /etc /data 2>/dev/null; {ident}"
-        ))
+        .args(["run", "--name", "b", "--hostname", "beta", "busybox:test"])
+        .args(["sh", "-c", &look])
         .output()
         .unwrap();
-    let b_out = ok(&b);
-    assert!(!b_out.contains(&secret), "B saw A's secret: {b_out}");
-    assert!(b_out.contains("No such file"), "{b_out}");
-    let a_lines: Vec<&str> = a_ident.lines().collect();
-    let b_lines: Vec<&str> = b_out.lines().rev().take(4).collect::<Vec<_>>();
-    let b_lines: Vec<&str> = b_lines.into_iter().rev().collect();
-    assert_eq!(a_lines.len(), 4, "{a_ident}");
-    assert_ne!(a_lines[0], b_lines[0], "same boot_id");
-    assert_ne!(a_lines[1], b_lines[1], "same random bytes");
-    assert_eq!((a_lines[2], b_lines[2]), ("alpha", "beta"));
+    let b2 = hull_s(root, store)
+        .args(["run", "--rm", "--hostname", "beta", "busybox:test"])
+        .args(["sh", "-c", &look])
+        .output()
+        .unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    for l in [a_lines[3], b_lines[3]] {
-        let t: i64 = l.parse().unwrap();
-        assert!((now - t).abs() < 120, "guest clock {t} vs host {now}");
+    for b in [&b, &b2] {
+        let b_out = ok(b);
+        assert!(!b_out.contains(&secret), "B saw A's secret: {b_out}");
+        assert!(b_out.contains("No such file"), "{b_out}");
+        let b_lines: Vec<&str> = b_out.lines().rev().take(4).collect::<Vec<_>>();
+        let b_lines: Vec<&str> = b_lines.into_iter().rev().collect();
+        assert_ne!(a_lines[0], b_lines[0], "same boot_id");
+        assert_ne!(a_lines[1], b_lines[1], "same random bytes");
+        assert_eq!((a_lines[2], b_lines[2]), ("alpha", "beta"));
+        for l in [a_lines[3], b_lines[3]] {
+            let t: i64 = l.parse().unwrap();
+            assert!((now - t).abs() < 120, "guest clock {t} vs host {now}");
+        }
     }
+    assert_ne!(ok(&b), ok(&b2), "B and B2 share a boot_id or random bytes");
+    // Base, warm for `--rm`, warm with a writable disk.
+    let made = snapshot_dirs(store);
+    assert_eq!(made.len(), 3, "{made:?}");
     // A's writes stayed in A: the shared snapshot memory never got them.
     for snapshot in &made {
         let memory = std::fs::read(store.join(snapshot).join("memory")).unwrap();
         assert!(!contains(&memory, secret.as_bytes()), "{snapshot}");
     }
+    ok(&hull_s(root, store).args(["rm", "b"]).output().unwrap());
     ok(&hull_s(root, store)
         .args(["rm", "-f", "a"])
         .output()

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent::protocol::{ExecSpec, Request};
+use anyhow::Context;
 
 use super::logs::{self, LogWriter};
 use super::signals;
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
-use anyhow::Context;
-
 use crate::agent_client::{AgentClient, AgentError, ProcessRole};
 use crate::fast_start;
 use crate::guest_vm::GuestOptions;
@@ -163,7 +162,7 @@ fn run_inner(
         disks,
         socket_path(root, &config.id),
         Duration::from_secs(600),
-        Some(&image_warmup()),
+        Some(&image_warmup(config.auto_remove)),
         |client| setup_root(client, config),
     )
     .context("starting the container's VM and root filesystem")?;
@@ -246,64 +245,91 @@ fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
     terminal::RawMode::enable(std::os::fd::AsRawFd::as_raw_fd(&stdin)).ok()
 }
 
-/// What every container of an image shares, done once into a warm
-/// snapshot per image (fast start): the image disk (/dev/vda) mounted as
-/// the overlay's lower layer, its files read into the page cache.
-fn image_warmup() -> fast_start::Warmup {
+/// What every container of an image with this writable-layer kind shares,
+/// done once into a warm snapshot (fast start): the image disk (/dev/vda)
+/// mounted as the overlay's lower layer and its files read into the page
+/// cache; for `--rm`, whose writable layer starts as an empty tmpfs, the
+/// whole root's mounts too. What differs per container is in
+/// [`setup_root`].
+fn image_warmup(auto_remove: bool) -> fast_start::Warmup {
+    let mut requests = vec![
+        mount("/dev/vda", GUEST_LOWER, "ext4", true, ""),
+        Request::ReadFiles {
+            root: GUEST_LOWER.into(),
+            max_bytes: WARM_BYTES,
+        },
+    ];
+    if auto_remove {
+        requests.extend(root_mounts(true));
+    }
     fast_start::Warmup {
         fixed_disks: 1,
-        requests: vec![
-            Request::Mount {
-                source: "/dev/vda".into(),
-                target: GUEST_LOWER.into(),
-                fstype: "ext4".into(),
-                read_only: true,
-                options: String::new(),
-            },
-            Request::ReadFiles {
-                root: GUEST_LOWER.into(),
-                max_bytes: WARM_BYTES,
-            },
-        ],
+        requests,
     }
 }
 
-/// Queues (into the caller's batch) the assembly of the container's root in
-/// the guest, on the image disk mounted by [`image_warmup`]: the writable
-/// layer on its own disk (or tmpfs for `--rm`), the overlay, then /proc,
-/// /sys, /dev, hostname, /etc/hosts, /etc/resolv.conf.
-fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), AgentError> {
-    if config.auto_remove {
-        client.mount("tmpfs", GUEST_SCRATCH, "tmpfs", false, "mode=0755")?;
-    } else {
-        client.mount("/dev/vdb", GUEST_SCRATCH, "ext4", false, "")?;
+fn mount(source: &str, target: &str, fstype: &str, read_only: bool, options: &str) -> Request {
+    Request::Mount {
+        source: source.into(),
+        target: target.into(),
+        fstype: fstype.into(),
+        read_only,
+        options: options.into(),
     }
-    client.mkdir(&format!("{GUEST_SCRATCH}/upper"))?;
-    client.mkdir(&format!("{GUEST_SCRATCH}/work"))?;
+}
+
+/// The container's root on the mounted image disk: the writable layer on
+/// its own disk (or tmpfs for `--rm`), the overlay, /proc, /sys, /dev.
+fn root_mounts(auto_remove: bool) -> Vec<Request> {
+    let scratch = if auto_remove {
+        mount("tmpfs", GUEST_SCRATCH, "tmpfs", false, "mode=0755")
+    } else {
+        mount("/dev/vdb", GUEST_SCRATCH, "ext4", false, "")
+    };
     let options = format!(
         "lowerdir={GUEST_LOWER},upperdir={GUEST_SCRATCH}/upper,workdir={GUEST_SCRATCH}/work"
     );
-    client.mount("overlay", GUEST_ROOT, "overlay", false, &options)?;
-    client.mount("proc", &format!("{GUEST_ROOT}/proc"), "proc", false, "")?;
-    client.mount("sysfs", &format!("{GUEST_ROOT}/sys"), "sysfs", true, "")?;
-    client.mount("/dev", &format!("{GUEST_ROOT}/dev"), "bind", false, "")?;
-    client.mount(
-        "shm",
-        &format!("{GUEST_ROOT}/dev/shm"),
-        "tmpfs",
-        false,
-        "mode=1777",
-    )?;
-    // The container's own terminals, as Docker mounts them (gid 5: tty);
-    // its /dev/ptmx allocates from this instance, so `-t` terminals are
-    // /dev/pts/N inside.
-    client.mount(
-        "devpts",
-        &format!("{GUEST_ROOT}/dev/pts"),
-        "devpts",
-        false,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )?;
+    vec![
+        scratch,
+        Request::Mkdir {
+            path: format!("{GUEST_SCRATCH}/upper"),
+        },
+        Request::Mkdir {
+            path: format!("{GUEST_SCRATCH}/work"),
+        },
+        mount("overlay", GUEST_ROOT, "overlay", false, &options),
+        mount("proc", &format!("{GUEST_ROOT}/proc"), "proc", false, ""),
+        mount("sysfs", &format!("{GUEST_ROOT}/sys"), "sysfs", true, ""),
+        mount("/dev", &format!("{GUEST_ROOT}/dev"), "bind", false, ""),
+        mount(
+            "shm",
+            &format!("{GUEST_ROOT}/dev/shm"),
+            "tmpfs",
+            false,
+            "mode=1777",
+        ),
+        // The container's own terminals, as Docker mounts them (gid 5:
+        // tty); its /dev/ptmx allocates from this instance, so `-t`
+        // terminals are /dev/pts/N inside.
+        mount(
+            "devpts",
+            &format!("{GUEST_ROOT}/dev/pts"),
+            "devpts",
+            false,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+    ]
+}
+
+/// Queues (into the caller's batch) what is the container's own, after
+/// [`image_warmup`]: the root's mounts unless the warm-up did them, then
+/// hostname, /etc/hosts, /etc/hostname, /etc/resolv.conf, a read-only root.
+fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), AgentError> {
+    if !config.auto_remove {
+        for req in root_mounts(false) {
+            client.call(&req)?;
+        }
+    }
     client.set_hostname(&config.hostname)?;
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
