@@ -161,8 +161,8 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
     hex::encode(h.finalize())[..16].to_string()
 }
 
-/// The key of the derived snapshot of `base_key` with `warmup`, or `None`
-/// when a fixed disk is missing or not read-only.
+/// The key of the derived snapshot of `base_key` with `warmup` (an error
+/// when a fixed disk cannot be read).
 fn derived_key(
     base_key: &str,
     config: &vmm::VmConfig,
