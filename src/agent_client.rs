@@ -294,21 +294,7 @@ impl AgentClient {
         let mut err = self.attach(id, StdioKind::Stderr)?;
         let streams = [self.handle(&out)?, self.handle(&err)?];
         tracing::debug!("process {id} created and attached");
-        match self.call(&Request::Start { id })? {
-            Response::Started { .. } => {
-                tracing::debug!("process {id} started");
-                started(id)
-            }
-            other => return Err(AgentError::Unexpected(Box::new(other))),
-        }
-        if let Some((mut sock, mut reader)) = input {
-            // Detached: a process that exits without reading its stdin must
-            // not keep us waiting on our own stdin.
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut reader, &mut sock);
-                let _ = sock.shutdown(std::net::Shutdown::Write);
-            });
-        }
+        self.start(id, input, started)?;
         std::thread::scope(|scope| {
             let copies = [
                 scope.spawn(move || copy_flushing(&mut out, &mut stdout)),
@@ -319,6 +305,33 @@ impl AgentClient {
             tracing::debug!("process {id} output closed");
             code
         })
+    }
+
+    /// Starts created process `id`, tells `started`, then feeds `input`
+    /// (the stream and what to copy into it) on a thread of its own, which
+    /// closes the stream's sending side at the end. Detached: a process
+    /// that exits without reading its stdin must not keep us waiting on
+    /// our own stdin.
+    fn start(
+        &mut self,
+        id: u32,
+        input: Option<(UnixStream, Box<dyn Read + Send>)>,
+        started: impl FnOnce(u32),
+    ) -> Result<(), AgentError> {
+        match self.call(&Request::Start { id })? {
+            Response::Started { .. } => {
+                tracing::debug!("process {id} started");
+                started(id)
+            }
+            other => return Err(AgentError::Unexpected(Box::new(other))),
+        }
+        if let Some((mut sock, mut reader)) = input {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut reader, &mut sock);
+                let _ = sock.shutdown(std::net::Shutdown::Write);
+            });
+        }
+        Ok(())
     }
 
     /// The rest of [`AgentClient::run_with`] for a process with a terminal.
@@ -336,17 +349,7 @@ impl AgentClient {
             Some(r) => Some((self.handle(&term)?, r)),
             None => None,
         };
-        match self.call(&Request::Start { id })? {
-            Response::Started { .. } => started(id),
-            other => return Err(AgentError::Unexpected(Box::new(other))),
-        }
-        if let Some((mut sock, mut reader)) = input {
-            // Detached, as in `run_with`: our stdin may never end.
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut reader, &mut sock);
-                let _ = sock.shutdown(std::net::Shutdown::Write);
-            });
-        }
+        self.start(id, input, started)?;
         std::thread::scope(|scope| {
             // The agent ends the stream when the terminal closes: when no
             // process holds it any more.

@@ -284,6 +284,13 @@ fn unix_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+fn entropy() -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = vec![0u8; ENTROPY_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
 /// Restores the base snapshot with `config`'s fixed disks (placeholders
 /// for the others), runs the warm-up and saves the result as `dir`.
 #[allow(clippy::too_many_arguments)]
@@ -298,91 +305,49 @@ fn make_derived(
     dir: &Path,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let store = dir.parent().unwrap_or(dir);
-    let _lock = crate::file_lock::lock_exclusive(&store.join(".lock")).map_err(io(store))?;
-    if dir.join(vmm::snapshot::STATE_FILE).exists() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let tmp = store.join(format!(".tmp-derived-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let (mut derived, _) = guest_vm::config(root, opts)?;
-    derived.cmdline.push_str(" hull.serve");
-    derived.disks = config.disks.clone();
-    let run = root.join("run");
-    std::fs::create_dir_all(&run).map_err(io(&run))?;
-    let uds = run.join(format!("warm-{}.vsock", std::process::id()));
-    derived.vsock_uds = Some(uds.clone());
-    let mut fixed_disks = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        for (i, disk) in derived.disks.iter_mut().enumerate() {
-            if i < warmup.fixed_disks {
-                anyhow::ensure!(disk.read_only, "a warm snapshot's disk must be read-only");
-                fixed_disks.push(disk.path.clone());
-                continue;
+    let meta = SnapshotMeta {
+        base: Some(base_key.to_string()),
+        fixed_disks: config.disks[..warmup.fixed_disks.min(config.disks.len())]
+            .iter()
+            .map(|d| d.path.clone())
+            .collect(),
+        ..base_meta.clone()
+    };
+    save(
+        root,
+        opts,
+        config,
+        warmup.fixed_disks,
+        dir,
+        meta,
+        |vm, _, uds| {
+            let vm = vmm::Vm::restore(vm, base)?;
+            let snapshot = vm.snapshot_handle();
+            let (running, mut client) = RunningVm::start_restored(vm, uds, timeout)?;
+            client.begin_batch();
+            for (i, disk) in config.disks.iter().take(warmup.fixed_disks).enumerate() {
+                let sectors = std::fs::metadata(&disk.path).map_err(io(&disk.path))?.len() / 512;
+                client.refresh_disk(&disk_device(i), sectors)?;
             }
-            let path = tmp.join(format!("placeholder{i}"));
-            let f = std::fs::File::create(&path).map_err(io(&path))?;
-            f.set_len(PLACEHOLDER_BYTES).map_err(io(&path))?;
-            disk.path = path;
-        }
-        let vm = vmm::Vm::restore(derived, base)?;
-        let snapshot = vm.snapshot_handle();
-        let (running, mut client) = RunningVm::start_restored(vm, uds.clone(), timeout)?;
-        client.begin_batch();
-        for (i, path) in fixed_disks.iter().enumerate() {
-            let sectors = std::fs::metadata(path).map_err(io(path))?.len() / 512;
-            client.refresh_disk(&disk_device(i), sectors)?;
-        }
-        for req in &warmup.requests {
-            client.call(req)?;
-        }
-        client.end_batch().map_err(|e| running.explain(e.into()))?;
-        // Closed before saving; a guest socket still closing when the
-        // snapshot is taken is reset by the restored VMM (it knows no such
-        // connection) and never mistaken for a new one (the VMM's
-        // connection ports start at a random offset).
-        drop(client);
-        std::thread::sleep(Duration::from_millis(300));
-        snapshot.snapshot(&tmp);
-        match running.wait(Duration::from_secs(120))? {
-            vmm::VmExit::Snapshotted => {}
-            other => return Err(FastStartError::NoSnapshot(format!("{other:?}")).into()),
-        }
-        for i in warmup.fixed_disks..config.disks.len() {
-            let _ = std::fs::remove_file(tmp.join(format!("placeholder{i}")));
-        }
-        let meta = SnapshotMeta {
-            make_seconds: started.elapsed().as_secs_f64(),
-            base: Some(base_key.to_string()),
-            fixed_disks: fixed_disks.clone(),
-            ..base_meta.clone()
-        };
-        let path = tmp.join("meta.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&meta)?).map_err(io(&path))?;
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&uds);
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return result;
-    }
-    tracing::debug!("warm snapshot made in {:?}", started.elapsed());
-    remove_stale(store, base_meta);
+            for req in &warmup.requests {
+                client.call(req)?;
+            }
+            client.end_batch().map_err(|e| running.explain(e.into()))?;
+            // Closed before saving; a guest socket still closing when the
+            // snapshot is taken is reset by the restored VMM (it knows no such
+            // connection) and never mistaken for a new one (the VMM's
+            // connection ports start at a random offset).
+            drop(client);
+            std::thread::sleep(Duration::from_millis(300));
+            Ok((running, snapshot))
+        },
+    )?;
+    tracing::debug!("warm snapshot {} made", dir.display());
     Ok(())
 }
 
-fn entropy() -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = vec![0u8; ENTROPY_BYTES];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf)
-}
-
 /// Boots a template VM like `config` but with placeholder disks, waits for
-/// its agent, snapshots it into `dir`, and deletes stale snapshots.
+/// its agent and snapshots it into `dir`.
 fn make(
     root: &Path,
     opts: &GuestOptions<'_>,
@@ -390,6 +355,35 @@ fn make(
     meta: &SnapshotMeta,
     dir: &Path,
     timeout: Duration,
+) -> anyhow::Result<()> {
+    save(root, opts, config, 0, dir, meta.clone(), |vm, seen, uds| {
+        let vm = vmm::Vm::new(vm)?;
+        let snapshot = vm.snapshot_handle();
+        let running = RunningVm::spawn(vm, uds)?;
+        guest_vm::wait_ready(seen, || running.is_done(), timeout)?;
+        Ok((running, snapshot))
+    })
+}
+
+/// Makes snapshot `dir` of the store (under its lock; nothing if another
+/// hull made it meanwhile): a VM of `opts` with `config`'s first `fixed`
+/// disks and 1 MiB placeholders for the others is brought up by `bring_up`
+/// (given its config, its serial status and its vsock socket; it returns
+/// the VM ready to be saved), saved into a temporary directory with `meta`
+/// and renamed into place; then stale snapshots are deleted. A failure
+/// leaves nothing behind.
+fn save(
+    root: &Path,
+    opts: &GuestOptions<'_>,
+    config: &vmm::VmConfig,
+    fixed: usize,
+    dir: &Path,
+    meta: SnapshotMeta,
+    bring_up: impl FnOnce(
+        vmm::VmConfig,
+        &crate::serial_watch::SeenStatus,
+        PathBuf,
+    ) -> anyhow::Result<(RunningVm, vmm::SnapshotHandle)>,
 ) -> anyhow::Result<()> {
     let store = dir.parent().unwrap_or(dir);
     std::fs::create_dir_all(store).map_err(io(store))?;
@@ -403,31 +397,33 @@ fn make(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let run = root.join("run");
-    let uds = run.join(format!("template-{}.vsock", std::process::id()));
+    let uds = run.join(format!("snapshot-{}.vsock", std::process::id()));
     let result = (|| -> anyhow::Result<()> {
-        let (mut template, seen) = guest_vm::config(root, opts)?;
-        template.cmdline.push_str(" hull.serve");
+        let (mut vm, seen) = guest_vm::config(root, opts)?;
+        vm.cmdline.push_str(" hull.serve");
         for (i, disk) in config.disks.iter().enumerate() {
+            if i < fixed {
+                anyhow::ensure!(disk.read_only, "a snapshot's fixed disk must be read-only");
+                vm.disks.push(disk.clone());
+                continue;
+            }
             let path = tmp.join(format!("placeholder{i}"));
             let f = std::fs::File::create(&path).map_err(io(&path))?;
             f.set_len(PLACEHOLDER_BYTES).map_err(io(&path))?;
-            template.disks.push(vmm::DiskConfig {
+            vm.disks.push(vmm::DiskConfig {
                 path,
                 read_only: disk.read_only,
             });
         }
         std::fs::create_dir_all(&run).map_err(io(&run))?;
-        template.vsock_uds = Some(uds.clone());
-        let vm = vmm::Vm::new(template)?;
-        let snapshot = vm.snapshot_handle();
-        let running = RunningVm::spawn(vm, uds.clone())?;
-        guest_vm::wait_ready(&seen, || running.is_done(), timeout)?;
+        vm.vsock_uds = Some(uds.clone());
+        let (running, snapshot) = bring_up(vm, &seen, uds.clone())?;
         snapshot.snapshot(&tmp);
         match running.wait(Duration::from_secs(120))? {
             vmm::VmExit::Snapshotted => {}
             other => return Err(FastStartError::NoSnapshot(format!("{other:?}")).into()),
         }
-        for i in 0..config.disks.len() {
+        for i in fixed..config.disks.len() {
             let _ = std::fs::remove_file(tmp.join(format!("placeholder{i}")));
         }
         let meta = SnapshotMeta {
@@ -444,7 +440,7 @@ fn make(
         let _ = std::fs::remove_dir_all(&tmp);
         return result;
     }
-    remove_stale(store, meta);
+    remove_stale(store, &meta);
     Ok(())
 }
 

@@ -114,6 +114,27 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
     Ok((status, reply[split + 4..].to_vec()))
 }
 
+/// Sends `n` requests for `path` at once; each must be answered `200`
+/// with exactly `body`.
+fn all_answered(addr: SocketAddr, path: &'static str, n: usize, body: &[u8]) {
+    let start = Instant::now();
+    let clients: Vec<_> = (0..n)
+        .map(|_| std::thread::spawn(move || get(addr, path)))
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (status, got) = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert!(status.contains(" 200 "), "request {i}: {status}");
+        assert_eq!(got, body, "request {i}");
+    }
+    eprintln!(
+        "{n} requests at once to {addr}{path}, all answered, in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 /// Sends `data`, shuts the sending side, reads everything back.
 fn echoed(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let s = TcpStream::connect(addr)?;
@@ -381,22 +402,7 @@ fn published_ports_end_to_end() {
         "{PARALLEL_CONNECTIONS} connections at once, all ended, in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let start = Instant::now();
-    let clients: Vec<_> = (0..PARALLEL_REQUESTS)
-        .map(|_| std::thread::spawn(move || get(web, "/index.html")))
-        .collect();
-    for (i, c) in clients.into_iter().enumerate() {
-        let (status, body) = c
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("request {i}: {e}"));
-        assert!(status.contains(" 200 "), "request {i}: {status}");
-        assert_eq!(body, INDEX.as_bytes(), "request {i}");
-    }
-    eprintln!(
-        "{PARALLEL_REQUESTS} requests at once, all answered, in {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
+    all_answered(web, "/index.html", PARALLEL_REQUESTS, INDEX.as_bytes());
 
     // 8. stop closes every host port, and hull port shows none.
     let out = hull(root)
@@ -510,22 +516,7 @@ fn flask_seed_example_answers_through_a_published_port() {
     assert!(logs.contains("Running on http://127.0.0.1:5000"), "{logs}");
 
     // Hundreds of requests at once, every one answered exactly.
-    let start = Instant::now();
-    let clients: Vec<_> = (0..FLASK_PARALLEL_REQUESTS)
-        .map(|_| std::thread::spawn(move || get(addr, "/")))
-        .collect();
-    for (i, c) in clients.into_iter().enumerate() {
-        let (status, body) = c
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("request {i}: {e}"));
-        assert!(status.contains(" 200 "), "request {i}: {status}");
-        assert_eq!(body, b"Hello, World!", "request {i}");
-    }
-    eprintln!(
-        "{FLASK_PARALLEL_REQUESTS} requests at once to Flask, all answered, in {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
+    all_answered(addr, "/", FLASK_PARALLEL_REQUESTS, b"Hello, World!");
 
     let out = hull(root)
         .args(["stop", "-t", "60", "seed"])

@@ -612,17 +612,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_started_process_is_waited_for_with_its_exit_code() {
-        // Outside a VM the test process is not PID 1, but fork/exec and
-        // the reaper work the same for our own children.
-        let a = agent();
+    /// Creates, starts and waits for `sh -c script` as `user`; its exit code.
+    fn run_to_exit(a: &Agent, script: &str, user: &str) -> i32 {
         let id = match a.handle(Request::Create(ExecSpec {
-            argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
+            argv: vec!["sh".into(), "-c".into(), script.into()],
             env: vec!["PATH=/usr/bin:/bin".into()],
             cwd: "/".into(),
             root: None,
-            user: String::new(),
+            user: user.into(),
             tty: None,
         })) {
             Response::Created { id } => id,
@@ -632,13 +629,18 @@ mod tests {
             a.handle(Request::Start { id }),
             Response::Started { .. }
         ));
-        assert_eq!(
-            a.handle(Request::Wait { id }),
-            Response::Exited {
-                code: 7,
-                signal: None
-            }
-        );
+        match a.handle(Request::Wait { id }) {
+            Response::Exited { code, signal: None } => code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_started_process_is_waited_for_with_its_exit_code() {
+        // Outside a VM the test process is not PID 1, but fork/exec and
+        // the reaper work the same for our own children.
+        let a = agent();
+        assert_eq!(run_to_exit(&a, "exit 7", ""), 7);
         let id = match a.handle(Request::Create(ExecSpec {
             argv: vec!["/nonexistent/prog".into()],
             env: vec![],
@@ -664,32 +666,8 @@ mod tests {
         let euid = || unsafe { libc::geteuid() };
         assert_eq!(euid(), 0, "this test switches users and needs root");
         let a = agent();
-        let id = match a.handle(Request::Create(ExecSpec {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                r#"test "$(id -u):$(id -g):$(id -G)" = 65534:65533:65533"#.into(),
-            ],
-            env: vec!["PATH=/usr/bin:/bin".into()],
-            cwd: "/".into(),
-            root: None,
-            user: "65534:65533".into(),
-            tty: None,
-        })) {
-            Response::Created { id } => id,
-            other => panic!("{other:?}"),
-        };
-        assert!(matches!(
-            a.handle(Request::Start { id }),
-            Response::Started { .. }
-        ));
-        assert_eq!(
-            a.handle(Request::Wait { id }),
-            Response::Exited {
-                code: 0,
-                signal: None
-            }
-        );
+        let check = r#"test "$(id -u):$(id -g):$(id -G)" = 65534:65533:65533"#;
+        assert_eq!(run_to_exit(&a, check, "65534:65533"), 0);
         // The child shared our memory until its exec: its user switch must
         // not have reached any thread of ours.
         assert_eq!(euid(), 0);
