@@ -15,12 +15,12 @@ use super::logs::{self, LogWriter};
 use super::signals;
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
-use crate::agent_client::{AgentClient, AgentError, ProcessRole};
-use crate::fast_start;
-use crate::guest_vm::GuestOptions;
+use crate::container::terminal;
+use crate::guest::agent_client::{AgentClient, AgentError, ProcessRole};
+use crate::guest::fast_start;
+use crate::guest::rootfs::{self, RootfsCache};
+use crate::guest::vm::GuestOptions;
 use crate::ports::PortForwarder;
-use crate::rootfs::{self, RootfsCache};
-use crate::terminal;
 
 /// Where the container's root is assembled inside the guest.
 pub const GUEST_ROOT: &str = "/run/hull/root";

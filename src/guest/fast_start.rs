@@ -28,8 +28,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::agent_client::{AgentClient, AgentError};
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::guest::agent_client::{AgentClient, AgentError};
+use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
 
 /// Set to `0`/`off`/`false` to boot every container cold.
 pub const ENABLE_ENV: &str = "HULL_FAST_START";
@@ -381,7 +381,7 @@ fn save(
     meta: SnapshotMeta,
     bring_up: impl FnOnce(
         vmm::VmConfig,
-        &crate::serial_watch::SeenStatus,
+        &crate::guest::serial_watch::SeenStatus,
         PathBuf,
     ) -> anyhow::Result<(RunningVm, vmm::SnapshotHandle)>,
 ) -> anyhow::Result<()> {

@@ -358,7 +358,7 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             if c.state.status != Status::Running {
                 return Err(CommandError::NotRunning(container).into());
             }
-            let procs = crate::agent_client::AgentClient::connect(&engine::socket_path(
+            let procs = crate::guest::agent_client::AgentClient::connect(&engine::socket_path(
                 root,
                 &c.config.id,
             ))?
@@ -589,7 +589,7 @@ fn signal_main(root: &Path, c: &Container, sig: i32) -> anyhow::Result<()> {
     else {
         return Err(CommandError::NotRunning(c.config.name.clone()).into());
     };
-    crate::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
+    crate::guest::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
         .signal(pid, sig)?;
     Ok(())
 }
@@ -862,7 +862,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "VCPUs": c.config.cpus,
             "MemoryMiB": c.config.mem_mib,
             "VmmPid": c.state.vmm_pid,
-            "Kernel": crate::guest_files::kernel(root).ok(),
+            "Kernel": crate::guest::files::kernel(root).ok(),
             "VsockSocket": engine::socket_path(root, &c.config.id),
             "Devices": {
                 "vda": "image root filesystem (virtio-blk, read-only)",

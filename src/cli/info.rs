@@ -5,7 +5,7 @@ use std::path::Path;
 use kvm_ioctls::Cap;
 use vmm::HostKind;
 
-use crate::guest_files;
+use crate::guest::files as guest_files;
 
 fn yes(b: bool) -> &'static str {
     if b {
@@ -83,27 +83,27 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
         Err(e) => println!("Agent: missing ({e})"),
     }
     println!("Data dir: {}", root.display());
-    let store = crate::fast_start::snapshots_dir(root);
+    let store = crate::guest::fast_start::snapshots_dir(root);
     println!(
         "Fast start: {} (set {}=0 to boot every container cold)",
-        if crate::fast_start::enabled() {
+        if crate::guest::fast_start::enabled() {
             "on, containers start from a VM snapshot"
         } else {
             "off"
         },
-        crate::fast_start::ENABLE_ENV
+        crate::guest::fast_start::ENABLE_ENV
     );
-    let snapshots = crate::fast_start::list(&store);
+    let snapshots = crate::guest::fast_start::list(&store);
     let bytes: u64 = snapshots
         .iter()
-        .map(|(p, _)| crate::fast_start::disk_usage(p))
+        .map(|(p, _)| crate::guest::fast_start::disk_usage(p))
         .sum();
     println!(
         "Snapshots: {} in {} ({:.1} MiB on disk; {} moves them)",
         snapshots.len(),
         store.display(),
         bytes as f64 / (1 << 20) as f64,
-        crate::fast_start::DIR_ENV
+        crate::guest::fast_start::DIR_ENV
     );
     for (path, meta) in &snapshots {
         if let Some(m) = meta {

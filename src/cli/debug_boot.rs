@@ -7,7 +7,7 @@ use std::time::Instant;
 use agent::Status;
 use clap::Args;
 
-use crate::guest_vm::{self, GuestOptions, VmArgs};
+use crate::guest::vm::{self as guest_vm, GuestOptions, VmArgs};
 
 /// Options of `hull debug boot`.
 #[derive(Args, Debug)]

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use agent::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
 use sha2::{Digest, Sha256};
 
-use crate::agent_client::{self, AgentClient};
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::guest::agent_client::{self, AgentClient};
+use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
 
 /// Errors preparing a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +227,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
     let reply: UnpackReply = protocol::recv(&mut stream).map_err(|e| {
         let why = if vm.is_done() {
             std::thread::sleep(Duration::from_millis(200));
-            let tail = crate::serial_watch::console_tail();
+            let tail = crate::guest::serial_watch::console_tail();
             format!(
                 "helper VM ended; guest console: {}",
                 tail.last().map_or("(nothing)", String::as_str)
