@@ -1,18 +1,21 @@
 //! CLI handlers for image commands (`hull images`, `pull`, `load`, ...).
 //! Argument parsing and printing only; the work is in the `images` crate.
+//! `pull`, `push`, `login`, `logout` are in [`registry`]; `load`, `save`,
+//! `import` in [`archive`]; `images`/`image ls` in [`list`]; `rmi` and
+//! `image prune` in [`remove`]; `image inspect` and `history` in [`inspect`].
 
+mod archive;
 mod format;
+mod inspect;
+mod list;
+mod registry;
+mod remove;
 
-use std::collections::HashSet;
-use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use images::archive::{self, Format};
-use images::platform::Platform;
-use images::registry::{self, Credentials, Options};
-use images::store::{short, Image, ImageUser};
+use images::archive::Format;
 use images::{Reference, Store};
 
 /// Image subcommands, flattened into hull's top-level commands.
@@ -180,373 +183,69 @@ pub struct RegistryArgs {
     insecure: Vec<String>,
 }
 
-/// Runs an image command against the hull root; returns the exit code.
+/// Runs an image command; returns the exit code.
 pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
     let store = || Store::open(root).context("cannot open the image store");
     match cmd {
-        ImageCommand::Images(a) => list(&store()?, &a),
+        ImageCommand::Images(a) => list::list(&store()?, &a),
         ImageCommand::Pull {
             platform,
             registry,
             quiet,
             reference,
-        } => {
-            let r = Reference::parse(&reference)?;
-            let platform = platform.as_deref().map(Platform::parse).transpose()?;
-            let opts = options(root, &r, registry, platform, !quiet)?;
-            let rep = registry::pull(&store()?, &r, &opts)?;
-            if !quiet {
-                println!("Digest: {}", rep.digest);
-                if rep.downloaded == 0 {
-                    println!("Status: Image is up to date for {}", r.familiar());
-                } else {
-                    println!("Status: Downloaded newer image for {}", r.familiar());
-                }
-            }
-            println!("{r}");
-            Ok(0)
-        }
+        } => registry::pull(
+            &store()?,
+            root,
+            &reference,
+            platform.as_deref(),
+            registry,
+            quiet,
+        ),
         ImageCommand::Push {
             registry,
             reference,
-        } => {
-            let r = Reference::parse(&reference)?;
-            let opts = options(root, &r, registry, None, false)?;
-            let (d, size, _) = registry::push(&store()?, &r, &opts)?;
-            println!("{}: digest: {d} size: {size}", r.tag().unwrap_or("latest"));
-            Ok(0)
-        }
-        ImageCommand::Load { input, quiet } => {
-            let lines = match input {
-                Some(path) => archive::load(&store()?, &path)?,
-                None => {
-                    if std::io::stdin().is_terminal() {
-                        bail!("no archive given: use -i FILE or pipe one into stdin");
-                    }
-                    archive::load_reader(&store()?, std::io::stdin().lock())?
-                }
-            };
-            if !quiet {
-                for l in lines {
-                    println!("{l}");
-                }
-            }
-            Ok(0)
-        }
+        } => registry::push(&store()?, root, &reference, registry),
+        ImageCommand::Load { input, quiet } => archive::load(&store()?, input.as_deref(), quiet),
         ImageCommand::Save {
             output,
             format,
             images,
-        } => {
-            match output {
-                Some(path) => archive::save(&store()?, &images, &path, format)?,
-                None => {
-                    if std::io::stdout().is_terminal() {
-                        bail!("refusing to write an archive to a terminal: use -o FILE or a pipe");
-                    }
-                    archive::write(&store()?, &images, std::io::stdout().lock(), format)?
-                }
-            }
-            Ok(0)
-        }
+        } => archive::save(&store()?, &images, output.as_deref(), format),
         ImageCommand::Import {
             changes,
             file,
             reference,
-        } => {
-            let r = reference.as_deref().map(Reference::parse).transpose()?;
-            let id = images::import::import_rootfs(&store()?, &file, r.as_ref(), &changes)?;
-            println!("{id}");
-            Ok(0)
+        } => archive::import(&store()?, &file, reference.as_deref(), &changes),
+        ImageCommand::Tag { source, target } => tag(&store()?, &source, &target),
+        ImageCommand::Rmi(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
+        ImageCommand::History { no_trunc, image } => {
+            inspect::history(&store()?.image(&image)?, no_trunc)
         }
-        ImageCommand::Tag { source, target } => {
-            let dst = Reference::parse(&target)?;
-            if dst.digest().is_some() {
-                bail!("cannot tag with a digest: {target}");
-            }
-            store()?.tag(&source, &dst)?;
-            Ok(0)
-        }
-        ImageCommand::Rmi(a) => rmi(&store()?, &a, &image_users(root)?),
-        ImageCommand::History { no_trunc, image } => history(&store()?.image(&image)?, no_trunc),
         ImageCommand::Login {
             username,
             password,
             password_stdin,
             registry,
             server,
-        } => {
-            let password = match (password, password_stdin) {
-                (Some(_), true) => bail!("--password and --password-stdin are exclusive"),
-                (Some(p), false) => p,
-                (None, true) => {
-                    let mut s = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut s)
-                        .context("cannot read the password from stdin")?;
-                    s.trim_end_matches(['\n', '\r']).to_owned()
-                }
-                (None, false) => bail!("login needs --username and --password or --password-stdin"),
-            };
-            let Some(username) = username else {
-                bail!("login needs --username");
-            };
-            let opts = Options {
-                insecure_registries: registry.insecure,
-                ..Options::default()
-            };
-            registry::login(root, &server, Credentials { username, password }, &opts)?;
-            println!("Login Succeeded");
-            Ok(0)
-        }
-        ImageCommand::Logout { server } => {
-            if registry::logout(root, &server)? {
-                println!("Removing login credentials for {server}");
-            } else {
-                println!("Not logged in to {server}");
-            }
-            Ok(0)
-        }
+        } => registry::login(root, &server, username, password, password_stdin, registry),
+        ImageCommand::Logout { server } => registry::logout(root, &server),
         ImageCommand::Image { command } => match command {
-            ImageSubcommand::Inspect { images } => inspect(&store()?, &images),
+            ImageSubcommand::Inspect { images } => inspect::inspect(&store()?, &images),
             ImageSubcommand::Prune { force: _ } => {
-                let (removed, freed) = store()?.prune(&image_users(root)?)?;
-                if !removed.is_empty() {
-                    println!("Deleted Images:");
-                    for id in removed {
-                        println!("deleted: {id}");
-                    }
-                    println!();
-                }
-                println!("Total reclaimed space: {}", format::size(freed));
-                Ok(0)
+                remove::prune(&store()?, &remove::image_users(root)?)
             }
-            ImageSubcommand::Ls(a) => list(&store()?, &a),
-            ImageSubcommand::Rm(a) => rmi(&store()?, &a, &image_users(root)?),
+            ImageSubcommand::Ls(a) => list::list(&store()?, &a),
+            ImageSubcommand::Rm(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
         },
     }
 }
 
-fn options(
-    root: &Path,
-    r: &Reference,
-    reg: RegistryArgs,
-    platform: Option<Platform>,
-    progress: bool,
-) -> anyhow::Result<Options> {
-    Ok(Options {
-        insecure_registries: reg.insecure,
-        platform,
-        progress: progress && std::io::stderr().is_terminal(),
-        credentials: registry::lookup(root, r.domain())?,
-    })
-}
-
-fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
-    let _ = a.all;
-    let mut rows = store.list()?;
-    if let Some(filter) = &a.repository {
-        // `REPO` matches every tag of it; `REPO:TAG` that tag only.
-        let has_tag = filter
-            .rsplit('/')
-            .next()
-            .is_some_and(|last| last.contains(':'));
-        let want = Reference::parse(filter)?;
-        rows.retain(|row| {
-            row.name.as_ref().is_some_and(|n| {
-                n.repository() == want.repository() && (!has_tag || n.tag() == want.tag())
-            })
-        });
+/// `hull tag`.
+fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<u8> {
+    let dst = Reference::parse(target)?;
+    if dst.digest().is_some() {
+        bail!("cannot tag with a digest: {target}");
     }
-    if a.quiet {
-        let mut seen = HashSet::new();
-        for row in &rows {
-            let id = row.image.short_id();
-            if seen.insert(id.clone()) {
-                println!("{id}");
-            }
-        }
-        return Ok(0);
-    }
-    let now = images::time::parse_unix(&images::time::now_rfc3339()).unwrap_or(0);
-    let created = |i: &Image| {
-        i.config
-            .created()
-            .as_deref()
-            .and_then(images::time::parse_unix)
-            .map(|t| format::ago(now.saturating_sub(t)))
-            .unwrap_or_else(|| "N/A".into())
-    };
-    let name_of = |row: &images::ImageSummary| match &row.name {
-        Some(n) => (
-            n.familiar_repository(),
-            n.tag().unwrap_or("<none>").to_owned(),
-        ),
-        None => ("<none>".to_owned(), "<none>".to_owned()),
-    };
-    match a.format.as_str() {
-        "json" => {
-            for row in &rows {
-                let (repo, tag) = name_of(row);
-                let v = serde_json::json!({
-                    "Repository": repo,
-                    "Tag": tag,
-                    "ID": row.image.short_id(),
-                    "Digest": row.image.digest.to_string(),
-                    "CreatedAt": row.image.config.created(),
-                    "CreatedSince": created(&row.image),
-                    "Size": format::size(row.image.size()),
-                    "VirtualSize": row.image.size(),
-                });
-                println!("{v}");
-            }
-        }
-        "table" => {
-            let mut table = vec![{
-                let mut h = vec!["REPOSITORY", "TAG"];
-                if a.digests {
-                    h.push("DIGEST");
-                }
-                h.extend(["IMAGE ID", "CREATED", "SIZE"]);
-                h.into_iter().map(String::from).collect::<Vec<_>>()
-            }];
-            for row in &rows {
-                let (repo, tag) = name_of(row);
-                let mut r = vec![repo, tag];
-                if a.digests {
-                    r.push(row.image.digest.to_string());
-                }
-                r.extend([
-                    row.image.short_id(),
-                    created(&row.image),
-                    format::size(row.image.size()),
-                ]);
-                table.push(r);
-            }
-            format::print_table(&table);
-        }
-        other => bail!("unknown --format {other:?} (table, json)"),
-    }
-    Ok(0)
-}
-
-/// The containers of the hull root, as users of their images: running or
-/// stopped, each keeps its image (and the blobs it may need to prepare
-/// its root filesystem again) until it is removed.
-fn image_users(root: &Path) -> anyhow::Result<Vec<ImageUser>> {
-    use crate::container::{state::Status, store};
-    Ok(store::ContainerStore::new(root)
-        .list()?
-        .into_iter()
-        .map(|c| ImageUser {
-            container: store::short(&c.config.id),
-            running: c.state.status == Status::Running,
-            image_id: c.config.image_id,
-        })
-        .collect())
-}
-
-fn rmi(store: &Store, a: &RmiArgs, users: &[ImageUser]) -> anyhow::Result<u8> {
-    let mut code = 0;
-    for img in &a.images {
-        match store.remove(img, a.force, users) {
-            Ok(rep) => {
-                for u in rep.untagged {
-                    println!("Untagged: {u}");
-                }
-                for d in rep.deleted {
-                    println!("Deleted: {d}");
-                }
-            }
-            Err(e) => {
-                eprintln!("hull: {:#}", anyhow::Error::from(e));
-                code = 1;
-            }
-        }
-    }
-    Ok(code)
-}
-
-fn inspect(store: &Store, names: &[String]) -> anyhow::Result<u8> {
-    let mut out = Vec::new();
-    for n in names {
-        let i = store.image(n)?;
-        let config: serde_json::Value = serde_json::to_value(&i.config)?;
-        out.push(serde_json::json!({
-            "Id": i.id().to_string(),
-            "Digest": i.digest.to_string(),
-            "ManifestDigest": i.manifest_digest.to_string(),
-            "MediaType": i.manifest_media_type,
-            "RepoTags": i.names.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
-            "Created": i.config.created(),
-            "Architecture": i.config.architecture().to_string(),
-            "Os": i.config.os().to_string(),
-            "Size": i.size(),
-            "Config": config.get("config").cloned().unwrap_or(serde_json::Value::Null),
-            "RootFS": config.get("rootfs").cloned().unwrap_or(serde_json::Value::Null),
-            "Layers": i.layers.iter().map(|l| serde_json::json!({
-                "Digest": l.digest.to_string(),
-                "MediaType": l.media_type,
-                "Size": l.size,
-            })).collect::<Vec<_>>(),
-        }));
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(0)
-}
-
-fn history(image: &Image, no_trunc: bool) -> anyhow::Result<u8> {
-    let now = images::time::parse_unix(&images::time::now_rfc3339()).unwrap_or(0);
-    let mut rows = Vec::new();
-    let mut layers = image.layers.iter();
-    let entries = image.config.history().clone().unwrap_or_default();
-    if entries.is_empty() {
-        for l in image.layers.iter() {
-            rows.push([
-                "<missing>".into(),
-                "N/A".into(),
-                String::new(),
-                format::size(l.size),
-                String::new(),
-            ]);
-        }
-    }
-    for h in &entries {
-        let size = if h.empty_layer().unwrap_or(false) {
-            0
-        } else {
-            layers.next().map(|l| l.size).unwrap_or(0)
-        };
-        let created = h
-            .created()
-            .as_deref()
-            .and_then(images::time::parse_unix)
-            .map(|t| format::ago(now.saturating_sub(t)))
-            .unwrap_or_else(|| "N/A".into());
-        let mut by = h.created_by().clone().unwrap_or_default();
-        if !no_trunc && by.chars().count() > 45 {
-            by = by.chars().take(44).collect::<String>() + "…";
-        }
-        rows.push([
-            "<missing>".into(),
-            created,
-            by,
-            format::size(size),
-            h.comment().clone().unwrap_or_default(),
-        ]);
-    }
-    rows.reverse();
-    if let Some(top) = rows.first_mut() {
-        top[0] = if no_trunc {
-            image.id().to_string()
-        } else {
-            short(image.id())
-        };
-    }
-    let mut table = vec![["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
-        .map(String::from)
-        .to_vec()];
-    table.extend(rows.into_iter().map(|r| r.to_vec()));
-    format::print_table(&table);
+    store.tag(source, &dst)?;
     Ok(0)
 }
