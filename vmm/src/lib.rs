@@ -433,7 +433,10 @@ fn restore_vm_state(vm: &VmFd, state: &snapshot::VmState) -> Result<()> {
     Ok(())
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex, ignoring poisoning: a device whose handler panicked on
+/// another thread is still in a consistent-enough state to answer (and the
+/// VM is ending anyway).
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
