@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use agent::Status;
+use agent_protocol::Status;
 use clap::Args;
 
 use crate::guest::vm::{self as guest_vm, GuestOptions, VmArgs};

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::protocol::ExecSpec;
+use agent_protocol::protocol::ExecSpec;
 use clap::Args;
 
 use crate::guest::agent_client::AgentClient;

@@ -75,8 +75,8 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
             println!(
                 "Agent: {} (version {}, protocol {}, {} KiB)",
                 a.display(),
-                agent::VERSION,
-                agent::protocol::VERSION,
+                agent_protocol::VERSION,
+                agent_protocol::protocol::VERSION,
                 size / 1024
             );
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::protocol::{ExecSpec, Request};
+use agent_protocol::protocol::{ExecSpec, Request};
 use anyhow::Context;
 
 use super::logs::{self, LogWriter};

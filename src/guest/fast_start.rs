@@ -101,7 +101,7 @@ pub struct Warmup {
     /// their blocks).
     pub fixed_disks: usize,
     /// Requests run once, after the disks are attached.
-    pub requests: Vec<agent::protocol::Request>,
+    pub requests: Vec<agent_protocol::protocol::Request>,
 }
 
 /// A file's identity: path, size, modification time and inode, so a
@@ -205,7 +205,7 @@ pub fn start(
         client.begin_batch();
         for req in warmup.iter().flat_map(|w| &w.requests) {
             // Reading the files into memory is only worth it for a snapshot.
-            if !matches!(req, agent::protocol::Request::ReadFiles { .. }) {
+            if !matches!(req, agent_protocol::protocol::Request::ReadFiles { .. }) {
                 client.call(req)?;
             }
         }
@@ -260,7 +260,7 @@ pub fn start(
         client.refresh_disk(&disk_device(i), sectors)?;
     }
     for req in warm_requests {
-        if !matches!(req, agent::protocol::Request::ReadFiles { .. }) {
+        if !matches!(req, agent_protocol::protocol::Request::ReadFiles { .. }) {
             client.call(req)?;
         }
     }

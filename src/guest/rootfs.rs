@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
+use agent_protocol::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
 use sha2::{Digest, Sha256};
 
 use crate::guest::agent_client::{self, AgentClient};

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent::Status;
+use agent_protocol::Status;
 
 use super::files as guest_files;
 use super::initramfs;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use agent::protocol::{self, FORWARD_PORT};
+use agent_protocol::protocol::{self, FORWARD_PORT};
 
 use super::relay::{self, pump, StreamSocket};
 use super::spec::{self, PortBinding, PortSpec};
