@@ -33,6 +33,39 @@ pub enum RootfsError {
     /// The guest could not unpack a layer.
     #[error("Unpacking the image failed in the helper VM: {0}")]
     Unpack(String),
+    /// The connection to the helper VM's agent broke (rather than the
+    /// preparation failing on bad input, which fails the same way again):
+    /// worth one more attempt.
+    #[error(transparent)]
+    ConnectionLost(anyhow::Error),
+}
+
+impl RootfsError {
+    /// Wraps an agent error as [`RootfsError::ConnectionLost`] when it is
+    /// the connection that failed.
+    fn from_agent(e: agent_client::AgentError) -> anyhow::Error {
+        match e {
+            agent_client::AgentError::Wire(protocol::WireError::Io(_)) => {
+                RootfsError::ConnectionLost(e.into()).into()
+            }
+            e => e.into(),
+        }
+    }
+
+    /// The same for a protocol error on the unpack stream, with `context`
+    /// if given.
+    fn from_wire(e: protocol::WireError, context: Option<String>) -> anyhow::Error {
+        let lost = matches!(e, protocol::WireError::Io(_));
+        let e = match context {
+            Some(c) => anyhow::Error::from(e).context(c),
+            None => e.into(),
+        };
+        if lost {
+            RootfsError::ConnectionLost(e).into()
+        } else {
+            e
+        }
+    }
 }
 
 /// What a preparation measured.
@@ -140,7 +173,7 @@ impl RootfsCache {
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let mut result = prepare(root, layers, &tmp);
         if let Err(e) = &result {
-            if broken_connection(e) {
+            if matches!(e.downcast_ref(), Some(RootfsError::ConnectionLost(_))) {
                 // Seen rarely on heavily loaded PVM hosts: the unpack stream
                 // ends without the agent's reply (cause not yet found, see
                 // docs/unpack.md). Preparation starts from an empty disk, so
@@ -163,20 +196,6 @@ impl RootfsCache {
             }
         }
     }
-}
-
-/// Whether preparation failed because a connection to the helper VM's
-/// agent broke (rather than on bad input, which fails the same way again).
-fn broken_connection(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<protocol::WireError>(),
-            Some(protocol::WireError::Io(_))
-        ) || matches!(
-            c.downcast_ref::<agent_client::AgentError>(),
-            Some(agent_client::AgentError::Wire(protocol::WireError::Io(_)))
-        )
-    })
 }
 
 /// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
@@ -209,17 +228,21 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
     }];
     config.cmdline.push_str(" hull.serve");
     let vm = RunningVm::start(config, &seen, Duration::from_secs(600))?;
-    let mut client = AgentClient::connect(&vm.uds)?;
-    client.mount("/dev/vda", "/mnt/target", "ext4", false, "")?;
+    let mut client = AgentClient::connect(&vm.uds).map_err(RootfsError::from_agent)?;
+    client
+        .mount("/dev/vda", "/mnt/target", "ext4", false, "")
+        .map_err(RootfsError::from_agent)?;
 
-    let mut stream = agent_client::connect_port(&vm.uds, UNPACK_PORT)?;
+    let mut stream =
+        agent_client::connect_port(&vm.uds, UNPACK_PORT).map_err(RootfsError::from_agent)?;
     protocol::send(
         &mut stream,
         &UnpackRequest {
             target: "/mnt/target".into(),
             sizes,
         },
-    )?;
+    )
+    .map_err(|e| RootfsError::from_wire(e, None))?;
     for (_, p) in layers {
         let mut f = File::open(p).map_err(|e| RootfsError::Layer(p.clone(), e))?;
         std::io::copy(&mut f, &mut stream).map_err(|e| RootfsError::Layer(p.clone(), e))?;
@@ -235,7 +258,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         } else {
             "helper VM still running".to_string()
         };
-        anyhow::Error::from(e).context(format!("waiting for the unpack result ({why})"))
+        RootfsError::from_wire(e, Some(format!("waiting for the unpack result ({why})")))
     })?;
     let stats = match reply {
         UnpackReply::Done {
@@ -254,7 +277,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         UnpackReply::Error { message } => return Err(RootfsError::Unpack(message).into()),
     };
     // The agent syncs before it resets the VM.
-    client.shutdown()?;
+    client.shutdown().map_err(RootfsError::from_agent)?;
     vm.wait(Duration::from_secs(300))?;
     File::open(disk)?.sync_all()?;
     Ok(PrepareStats {

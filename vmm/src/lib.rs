@@ -81,6 +81,15 @@ pub enum VmError {
     /// A vCPU hit an exit KVM could not handle.
     #[error("VM failed: {0}")]
     Vcpu(String),
+    /// A vCPU thread panicked (its state cannot be saved).
+    #[error("VM failed: a vCPU thread panicked")]
+    VcpuPanicked,
+    /// The device event loop failed.
+    #[error("VM failed: event loop: {0}")]
+    EventLoop(String),
+    /// A virtio device's queues could not be set up.
+    #[error("VM failed: virtio queue setup: {0}")]
+    VirtioSetup(String),
     /// A snapshot could not be written or restored.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
@@ -317,7 +326,7 @@ impl Vm {
         let mut loop_error = None;
         while !self.shared.stop.load(Ordering::Acquire) {
             if let Err(e) = self.events.run() {
-                loop_error = Some(format!("event loop: {e:?}"));
+                loop_error = Some(format!("{e:?}"));
                 break;
             }
         }
@@ -325,7 +334,7 @@ impl Vm {
         let vcpus: Vec<Option<VcpuFd>> =
             threads.into_iter().map(VcpuThread::stop_and_join).collect();
         if let Some(e) = loop_error {
-            return Err(VmError::Vcpu(e));
+            return Err(VmError::EventLoop(e));
         }
         let outcome = self
             .shared
@@ -345,8 +354,7 @@ impl Vm {
             (Some(ExitAction::Fatal(why)), _) => Err(VmError::Vcpu(why)),
             (Some(ExitAction::Continue) | None, Some(dir)) => {
                 let vcpus: Option<Vec<VcpuFd>> = vcpus.into_iter().collect();
-                let mut vcpus =
-                    vcpus.ok_or_else(|| VmError::Vcpu("a vCPU thread panicked".into()))?;
+                let mut vcpus = vcpus.ok_or(VmError::VcpuPanicked)?;
                 self.write_snapshot(&mut vcpus, &dir)?;
                 Ok(VmExit::Snapshotted)
             }
@@ -513,7 +521,7 @@ impl VirtioAttacher<'_> {
             interrupt,
             queue_evts,
         )
-        .map_err(|e| VmError::Vcpu(format!("virtio queue setup: {e:?}")))?;
+        .map_err(|e| VmError::VirtioSetup(format!("{e:?}")))?;
         let transport = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(transport.clone(), base, virtio::mmio::MMIO_WINDOW)?;
