@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod boot;
 mod builder;
 pub mod bus;

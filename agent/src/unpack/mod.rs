@@ -1,14 +1,16 @@
 //! Applying OCI image layers onto a directory, inside the guest.
 //!
-//! hull never unpacks layers on the host: a helper microVM gets the layer
-//! blobs on read-only disks and an empty ext4 disk, and the agent applies
-//! the layers in order with this module (see `docs/unpack.md`).
+//! hull never unpacks layers on the host: a helper microVM gets an empty
+//! ext4 disk, the host streams the layer blobs, unopened, over vsock (port
+//! 1026, `unpack_server`), and the agent applies them in order with this
+//! module (see `docs/unpack.md`). Compression detection, zstd frames and
+//! path cleaning come from the `layerfmt` crate, shared with `images`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), agent::unpack::Error> {
 //! use agent::unpack::{Options, Unpacker};
 //! let mut u = Unpacker::new("/mnt/rootfs".as_ref(), Options::default())?;
-//! for blob in ["/dev/vdb", "/dev/vdc"] {
+//! for blob in ["layer1.tar.gz", "layer2.tar.zst"] {
 //!     let f = std::fs::File::open(blob).map_err(agent::unpack::Error::Read)?;
 //!     let layer = u.apply_layer(f)?; // plain, gzip or zstd: by magic bytes
 //!     eprintln!("{blob}: {layer}");
