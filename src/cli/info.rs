@@ -18,6 +18,14 @@ fn yes(b: bool) -> &'static str {
 /// Prints the report; never fails (missing pieces are reported as such).
 pub fn run(root: &Path) -> anyhow::Result<u8> {
     let host = HostKind::detect();
+    print_hypervisor(host);
+    print_guest_files(root);
+    print_fast_start(root);
+    Ok(0)
+}
+
+/// The hypervisor, KVM's limits and capabilities, the command line it needs.
+fn print_hypervisor(host: HostKind) {
     match vmm::open_kvm(Path::new("/dev/kvm")) {
         Ok(kvm) => {
             println!("Hypervisor: {}", host.describe());
@@ -51,6 +59,10 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
         "Guest command-line additions: {}",
         if extra.is_empty() { "none" } else { extra }
     );
+}
+
+/// The guest kernel and agent hull boots.
+fn print_guest_files(root: &Path) {
     match guest_files::kernel(root) {
         Ok(k) => {
             println!("Kernel: {}", k.display());
@@ -83,6 +95,10 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
         Err(e) => println!("Agent: missing ({e})"),
     }
     println!("Data dir: {}", root.display());
+}
+
+/// Whether fast start is on, and the snapshots it keeps.
+fn print_fast_start(root: &Path) {
     let store = crate::guest::fast_start::snapshots_dir(root);
     println!(
         "Fast start: {} (set {}=0 to boot every container cold)",
@@ -122,5 +138,4 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
             );
         }
     }
-    Ok(0)
 }

@@ -198,19 +198,8 @@ impl RootfsCache {
     }
 }
 
-/// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
-fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
-    let start = Instant::now();
-    let mut sizes = Vec::new();
-    for (_, p) in layers {
-        sizes.push(
-            std::fs::metadata(p)
-                .map_err(|e| RootfsError::Layer(p.clone(), e))?
-                .len(),
-        );
-    }
-    mkfs(disk, disk_size(sizes.iter().sum()), "hull-rootfs")?;
-
+/// Boots the helper VM with `disk` as its only disk and the agent serving.
+fn start_helper(root: &Path, disk: &Path) -> anyhow::Result<RunningVm> {
     let opts = GuestOptions {
         memory: "256m",
         cpus: 1,
@@ -227,7 +216,22 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         read_only: false,
     }];
     config.cmdline.push_str(" hull.serve");
-    let vm = RunningVm::start(config, &seen, Duration::from_secs(600))?;
+    RunningVm::start(config, &seen, Duration::from_secs(600))
+}
+
+/// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
+fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
+    let start = Instant::now();
+    let mut sizes = Vec::new();
+    for (_, p) in layers {
+        sizes.push(
+            std::fs::metadata(p)
+                .map_err(|e| RootfsError::Layer(p.clone(), e))?
+                .len(),
+        );
+    }
+    mkfs(disk, disk_size(sizes.iter().sum()), "hull-rootfs")?;
+    let vm = start_helper(root, disk)?;
     let mut client = AgentClient::connect(&vm.uds).map_err(RootfsError::from_agent)?;
     client
         .mount("/dev/vda", "/mnt/target", "ext4", false, "")

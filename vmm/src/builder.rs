@@ -272,30 +272,7 @@ impl Devices {
         )?;
 
         let mut mmio = Bus::new();
-        let mut attacher = VirtioAttacher {
-            vm,
-            mem,
-            mmio: &mut mmio,
-            events: &mut events,
-            cmdline: String::new(),
-            transports: Vec::new(),
-        };
-        for (i, disk) in config.disks.iter().enumerate() {
-            let block = virtio::block::Block::new(virtio::block::BlockConfig {
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-                id: format!("hull-disk{i}"),
-            })
-            .map_err(|e| VmError::Device(format!("disk {}", disk.path.display()), Box::new(e)))?;
-            attacher.attach(Arc::new(Mutex::new(block)))?;
-        }
-        if let Some(uds) = &config.vsock_uds {
-            let vsock = virtio::vsock::Vsock::new(config.vsock_cid, uds)
-                .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
-            attacher.attach(Arc::new(Mutex::new(vsock)))?;
-        }
-        let cmdline = attacher.cmdline;
-        let transports = attacher.transports;
+        let (transports, cmdline) = attach_virtio(vm, mem, config, &mut mmio, &mut events)?;
 
         let shared = VcpuShared {
             pio: Arc::new(pio),
@@ -322,4 +299,38 @@ impl Devices {
             cmdline,
         })
     }
+}
+
+/// Puts the configured disks and vsock device on the MMIO bus; returns
+/// their transports and what they add to the kernel command line.
+fn attach_virtio(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    mmio: &mut Bus,
+    events: &mut Events,
+) -> Result<(Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>, String)> {
+    let mut attacher = VirtioAttacher {
+        vm,
+        mem,
+        mmio,
+        events,
+        cmdline: String::new(),
+        transports: Vec::new(),
+    };
+    for (i, disk) in config.disks.iter().enumerate() {
+        let block = virtio::block::Block::new(virtio::block::BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: format!("hull-disk{i}"),
+        })
+        .map_err(|e| VmError::Device(format!("disk {}", disk.path.display()), Box::new(e)))?;
+        attacher.attach(Arc::new(Mutex::new(block)))?;
+    }
+    if let Some(uds) = &config.vsock_uds {
+        let vsock = virtio::vsock::Vsock::new(config.vsock_cid, uds)
+            .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
+        attacher.attach(Arc::new(Mutex::new(vsock)))?;
+    }
+    Ok((attacher.transports, attacher.cmdline))
 }

@@ -4,25 +4,16 @@ use std::collections::HashSet;
 
 use anyhow::bail;
 use images::store::Image;
-use images::{Reference, Store};
+use images::{ImageSummary, Reference, Store};
 
 use super::{format, ListArgs};
 
+/// Runs `hull images`: a table, JSON lines or only the IDs.
 pub fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
     let _ = a.all;
     let mut rows = store.list()?;
     if let Some(filter) = &a.repository {
-        // `REPO` matches every tag of it; `REPO:TAG` that tag only.
-        let has_tag = filter
-            .rsplit('/')
-            .next()
-            .is_some_and(|last| last.contains(':'));
-        let want = Reference::parse(filter)?;
-        rows.retain(|row| {
-            row.name.as_ref().is_some_and(|n| {
-                n.repository() == want.repository() && (!has_tag || n.tag() == want.tag())
-            })
-        });
+        keep_repository(&mut rows, filter)?;
     }
     if a.quiet {
         let mut seen = HashSet::new();
@@ -43,7 +34,7 @@ pub fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
             .map(|t| format::ago(now.saturating_sub(t)))
             .unwrap_or_else(|| "N/A".into())
     };
-    let name_of = |row: &images::ImageSummary| match &row.name {
+    let name_of = |row: &ImageSummary| match &row.name {
         Some(n) => (
             n.familiar_repository(),
             n.tag().unwrap_or("<none>").to_owned(),
@@ -94,4 +85,20 @@ pub fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
         other => bail!("unknown --format {other:?} (table, json)"),
     }
     Ok(0)
+}
+
+/// Keeps the rows of `filter`: `REPO` matches every tag of it; `REPO:TAG`
+/// that tag only.
+fn keep_repository(rows: &mut Vec<ImageSummary>, filter: &str) -> anyhow::Result<()> {
+    let has_tag = filter
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'));
+    let want = Reference::parse(filter)?;
+    rows.retain(|row| {
+        row.name.as_ref().is_some_and(|n| {
+            n.repository() == want.repository() && (!has_tag || n.tag() == want.tag())
+        })
+    });
+    Ok(())
 }
