@@ -234,17 +234,12 @@ fn run_main(
     let log = logs::open(dir)?;
     let code = match attach {
         Attach::Terminal { stdin } => {
-            let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
-                Some(Box::new(std::io::stdin()))
-            } else {
-                None
-            };
             // Raw from the moment the process runs until we return.
             let mut raw = None;
             let code = client.run_with(
                 spec,
                 ProcessRole::Main,
-                input,
+                our_stdin(stdin),
                 LogWriter::new(log.clone(), "stdout", Some(std::io::stdout())),
                 LogWriter::new(log, "stderr", Some(std::io::stderr())),
                 |id| {
@@ -265,6 +260,11 @@ fn run_main(
         )?,
     };
     Ok(code)
+}
+
+/// Our stdin as the process's input, if forwarded (`-i`).
+fn our_stdin(forward: bool) -> Option<Box<dyn std::io::Read + Send>> {
+    forward.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>)
 }
 
 /// Raw mode for our stdin when it is a terminal the container's PTY takes
@@ -455,16 +455,11 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
                 .unwrap_or_default()
         }),
     };
-    let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
-        Some(Box::new(std::io::stdin()))
-    } else {
-        None
-    };
     let mut raw = None;
     let code = client.run_with(
         spec,
         ProcessRole::Exec,
-        input,
+        our_stdin(stdin),
         std::io::stdout(),
         std::io::stderr(),
         |id| {
