@@ -1,7 +1,8 @@
 //! The command line: argument types and one handler per command.
 //!
 //! - [`container`]: `run`, `ps`, `logs`, `stop`, `kill`, `rm`, `start`,
-//!   `wait`, `exec`, `top`, `port`, `inspect`, one module per command;
+//!   `wait`, `exec`, `top`, `port`, `inspect` (a module per command or
+//!   per family of commands);
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
 //! - [`info`], [`system`], [`debug_boot`], [`debug_run`]: the rest.
