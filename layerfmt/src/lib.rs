@@ -183,5 +183,6 @@ mod tests {
         assert_eq!(clean_path(b"../../x"), b"x");
         assert_eq!(clean_path(b"a/../../b"), b"b");
         assert_eq!(clean_path(b"./"), b"");
+        assert_eq!(clean_path(b".."), b"");
     }
 }

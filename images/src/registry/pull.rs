@@ -89,14 +89,7 @@ pub fn pull(store: &Store, r: &Reference, opts: &Options) -> crate::Result<PullR
     let mut ingest = store.ingest()?;
     let cfg = manifest.config();
     if !ingest.has(cfg.digest(), cfg.size()) {
-        let url = client.url(&format!("{}/blobs/{}", r.path(), cfg.digest()));
-        let resp = client.send(
-            "GET",
-            &url,
-            &[],
-            Body::Empty,
-            &format!("config {}", cfg.digest()),
-        )?;
+        let (url, resp) = get_blob(&client, r, cfg.digest(), "config")?;
         let mut b = Vec::new();
         resp.into_reader()
             .take(MAX_MANIFEST + 1)
@@ -227,6 +220,19 @@ fn fetch_layers(
     )
 }
 
+/// GETs blob `digest` of `r`'s repository; `kind` names it in errors.
+/// Returns the URL too, for errors reading the body.
+fn get_blob(
+    client: &Client,
+    r: &Reference,
+    digest: &Digest,
+    kind: &str,
+) -> crate::Result<(String, ureq::Response)> {
+    let url = client.url(&format!("{}/blobs/{digest}", r.path()));
+    let resp = client.send("GET", &url, &[], Body::Empty, &format!("{kind} {digest}"))?;
+    Ok((url, resp))
+}
+
 /// [`fetch_blob`], again when the connection broke mid-body (the partial
 /// data is dropped; a digest mismatch is not retried).
 fn fetch_with_retry(
@@ -256,14 +262,7 @@ fn fetch_blob(
     layer: &Descriptor,
     bars: Option<&MultiProgress>,
 ) -> crate::Result<Digest> {
-    let url = client.url(&format!("{}/blobs/{}", r.path(), layer.digest()));
-    let resp = client.send(
-        "GET",
-        &url,
-        &[],
-        Body::Empty,
-        &format!("blob {}", layer.digest()),
-    )?;
+    let (url, resp) = get_blob(client, r, layer.digest(), "blob")?;
     let mut w = store.layout().blob_writer()?;
     let reader = resp.into_reader().take(layer.size() + 1);
     let body_err = |source| Error::Body {

@@ -18,12 +18,9 @@ pub fn stop_all(
     time: u64,
     containers: &[String],
 ) -> anyhow::Result<u8> {
-    for name in containers {
-        let c = store.find(name)?;
-        stop(root, &c, Duration::from_secs(time))?;
-        println!("{name}");
-    }
-    Ok(0)
+    each(store, containers, |_, c| {
+        stop(root, c, Duration::from_secs(time))
+    })
 }
 
 /// `hull restart`: stop, then start detached.
@@ -33,13 +30,10 @@ pub fn restart(
     time: u64,
     containers: &[String],
 ) -> anyhow::Result<u8> {
-    for name in containers {
-        let c = store.find(name)?;
-        stop(root, &c, Duration::from_secs(time))?;
-        start_detached(root, &store.find(name)?)?;
-        println!("{name}");
-    }
-    Ok(0)
+    each(store, containers, |name, c| {
+        stop(root, c, Duration::from_secs(time))?;
+        start_detached(root, &store.find(name)?)
+    })
 }
 
 /// `hull kill`.
@@ -50,12 +44,7 @@ pub fn kill(
     containers: &[String],
 ) -> anyhow::Result<u8> {
     let sig = parse_signal(signal)?;
-    for name in containers {
-        let c = store.find(name)?;
-        signal_main(root, &c, sig)?;
-        println!("{name}");
-    }
-    Ok(0)
+    each(store, containers, |_, c| signal_main(root, c, sig))
 }
 
 /// `hull rm`.
@@ -65,17 +54,30 @@ pub fn rm(
     force: bool,
     containers: &[String],
 ) -> anyhow::Result<u8> {
-    for name in containers {
-        let c = store.find(name)?;
+    each(store, containers, |name, c| {
         if c.state.status == Status::Running {
             if !force {
-                return Err(CommandError::Running(name.clone()).into());
+                return Err(CommandError::Running(name.to_owned()).into());
             }
-            kill_vmm(&c);
+            kill_vmm(c);
         }
         // A VMM killed with -9 could not remove its socket.
         let _ = std::fs::remove_file(engine::socket_path(root, &c.config.id));
         store.remove(&c.dir)?;
+        Ok(())
+    })
+}
+
+/// Does `f` to each named container in turn and prints the name once it
+/// is done, as Docker does; stops at the first error.
+fn each(
+    store: &ContainerStore,
+    containers: &[String],
+    mut f: impl FnMut(&str, &Container) -> anyhow::Result<()>,
+) -> anyhow::Result<u8> {
+    for name in containers {
+        let c = store.find(name)?;
+        f(name, &c)?;
         println!("{name}");
     }
     Ok(0)
