@@ -153,12 +153,7 @@ fn resolve_manifest(
     }
     let mut manifest_digest = top.clone();
     if media::manifest_kind(&mt)? == ManifestKind::Index {
-        let index: ImageIndex =
-            serde_json::from_slice(&bytes).map_err(|e| crate::store::Error::Json {
-                what: "index",
-                digest: top.to_string(),
-                source: e,
-            })?;
+        let index: ImageIndex = crate::store::parse_json("index", &top, &bytes)?;
         let platform = opts.platform.clone().unwrap_or_else(Platform::host);
         let d = platform.select(index.manifests())?.clone();
         let (b, m, got) = get_manifest(client, r, d.digest().as_ref())?;
@@ -168,12 +163,7 @@ fn resolve_manifest(
             return Err(media::Error::Unknown(mt).into());
         }
     }
-    let manifest: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| crate::store::Error::Json {
-            what: "manifest",
-            digest: manifest_digest.to_string(),
-            source: e,
-        })?;
+    let manifest: ImageManifest = crate::store::parse_json("manifest", &manifest_digest, &bytes)?;
     Ok((bytes, mt, top, manifest_digest, manifest))
 }
 
