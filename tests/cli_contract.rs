@@ -48,16 +48,26 @@ fn run_failures_before_a_vm_exit_125() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
-    assert_fails(&run(root, &["run", "nosuch:1"]), 125, "nosuch:1");
+    assert_fails(
+        &run(root, &["run", "nosuch:1"]),
+        125,
+        "No such image: nosuch:1",
+    );
+    let minimum = "the minimum is 64m (Docker's is 6MB";
     assert_fails(
         &run(root, &["run", "-m", "1", "busybox:test"]),
         125,
-        "\"1\"",
+        minimum,
     );
     assert_fails(
         &run(root, &["run", "-m", "32m", "busybox:test"]),
         125,
-        "minimum 64m",
+        minimum,
+    );
+    assert_fails(
+        &run(root, &["run", "-m", "x", "busybox:test"]),
+        125,
+        "Invalid size",
     );
     assert_fails(
         &run(root, &["run", "--name", "a/b", "busybox:test"]),
@@ -83,7 +93,22 @@ fn run_failures_before_a_vm_exit_125() {
         1,
         "No such container: nosuch",
     );
-    assert_fails(&run(root, &["rmi", "nosuch:1"]), 1, "nosuch:1");
+    assert_fails(
+        &run(root, &["rmi", "nosuch:1"]),
+        1,
+        "No such image: nosuch:1",
+    );
+    // A reader that leaves early (`| head -c0`) ends `save` quietly.
+    let mut save = hull(root)
+        .args(["save", "busybox:test"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(save.stdout.take());
+    let out = save.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{:?}", text(&out));
+    assert!(out.stderr.is_empty(), "{:?}", text(&out));
     // Nothing was left behind by the refused runs.
     let ps = run(root, &["ps", "-aq"]);
     assert!(
