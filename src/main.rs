@@ -15,7 +15,7 @@ mod units;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use cli::Cli;
 
@@ -33,7 +33,15 @@ fn default_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `hull` alone: help on stdout and success, as `docker` alone.
+    if std::env::args_os().len() == 1 {
+        let _ = cli::Cli::command().print_help();
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let root = cli.root.clone().unwrap_or_else(default_root);
     let filter = if cli.debug { "debug" } else { "warn" };
     tracing_subscriber::fmt()
@@ -43,12 +51,30 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = cli.run(&root);
-    match result {
+    let failure_code = cli.failure_code();
+    match cli.run(&root) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("hull: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(cli::exit::for_error(&e, failure_code))
         }
     }
+}
+
+/// A command line clap refused, or help or version it prints: on stdout
+/// (exit 0) or as one `hull: ` line on stderr with Docker's exit code.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let hidden: Vec<String> = Cli::command()
+        .get_subcommands()
+        .filter(|s| s.is_hide_set())
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let (code, line) = cli::exit::for_usage_error(e, &hidden);
+    match line {
+        Some(line) => eprintln!("hull: {line}"),
+        None => {
+            let _ = e.print();
+        }
+    }
+    ExitCode::from(code)
 }

@@ -246,13 +246,13 @@ fn bad_input_is_one_line_and_leaves_store_unchanged() {
     );
     assert!(e.contains("invalid --change"), "{e}");
     let e = hull_err(&root, &["image", "inspect", "nosuchimage"]);
-    assert!(e.contains("no such image"), "{e}");
+    assert!(e.contains("No such image"), "{e}");
     let e = hull_err(&root, &["tag", "nosuchimage", "x"]);
-    assert!(e.contains("no such image"), "{e}");
+    assert!(e.contains("No such image"), "{e}");
     let e = hull_err(&root, &["pull", "UPPER/case"]);
     assert!(e.contains("invalid reference format"), "{e}");
     let e = hull_err(&root, &["rmi", "nosuchimage"]);
-    assert!(e.contains("no such image"), "{e}");
+    assert!(e.contains("No such image"), "{e}");
     assert_eq!(snapshot(&root), before);
 
     // A corrupted blob in the store is detected, not used.

@@ -22,14 +22,15 @@
 //! major.minor. 0.2 added PTYs (`ExecSpec::tty`, `ResizeTty`, `tty`
 //! streams) and `ListProcesses`; 0.3 added `KillAll` (the container ends
 //! with its main process); 0.4 added `ReadFiles` (per-image warm
-//! snapshots).
+//! snapshots); 0.5 added `StartFailed` (why a program could not be
+//! executed, for Docker's exit codes 126 and 127).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.4.0";
+pub const VERSION: &str = "0.5.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -278,11 +279,31 @@ pub enum Response {
     },
     /// Done.
     Ok,
+    /// `Start` failed because the program could not be executed; the
+    /// host tells the cases apart by `failure`, never by the message.
+    StartFailed {
+        /// Why.
+        failure: ExecFailure,
+        /// One line saying why, in Docker's words
+        /// (`exec: "x": executable file not found in $PATH`).
+        message: String,
+    },
     /// The request failed.
     Error {
         /// One line saying why.
         message: String,
     },
+}
+
+/// Why a program could not be executed: Docker exits 127 for the first,
+/// 126 for the second, and scripts depend on the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecFailure {
+    /// No such program (not in `PATH`, or no such file).
+    NotFound,
+    /// It exists but cannot be executed (permission denied, a
+    /// directory, not an executable format).
+    CannotInvoke,
 }
 
 /// First message on an [`UNPACK_PORT`] stream; the layers' bytes follow,
@@ -466,6 +487,19 @@ mod tests {
             assert_eq!(&recv::<Request>(&mut r).unwrap(), m);
         }
         assert!(matches!(recv::<Request>(&mut r), Err(WireError::Io(_))));
+    }
+
+    #[test]
+    fn start_failures_keep_their_kind() {
+        for failure in [ExecFailure::NotFound, ExecFailure::CannotInvoke] {
+            let msg = Response::StartFailed {
+                failure,
+                message: "exec: \"x\": permission denied".into(),
+            };
+            let mut buf = Vec::new();
+            send(&mut buf, &msg).unwrap();
+            assert_eq!(recv::<Response>(&mut &buf[..]).unwrap(), msg);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
-use agent::protocol::ExecSpec;
+use agent::protocol::{ExecFailure, ExecSpec};
 
 /// Exit statuses collected by the reaper, by PID.
 #[derive(Default)]
@@ -157,9 +157,9 @@ pub enum ChildIo<'a> {
 // (CLONE_VM | CLONE_VFORK) is built here and must stay alive and unmoved
 // in this frame until it has exec'd; keeping it in one frame makes that
 // lifetime visible.
-pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i32> {
+pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> Result<i32, SpawnError> {
     if spec.argv.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command").into());
     }
     // Everything the child needs is prepared before fork: after fork only
     // async-signal-safe calls are allowed.
@@ -209,7 +209,7 @@ pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i3
     let mut pipe = [0i32; 2];
     // SAFETY: pipe2 with a valid 2-element array.
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::last_os_error().into());
     }
     let child = Child {
         fds: &fds,
@@ -253,7 +253,7 @@ pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i3
     if pid < 0 {
         // SAFETY: closing the read end we own.
         unsafe { libc::close(pipe[0]) };
-        return Err(clone_error);
+        return Err(clone_error.into());
     }
     reaper.child_started();
     let mut err = [0i32; 2];
@@ -264,20 +264,66 @@ pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i3
     if n == 8 {
         // The child is gone; its status goes to the reaper, unclaimed.
         reaper.wait(pid);
-        let what = match err[0] {
-            1 => "chroot",
-            2 => "chdir",
-            4 => "set user",
-            5 => "set controlling terminal",
-            _ => "exec",
-        };
-        let e = io::Error::from_raw_os_error(err[1]);
-        return Err(io::Error::new(
-            e.kind(),
-            format!("{what} {}: {e}", spec.argv[0]),
-        ));
+        return Err(step_failed(&spec.argv[0], err[0], err[1]));
     }
     Ok(pid)
+}
+
+/// Why [`spawn`] failed; for a failed execve also which of Docker's
+/// cases it is, so the host can exit 127 or 126 without reading messages.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// What failed, as one line.
+    pub error: io::Error,
+    /// Set when the program itself could not be executed.
+    pub exec: Option<ExecFailure>,
+}
+
+impl From<io::Error> for SpawnError {
+    fn from(error: io::Error) -> Self {
+        Self { error, exec: None }
+    }
+}
+
+/// The error of a child that reported `step` failing with `errno`.
+fn step_failed(prog: &str, step: i32, errno: i32) -> SpawnError {
+    let what = match step {
+        1 => "chroot",
+        2 => "chdir",
+        4 => "set user",
+        5 => "set controlling terminal",
+        _ => return exec_failed(prog, errno),
+    };
+    let e = io::Error::from_raw_os_error(errno);
+    io::Error::new(e.kind(), format!("{what} {prog}: {e}")).into()
+}
+
+/// A failed execve of `prog`, in Docker's words (`exec: "x": executable
+/// file not found in $PATH`): users search for those.
+fn exec_failed(prog: &str, errno: i32) -> SpawnError {
+    let (failure, why) = match errno {
+        // A bare name was looked up in PATH (`resolve`) and not found.
+        libc::ENOENT if !prog.contains('/') => (
+            ExecFailure::NotFound,
+            "executable file not found in $PATH".to_string(),
+        ),
+        libc::ENOENT => (
+            ExecFailure::NotFound,
+            format!("stat {prog}: no such file or directory"),
+        ),
+        // execve of a directory or of a file without x bits.
+        libc::EACCES | libc::EPERM => (ExecFailure::CannotInvoke, "permission denied".into()),
+        libc::ENOEXEC => (ExecFailure::CannotInvoke, "exec format error".into()),
+        _ => (
+            ExecFailure::CannotInvoke,
+            io::Error::from_raw_os_error(errno).to_string(),
+        ),
+    };
+    let kind = io::Error::from_raw_os_error(errno).kind();
+    SpawnError {
+        error: io::Error::new(kind, format!("exec: {prog:?}: {why}")),
+        exec: Some(failure),
+    }
 }
 
 /// Stack of a starting child until its exec (system calls only).
@@ -359,6 +405,23 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn exec_failures_are_docker_s_cases() {
+        let e = step_failed("nosuchcmd", 3, libc::ENOENT);
+        assert_eq!(e.exec, Some(ExecFailure::NotFound));
+        assert_eq!(
+            e.error.to_string(),
+            "exec: \"nosuchcmd\": executable file not found in $PATH"
+        );
+        let e = step_failed("/etc", 3, libc::EACCES);
+        assert_eq!(e.exec, Some(ExecFailure::CannotInvoke));
+        assert_eq!(e.error.to_string(), "exec: \"/etc\": permission denied");
+        let e = step_failed("/no/such", 3, libc::ENOENT);
+        assert_eq!(e.exec, Some(ExecFailure::NotFound));
+        // A step before exec is hull's failure, not the program's.
+        assert_eq!(step_failed("sh", 2, libc::ENOENT).exec, None);
+    }
 
     /// Set in the re-run of this test binary that is PID 1 of its own PID
     /// namespace: only there may `kill(-1)` run.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use agent::protocol::{self, ExecSpec, Request, Response, StdioKind};
 
-use crate::process::{self, ChildIo, Reaper};
+use crate::process::{self, ChildIo, Reaper, SpawnError};
 use crate::pty::{self, Pty};
 use crate::vsock::VsockListener;
 
@@ -147,16 +147,25 @@ impl Agent {
             Ok(pid) => Response::Started { pid },
             Err(e) => {
                 procs.remove(&id);
-                error(e)
+                match e.exec {
+                    Some(failure) => Response::StartFailed {
+                        failure,
+                        message: e.error.to_string(),
+                    },
+                    None => error(e.error.to_string()),
+                }
             }
         }
     }
 
-    fn start_on_terminal(&self, p: &mut Proc, size: protocol::WindowSize) -> Result<i32, String> {
+    fn start_on_terminal(
+        &self,
+        p: &mut Proc,
+        size: protocol::WindowSize,
+    ) -> Result<i32, SpawnError> {
         let pty = Pty::open(p.spec.root.as_deref(), size)
-            .map_err(|e| format!("allocate a terminal: {e}"))?;
-        let pid = process::spawn(&p.spec, ChildIo::Terminal(&pty.slave), &self.reaper)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| std::io::Error::new(e.kind(), format!("allocate a terminal: {e}")))?;
+        let pid = process::spawn(&p.spec, ChildIo::Terminal(&pty.slave), &self.reaper)?;
         // Our slave copy is closed: the master reads EIO once the process
         // side is gone.
         let Pty { master, slave } = pty;
@@ -171,10 +180,10 @@ impl Agent {
         Ok(pid)
     }
 
-    fn start_on_streams(&self, p: &mut Proc) -> Result<i32, String> {
+    fn start_on_streams(&self, p: &mut Proc) -> Result<i32, SpawnError> {
         let [a, b, c, _] = &p.stdio;
         let io = ChildIo::Streams([a.as_ref(), b.as_ref(), c.as_ref()]);
-        let pid = process::spawn(&p.spec, io, &self.reaper).map_err(|e| e.to_string())?;
+        let pid = process::spawn(&p.spec, io, &self.reaper)?;
         // The child holds the streams now; our copies would keep them open
         // after it exits.
         p.stdio = [None, None, None, None];
@@ -678,8 +687,12 @@ mod tests {
             other => panic!("{other:?}"),
         };
         match a.handle(Request::Start { id }) {
-            Response::Error { message } => {
-                assert!(message.contains("exec /nonexistent/prog"), "{message}")
+            Response::StartFailed { failure, message } => {
+                assert_eq!(failure, protocol::ExecFailure::NotFound);
+                assert!(
+                    message.contains(r#"exec: "/nonexistent/prog""#),
+                    "{message}"
+                )
             }
             other => panic!("{other:?}"),
         }

@@ -29,7 +29,7 @@ pub const REPO_DIGEST: &str = "io.hull.repo-digest";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Nothing matches the name or ID.
-    #[error("no such image: {0}")]
+    #[error("No such image: {0}")]
     NotFound(String),
     /// An ID prefix matches several images.
     #[error("image ID prefix {0:?} matches several images")]

@@ -5,14 +5,19 @@
 //!   per family of commands);
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
-//! - [`info`], [`system`], [`debug_boot`], [`debug_run`]: the rest.
+//! - [`info`], [`version`], [`completion`], [`system`], [`debug_boot`],
+//!   [`debug_run`]: the rest;
+//! - [`exit`]: Docker's exit codes.
 
+pub mod completion;
 pub mod container;
 pub mod debug_boot;
 pub mod debug_run;
+pub mod exit;
 pub mod image;
 pub mod info;
 pub mod system;
+pub mod version;
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +47,13 @@ pub struct Cli {
 enum Command {
     /// Show the host's hypervisor, the guest kernel and agent hull uses.
     Info,
+    /// Show the versions of hull, the guest kernel and agent, and the hypervisor.
+    Version,
+    /// Print a shell completion script: `source <(hull completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Low-level tools for developing hull.
     Debug {
         #[command(subcommand)]
@@ -75,10 +87,22 @@ enum DebugCommand {
 }
 
 impl Cli {
+    /// Docker's exit code when this command fails in hull itself: 125 for
+    /// `run` (so a script can tell it from the container's own codes), 1
+    /// for every other command.
+    pub fn failure_code(&self) -> u8 {
+        match self.command {
+            Command::Container(container::ContainerCommand::Run(_)) => exit::HULL_FAILED,
+            _ => 1,
+        }
+    }
+
     /// Runs the command; returns the process exit code.
     pub fn run(self, root: &Path) -> anyhow::Result<u8> {
         match self.command {
             Command::Info => info::run(root),
+            Command::Version => version::run(root),
+            Command::Completion { shell } => completion::run(shell),
             Command::Debug {
                 command: DebugCommand::Boot(args),
             } => debug_boot::run(args, root),

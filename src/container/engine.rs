@@ -16,7 +16,7 @@ use super::signals;
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
 use crate::container::terminal;
-use crate::guest::agent_client::{AgentClient, AgentError, ProcessRole};
+use crate::guest::agent_client::{self, AgentClient, AgentError, ProcessRole};
 use crate::guest::fast_start;
 use crate::guest::rootfs::{self, RootfsCache};
 use crate::guest::vm::{GuestOptions, RunningVm};
@@ -86,7 +86,9 @@ pub fn run(
         match &result {
             Ok(code) => s.exit_code = Some(*code),
             Err(e) => {
-                s.exit_code = Some(125);
+                // As Docker records it: 127/126 for a program that could
+                // not be executed, 125 for any other failure.
+                s.exit_code = Some(agent_client::exec_exit_code(e).map_or(125, i32::from));
                 s.error = Some(format!("{e:#}"));
             }
         }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_protocol::protocol::{
-    self, ExecSpec, ProcessInfo, Request, Response, StdioKind, WindowSize, CONTROL_PORT,
-    STREAM_PORT,
+    self, ExecFailure, ExecSpec, ProcessInfo, Request, Response, StdioKind, WindowSize,
+    CONTROL_PORT, STREAM_PORT,
 };
 
 /// Errors talking to the agent.
@@ -28,9 +28,24 @@ pub enum AgentError {
     /// The agent answered with an error.
     #[error("Guest agent: {0}")]
     Remote(String),
+    /// The container's program could not be executed (Docker's exit
+    /// codes 127 and 126 tell the two kinds apart).
+    #[error("{1}")]
+    Exec(ExecFailure, String),
     /// The agent answered something unexpected.
     #[error("Unexpected reply from the guest agent: {0:?}")]
     Unexpected(Box<Response>),
+}
+
+/// Docker's exit code when `e` is or wraps a program that could not be
+/// executed: 127 when it does not exist, 126 when it cannot be invoked.
+pub fn exec_exit_code(e: &anyhow::Error) -> Option<u8> {
+    e.chain()
+        .find_map(|e| match e.downcast_ref::<AgentError>() {
+            Some(AgentError::Exec(ExecFailure::NotFound, _)) => Some(127),
+            Some(AgentError::Exec(ExecFailure::CannotInvoke, _)) => Some(126),
+            _ => None,
+        })
 }
 
 /// Connects to guest vsock `port` through the VMM's Unix socket.
@@ -154,6 +169,7 @@ impl AgentClient {
         protocol::send(&mut self.conn, req)?;
         match protocol::recv::<Response>(&mut self.conn)? {
             Response::Error { message } => Err(AgentError::Remote(message)),
+            Response::StartFailed { failure, message } => Err(AgentError::Exec(failure, message)),
             r => Ok(r),
         }
     }

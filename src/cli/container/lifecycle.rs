@@ -6,10 +6,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::{exit_code, CommandError};
+use crate::cli::exit;
 use crate::container::engine::{self, Attach};
 use crate::container::state::{now_rfc3339, pid_alive, Status};
 use crate::container::store::{self, Container, ContainerStore};
 use crate::container::State;
+use crate::guest::agent_client::AgentError;
 
 /// `hull stop`.
 pub fn stop_all(
@@ -158,11 +160,17 @@ pub fn start_detached(root: &Path, c: &Container) -> anyhow::Result<()> {
     let mut child = cmd.spawn()?;
     let start = Instant::now();
     loop {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(status)) = child.try_wait() {
             // It ended already: finished quickly, or failed.
             let s = State::load(&c.dir).ok();
             if let Some(err) = s.and_then(|s| s.error) {
-                return Err(CommandError::StartFailed(store::short(&c.config.id), err).into());
+                let e = CommandError::StartFailed(store::short(&c.config.id), err);
+                // The VMM process exits 126/127 when the program could not
+                // be executed: keep that kind for our own exit code.
+                return Err(match exit::failure_of(status.code()) {
+                    Some(f) => AgentError::Exec(f, e.to_string()).into(),
+                    None => e.into(),
+                });
             }
             return Ok(());
         }

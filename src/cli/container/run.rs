@@ -114,12 +114,23 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<u64> {
     if !args.detach {
         check_tty_input(args.interactive, args.tty)?;
     }
-    let mem_mib = units::parse_mib(&args.memory)?;
-    if mem_mib < 64 {
-        return Err(
-            CommandError::Invalid("--memory", format!("{} (minimum 64m)", args.memory)).into(),
-        );
-    }
+    // Docker's minimum is 6MB; a microVM's kernel needs more.
+    let too_small = || {
+        CommandError::Invalid(
+            "--memory",
+            format!(
+                "{:?}: the minimum is 64m (Docker's is 6MB; a microVM needs more)",
+                args.memory
+            ),
+        )
+    };
+    let mem_mib = match units::parse_mib(&args.memory) {
+        Ok(m) if m >= 64 => m,
+        Ok(_) => return Err(too_small().into()),
+        // A plain number is bytes, as in Docker: `-m 1` is too small, not malformed.
+        Err(_) if args.memory.trim().parse::<u64>().is_ok() => return Err(too_small().into()),
+        Err(e) => return Err(e.into()),
+    };
     if args.cpus == 0 {
         return Err(CommandError::Invalid("--cpus", "0".into()).into());
     }

@@ -39,10 +39,28 @@ pub fn save(
             if std::io::stdout().is_terminal() {
                 bail!("refusing to write an archive to a terminal: use -o FILE or a pipe");
             }
-            archive::write(store, images, std::io::stdout().lock(), format)?
+            let written = archive::write(store, images, std::io::stdout().lock(), format);
+            if let Err(e) = written.map_err(anyhow::Error::from) {
+                if broken_pipe(&e) {
+                    return Ok(SIGPIPE_STATUS);
+                }
+                return Err(e);
+            }
         }
     }
     Ok(0)
+}
+
+/// How a shell reports a writer that its reader left (`| head -c0`):
+/// Docker ends quietly by SIGPIPE; we end quietly with the same status.
+const SIGPIPE_STATUS: u8 = 128 + libc::SIGPIPE as u8;
+
+/// Whether `e` is a write to a pipe nobody reads any more.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs `hull import`: a root filesystem tarball as a one-layer image.
