@@ -122,6 +122,9 @@ pub struct VmConfig {
     pub vsock_uds: Option<PathBuf>,
     /// The guest's vsock context ID.
     pub vsock_cid: u64,
+    /// A virtio-net device (attached after the disks and vsock); `None`
+    /// for no network device at all.
+    pub net: Option<virtio::net::NetConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -160,6 +163,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock_uds: None,
             vsock_cid: 3,
+            net: None,
         }
     }
 
@@ -234,6 +238,7 @@ struct Layout {
     mem_mib: u64,
     disks_read_only: Vec<bool>,
     vsock_cid: Option<u64>,
+    net: bool,
 }
 
 /// A pending snapshot request: where to write it.
@@ -308,6 +313,7 @@ impl Vm {
                 || state.vcpus.len() != usize::from(config.vcpus)
                 || state.disks_read_only != disks
                 || state.vsock_cid.is_some() != config.vsock_uds.is_some()
+                || state.net != config.net.is_some()
             {
                 return Err(snapshot::SnapshotError::Invalid(
                     "it was made for a different VM size or device set".into(),
@@ -407,6 +413,11 @@ impl Vm {
                 .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
             attacher.attach(Arc::new(Mutex::new(vsock)))?;
         }
+        if let Some(net) = &config.net {
+            let net = virtio::net::Net::new(net.clone())
+                .map_err(|e| VmError::Device("network device".into(), Box::new(e)))?;
+            attacher.attach(Arc::new(Mutex::new(net)))?;
+        }
         let cmdline = format!("{cmdline}{}", attacher.cmdline);
         let transports = attacher.transports;
 
@@ -490,6 +501,7 @@ impl Vm {
                 mem_mib: config.mem_mib,
                 disks_read_only: config.disks.iter().map(|d| d.read_only).collect(),
                 vsock_cid: config.vsock_uds.as_ref().map(|_| config.vsock_cid),
+                net: config.net.is_some(),
             },
             mem,
         })
@@ -610,6 +622,7 @@ impl Vm {
             mem_mib: self.layout.mem_mib,
             disks_read_only: self.layout.disks_read_only.clone(),
             vsock_cid: self.layout.vsock_cid,
+            net: self.layout.net,
             clock: self
                 .vm
                 .get_clock()
