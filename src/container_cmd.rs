@@ -66,6 +66,10 @@ pub struct RunArgs {
     /// Publish every TCP port the image exposes on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     pub publish_all: bool,
+    /// Network: `default` (outbound through the container's own passt)
+    /// or `none` (loopback only).
+    #[arg(long = "network", alias = "net", default_value = "default")]
+    pub network: String,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -426,6 +430,7 @@ fn run_container(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::
             .into());
         }
     }
+    let network = crate::network::NetworkMode::parse(&args.network)?;
     let mut ports = args
         .publish
         .iter()
@@ -512,6 +517,7 @@ fn run_container(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::
         publish_all: args.publish_all,
         exposed_ports,
         tty: args.tty,
+        network,
         created: now_rfc3339(),
     };
     let dir = store.create(&config)?;
@@ -800,6 +806,17 @@ fn port_map<'a>(
     map
 }
 
+/// Docker's NetworkSettings: the published ports and the addresses.
+fn network_settings(c: &Container, ports: serde_json::Value) -> serde_json::Value {
+    let running = c.state.status == Status::Running;
+    let settings = crate::network::settings(c.config.network, &c.config.id, running);
+    let mut v = serde_json::to_value(&settings).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        map.insert("Ports".into(), ports);
+    }
+    v
+}
+
 fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
     // Exposed ports without a binding show as null while running, as in Docker.
     let mut live = port_map(
@@ -857,7 +874,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "PortBindings": requested,
             "PublishAllPorts": c.config.publish_all,
         },
-        "NetworkSettings": { "Ports": live },
+        "NetworkSettings": network_settings(c, serde_json::Value::Object(live)),
         "VM": {
             "VCPUs": c.config.cpus,
             "MemoryMiB": c.config.mem_mib,

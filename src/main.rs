@@ -12,6 +12,7 @@ mod guest_vm;
 mod image_cmd;
 mod info;
 mod initramfs;
+mod network;
 mod ports;
 mod rootfs;
 mod serial_watch;

@@ -198,6 +198,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         console: false,
         echo: false,
         kernel: None,
+        net: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");

@@ -29,7 +29,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.4.0";
+pub const VERSION: &str = "0.5.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -220,6 +220,20 @@ pub enum Request {
         device: String,
         /// Its new size in 512-byte sectors.
         sectors: u64,
+    },
+    /// Gives a network interface its MAC (a restored VM still has its
+    /// template's), an IPv4 address and a default route, and brings it up.
+    ConfigureNetwork {
+        /// Interface (`eth0`).
+        interface: String,
+        /// MAC address, `02:48:...`.
+        mac: String,
+        /// IPv4 address.
+        address: std::net::Ipv4Addr,
+        /// Subnet prefix length.
+        prefix_len: u8,
+        /// Default gateway.
+        gateway: std::net::Ipv4Addr,
     },
 }
 
@@ -514,6 +528,7 @@ mod tests {
         assert!(!compatible(VERSION, "0.1.0"));
         assert!(!compatible(VERSION, "0.2.0"));
         assert!(!compatible(VERSION, "0.3.0"));
+        assert!(!compatible(VERSION, "0.4.0"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use super::ContainerConfig;
 use crate::agent_client::{AgentClient, AgentError, ProcessRole};
 use crate::fast_start;
 use crate::guest_vm::GuestOptions;
+use crate::network::{self, passt::Passt, NetworkMode};
 use crate::ports::PortForwarder;
 use crate::rootfs::{self, RootfsCache};
 use crate::terminal;
@@ -137,12 +138,16 @@ fn run_inner(
         upper
     };
     let memory = format!("{}m", config.mem_mib);
+    // Dropped (passt killed and reaped) when the container ends; passt
+    // also ends on its own if this process dies.
+    let (_passt, net) = network_device(dir, config)?;
     let opts = GuestOptions {
         memory: &memory,
         cpus: config.cpus,
         console: false,
         echo: false,
         kernel: None,
+        net,
     };
     std::fs::create_dir_all(root.join("run"))?;
     let disks = vec![
@@ -231,6 +236,26 @@ fn run_inner(
         vm.wait(Duration::from_secs(120))?;
     }
     Ok(code)
+}
+
+/// The container's network device and the passt behind it (none for
+/// `--network none`).
+fn network_device(
+    dir: &Path,
+    config: &ContainerConfig,
+) -> anyhow::Result<(Option<Passt>, Option<vmm::virtio::net::NetConfig>)> {
+    match config.network {
+        NetworkMode::None => Ok((None, None)),
+        NetworkMode::Default => {
+            let (passt, sock) = Passt::spawn(Some(&dir.join("passt.log")))?;
+            tracing::debug!("container network through passt {}", passt.pid());
+            let net = vmm::virtio::net::NetConfig {
+                mac: network::mac_for(&config.id),
+                backend: Some(Arc::new(sock)),
+            };
+            Ok((Some(passt), Some(net)))
+        }
+    }
 }
 
 /// Raw mode for our stdin when it is a terminal the container's PTY takes
@@ -331,6 +356,9 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
         }
     }
     client.set_hostname(&config.hostname)?;
+    if config.network == NetworkMode::Default {
+        client.call(&network::configure_request(&config.id))?;
+    }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         config.hostname
@@ -343,7 +371,10 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
     )?;
     client.write_file(
         &format!("{GUEST_ROOT}/etc/resolv.conf"),
-        &resolv_conf(),
+        &match config.network {
+            NetworkMode::Default => network::resolv_conf(),
+            NetworkMode::None => resolv_conf(),
+        },
         0o644,
     )?;
     if config.read_only {
