@@ -128,7 +128,15 @@ fn default_network_has_eth0_and_none_has_only_lo() {
     import_busybox(root);
 
     let mut run = hull(root);
-    run.args(["run", "-d", "--name", "net1", "busybox:test", "sleep", "100000"]);
+    run.args([
+        "run",
+        "-d",
+        "--name",
+        "net1",
+        "busybox:test",
+        "sleep",
+        "100000",
+    ]);
     ok(&run_limited(run, COMMAND_LIMIT));
     let v = inspect(root, "net1");
     let ns = &v["NetworkSettings"];
@@ -138,7 +146,17 @@ fn default_network_has_eth0_and_none_has_only_lo() {
     assert_eq!(ns["Gateway"], "10.0.2.2");
     let id = v["Id"].as_str().unwrap();
     let mac = ns["MacAddress"].as_str().unwrap().to_string();
-    assert_eq!(mac, format!("02:{}:{}:{}:{}:{}", &id[0..2], &id[2..4], &id[4..6], &id[6..8], &id[8..10]));
+    assert_eq!(
+        mac,
+        format!(
+            "02:{}:{}:{}:{}:{}",
+            &id[0..2],
+            &id[2..4],
+            &id[4..6],
+            &id[6..8],
+            &id[8..10]
+        )
+    );
 
     let mut exec = hull(root);
     exec.args([
@@ -151,7 +169,10 @@ fn default_network_has_eth0_and_none_has_only_lo() {
     let out = ok(&run_limited(exec, COMMAND_LIMIT));
     let parts: Vec<&str> = out.split("---\n").collect();
     assert_eq!(parts.len(), 4, "{out}");
-    assert!(parts[0].contains("eth0:") && parts[0].contains("lo:"), "{out}");
+    assert!(
+        parts[0].contains("eth0:") && parts[0].contains("lo:"),
+        "{out}"
+    );
     assert!(parts[1].contains("inet 10.0.2.15/24"), "{out}");
     assert!(parts[1].contains(&format!("link/ether {mac}")), "{out}");
     assert!(parts[1].contains("UP"), "{out}");
@@ -172,7 +193,9 @@ fn default_network_has_eth0_and_none_has_only_lo() {
     let mut start = hull(root);
     start.args(["start", "net1"]);
     ok(&run_limited(start, COMMAND_LIMIT));
-    let vmm = inspect(root, "net1")["VM"]["VmmPid"].as_i64().expect("VMM pid") as i32;
+    let vmm = inspect(root, "net1")["VM"]["VmmPid"]
+        .as_i64()
+        .expect("VMM pid") as i32;
     let passt = passt_children(vmm);
     assert_eq!(passt.len(), 1, "passt children of VMM {vmm}: {passt:?}");
     // SAFETY: killing the VMM process this test started.
@@ -213,7 +236,9 @@ fn host_fetch() -> Vec<u8> {
             panic!("this test needs outbound access: the host cannot resolve {REGISTRY_HOST}: {e}")
         })
         .next()
-        .unwrap_or_else(|| panic!("this test needs outbound access: no address for {REGISTRY_HOST}"));
+        .unwrap_or_else(|| {
+            panic!("this test needs outbound access: no address for {REGISTRY_HOST}")
+        });
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).unwrap_or_else(|e| {
         panic!("this test needs outbound access: the host cannot reach {REGISTRY_HOST}:80: {e}")
     });
@@ -224,8 +249,9 @@ fn host_fetch() -> Vec<u8> {
     )
     .unwrap();
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .unwrap_or_else(|e| panic!("this test needs outbound access: reading from {REGISTRY_HOST}: {e}"));
+    s.read_to_end(&mut resp).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: reading from {REGISTRY_HOST}: {e}")
+    });
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

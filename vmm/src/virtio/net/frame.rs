@@ -133,12 +133,7 @@ pub fn finish_checksum(frame: &mut [u8], start: usize, offset: usize) -> Result<
 /// Writes `frame` behind a header into an rx chain; returns the bytes
 /// written (the used length). `data_valid` tells the guest the frame's
 /// checksums need no check (the backend made them).
-pub fn write_rx<M, I>(
-    mem: &M,
-    chain: I,
-    frame: &[u8],
-    data_valid: bool,
-) -> Result<u32, FrameError>
+pub fn write_rx<M, I>(mem: &M, chain: I, frame: &[u8], data_valid: bool) -> Result<u32, FrameError>
 where
     M: GuestMemory,
     I: IntoIterator<Item = Descriptor>,

@@ -152,8 +152,8 @@ impl QemuStream {
         let Some(len_bytes) = avail.get(..LEN_BYTES) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]])
-            as usize;
+        let len =
+            u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
         if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
             return Err(StreamError::BadLength(len));
         }
@@ -164,8 +164,7 @@ impl QemuStream {
     pub fn consume(&mut self) {
         let avail = &self.inb[self.in_head..];
         if avail.len() >= LEN_BYTES {
-            let len =
-                u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+            let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
             self.in_head = (self.in_head + LEN_BYTES + len).min(self.inb.len());
         }
     }

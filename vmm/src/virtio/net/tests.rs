@@ -341,7 +341,10 @@ fn malformed_tx_chains_are_dropped_and_returned() {
     heads.push(h.send(3, plain_hdr(), &good));
     h.pump();
     assert_eq!(h.backend_frame().unwrap(), good);
-    assert!(h.backend_frame().is_none(), "nothing else reached the backend");
+    assert!(
+        h.backend_frame().is_none(),
+        "nothing else reached the backend"
+    );
     let used: Vec<u16> = h.used(TX).into_iter().map(|(id, _)| id).collect();
     assert_eq!(used, heads, "every chain is given back");
     let c = h.counters();
@@ -374,10 +377,7 @@ fn a_descriptor_loop_does_not_hang_the_device() {
 
 #[test]
 fn backend_frames_fill_rx_buffers_behind_a_header() {
-    let mut h = Harness::new(
-        true,
-        VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_GUEST_CSUM),
-    );
+    let mut h = Harness::new(true, VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_GUEST_CSUM));
     let a = h.push(RX, &[(RX_AREA, 2048, W)]);
     // A buffer split in two, header apart.
     let b = h.push(
@@ -437,9 +437,9 @@ fn frames_wait_for_rx_buffers() {
 fn malformed_rx_buffers_lose_one_frame_each() {
     let mut h = Harness::new(true, VIRTIO_F_VERSION_1);
     let bad = [
-        vec![(RX_AREA, 2048, 0)],                            // read-only
-        vec![(RX_AREA, 40, W)],                              // too small
-        vec![(MEM_SIZE as u64 - 100, 2048, W)],              // past memory
+        vec![(RX_AREA, 2048, 0)],                             // read-only
+        vec![(RX_AREA, 40, W)],                               // too small
+        vec![(MEM_SIZE as u64 - 100, 2048, W)],               // past memory
         vec![(RX_AREA, HDR_SIZE as u32, W), (RX_AREA, 0, W)], // no room
     ];
     let mut heads: Vec<u16> = bad.iter().map(|d| h.push(RX, d)).collect();
