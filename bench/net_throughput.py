@@ -88,9 +88,14 @@ class Sink:
         self.expect = expect
         self.done.clear()
         client = start_client()
-        if not self.done.wait(timeout):
-            client.kill()
-            sys.exit("no transfer finished in time")
+        start, exited = time.monotonic(), None
+        while not self.done.wait(1):
+            if exited is None and client.poll() is not None:
+                exited = time.monotonic()
+            # A client that ended without a transfer, or one taking too long.
+            if (exited and time.monotonic() - exited > 10) or time.monotonic() - start > timeout:
+                client.kill()
+                sys.exit(f"no transfer finished (client exit status {client.poll()})")
         client.wait()
         secs, got, _ = self.results[-1]
         if got != expect:
@@ -99,7 +104,8 @@ class Sink:
 
 
 def client_cmd(host, port, mib):
-    return f"{BUSYBOX if host == '127.0.0.1' else 'busybox'} dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | nc {host} {port}"
+    bb = BUSYBOX if host == "127.0.0.1" else "busybox"
+    return f"{bb} dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | {bb} nc {host} {port}"
 
 
 def main():

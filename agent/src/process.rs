@@ -153,6 +153,10 @@ pub enum ChildIo<'a> {
 
 /// Starts `spec` with the given stdio; returns its PID, or the reason exec
 /// failed.
+// Over 80 lines on purpose: everything the child touches after clone
+// (CLONE_VM | CLONE_VFORK) is built here and must stay alive and unmoved
+// in this frame until it has exec'd; keeping it in one frame makes that
+// lifetime visible.
 pub fn spawn(spec: &ExecSpec, io: ChildIo<'_>, reaper: &Reaper) -> io::Result<i32> {
     if spec.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));

@@ -48,6 +48,7 @@ impl Agent {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Answers one request; each kind has its own method or function.
     fn handle(&self, req: Request) -> Response {
         match req {
             Request::Hello { .. } => error("hello sent twice"),
@@ -57,163 +58,39 @@ impl Agent {
                 fstype,
                 read_only,
                 options,
-            } => match mount(&source, &target, &fstype, read_only, &options) {
-                Ok(()) => Response::Ok,
-                Err(e) => error(format!("mount {source} on {target}: {e}")),
-            },
-            Request::Mkdir { path } => match std::fs::create_dir_all(&path) {
-                Ok(()) => Response::Ok,
-                Err(e) => error(format!("mkdir {path}: {e}")),
-            },
+            } => answer(
+                mount(&source, &target, &fstype, read_only, &options),
+                || format!("mount {source} on {target}"),
+            ),
+            Request::Mkdir { path } => {
+                answer(std::fs::create_dir_all(&path), || format!("mkdir {path}"))
+            }
             Request::SetHostname { name } => {
-                // SAFETY: sethostname reads `name.len()` bytes from a valid buffer.
-                let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-                if rc != 0 {
-                    return error(format!(
-                        "sethostname {name}: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Response::Ok
+                answer(set_hostname(&name), || format!("sethostname {name}"))
             }
             Request::WriteFile {
                 path,
                 content,
                 mode,
-            } => match write_file(&path, &content, mode) {
-                Ok(()) => Response::Ok,
-                Err(e) => error(format!("write {path}: {e}")),
-            },
-            Request::Create(spec) => {
-                let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
-                let id = *next;
-                *next += 1;
-                self.procs().insert(
-                    id,
-                    Proc {
-                        spec,
-                        stdio: [None, None, None, None],
-                        pid: None,
-                        pty: None,
-                    },
-                );
-                Response::Created { id }
-            }
-            Request::Start { id } => {
-                let mut procs = self.procs();
-                let Some(p) = procs.get_mut(&id) else {
-                    return error(format!("no process {id}"));
-                };
-                if p.pid.is_some() {
-                    return error(format!("process {id} already started"));
-                }
-                if let Some(size) = p.spec.tty {
-                    let started = Pty::open(p.spec.root.as_deref(), size)
-                        .map_err(|e| format!("allocate a terminal: {e}"))
-                        .and_then(|pty| {
-                            process::spawn(&p.spec, ChildIo::Terminal(&pty.slave), &self.reaper)
-                                .map(|pid| (pid, pty.master))
-                                .map_err(|e| e.to_string())
-                        });
-                    return match started {
-                        Ok((pid, master)) => {
-                            // Our slave copy is closed (dropped above): the
-                            // master reads EIO once the process side is gone.
-                            let master = Arc::new(master);
-                            let stream = p.stdio[StdioKind::Tty as usize]
-                                .take()
-                                .map(UnixStream::from);
-                            pty::relay(master.clone(), stream);
-                            p.pty = Some(master);
-                            p.pid = Some(pid);
-                            Response::Started { pid }
-                        }
-                        Err(e) => {
-                            procs.remove(&id);
-                            error(e)
-                        }
-                    };
-                }
-                let [a, b, c, _] = &p.stdio;
-                let io = ChildIo::Streams([a.as_ref(), b.as_ref(), c.as_ref()]);
-                match process::spawn(&p.spec, io, &self.reaper) {
-                    Ok(pid) => {
-                        // The child holds the streams now; our copies would
-                        // keep them open after it exits.
-                        p.stdio = [None, None, None, None];
-                        p.pid = Some(pid);
-                        Response::Started { pid }
-                    }
-                    Err(e) => {
-                        procs.remove(&id);
-                        error(e.to_string())
-                    }
-                }
-            }
-            Request::ResizeTty { id, size } => {
-                let master = match self.procs().get(&id) {
-                    Some(Proc { pty: Some(m), .. }) => m.clone(),
-                    _ => return error(format!("no running process {id} with a terminal")),
-                };
-                match pty::set_size(master.as_raw_fd(), size) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => error(format!("resize terminal of process {id}: {e}")),
-                }
-            }
-            Request::Wait { id } => {
-                let pid = match self.procs().get(&id) {
-                    Some(Proc { pid: Some(pid), .. }) => *pid,
-                    Some(_) => return error(format!("process {id} not started")),
-                    None => return error(format!("no process {id}")),
-                };
-                let (code, signal) = self.reaper.wait(pid);
-                self.procs().remove(&id);
-                Response::Exited { code, signal }
-            }
-            Request::Signal { id, signal } => {
-                let pid = match self.procs().get(&id) {
-                    Some(Proc { pid: Some(pid), .. }) => *pid,
-                    _ => return error(format!("no running process {id}")),
-                };
-                // SAFETY: kill(2) with a pid we started and a caller-chosen signal.
-                if unsafe { libc::kill(pid, signal) } != 0 {
-                    return error(format!(
-                        "signal {signal}: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Response::Ok
-            }
-            Request::Batch(requests) => {
-                for (i, req) in requests.into_iter().enumerate() {
-                    if matches!(req, Request::Batch(_) | Request::Shutdown) {
-                        return error(format!("request {} cannot be batched", i + 1));
-                    }
-                    match self.handle(req) {
-                        Response::Ok => {}
-                        Response::Error { message } => return error(message),
-                        other => {
-                            return error(format!(
-                                "batched request {} answered {other:?}, not Ok",
-                                i + 1
-                            ))
-                        }
-                    }
-                }
-                Response::Ok
-            }
+            } => answer(write_file(&path, &content, mode), || {
+                format!("write {path}")
+            }),
+            Request::Create(spec) => self.create(spec),
+            Request::Start { id } => self.start(id),
+            Request::ResizeTty { id, size } => self.resize_tty(id, size),
+            Request::Wait { id } => self.wait(id),
+            Request::Signal { id, signal } => self.signal(id, signal),
+            Request::Batch(requests) => self.batch(requests),
             Request::Resumed {
                 unix_nanos,
                 entropy,
-            } => match crate::resume::take_identity(unix_nanos, &entropy) {
-                Ok(()) => Response::Ok,
-                Err(e) => error(format!("resume: {e}")),
-            },
+            } => answer(crate::resume::take_identity(unix_nanos, &entropy), || {
+                "resume".into()
+            }),
             Request::RefreshDisk { device, sectors } => {
-                match crate::resume::refresh_disk(&device, sectors) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => error(format!("refresh {device}: {e}")),
-                }
+                answer(crate::resume::refresh_disk(&device, sectors), || {
+                    format!("refresh {device}")
+                })
             }
             Request::ConfigureNetwork {
                 interface,
@@ -245,28 +122,160 @@ impl Agent {
                     1,
                 ),
             },
-            Request::ReadFiles { root, max_bytes } => {
-                match crate::warm::read_tree(std::path::Path::new(&root), max_bytes) {
-                    Ok(_) => Response::Ok,
-                    Err(e) => error(format!("read files under {root}: {e}")),
-                }
-            }
-            Request::KillAll => {
-                // kill(-1) outside PID 1 would reach every process of the
-                // machine the agent's user may signal.
-                if std::process::id() != 1 {
-                    return error("KillAll is only done by the guest's PID 1");
-                }
-                // SIGKILL cannot be refused, so only a process stuck in the
-                // kernel outlasts the patience; the host then stops waiting
-                // for its streams on its own.
-                self.reaper.kill_all(std::time::Duration::from_secs(5));
-                Response::Ok
-            }
+            Request::ReadFiles { root, max_bytes } => answer(
+                crate::warm::read_tree(std::path::Path::new(&root), max_bytes).map(|_| ()),
+                || format!("read files under {root}"),
+            ),
+            Request::KillAll => self.kill_all(),
             // Powering off waits for the answer to reach the host: see
             // `serve_control`.
             Request::Shutdown => Response::Ok,
         }
+    }
+
+    /// `Create`: registers a process to be started once its streams are
+    /// attached.
+    fn create(&self, spec: ExecSpec) -> Response {
+        let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+        let id = *next;
+        *next += 1;
+        self.procs().insert(
+            id,
+            Proc {
+                spec,
+                stdio: [None, None, None, None],
+                pid: None,
+                pty: None,
+            },
+        );
+        Response::Created { id }
+    }
+
+    /// `Start`: spawns a created process on a PTY or on its streams; a
+    /// process that fails to start is forgotten.
+    fn start(&self, id: u32) -> Response {
+        let mut procs = self.procs();
+        let Some(p) = procs.get_mut(&id) else {
+            return error(format!("no process {id}"));
+        };
+        if p.pid.is_some() {
+            return error(format!("process {id} already started"));
+        }
+        let started = match p.spec.tty {
+            Some(size) => self.start_on_terminal(p, size),
+            None => self.start_on_streams(p),
+        };
+        match started {
+            Ok(pid) => Response::Started { pid },
+            Err(e) => {
+                procs.remove(&id);
+                error(e)
+            }
+        }
+    }
+
+    fn start_on_terminal(&self, p: &mut Proc, size: protocol::WindowSize) -> Result<i32, String> {
+        let pty = Pty::open(p.spec.root.as_deref(), size)
+            .map_err(|e| format!("allocate a terminal: {e}"))?;
+        let pid = process::spawn(&p.spec, ChildIo::Terminal(&pty.slave), &self.reaper)
+            .map_err(|e| e.to_string())?;
+        // Our slave copy is closed: the master reads EIO once the process
+        // side is gone.
+        let Pty { master, slave } = pty;
+        drop(slave);
+        let master = Arc::new(master);
+        let stream = p.stdio[StdioKind::Tty as usize]
+            .take()
+            .map(UnixStream::from);
+        pty::relay(master.clone(), stream);
+        p.pty = Some(master);
+        p.pid = Some(pid);
+        Ok(pid)
+    }
+
+    fn start_on_streams(&self, p: &mut Proc) -> Result<i32, String> {
+        let [a, b, c, _] = &p.stdio;
+        let io = ChildIo::Streams([a.as_ref(), b.as_ref(), c.as_ref()]);
+        let pid = process::spawn(&p.spec, io, &self.reaper).map_err(|e| e.to_string())?;
+        // The child holds the streams now; our copies would keep them open
+        // after it exits.
+        p.stdio = [None, None, None, None];
+        p.pid = Some(pid);
+        Ok(pid)
+    }
+
+    /// `ResizeTty`: `TIOCSWINSZ` on the process's PTY master.
+    fn resize_tty(&self, id: u32, size: protocol::WindowSize) -> Response {
+        let master = match self.procs().get(&id) {
+            Some(Proc { pty: Some(m), .. }) => m.clone(),
+            _ => return error(format!("no running process {id} with a terminal")),
+        };
+        answer(pty::set_size(master.as_raw_fd(), size), || {
+            format!("resize terminal of process {id}")
+        })
+    }
+
+    /// `Wait`: blocks until the process exits, then forgets it.
+    fn wait(&self, id: u32) -> Response {
+        let pid = match self.procs().get(&id) {
+            Some(Proc { pid: Some(pid), .. }) => *pid,
+            Some(_) => return error(format!("process {id} not started")),
+            None => return error(format!("no process {id}")),
+        };
+        let (code, signal) = self.reaper.wait(pid);
+        self.procs().remove(&id);
+        Response::Exited { code, signal }
+    }
+
+    /// `Signal`: kill(2) of a started process.
+    fn signal(&self, id: u32, signal: i32) -> Response {
+        let pid = match self.procs().get(&id) {
+            Some(Proc { pid: Some(pid), .. }) => *pid,
+            _ => return error(format!("no running process {id}")),
+        };
+        // SAFETY: kill(2) with a pid we started and a caller-chosen signal.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return error(format!(
+                "signal {signal}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Response::Ok
+    }
+
+    /// `Batch`: the requests in order, stopping at the first that is not
+    /// answered `Ok`.
+    fn batch(&self, requests: Vec<Request>) -> Response {
+        for (i, req) in requests.into_iter().enumerate() {
+            if matches!(req, Request::Batch(_) | Request::Shutdown) {
+                return error(format!("request {} cannot be batched", i + 1));
+            }
+            match self.handle(req) {
+                Response::Ok => {}
+                Response::Error { message } => return error(message),
+                other => {
+                    return error(format!(
+                        "batched request {} answered {other:?}, not Ok",
+                        i + 1
+                    ))
+                }
+            }
+        }
+        Response::Ok
+    }
+
+    /// `KillAll`: SIGKILL to every process but the agent.
+    fn kill_all(&self) -> Response {
+        // kill(-1) outside PID 1 would reach every process of the machine
+        // the agent's user may signal.
+        if std::process::id() != 1 {
+            return error("KillAll is only done by the guest's PID 1");
+        }
+        // SIGKILL cannot be refused, so only a process stuck in the kernel
+        // outlasts the patience; the host then stops waiting for its
+        // streams on its own.
+        self.reaper.kill_all(std::time::Duration::from_secs(5));
+        Response::Ok
     }
 
     /// Tells the main thread to power off (once).
@@ -372,6 +381,22 @@ impl Agent {
             b"ERR no such process\n"
         });
     }
+}
+
+/// `Ok`, or an error naming what failed (`what`) and why.
+fn answer<E: std::fmt::Display>(result: Result<(), E>, what: impl FnOnce() -> String) -> Response {
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => error(format!("{}: {e}", what())),
+    }
+}
+
+fn set_hostname(name: &str) -> std::io::Result<()> {
+    // SAFETY: sethostname reads `name.len()` bytes from a valid buffer.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn error(message: impl Into<String>) -> Response {

@@ -55,6 +55,12 @@ pub fn hex(d: &Digest) -> Result<&str> {
     }
 }
 
+/// The short form of an ID shown to users: its first 12 hex digits,
+/// without a `sha256:` prefix. Image and container IDs both use it.
+pub fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
 /// True for exactly 64 lowercase hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64

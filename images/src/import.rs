@@ -62,7 +62,7 @@ pub fn import_rootfs(
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .map_err(read_err)?;
-    let compression = media::sniff(&head[..n]);
+    let compression = media::Compression::detect(&head[..n]);
     // First pass: prove it is a tar and compute the diff ID, before the
     // store is touched.
     let file = File::open(path).map_err(read_err)?;

@@ -4,6 +4,8 @@
 //! The crate knows nothing about VMs or containers: the engine asks it for an
 //! [`store::Image`] (config and layer blobs on disk) and does the rest.
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod compression;
 pub mod digest;

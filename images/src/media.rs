@@ -51,16 +51,7 @@ pub fn manifest_kind(media_type: &str) -> Result<ManifestKind, Error> {
     }
 }
 
-/// How a layer blob is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip.
-    Gzip,
-    /// zstd.
-    Zstd,
-}
+pub use layerfmt::Compression;
 
 /// Compression of a layer media type; unknown layer types are an error.
 pub fn layer_compression(media_type: &str) -> Result<Compression, Error> {
@@ -84,17 +75,6 @@ pub fn check_config(media_type: &str) -> Result<(), Error> {
     match media_type {
         OCI_CONFIG | DOCKER_CONFIG => Ok(()),
         other => Err(Error::Unknown(other.to_owned())),
-    }
-}
-
-/// Compression of a blob judged by its first bytes.
-pub fn sniff(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
     }
 }
 
@@ -142,8 +122,8 @@ mod tests {
             Compression::Gzip
         );
         assert!(layer_compression("application/x-bogus").is_err());
-        assert_eq!(sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(sniff(b"usr/"), Compression::None);
+        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(Compression::detect(b"usr/"), Compression::None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
-use crate::digest::{self, Digest};
+use crate::digest::{self, short_id, Digest};
 use crate::layout::{Layout, LockGuard};
 use crate::media::{self, Compression, ManifestKind};
 use crate::platform::Platform;
@@ -179,11 +179,7 @@ pub struct ImageUser {
 
 /// First 12 hex digits of a digest.
 pub fn short(d: &Digest) -> String {
-    d.as_ref()
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(12)
-        .collect()
+    short_id(d.as_ref())
 }
 
 /// The image store under `<root>/images`.
@@ -741,11 +737,6 @@ fn names_of(index: &ImageIndex, d: &Digest) -> Vec<Reference> {
         .filter(|e| e.digest() == d)
         .filter_map(|e| ref_name(e).and_then(|n| Reference::parse(n).ok()))
         .collect()
-}
-
-/// First 12 hex digits of an ID given as text.
-fn short_id(id: &str) -> String {
-    id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
 fn familiar(name: &str) -> String {

@@ -8,20 +8,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::protocol::{ExecSpec, Request};
+use agent_protocol::protocol::{ExecSpec, Request};
 use anyhow::Context;
 
 use super::logs::{self, LogWriter};
 use super::signals;
 use super::state::{now_rfc3339, State, Status};
 use super::ContainerConfig;
-use crate::agent_client::{AgentClient, AgentError, ProcessRole};
-use crate::fast_start;
-use crate::guest_vm::GuestOptions;
+use crate::container::terminal;
+use crate::guest::agent_client::{AgentClient, AgentError, ProcessRole};
+use crate::guest::fast_start;
+use crate::guest::rootfs::{self, RootfsCache};
+use crate::guest::vm::{GuestOptions, RunningVm};
 use crate::network::{self, passt::Passt, NetworkMode};
 use crate::ports::PortForwarder;
-use crate::rootfs::{self, RootfsCache};
-use crate::terminal;
 
 /// Where the container's root is assembled inside the guest.
 pub const GUEST_ROOT: &str = "/run/hull/root";
@@ -117,6 +117,54 @@ fn run_inner(
     // (listeners closed) before `run` records the exit.
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
+    let disks = container_disks(root, dir, config)?;
+    // Dropped (passt killed and reaped) when the container ends; passt
+    // also ends on its own if this process dies.
+    let (_passt, net) = network_device(dir, config)?;
+    let t0 = std::time::Instant::now();
+    let (vm, mut client) = start_vm(root, config, disks, net)?;
+    tracing::debug!("container root ready at {:?}", t0.elapsed());
+    ports.start(&vm.uds)?;
+
+    let spec = ExecSpec {
+        argv: config.argv.clone(),
+        env: config.env.clone(),
+        cwd: config.cwd.clone(),
+        root: Some(GUEST_ROOT.into()),
+        user: config.user.clone(),
+        tty: config.tty.then(|| {
+            our_terminal
+                .and_then(terminal::window_size)
+                .unwrap_or_default()
+        }),
+    };
+    let record_pid = |id: u32| {
+        main_process.store(id, Ordering::Release);
+        let _ = update(dir, |s| s.process_id = Some(id));
+    };
+    let code = run_main(&mut client, spec, attach, dir, config.tty, record_pid)?;
+    // The container's process is gone: refuse new connections now.
+    drop(ports);
+    tracing::debug!("process exited at {:?}", t0.elapsed());
+    if config.auto_remove {
+        // Nothing of a --rm container's VM outlives it (its writable layer
+        // is guest tmpfs, its image disk read-only): end it without the
+        // guest's shutdown work.
+        drop(vm);
+    } else {
+        AgentClient::connect(&vm.uds)?.shutdown()?;
+        vm.wait(Duration::from_secs(120))?;
+    }
+    Ok(code)
+}
+
+/// The container VM's two disks: the image's root filesystem (prepared
+/// on first use) and the writable layer, or a scratch file with `--rm`.
+fn container_disks(
+    root: &Path,
+    dir: &Path,
+    config: &ContainerConfig,
+) -> anyhow::Result<Vec<vmm::DiskConfig>> {
     let (image_disk, _) = RootfsCache::new(root)
         .get_or_prepare(root, &config.layers)
         .map_err(|e| e.context("preparing the image's root filesystem"))?;
@@ -137,10 +185,27 @@ fn run_inner(
     } else {
         upper
     };
+    Ok(vec![
+        vmm::DiskConfig {
+            path: image_disk,
+            read_only: true,
+        },
+        vmm::DiskConfig {
+            path: second,
+            read_only: false,
+        },
+    ])
+}
+
+/// Starts the container's VM (from a snapshot when it can) and assembles
+/// its root filesystem through the agent.
+fn start_vm(
+    root: &Path,
+    config: &ContainerConfig,
+    disks: Vec<vmm::DiskConfig>,
+    net: Option<vmm::virtio::net::NetConfig>,
+) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
-    // Dropped (passt killed and reaped) when the container ends; passt
-    // also ends on its own if this process dies.
-    let (_passt, net) = network_device(dir, config)?;
     let opts = GuestOptions {
         memory: &memory,
         cpus: config.cpus,
@@ -150,18 +215,7 @@ fn run_inner(
         net,
     };
     std::fs::create_dir_all(root.join("run"))?;
-    let disks = vec![
-        vmm::DiskConfig {
-            path: image_disk,
-            read_only: true,
-        },
-        vmm::DiskConfig {
-            path: second,
-            read_only: false,
-        },
-    ];
-    let t0 = std::time::Instant::now();
-    let (vm, mut client) = fast_start::start(
+    fast_start::start(
         root,
         &opts,
         disks,
@@ -170,45 +224,33 @@ fn run_inner(
         Some(&image_warmup(config.auto_remove)),
         |client| setup_root(client, config),
     )
-    .context("starting the container's VM and root filesystem")?;
-    tracing::debug!("container root ready at {:?}", t0.elapsed());
-    ports.start(&vm.uds)?;
+    .context("starting the container's VM and root filesystem")
+}
 
+/// Runs the container's main process with its output to the log, and to
+/// our stdout/stderr when attached; returns its exit code.
+fn run_main(
+    client: &mut AgentClient,
+    spec: ExecSpec,
+    attach: Attach,
+    dir: &Path,
+    tty: bool,
+    record_pid: impl FnOnce(u32),
+) -> anyhow::Result<i32> {
     let log = logs::open(dir)?;
-    let spec = ExecSpec {
-        argv: config.argv.clone(),
-        env: config.env.clone(),
-        cwd: config.cwd.clone(),
-        root: Some(GUEST_ROOT.into()),
-        user: config.user.clone(),
-        tty: config.tty.then(|| {
-            our_terminal
-                .and_then(terminal::window_size)
-                .unwrap_or_default()
-        }),
-    };
-    let record_pid = |id: u32| {
-        main_process.store(id, Ordering::Release);
-        let _ = update(dir, |s| s.process_id = Some(id));
-    };
     let code = match attach {
         Attach::Terminal { stdin } => {
-            let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
-                Some(Box::new(std::io::stdin()))
-            } else {
-                None
-            };
             // Raw from the moment the process runs until we return.
             let mut raw = None;
             let code = client.run_with(
                 spec,
                 ProcessRole::Main,
-                input,
+                our_stdin(stdin),
                 LogWriter::new(log.clone(), "stdout", Some(std::io::stdout())),
                 LogWriter::new(log, "stderr", Some(std::io::stderr())),
                 |id| {
                     record_pid(id);
-                    raw = raw_stdin(config.tty && stdin);
+                    raw = raw_stdin(tty && stdin);
                 },
             );
             drop(raw);
@@ -223,18 +265,6 @@ fn run_inner(
             record_pid,
         )?,
     };
-    // The container's process is gone: refuse new connections now.
-    drop(ports);
-    tracing::debug!("process exited at {:?}", t0.elapsed());
-    if config.auto_remove {
-        // Nothing of a --rm container's VM outlives it (its writable layer
-        // is guest tmpfs, its image disk read-only): end it without the
-        // guest's shutdown work.
-        drop(vm);
-    } else {
-        AgentClient::connect(&vm.uds)?.shutdown()?;
-        vm.wait(Duration::from_secs(120))?;
-    }
     Ok(code)
 }
 
@@ -256,6 +286,11 @@ fn network_device(
             Ok((Some(passt), Some(net)))
         }
     }
+}
+
+/// Our stdin as the process's input, if forwarded (`-i`).
+fn our_stdin(forward: bool) -> Option<Box<dyn std::io::Read + Send>> {
+    forward.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>)
 }
 
 /// Raw mode for our stdin when it is a terminal the container's PTY takes
@@ -452,16 +487,11 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
                 .unwrap_or_default()
         }),
     };
-    let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
-        Some(Box::new(std::io::stdin()))
-    } else {
-        None
-    };
     let mut raw = None;
     let code = client.run_with(
         spec,
         ProcessRole::Exec,
-        input,
+        our_stdin(stdin),
         std::io::stdout(),
         std::io::stderr(),
         |id| {

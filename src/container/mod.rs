@@ -7,6 +7,7 @@ pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod terminal;
 pub mod top;
 
 pub use spec::ContainerConfig;

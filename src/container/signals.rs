@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::agent_client::AgentClient;
-use crate::terminal;
+use crate::container::terminal;
+use crate::guest::agent_client::AgentClient;
 
 /// Signals forwarded to the container's process as they are.
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];

@@ -146,10 +146,8 @@ impl ContainerStore {
     }
 }
 
-/// The 12-digit short form of an ID.
-pub fn short(id: &str) -> String {
-    id.chars().take(12).collect()
-}
+/// The 12-digit short form of an ID (the same as images').
+pub use images::digest::short_id as short;
 
 /// A new random container ID (64 hex digits).
 pub fn new_id() -> String {

@@ -1,7 +1,7 @@
 //! `hull top`: the container's processes as a table, from the agent's
 //! `/proc` listing (the guest's PIDs: the container is the whole guest).
 
-use agent::protocol::ProcessInfo;
+use agent_protocol::protocol::ProcessInfo;
 
 /// `[[DD-]HH:]MM:SS`, as ps prints elapsed times.
 fn duration(ms: u64) -> String {

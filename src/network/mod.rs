@@ -137,8 +137,8 @@ pub fn settings(mode: NetworkMode, id: &str, running: bool) -> NetworkSettings {
 
 /// The agent request that gives the guest its address on the default
 /// network.
-pub fn configure_request(id: &str) -> agent::protocol::Request {
-    agent::protocol::Request::ConfigureNetwork {
+pub fn configure_request(id: &str) -> agent_protocol::protocol::Request {
+    agent_protocol::protocol::Request::ConfigureNetwork {
         interface: DefaultNetwork::INTERFACE.into(),
         mac: vmm::virtio::net::format_mac(&mac_for(id)),
         address: DefaultNetwork::ADDRESS,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use agent::protocol::{self, FORWARD_PORT};
+use agent_protocol::protocol::{self, FORWARD_PORT};
 
 use super::relay::{self, pump, StreamSocket};
 use super::spec::{self, PortBinding, PortSpec};
@@ -55,6 +55,33 @@ pub struct PortForwarder {
     listeners: Vec<Listener>,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// `addr` as the C socket address bind(2) takes, and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, usize) {
+    // SAFETY: sockaddr_in/sockaddr_in6 are plain data; zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any
+            // socket address.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len)
 }
 
 /// Listens on `addr` (IPv6 addresses only for IPv6, as Docker binds IPv4
@@ -103,28 +130,7 @@ fn listen(addr: SocketAddr) -> Result<Option<TcpListener>, ForwardError> {
     if addr.is_ipv6() {
         set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map_err(fail)?;
     }
-    // SAFETY: sockaddr_in/sockaddr_in6 are plain data; zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for any
-            // socket address.
-            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            // SAFETY: as above.
-            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
+    let (storage, len) = sockaddr(addr);
     // SAFETY: `storage` holds a valid address of `len` bytes.
     let rc = unsafe {
         libc::bind(

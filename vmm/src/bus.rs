@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::lock;
+
 /// A device reachable through the bus.
 pub trait BusDevice: Send {
     /// Guest reads `data.len()` bytes at `offset` from the device's base.
@@ -116,12 +118,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device, ignoring poisoning: a device whose handler panicked on
-/// another vCPU thread is still in a consistent-enough state to answer.
-fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod boot;
+mod builder;
 pub mod bus;
 pub mod cpu;
 pub mod devices;
@@ -21,12 +24,11 @@ pub mod virtio;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -81,6 +83,15 @@ pub enum VmError {
     /// A vCPU hit an exit KVM could not handle.
     #[error("VM failed: {0}")]
     Vcpu(String),
+    /// A vCPU thread panicked (its state cannot be saved).
+    #[error("VM failed: a vCPU thread panicked")]
+    VcpuPanicked,
+    /// The device event loop failed.
+    #[error("VM failed: event loop: {0}")]
+    EventLoop(String),
+    /// A virtio device's queues could not be set up.
+    #[error("VM failed: virtio queue setup: {0}")]
+    VirtioSetup(String),
     /// A snapshot could not be written or restored.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
@@ -266,20 +277,10 @@ impl SnapshotHandle {
     }
 }
 
-const TSS_ADDRESS: usize = 0xfffb_d000;
-
-/// Where a VM's state comes from.
-enum Source<'a> {
-    /// A fresh boot of the configured kernel.
-    Boot,
-    /// A snapshot: its state and memory file.
-    Snapshot(&'a snapshot::VmState, &'a std::fs::File),
-}
-
 impl Vm {
     /// Creates the VM: memory, irqchip, devices, loaded kernel, vCPUs.
     pub fn new(config: VmConfig) -> Result<Self> {
-        Self::build(config, Source::Boot)
+        Self::boot(config)
     }
 
     /// Creates a VM from the snapshot in `dir`, with the devices of
@@ -291,220 +292,7 @@ impl Vm {
         let path = dir.join(snapshot::MEMORY_FILE);
         let file = std::fs::File::open(&path)
             .map_err(|e| snapshot::SnapshotError::Io(path.display().to_string(), e))?;
-        Self::build(config, Source::Snapshot(&state, &file))
-    }
-
-    fn build(mut config: VmConfig, source: Source) -> Result<Self> {
-        let cmdline = config.full_cmdline();
-        let kvm = open_kvm(&config.kvm_device)?;
-        for (cap, name) in [
-            (Cap::Irqchip, "an in-kernel irqchip"),
-            (Cap::Irqfd, "irqfd"),
-            (Cap::UserMemory, "user memory regions"),
-            (Cap::Pit2, "an in-kernel PIT"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(VmError::MissingCap(name));
-            }
-        }
-        if let Source::Snapshot(state, _) = source {
-            let disks: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
-            if state.mem_mib != config.mem_mib
-                || state.vcpus.len() != usize::from(config.vcpus)
-                || state.disks_read_only != disks
-                || state.vsock_cid.is_some() != config.vsock_uds.is_some()
-                || state.net != config.net.is_some()
-            {
-                return Err(snapshot::SnapshotError::Invalid(
-                    "it was made for a different VM size or device set".into(),
-                )
-                .into());
-            }
-            // The guest knows its CID from before the snapshot.
-            if let Some(cid) = state.vsock_cid {
-                config.vsock_cid = cid;
-            }
-        }
-        let max_vcpus = kvm.get_max_vcpus();
-        if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
-            return Err(VmError::VcpuCount(config.vcpus, max_vcpus));
-        }
-        // Check the size before asking KVM for anything that costs.
-        memory::ram_ranges(config.mem_mib)?;
-
-        let vm = kvm.create_vm().map_err(|e| VmError::Kvm("create VM", e))?;
-        vm.set_tss_address(TSS_ADDRESS)
-            .map_err(|e| VmError::Kvm("set TSS address", e))?;
-        vm.create_irq_chip()
-            .map_err(|e| VmError::Kvm("create irqchip", e))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(|e| VmError::Kvm("create PIT", e))?;
-        let mem = match source {
-            Source::Boot => memory::create(&vm, config.mem_mib)?,
-            Source::Snapshot(_, file) => memory::create_from_file(&vm, config.mem_mib, file)?,
-        };
-
-        let mut events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-            EventManager::new().map_err(|e| {
-                VmError::Io("event loop", std::io::Error::from_raw_os_error(e_errno(&e)))
-            })?;
-        let end_evt = Arc::new(new_eventfd()?);
-        let host_stop = Arc::new(new_eventfd()?);
-        let snapshot = Arc::new(SnapshotRequest {
-            evt: Some(new_eventfd()?),
-            dir: Mutex::new(None),
-        });
-        let shared_outcome = Arc::new(Mutex::new(None));
-
-        let mut pio = Bus::new();
-        let serial_irq = new_eventfd()?;
-        vm.register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
-            .map_err(|e| VmError::Kvm("register serial irqfd", e))?;
-        let serial = match source {
-            Source::Boot => devices::serial::SerialDevice::new(serial_irq, config.serial_out),
-            Source::Snapshot(state, _) => devices::serial::SerialDevice::from_state(
-                &state.serial,
-                serial_irq,
-                config.serial_out,
-            )
-            .ok_or_else(|| snapshot::SnapshotError::Invalid("bad serial port state".into()))?,
-        };
-        let serial = Arc::new(Mutex::new(serial));
-        pio.insert(
-            serial.clone(),
-            devices::serial::COM1_BASE,
-            devices::serial::COM1_LEN,
-        )?;
-        let reset_evt = new_eventfd()?;
-        pio.insert(
-            Arc::new(Mutex::new(devices::i8042::I8042::new(
-                reset_evt
-                    .try_clone()
-                    .map_err(|e| VmError::Io("eventfd", e))?,
-            ))),
-            devices::i8042::I8042_BASE,
-            devices::i8042::I8042_LEN,
-        )?;
-
-        let mut mmio = Bus::new();
-        let mut attacher = VirtioAttacher {
-            vm: &vm,
-            mem: &mem,
-            mmio: &mut mmio,
-            events: &mut events,
-            cmdline: String::new(),
-            transports: Vec::new(),
-        };
-        for (i, disk) in config.disks.iter().enumerate() {
-            let block = virtio::block::Block::new(virtio::block::BlockConfig {
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-                id: format!("hull-disk{i}"),
-            })
-            .map_err(|e| VmError::Device(format!("disk {}", disk.path.display()), Box::new(e)))?;
-            attacher.attach(Arc::new(Mutex::new(block)))?;
-        }
-        if let Some(uds) = &config.vsock_uds {
-            let vsock = virtio::vsock::Vsock::new(config.vsock_cid, uds)
-                .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
-            attacher.attach(Arc::new(Mutex::new(vsock)))?;
-        }
-        if let Some(net) = &config.net {
-            let net = virtio::net::Net::new(net.clone())
-                .map_err(|e| VmError::Device("network device".into(), Box::new(e)))?;
-            attacher.attach(Arc::new(Mutex::new(net)))?;
-        }
-        let cmdline = format!("{cmdline}{}", attacher.cmdline);
-        let transports = attacher.transports;
-
-        let shared = VcpuShared {
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            stop: Arc::new(AtomicBool::new(false)),
-            outcome: shared_outcome,
-            end_evt: end_evt.clone(),
-        };
-        let watcher: Arc<Mutex<dyn MutEventSubscriber + Send>> = Arc::new(Mutex::new(EndWatcher {
-            reset: reset_evt,
-            host_stop: host_stop.clone(),
-            snapshot: snapshot.clone(),
-            end: end_evt,
-            shared: shared.clone(),
-        }));
-        events.add_subscriber(watcher);
-
-        let base_cpuid = cpu::supported_cpuid(&kvm).map_err(|e| VmError::Kvm("get CPUID", e))?;
-        let mut vcpus = Vec::new();
-        match source {
-            Source::Boot => {
-                let boot = boot::load(
-                    &mem,
-                    &config.kernel,
-                    config.initramfs.as_deref(),
-                    &cmdline,
-                    config.vcpus,
-                )?;
-                cpu::write_boot_tables(&mem)?;
-                for id in 0..config.vcpus {
-                    let vcpu = vm
-                        .create_vcpu(u64::from(id))
-                        .map_err(|e| VmError::Kvm("create vCPU", e))?;
-                    let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus);
-                    cpu::setup_vcpu(&vcpu, id, &cpuid, &boot)?;
-                    vcpus.push(vcpu);
-                }
-            }
-            Source::Snapshot(state, _) => {
-                restore_vm_state(&vm, state)?;
-                for (id, saved) in (0..config.vcpus).zip(&state.vcpus) {
-                    let vcpu = vm
-                        .create_vcpu(u64::from(id))
-                        .map_err(|e| VmError::Kvm("create vCPU", e))?;
-                    let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus);
-                    vcpu.set_cpuid2(&cpuid)
-                        .map_err(|e| VmError::Kvm("set CPUID", e))?;
-                    saved.restore(&vcpu)?;
-                    vcpus.push(vcpu);
-                }
-                for (transport, saved) in transports.iter().zip(&state.transports) {
-                    lock(transport).restore(saved).map_err(|e| {
-                        snapshot::SnapshotError::Invalid(format!("virtio device: {e}"))
-                    })?;
-                }
-                // The disks behind the restored devices may differ from the
-                // ones the guest saw: have it read their size again.
-                for transport in &transports[..config.disks.len()] {
-                    lock(transport).config_changed();
-                }
-            }
-        }
-        tracing::debug!(
-            "VM created: {} vCPUs, {} MiB, cmdline {cmdline:?}",
-            config.vcpus,
-            config.mem_mib
-        );
-        Ok(Self {
-            vcpus,
-            vm,
-            kvm,
-            shared,
-            events,
-            host_stop,
-            snapshot,
-            serial,
-            transports,
-            layout: Layout {
-                mem_mib: config.mem_mib,
-                disks_read_only: config.disks.iter().map(|d| d.read_only).collect(),
-                vsock_cid: config.vsock_uds.as_ref().map(|_| config.vsock_cid),
-                net: config.net.is_some(),
-            },
-            mem,
-        })
+        Self::restore_from(config, &state, &file)
     }
 
     /// A handle that can stop the VM while `run` is running.
@@ -545,7 +333,7 @@ impl Vm {
         let mut loop_error = None;
         while !self.shared.stop.load(Ordering::Acquire) {
             if let Err(e) = self.events.run() {
-                loop_error = Some(format!("event loop: {e:?}"));
+                loop_error = Some(format!("{e:?}"));
                 break;
             }
         }
@@ -553,7 +341,7 @@ impl Vm {
         let vcpus: Vec<Option<VcpuFd>> =
             threads.into_iter().map(VcpuThread::stop_and_join).collect();
         if let Some(e) = loop_error {
-            return Err(VmError::Vcpu(e));
+            return Err(VmError::EventLoop(e));
         }
         let outcome = self
             .shared
@@ -573,8 +361,7 @@ impl Vm {
             (Some(ExitAction::Fatal(why)), _) => Err(VmError::Vcpu(why)),
             (Some(ExitAction::Continue) | None, Some(dir)) => {
                 let vcpus: Option<Vec<VcpuFd>> = vcpus.into_iter().collect();
-                let mut vcpus =
-                    vcpus.ok_or_else(|| VmError::Vcpu("a vCPU thread panicked".into()))?;
+                let mut vcpus = vcpus.ok_or(VmError::VcpuPanicked)?;
                 self.write_snapshot(&mut vcpus, &dir)?;
                 Ok(VmExit::Snapshotted)
             }
@@ -662,7 +449,10 @@ fn restore_vm_state(vm: &VmFd, state: &snapshot::VmState) -> Result<()> {
     Ok(())
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex, ignoring poisoning: a device whose handler panicked on
+/// another thread is still in a consistent-enough state to answer (and the
+/// VM is ending anyway).
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -739,7 +529,7 @@ impl VirtioAttacher<'_> {
             interrupt,
             queue_evts,
         )
-        .map_err(|e| VmError::Vcpu(format!("virtio queue setup: {e:?}")))?;
+        .map_err(|e| VmError::VirtioSetup(format!("{e:?}")))?;
         let transport = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(transport.clone(), base, virtio::mmio::MMIO_WINDOW)?;

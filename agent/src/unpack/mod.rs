@@ -1,14 +1,16 @@
 //! Applying OCI image layers onto a directory, inside the guest.
 //!
-//! hull never unpacks layers on the host: a helper microVM gets the layer
-//! blobs on read-only disks and an empty ext4 disk, and the agent applies
-//! the layers in order with this module (see `docs/unpack.md`).
+//! hull never unpacks layers on the host: a helper microVM gets an empty
+//! ext4 disk, the host streams the layer blobs, unopened, over vsock (port
+//! 1026, `unpack_server`), and the agent applies them in order with this
+//! module (see `docs/unpack.md`). Compression detection, zstd frames and
+//! path cleaning come from the `layerfmt` crate, shared with `images`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), agent::unpack::Error> {
 //! use agent::unpack::{Options, Unpacker};
 //! let mut u = Unpacker::new("/mnt/rootfs".as_ref(), Options::default())?;
-//! for blob in ["/dev/vdb", "/dev/vdc"] {
+//! for blob in ["layer1.tar.gz", "layer2.tar.zst"] {
 //!     let f = std::fs::File::open(blob).map_err(agent::unpack::Error::Read)?;
 //!     let layer = u.apply_layer(f)?; // plain, gzip or zstd: by magic bytes
 //!     eprintln!("{blob}: {layer}");
@@ -33,13 +35,14 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use apply::{cstring, errno, Dir, Target};
+use layerfmt::ZstdFrames;
 use tar::{Entry, Kind};
 use whiteout::{Created, Whiteout};
 
@@ -234,29 +237,8 @@ impl Default for Options {
     }
 }
 
-/// Layer compression, detected from the first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip (`1f 8b`).
-    Gzip,
-    /// zstd (`28 b5 2f fd`).
-    Zstd,
-}
-
-impl Compression {
-    /// Detects compression from a blob's first bytes.
-    pub fn detect(head: &[u8]) -> Compression {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
-    }
-}
+pub use layerfmt::clean_path as clean;
+pub use layerfmt::Compression;
 
 /// Applies layers, in order, onto one target directory.
 pub struct Unpacker {
@@ -358,7 +340,7 @@ impl Unpacker {
         let stream: Box<dyn Read + '_> = match comp {
             Compression::None => Box::new(input),
             Compression::Gzip => Box::new(gzip::GzReader::new(input)),
-            Compression::Zstd => Box::new(ZstdFrames::new(input)?),
+            Compression::Zstd => Box::new(ZstdFrames::new(input).map_err(Error::Read)?),
         };
         let buf = self
             .buf
@@ -777,22 +759,6 @@ fn xattr_result(r: io::Result<()>, path: &[u8], symlink: bool) -> Result<(), Err
     }
 }
 
-/// Cleans an entry path lexically: no leading `/`, no `.` or empty
-/// components, `..` pops (never above the root). The result has no `..`.
-pub fn clean(path: &[u8]) -> Vec<u8> {
-    let mut comps: Vec<&[u8]> = Vec::new();
-    for c in path.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                comps.pop();
-            }
-            c => comps.push(c),
-        }
-    }
-    comps.join(&b'/')
-}
-
 /// (parent, name) of a cleaned, non-empty path.
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
@@ -812,43 +778,5 @@ impl<R: Read> Read for Counting<R> {
         let n = self.inner.read(buf)?;
         self.count.set(self.count.get() + n as u64);
         Ok(n)
-    }
-}
-
-/// A zstd stream of one or more frames.
-struct ZstdFrames<R: BufRead> {
-    dec: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
-}
-
-impl<R: BufRead> ZstdFrames<R> {
-    fn new(r: R) -> Result<Self, Error> {
-        let dec = ruzstd::decoding::StreamingDecoder::new(r)
-            .map_err(|e| Error::Read(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))?;
-        Ok(ZstdFrames { dec: Some(dec) })
-    }
-}
-
-impl<R: BufRead> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let Some(dec) = self.dec.as_mut() else {
-                return Ok(0);
-            };
-            let n = dec.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            // End of a frame: another may follow.
-            let Some(dec) = self.dec.take() else {
-                return Ok(0);
-            };
-            let mut inner = dec.into_inner();
-            if inner.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            let next = ruzstd::decoding::StreamingDecoder::new(inner)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            self.dec = Some(next);
-        }
     }
 }

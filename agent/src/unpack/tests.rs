@@ -914,15 +914,6 @@ fn full_filesystem_is_an_error() {
     assert!(matches!(err, Error::NoSpace { .. }), "{err}");
 }
 
-#[test]
-fn clean_paths() {
-    assert_eq!(clean(b"/a/./b//c/"), b"a/b/c");
-    assert_eq!(clean(b"../../x"), b"x");
-    assert_eq!(clean(b"a/../../b"), b"b");
-    assert_eq!(clean(b"./"), b"");
-    assert_eq!(clean(b".."), b"");
-}
-
 /// A reader that returns one byte per call.
 struct Trickle<'a>(&'a [u8]);
 

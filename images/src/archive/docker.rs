@@ -57,7 +57,7 @@ pub(super) fn load(store: &Store, idx: &TarIndex) -> Result<Vec<String>> {
                 .member(path)?
                 .read(&mut head)
                 .map_err(io_err("cannot read", std::path::Path::new(path)))?;
-            let compression = media::sniff(&head[..n]);
+            let compression = media::Compression::detect(&head[..n]);
             let diff_id = match compression {
                 Compression::None => None,
                 c => Some(

@@ -31,7 +31,7 @@ impl TarIndex {
         let n = file.read(&mut head).map_err(io_err("cannot read", path))?;
         file.rewind().map_err(io_err("cannot read", path))?;
         let mut decompressed = None;
-        if media::sniff(&head[..n]) == Compression::Gzip {
+        if media::Compression::detect(&head[..n]) == Compression::Gzip {
             let mut tmp =
                 NamedTempFile::new_in(tmpdir).map_err(io_err("cannot create a file in", tmpdir))?;
             io::copy(&mut GzDecoder::new(BufReader::new(&file)), &mut tmp)
@@ -142,7 +142,7 @@ impl TarIndex {
 
 /// Normalizes a member name: no leading `./` or `/`, no empty or `.` parts.
 fn clean(name: &str) -> String {
-    resolve("", name)
+    String::from_utf8_lossy(&layerfmt::clean_path(name.as_bytes())).into_owned()
 }
 
 fn resolve(base: &str, rel: &str) -> String {

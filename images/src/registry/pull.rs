@@ -78,33 +78,7 @@ fn get_manifest(
 pub fn pull(store: &Store, r: &Reference, opts: &Options) -> crate::Result<PullReport> {
     let scope = format!("repository:{}:pull", r.path());
     let client = Client::new(r.domain(), Some(scope), None, opts);
-    let (mut bytes, mut mt, top) = get_manifest(&client, r, &r.manifest_ref())?;
-    if let Some(want) = r.digest() {
-        digest::verify(want, None, &top, bytes.len() as u64)?;
-    }
-    let mut manifest_digest = top.clone();
-    if media::manifest_kind(&mt)? == ManifestKind::Index {
-        let index: ImageIndex =
-            serde_json::from_slice(&bytes).map_err(|e| crate::store::Error::Json {
-                what: "index",
-                digest: top.to_string(),
-                source: e,
-            })?;
-        let platform = opts.platform.clone().unwrap_or_else(Platform::host);
-        let d = platform.select(index.manifests())?.clone();
-        let (b, m, got) = get_manifest(&client, r, d.digest().as_ref())?;
-        digest::verify(d.digest(), Some(d.size()), &got, b.len() as u64)?;
-        (bytes, mt, manifest_digest) = (b, m, got);
-        if media::manifest_kind(&mt)? != ManifestKind::Manifest {
-            return Err(media::Error::Unknown(mt).into());
-        }
-    }
-    let manifest: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| crate::store::Error::Json {
-            what: "manifest",
-            digest: manifest_digest.to_string(),
-            source: e,
-        })?;
+    let (bytes, mt, top, manifest_digest, manifest) = resolve_manifest(&client, r, opts)?;
     // Refuse unknown types before downloading anything.
     media::check_config(manifest.config().media_type().as_ref())?;
     for l in manifest.layers() {
@@ -115,14 +89,7 @@ pub fn pull(store: &Store, r: &Reference, opts: &Options) -> crate::Result<PullR
     let mut ingest = store.ingest()?;
     let cfg = manifest.config();
     if !ingest.has(cfg.digest(), cfg.size()) {
-        let url = client.url(&format!("{}/blobs/{}", r.path(), cfg.digest()));
-        let resp = client.send(
-            "GET",
-            &url,
-            &[],
-            Body::Empty,
-            &format!("config {}", cfg.digest()),
-        )?;
+        let (url, resp) = get_blob(&client, r, cfg.digest(), "config")?;
         let mut b = Vec::new();
         resp.into_reader()
             .take(MAX_MANIFEST + 1)
@@ -137,40 +104,14 @@ pub fn pull(store: &Store, r: &Reference, opts: &Options) -> crate::Result<PullR
         .filter(|l| !ingest.has(l.digest(), l.size()))
         .collect();
     let bars = (opts.progress && io::stderr().is_terminal()).then(MultiProgress::new);
-    let queue = Mutex::new(todo.iter().copied());
-    let fetched: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
-    let first_error: Mutex<Option<crate::Error>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(todo.len()) {
-            s.spawn(|| loop {
-                if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                    return;
-                }
-                let Some(layer) = queue.lock().ok().and_then(|mut q| q.next()) else {
-                    return;
-                };
-                match fetch_with_retry(store, &client, r, layer, bars.as_ref()) {
-                    Ok(d) => {
-                        if let Ok(mut f) = fetched.lock() {
-                            f.push(d);
-                        }
-                    }
-                    Err(e) => {
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    for d in fetched.into_inner().unwrap_or_default() {
+    let (fetched, first_error) = fetch_layers(store, &client, r, &todo, bars.as_ref());
+    for d in fetched {
         if bars.is_some() {
             eprintln!("{}: Pull complete", short(&d));
         }
         ingest.note_added(&d);
     }
-    if let Some(e) = first_error.into_inner().ok().flatten() {
+    if let Some(e) = first_error {
         return Err(e);
     }
     ingest.write(&bytes, Some((&manifest_digest, bytes.len() as u64)))?;
@@ -195,6 +136,91 @@ pub fn pull(store: &Store, r: &Reference, opts: &Options) -> crate::Result<PullR
         id: cfg.digest().clone(),
         downloaded: todo.len(),
     })
+}
+
+/// The image manifest `r` names: through an index for the platform of
+/// `opts` if needed. Returns its bytes, media type, the digest `r`
+/// resolved to first (an index's, or the manifest's), the manifest's
+/// digest, and the parsed manifest.
+fn resolve_manifest(
+    client: &Client,
+    r: &Reference,
+    opts: &Options,
+) -> crate::Result<(Vec<u8>, String, Digest, Digest, ImageManifest)> {
+    let (mut bytes, mut mt, top) = get_manifest(client, r, &r.manifest_ref())?;
+    if let Some(want) = r.digest() {
+        digest::verify(want, None, &top, bytes.len() as u64)?;
+    }
+    let mut manifest_digest = top.clone();
+    if media::manifest_kind(&mt)? == ManifestKind::Index {
+        let index: ImageIndex = crate::store::parse_json("index", &top, &bytes)?;
+        let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+        let d = platform.select(index.manifests())?.clone();
+        let (b, m, got) = get_manifest(client, r, d.digest().as_ref())?;
+        digest::verify(d.digest(), Some(d.size()), &got, b.len() as u64)?;
+        (bytes, mt, manifest_digest) = (b, m, got);
+        if media::manifest_kind(&mt)? != ManifestKind::Manifest {
+            return Err(media::Error::Unknown(mt).into());
+        }
+    }
+    let manifest: ImageManifest = crate::store::parse_json("manifest", &manifest_digest, &bytes)?;
+    Ok((bytes, mt, top, manifest_digest, manifest))
+}
+
+/// Downloads the layers of `todo`, `PARALLEL` at a time; returns the
+/// digests fetched and the first error (which stops the others taking
+/// more work).
+fn fetch_layers(
+    store: &Store,
+    client: &Client,
+    r: &Reference,
+    todo: &[&Descriptor],
+    bars: Option<&MultiProgress>,
+) -> (Vec<Digest>, Option<crate::Error>) {
+    let queue = Mutex::new(todo.iter().copied());
+    let fetched: Mutex<Vec<Digest>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<crate::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(todo.len()) {
+            s.spawn(|| loop {
+                if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let Some(layer) = queue.lock().ok().and_then(|mut q| q.next()) else {
+                    return;
+                };
+                match fetch_with_retry(store, client, r, layer, bars) {
+                    Ok(d) => {
+                        if let Ok(mut f) = fetched.lock() {
+                            f.push(d);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (
+        fetched.into_inner().unwrap_or_default(),
+        first_error.into_inner().ok().flatten(),
+    )
+}
+
+/// GETs blob `digest` of `r`'s repository; `kind` names it in errors.
+/// Returns the URL too, for errors reading the body.
+fn get_blob(
+    client: &Client,
+    r: &Reference,
+    digest: &Digest,
+    kind: &str,
+) -> crate::Result<(String, ureq::Response)> {
+    let url = client.url(&format!("{}/blobs/{digest}", r.path()));
+    let resp = client.send("GET", &url, &[], Body::Empty, &format!("{kind} {digest}"))?;
+    Ok((url, resp))
 }
 
 /// [`fetch_blob`], again when the connection broke mid-body (the partial
@@ -226,14 +252,7 @@ fn fetch_blob(
     layer: &Descriptor,
     bars: Option<&MultiProgress>,
 ) -> crate::Result<Digest> {
-    let url = client.url(&format!("{}/blobs/{}", r.path(), layer.digest()));
-    let resp = client.send(
-        "GET",
-        &url,
-        &[],
-        Body::Empty,
-        &format!("blob {}", layer.digest()),
-    )?;
+    let (url, resp) = get_blob(client, r, layer.digest(), "blob")?;
     let mut w = store.layout().blob_writer()?;
     let reader = resp.into_reader().take(layer.size() + 1);
     let body_err = |source| Error::Body {

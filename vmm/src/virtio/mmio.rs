@@ -13,6 +13,7 @@ use super::{
     ActivateContext, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::bus::BusDevice;
+use crate::lock;
 
 /// Size of one device's register window.
 pub const MMIO_WINDOW: u64 = 0x1000;
@@ -430,10 +431,6 @@ impl BusDevice for MmioTransport {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         }
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

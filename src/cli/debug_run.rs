@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::protocol::ExecSpec;
+use agent_protocol::protocol::ExecSpec;
 use clap::Args;
 
-use crate::agent_client::AgentClient;
-use crate::guest_vm::{self, GuestOptions, RunningVm, VmArgs};
+use crate::guest::agent_client::AgentClient;
+use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm, VmArgs};
 
 /// Options of `hull debug run`.
 #[derive(Args, Debug)]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::Status;
+use agent_protocol::Status;
 
 /// Status lines seen so far, with when (since the watcher was made) they came.
 pub type SeenStatus = Arc<Mutex<Vec<(Duration, Status)>>>;

@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent::Status;
+use agent_protocol::Status;
 
-use crate::serial_watch::{SeenStatus, SerialWatcher};
-use crate::{guest_files, initramfs, units};
+use super::files as guest_files;
+use super::initramfs;
+use crate::guest::serial_watch::{SeenStatus, SerialWatcher};
+use crate::units;
 
 /// Errors preparing or waiting for a guest.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +150,7 @@ impl RunningVm {
         config: vmm::VmConfig,
         snapshot: &Path,
         ready_timeout: Duration,
-    ) -> anyhow::Result<(Self, crate::agent_client::AgentClient)> {
+    ) -> anyhow::Result<(Self, crate::guest::agent_client::AgentClient)> {
         let uds = vm_socket(&config)?;
         Self::start_restored(vmm::Vm::restore(config, snapshot)?, uds, ready_timeout)
     }
@@ -159,12 +161,12 @@ impl RunningVm {
         vm: vmm::Vm,
         uds: PathBuf,
         ready_timeout: Duration,
-    ) -> anyhow::Result<(Self, crate::agent_client::AgentClient)> {
+    ) -> anyhow::Result<(Self, crate::guest::agent_client::AgentClient)> {
         use std::sync::atomic::Ordering;
         let mut running = Self::spawn(vm, uds)?;
         let start = Instant::now();
         loop {
-            match crate::agent_client::AgentClient::connect(&running.uds) {
+            match crate::guest::agent_client::AgentClient::connect(&running.uds) {
                 Ok(client) => return Ok((running, client)),
                 Err(e) if running.done.load(Ordering::Acquire) => {
                     running.kill();
@@ -184,7 +186,7 @@ impl RunningVm {
     pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
         // The VM thread may still be writing its last lines.
         std::thread::sleep(Duration::from_millis(200));
-        let tail = crate::serial_watch::console_tail();
+        let tail = crate::guest::serial_watch::console_tail();
         match tail.last() {
             Some(last) if self.is_done() => {
                 e.context(format!("the VM ended; guest console: {last}"))

@@ -24,12 +24,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use agent_protocol::protocol::Request;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::agent_client::{AgentClient, AgentError};
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::guest::agent_client::{AgentClient, AgentError};
+use crate::guest::serial_watch::SeenStatus;
+use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
 
 /// Set to `0`/`off`/`false` to boot every container cold.
 pub const ENABLE_ENV: &str = "HULL_FAST_START";
@@ -101,7 +103,7 @@ pub struct Warmup {
     /// their blocks).
     pub fixed_disks: usize,
     /// Requests run once, after the disks are attached.
-    pub requests: Vec<agent::protocol::Request>,
+    pub requests: Vec<agent_protocol::protocol::Request>,
 }
 
 /// A file's identity: path, size, modification time and inode, so a
@@ -201,49 +203,9 @@ pub fn start(
     config.disks = disks;
     config.vsock_uds = Some(uds);
     if !enabled() {
-        let vm = RunningVm::start(config, &seen, timeout)?;
-        let mut client = AgentClient::connect(&vm.uds)?;
-        client.begin_batch();
-        for req in warmup.iter().flat_map(|w| &w.requests) {
-            // Reading the files into memory is only worth it for a snapshot.
-            if !matches!(req, agent::protocol::Request::ReadFiles { .. }) {
-                client.call(req)?;
-            }
-        }
-        setup(&mut client)?;
-        client.end_batch().map_err(|e| vm.explain(e.into()))?;
-        return Ok((vm, client));
+        return boot_cold(config, &seen, timeout, warmup, setup);
     }
-    let meta = meta_for(&config)?;
-    let base_key = key(&config, &meta);
-    let store = snapshots_dir(root);
-    let base = store.join(&base_key);
-    if !base.join(vmm::snapshot::STATE_FILE).exists() {
-        make(root, opts, &config, &meta, &base, timeout)
-            .context("making the fast-start VM snapshot")?;
-    }
-    // The derived snapshot, when there is (or can be made) one.
-    let derived = match warmup {
-        Some(w) => {
-            let dir = store.join(derived_key(&base_key, &config, w)?);
-            if !dir.join(vmm::snapshot::STATE_FILE).exists() {
-                if let Err(e) = make_derived(
-                    root, opts, &base, &base_key, &meta, &config, w, &dir, timeout,
-                ) {
-                    // The base snapshot still works: start from it.
-                    tracing::warn!("no warm snapshot for this image: {e:#}");
-                }
-            }
-            dir.join(vmm::snapshot::STATE_FILE)
-                .exists()
-                .then_some((dir, w))
-        }
-        None => None,
-    };
-    let (dir, fixed, warm_requests) = match derived {
-        Some((dir, w)) => (dir, w.fixed_disks, &[][..]),
-        None => (base, 0, warmup.map_or(&[][..], |w| w.requests.as_slice())),
-    };
+    let (dir, fixed, warm_requests) = snapshot_for(root, opts, &config, warmup, timeout)?;
     let sizes: Vec<u64> = config
         .disks
         .iter()
@@ -260,11 +222,7 @@ pub fn start(
     for (i, sectors) in sizes.into_iter().enumerate().skip(fixed) {
         client.refresh_disk(&disk_device(i), sectors)?;
     }
-    for req in warm_requests {
-        if !matches!(req, agent::protocol::Request::ReadFiles { .. }) {
-            client.call(req)?;
-        }
-    }
+    replay_warmup(&mut client, warm_requests)?;
     setup(&mut client)?;
     client
         .end_batch()
@@ -272,6 +230,82 @@ pub fn start(
         .context("setting up the restored guest")?;
     tracing::debug!("guest identity set, disks attached, set-up done");
     Ok((vm, client))
+}
+
+/// Fast start off: boots, then runs the warm-up's and the caller's
+/// requests in one round trip.
+fn boot_cold(
+    config: vmm::VmConfig,
+    seen: &SeenStatus,
+    timeout: Duration,
+    warmup: Option<&Warmup>,
+    setup: impl FnOnce(&mut AgentClient) -> Result<(), AgentError>,
+) -> anyhow::Result<(RunningVm, AgentClient)> {
+    let vm = RunningVm::start(config, seen, timeout)?;
+    let mut client = AgentClient::connect(&vm.uds)?;
+    client.begin_batch();
+    replay_warmup(
+        &mut client,
+        warmup.map_or(&[][..], |w| w.requests.as_slice()),
+    )?;
+    setup(&mut client)?;
+    client.end_batch().map_err(|e| vm.explain(e.into()))?;
+    Ok((vm, client))
+}
+
+/// Queues a warm-up's requests on a VM that did not start from its warm
+/// snapshot. Reading the files into memory is only worth it for a
+/// snapshot, so `ReadFiles` is left out.
+fn replay_warmup(client: &mut AgentClient, requests: &[Request]) -> Result<(), AgentError> {
+    for req in requests {
+        if !matches!(req, Request::ReadFiles { .. }) {
+            client.call(req)?;
+        }
+    }
+    Ok(())
+}
+
+/// The snapshot to restore (made first if needed): the warm one derived
+/// for `warmup` when there is or can be one, else the base. Returns its
+/// directory, how many leading disks it has fixed, and the warm-up
+/// requests still to run (those of a warm-up it lacks).
+fn snapshot_for<'w>(
+    root: &Path,
+    opts: &GuestOptions<'_>,
+    config: &vmm::VmConfig,
+    warmup: Option<&'w Warmup>,
+    timeout: Duration,
+) -> anyhow::Result<(PathBuf, usize, &'w [Request])> {
+    let meta = meta_for(config)?;
+    let base_key = key(config, &meta);
+    let store = snapshots_dir(root);
+    let base = store.join(&base_key);
+    if !base.join(vmm::snapshot::STATE_FILE).exists() {
+        make(root, opts, config, &meta, &base, timeout)
+            .context("making the fast-start VM snapshot")?;
+    }
+    // The derived snapshot, when there is (or can be made) one.
+    let derived = match warmup {
+        Some(w) => {
+            let dir = store.join(derived_key(&base_key, config, w)?);
+            if !dir.join(vmm::snapshot::STATE_FILE).exists() {
+                if let Err(e) = make_derived(
+                    root, opts, &base, &base_key, &meta, config, w, &dir, timeout,
+                ) {
+                    // The base snapshot still works: start from it.
+                    tracing::warn!("no warm snapshot for this image: {e:#}");
+                }
+            }
+            dir.join(vmm::snapshot::STATE_FILE)
+                .exists()
+                .then_some((dir, w))
+        }
+        None => None,
+    };
+    Ok(match derived {
+        Some((dir, w)) => (dir, w.fixed_disks, &[][..]),
+        None => (base, 0, warmup.map_or(&[][..], |w| w.requests.as_slice())),
+    })
 }
 
 /// The guest's name for disk `i` (virtio-blk devices in order).
@@ -382,7 +416,7 @@ fn save(
     meta: SnapshotMeta,
     bring_up: impl FnOnce(
         vmm::VmConfig,
-        &crate::serial_watch::SeenStatus,
+        &crate::guest::serial_watch::SeenStatus,
         PathBuf,
     ) -> anyhow::Result<(RunningVm, vmm::SnapshotHandle)>,
 ) -> anyhow::Result<()> {

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
+use agent_protocol::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
 use sha2::{Digest, Sha256};
 
-use crate::agent_client::{self, AgentClient};
-use crate::guest_vm::{self, GuestOptions, RunningVm};
+use crate::guest::agent_client::{self, AgentClient};
+use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
 
 /// Errors preparing a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,39 @@ pub enum RootfsError {
     /// The guest could not unpack a layer.
     #[error("Unpacking the image failed in the helper VM: {0}")]
     Unpack(String),
+    /// The connection to the helper VM's agent broke (rather than the
+    /// preparation failing on bad input, which fails the same way again):
+    /// worth one more attempt.
+    #[error(transparent)]
+    ConnectionLost(anyhow::Error),
+}
+
+impl RootfsError {
+    /// Wraps an agent error as [`RootfsError::ConnectionLost`] when it is
+    /// the connection that failed.
+    fn from_agent(e: agent_client::AgentError) -> anyhow::Error {
+        match e {
+            agent_client::AgentError::Wire(protocol::WireError::Io(_)) => {
+                RootfsError::ConnectionLost(e.into()).into()
+            }
+            e => e.into(),
+        }
+    }
+
+    /// The same for a protocol error on the unpack stream, with `context`
+    /// if given.
+    fn from_wire(e: protocol::WireError, context: Option<String>) -> anyhow::Error {
+        let lost = matches!(e, protocol::WireError::Io(_));
+        let e = match context {
+            Some(c) => anyhow::Error::from(e).context(c),
+            None => e.into(),
+        };
+        if lost {
+            RootfsError::ConnectionLost(e).into()
+        } else {
+            e
+        }
+    }
 }
 
 /// What a preparation measured.
@@ -140,7 +173,7 @@ impl RootfsCache {
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         let mut result = prepare(root, layers, &tmp);
         if let Err(e) = &result {
-            if broken_connection(e) {
+            if matches!(e.downcast_ref(), Some(RootfsError::ConnectionLost(_))) {
                 // Seen rarely on heavily loaded PVM hosts: the unpack stream
                 // ends without the agent's reply (cause not yet found, see
                 // docs/unpack.md). Preparation starts from an empty disk, so
@@ -165,33 +198,8 @@ impl RootfsCache {
     }
 }
 
-/// Whether preparation failed because a connection to the helper VM's
-/// agent broke (rather than on bad input, which fails the same way again).
-fn broken_connection(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<protocol::WireError>(),
-            Some(protocol::WireError::Io(_))
-        ) || matches!(
-            c.downcast_ref::<agent_client::AgentError>(),
-            Some(agent_client::AgentError::Wire(protocol::WireError::Io(_)))
-        )
-    })
-}
-
-/// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
-fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
-    let start = Instant::now();
-    let mut sizes = Vec::new();
-    for (_, p) in layers {
-        sizes.push(
-            std::fs::metadata(p)
-                .map_err(|e| RootfsError::Layer(p.clone(), e))?
-                .len(),
-        );
-    }
-    mkfs(disk, disk_size(sizes.iter().sum()), "hull-rootfs")?;
-
+/// Boots the helper VM with `disk` as its only disk and the agent serving.
+fn start_helper(root: &Path, disk: &Path) -> anyhow::Result<RunningVm> {
     let opts = GuestOptions {
         memory: "256m",
         cpus: 1,
@@ -209,18 +217,37 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         read_only: false,
     }];
     config.cmdline.push_str(" hull.serve");
-    let vm = RunningVm::start(config, &seen, Duration::from_secs(600))?;
-    let mut client = AgentClient::connect(&vm.uds)?;
-    client.mount("/dev/vda", "/mnt/target", "ext4", false, "")?;
+    RunningVm::start(config, &seen, Duration::from_secs(600))
+}
 
-    let mut stream = agent_client::connect_port(&vm.uds, UNPACK_PORT)?;
+/// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
+fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
+    let start = Instant::now();
+    let mut sizes = Vec::new();
+    for (_, p) in layers {
+        sizes.push(
+            std::fs::metadata(p)
+                .map_err(|e| RootfsError::Layer(p.clone(), e))?
+                .len(),
+        );
+    }
+    mkfs(disk, disk_size(sizes.iter().sum()), "hull-rootfs")?;
+    let vm = start_helper(root, disk)?;
+    let mut client = AgentClient::connect(&vm.uds).map_err(RootfsError::from_agent)?;
+    client
+        .mount("/dev/vda", "/mnt/target", "ext4", false, "")
+        .map_err(RootfsError::from_agent)?;
+
+    let mut stream =
+        agent_client::connect_port(&vm.uds, UNPACK_PORT).map_err(RootfsError::from_agent)?;
     protocol::send(
         &mut stream,
         &UnpackRequest {
             target: "/mnt/target".into(),
             sizes,
         },
-    )?;
+    )
+    .map_err(|e| RootfsError::from_wire(e, None))?;
     for (_, p) in layers {
         let mut f = File::open(p).map_err(|e| RootfsError::Layer(p.clone(), e))?;
         std::io::copy(&mut f, &mut stream).map_err(|e| RootfsError::Layer(p.clone(), e))?;
@@ -228,7 +255,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
     let reply: UnpackReply = protocol::recv(&mut stream).map_err(|e| {
         let why = if vm.is_done() {
             std::thread::sleep(Duration::from_millis(200));
-            let tail = crate::serial_watch::console_tail();
+            let tail = crate::guest::serial_watch::console_tail();
             format!(
                 "helper VM ended; guest console: {}",
                 tail.last().map_or("(nothing)", String::as_str)
@@ -236,7 +263,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         } else {
             "helper VM still running".to_string()
         };
-        anyhow::Error::from(e).context(format!("waiting for the unpack result ({why})"))
+        RootfsError::from_wire(e, Some(format!("waiting for the unpack result ({why})")))
     })?;
     let stats = match reply {
         UnpackReply::Done {
@@ -255,7 +282,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         UnpackReply::Error { message } => return Err(RootfsError::Unpack(message).into()),
     };
     // The agent syncs before it resets the VM.
-    client.shutdown()?;
+    client.shutdown().map_err(RootfsError::from_agent)?;
     vm.wait(Duration::from_secs(300))?;
     File::open(disk)?.sync_all()?;
     Ok(PrepareStats {

@@ -40,7 +40,7 @@ pub const UNPACK_PORT: u32 = 1026;
 /// vsock port where the host opens connections to published container
 /// ports: the host writes [`forward_header`], the agent dials that port on
 /// the guest's loopback and answers `OK\n` or `ERR <reason>\n`; then the
-/// stream carries the connection's bytes both ways (see [`crate::relay`]).
+/// stream carries the connection's bytes both ways (see the agent's `forward` module).
 /// The host may send the connection's first bytes right after the header,
 /// without waiting for the answer.
 pub const FORWARD_PORT: u32 = 1027;
@@ -196,7 +196,12 @@ pub enum Request {
     /// file systems), at most `max_bytes` in all, so their pages are in the
     /// guest's page cache: done before a per-image snapshot is taken, so
     /// containers restored from it find their image's files in memory.
-    ReadFiles { root: String, max_bytes: u64 },
+    ReadFiles {
+        /// Directory to read under.
+        root: String,
+        /// Most bytes to read in all.
+        max_bytes: u64,
+    },
     /// Flush filesystems and end the VM.
     Shutdown,
     /// Sent first after a VM was restored from a snapshot: the guest takes

@@ -5,7 +5,7 @@ use std::path::Path;
 use kvm_ioctls::Cap;
 use vmm::HostKind;
 
-use crate::guest_files;
+use crate::guest::files as guest_files;
 
 fn yes(b: bool) -> &'static str {
     if b {
@@ -18,6 +18,14 @@ fn yes(b: bool) -> &'static str {
 /// Prints the report; never fails (missing pieces are reported as such).
 pub fn run(root: &Path) -> anyhow::Result<u8> {
     let host = HostKind::detect();
+    print_hypervisor(host);
+    print_guest_files(root);
+    print_fast_start(root);
+    Ok(0)
+}
+
+/// The hypervisor, KVM's limits and capabilities, the command line it needs.
+fn print_hypervisor(host: HostKind) {
     match vmm::open_kvm(Path::new("/dev/kvm")) {
         Ok(kvm) => {
             println!("Hypervisor: {}", host.describe());
@@ -51,6 +59,10 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
         "Guest command-line additions: {}",
         if extra.is_empty() { "none" } else { extra }
     );
+}
+
+/// The guest kernel and agent hull boots.
+fn print_guest_files(root: &Path) {
     match guest_files::kernel(root) {
         Ok(k) => {
             println!("Kernel: {}", k.display());
@@ -75,35 +87,39 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
             println!(
                 "Agent: {} (version {}, protocol {}, {} KiB)",
                 a.display(),
-                agent::VERSION,
-                agent::protocol::VERSION,
+                agent_protocol::VERSION,
+                agent_protocol::protocol::VERSION,
                 size / 1024
             );
         }
         Err(e) => println!("Agent: missing ({e})"),
     }
     println!("Data dir: {}", root.display());
-    let store = crate::fast_start::snapshots_dir(root);
+}
+
+/// Whether fast start is on, and the snapshots it keeps.
+fn print_fast_start(root: &Path) {
+    let store = crate::guest::fast_start::snapshots_dir(root);
     println!(
         "Fast start: {} (set {}=0 to boot every container cold)",
-        if crate::fast_start::enabled() {
+        if crate::guest::fast_start::enabled() {
             "on, containers start from a VM snapshot"
         } else {
             "off"
         },
-        crate::fast_start::ENABLE_ENV
+        crate::guest::fast_start::ENABLE_ENV
     );
-    let snapshots = crate::fast_start::list(&store);
+    let snapshots = crate::guest::fast_start::list(&store);
     let bytes: u64 = snapshots
         .iter()
-        .map(|(p, _)| crate::fast_start::disk_usage(p))
+        .map(|(p, _)| crate::guest::fast_start::disk_usage(p))
         .sum();
     println!(
         "Snapshots: {} in {} ({:.1} MiB on disk; {} moves them)",
         snapshots.len(),
         store.display(),
         bytes as f64 / (1 << 20) as f64,
-        crate::fast_start::DIR_ENV
+        crate::guest::fast_start::DIR_ENV
     );
     for (path, meta) in &snapshots {
         if let Some(m) = meta {
@@ -122,5 +138,4 @@ pub fn run(root: &Path) -> anyhow::Result<u8> {
             );
         }
     }
-    Ok(0)
 }

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use agent::Status;
+use agent_protocol::Status;
 use clap::Args;
 
-use crate::guest_vm::{self, GuestOptions, VmArgs};
+use crate::guest::vm::{self as guest_vm, GuestOptions, VmArgs};
 
 /// Options of `hull debug boot`.
 #[derive(Args, Debug)]

@@ -4,7 +4,7 @@
 use std::io::{self, IsTerminal};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use agent::protocol::WindowSize;
+use agent_protocol::protocol::WindowSize;
 
 /// The size of the terminal on `fd`, if it is one.
 pub fn window_size(fd: RawFd) -> Option<WindowSize> {

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent::protocol::{
+use agent_protocol::protocol::{
     self, ExecSpec, ProcessInfo, Request, Response, StdioKind, WindowSize, CONTROL_PORT,
     STREAM_PORT,
 };

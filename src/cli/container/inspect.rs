@@ -1,0 +1,158 @@
+//! `hull port` and `hull inspect`: a container's published ports, and its
+//! configuration and state as Docker-shaped JSON.
+
+use std::path::Path;
+
+use super::CommandError;
+use crate::container::engine;
+use crate::container::state::Status;
+use crate::container::store::{Container, ContainerStore};
+use crate::ports;
+
+/// Runs `hull port`.
+pub fn port(store: &ContainerStore, container: &str, query: Option<&str>) -> anyhow::Result<u8> {
+    let c = store.find(container)?;
+    print_ports(&c, query)
+}
+
+/// Runs `hull inspect`: one JSON array for all the containers.
+pub fn inspect(root: &Path, store: &ContainerStore, containers: &[String]) -> anyhow::Result<u8> {
+    let mut out = Vec::new();
+    for name in containers {
+        let c = store.find(name)?;
+        out.push(inspect_json(root, &c));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(0)
+}
+
+/// `hull port`: every binding as `80/tcp -> 0.0.0.0:8080`, or with a port
+/// only its host addresses.
+fn print_ports(c: &Container, query: Option<&str>) -> anyhow::Result<u8> {
+    let mut bindings = c.state.ports.clone();
+    bindings.sort_by_key(|b| b.container_port);
+    match query {
+        None => {
+            for b in &bindings {
+                println!("{}/tcp -> {}", b.container_port, b.host_addr());
+            }
+        }
+        Some(q) => {
+            let port = ports::spec::parse_query(q)?;
+            let matching: Vec<_> = bindings
+                .iter()
+                .filter(|b| b.container_port == port)
+                .collect();
+            if matching.is_empty() {
+                return Err(CommandError::NoPublicPort(port, c.config.name.clone()).into());
+            }
+            for b in matching {
+                println!("{}", b.host_addr());
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Docker's `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
+fn port_map<'a>(
+    entries: impl Iterator<Item = (u16, Option<std::net::IpAddr>, u16)> + 'a,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    for (container_port, ip, host_port) in entries {
+        let list = map
+            .entry(format!("{container_port}/tcp"))
+            .or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = list.as_array_mut() {
+            list.push(serde_json::json!({
+                "HostIp": ip.map(|i| i.to_string()).unwrap_or_default(),
+                "HostPort": if host_port == 0 { String::new() } else { host_port.to_string() },
+            }));
+        }
+    }
+    map
+}
+
+/// Docker's NetworkSettings: the published ports and the addresses.
+fn network_settings(c: &Container, ports: serde_json::Value) -> serde_json::Value {
+    let running = c.state.status == Status::Running;
+    let settings = crate::network::settings(c.config.network, &c.config.id, running);
+    let mut v = serde_json::to_value(&settings).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        map.insert("Ports".into(), ports);
+    }
+    v
+}
+
+fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
+    // Exposed ports without a binding show as null while running, as in Docker.
+    let mut live = port_map(
+        c.state
+            .ports
+            .iter()
+            .map(|b| (b.container_port, Some(b.host_ip), b.host_port)),
+    );
+    if c.state.status == Status::Running {
+        for e in &c.config.exposed_ports {
+            if let Ok(Some(p)) = ports::spec::parse_exposed(e) {
+                live.entry(format!("{p}/tcp"))
+                    .or_insert(serde_json::Value::Null);
+            }
+        }
+    }
+    let requested = port_map(
+        c.config
+            .ports
+            .iter()
+            .map(|p| (p.container_port, p.host_ip, p.host_port)),
+    );
+    let exposed: serde_json::Map<String, serde_json::Value> = c
+        .config
+        .exposed_ports
+        .iter()
+        .map(|e| (e.clone(), serde_json::json!({})))
+        .collect();
+    serde_json::json!({
+        "Id": c.config.id,
+        "Name": format!("/{}", c.config.name),
+        "Created": c.config.created,
+        "Image": c.config.image_id,
+        "Config": {
+            "Image": c.config.image,
+            "Cmd": c.config.argv,
+            "Env": c.config.env,
+            "WorkingDir": c.config.cwd,
+            "User": c.config.user,
+            "Hostname": c.config.hostname,
+            "ExposedPorts": exposed,
+        },
+        "State": {
+            "Status": c.state.status,
+            "Running": c.state.status == Status::Running,
+            "Pid": c.state.vmm_pid,
+            "ExitCode": c.state.exit_code,
+            "Error": c.state.error,
+            "StartedAt": c.state.started_at,
+            "FinishedAt": c.state.finished_at,
+        },
+        "HostConfig": {
+            "AutoRemove": c.config.auto_remove,
+            "ReadonlyRootfs": c.config.read_only,
+            "PortBindings": requested,
+            "PublishAllPorts": c.config.publish_all,
+        },
+        "NetworkSettings": network_settings(c, serde_json::Value::Object(live)),
+        "VM": {
+            "VCPUs": c.config.cpus,
+            "MemoryMiB": c.config.mem_mib,
+            "VmmPid": c.state.vmm_pid,
+            "Kernel": crate::guest::files::kernel(root).ok(),
+            "VsockSocket": engine::socket_path(root, &c.config.id),
+            "Devices": {
+                "vda": "image root filesystem (virtio-blk, read-only)",
+                "vdb": if c.config.auto_remove { "none (writable layer on tmpfs)" } else { "writable layer (virtio-blk)" },
+                "vsock": "virtio-vsock (hybrid, Unix socket)",
+            },
+        },
+    })
+}

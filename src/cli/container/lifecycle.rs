@@ -1,0 +1,266 @@
+//! `hull start`, `stop`, `restart`, `kill`, `rm`, `wait`, and the hidden
+//! `__container-vmm` that runs a detached container's VMM.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{exit_code, CommandError};
+use crate::container::engine::{self, Attach};
+use crate::container::state::{now_rfc3339, pid_alive, Status};
+use crate::container::store::{self, Container, ContainerStore};
+use crate::container::State;
+
+/// `hull stop`.
+pub fn stop_all(
+    root: &Path,
+    store: &ContainerStore,
+    time: u64,
+    containers: &[String],
+) -> anyhow::Result<u8> {
+    each(store, containers, |_, c| {
+        stop(root, c, Duration::from_secs(time))
+    })
+}
+
+/// `hull restart`: stop, then start detached.
+pub fn restart(
+    root: &Path,
+    store: &ContainerStore,
+    time: u64,
+    containers: &[String],
+) -> anyhow::Result<u8> {
+    each(store, containers, |name, c| {
+        stop(root, c, Duration::from_secs(time))?;
+        start_detached(root, &store.find(name)?)
+    })
+}
+
+/// `hull kill`.
+pub fn kill(
+    root: &Path,
+    store: &ContainerStore,
+    signal: &str,
+    containers: &[String],
+) -> anyhow::Result<u8> {
+    let sig = parse_signal(signal)?;
+    each(store, containers, |_, c| signal_main(root, c, sig))
+}
+
+/// `hull rm`.
+pub fn rm(
+    root: &Path,
+    store: &ContainerStore,
+    force: bool,
+    containers: &[String],
+) -> anyhow::Result<u8> {
+    each(store, containers, |name, c| {
+        if c.state.status == Status::Running {
+            if !force {
+                return Err(CommandError::Running(name.to_owned()).into());
+            }
+            kill_vmm(c);
+        }
+        // A VMM killed with -9 could not remove its socket.
+        let _ = std::fs::remove_file(engine::socket_path(root, &c.config.id));
+        store.remove(&c.dir)?;
+        Ok(())
+    })
+}
+
+/// Does `f` to each named container in turn and prints the name once it
+/// is done, as Docker does; stops at the first error.
+fn each(
+    store: &ContainerStore,
+    containers: &[String],
+    mut f: impl FnMut(&str, &Container) -> anyhow::Result<()>,
+) -> anyhow::Result<u8> {
+    for name in containers {
+        let c = store.find(name)?;
+        f(name, &c)?;
+        println!("{name}");
+    }
+    Ok(0)
+}
+
+/// `hull start`: detached, or with `-a` attached to the first container.
+pub fn start(
+    root: &Path,
+    store: &ContainerStore,
+    attach: bool,
+    containers: &[String],
+) -> anyhow::Result<u8> {
+    for name in containers {
+        let c = store.find(name)?;
+        if c.state.status == Status::Running {
+            continue;
+        }
+        if attach {
+            return Ok(exit_code(engine::run(
+                root,
+                &c.dir,
+                &c.config,
+                Attach::Terminal { stdin: false },
+            )?));
+        }
+        start_detached(root, &c)?;
+        println!("{name}");
+    }
+    Ok(0)
+}
+
+/// `hull wait`: prints each container's exit code once it has exited.
+pub fn wait(store: &ContainerStore, containers: &[String]) -> anyhow::Result<u8> {
+    for name in containers {
+        let c = store.find(name)?;
+        loop {
+            let s = State::load(&c.dir)?;
+            if s.status != Status::Running {
+                println!("{}", s.exit_code.unwrap_or(0));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(0)
+}
+
+/// `hull __container-vmm <id>`: the detached container's VMM process.
+pub fn vmm(root: &Path, store: &ContainerStore, id: &str) -> anyhow::Result<u8> {
+    let c = store.find(id)?;
+    let code = engine::run(root, &c.dir, &c.config, Attach::Detached)?;
+    if c.config.auto_remove {
+        store.remove(&c.dir)?;
+    }
+    Ok(exit_code(code))
+}
+
+/// Starts the container's VMM as a background hull process and waits until
+/// the container's process runs (or failed).
+pub fn start_detached(root: &Path, c: &Container) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root")
+        .arg(root)
+        .args(["__container-vmm", &c.config.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(c.dir.join("vmm.log"))?);
+    // SAFETY: setsid is async-signal-safe; it detaches the VMM from our
+    // session so it outlives this command and our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            // It ended already: finished quickly, or failed.
+            let s = State::load(&c.dir).ok();
+            if let Some(err) = s.and_then(|s| s.error) {
+                return Err(CommandError::StartFailed(store::short(&c.config.id), err).into());
+            }
+            return Ok(());
+        }
+        if let Ok(s) = State::load(&c.dir) {
+            if s.process_id.is_some() {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            let _ = child.kill();
+            return Err(
+                CommandError::StartFailed(store::short(&c.config.id), "timed out".into()).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal_main(root: &Path, c: &Container, sig: i32) -> anyhow::Result<()> {
+    let Some(pid) = c
+        .state
+        .process_id
+        .filter(|_| c.state.status == Status::Running)
+    else {
+        return Err(CommandError::NotRunning(c.config.name.clone()).into());
+    };
+    crate::guest::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
+        .signal(pid, sig)?;
+    Ok(())
+}
+
+fn wait_exited(c: &Container, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        match State::load(&c.dir) {
+            Ok(s) if s.status != Status::Running => return true,
+            Err(_) => return true,
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    false
+}
+
+/// SIGTERM, then SIGKILL after `grace`, then the VMM itself.
+fn stop(root: &Path, c: &Container, grace: Duration) -> anyhow::Result<()> {
+    if c.state.status != Status::Running {
+        return Ok(());
+    }
+    if signal_main(root, c, libc::SIGTERM).is_ok() && wait_exited(c, grace) {
+        return Ok(());
+    }
+    if signal_main(root, c, libc::SIGKILL).is_ok() && wait_exited(c, Duration::from_secs(30)) {
+        return Ok(());
+    }
+    kill_vmm(c);
+    Ok(())
+}
+
+/// Ends the VMM process at once and records the container as exited.
+fn kill_vmm(c: &Container) {
+    if let Some(pid) = c.state.vmm_pid.filter(|p| pid_alive(*p)) {
+        // SAFETY: kill(2) of the VMM process recorded in the state.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let start = Instant::now();
+        while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = State::load(&c.dir).map(|mut s| {
+        s.status = Status::Exited;
+        s.exit_code = s.exit_code.or(Some(137));
+        s.finished_at = Some(now_rfc3339());
+        s.vmm_pid = None;
+        s.save(&c.dir)
+    });
+}
+
+/// Signal names as Docker accepts them (with or without SIG), or numbers.
+pub fn parse_signal(s: &str) -> Result<i32, CommandError> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        _ => return Err(CommandError::Invalid("signal", s.into())),
+    };
+    Ok(sig)
+}

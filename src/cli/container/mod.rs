@@ -1,0 +1,248 @@
+//! CLI handlers for container commands, one module per command (or per
+//! family of commands that share helpers): `hull run` is [`run`], `hull ps`
+//! is [`ps`], `stop`/`kill`/`rm`/`start`/`restart`/`wait` are in
+//! [`lifecycle`], `exec`/`top` in [`exec`], `port`/`inspect` in
+//! [`inspect`], `logs` in [`logs`]. The containers themselves are in
+//! `crate::container`.
+
+mod exec;
+mod inspect;
+mod lifecycle;
+mod logs;
+mod ps;
+mod run;
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+use crate::container::store::ContainerStore;
+
+pub use run::RunArgs;
+
+/// Container subcommands, flattened into hull's top-level commands.
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Run a command in a new container, in its own microVM.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        /// Show all containers (default: running only).
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Only IDs.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Output format: table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Show a container's output.
+    Logs {
+        /// Keep following new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<String>,
+        /// Prefix each line with its timestamp.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Container.
+        container: String,
+    },
+    /// Stop running containers (SIGTERM, then SIGKILL after the timeout).
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart containers (stop, then start).
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to a container's process.
+    Kill {
+        /// Signal name or number.
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Stop running containers first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Start stopped containers.
+    Start {
+        /// Attach to its output and wait for it.
+        #[arg(short = 'a', long)]
+        attach: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to stop and print their exit codes.
+    Wait {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec {
+        /// Keep stdin open.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a pseudo-TTY.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Environment variable KEY=VALUE.
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Working directory.
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        /// User.
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Container.
+        container: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Show the processes running in a container.
+    Top {
+        /// Container.
+        container: String,
+    },
+    /// List a container's published ports, or the host addresses of one.
+    Port {
+        /// Container.
+        container: String,
+        /// Container port (`80` or `80/tcp`).
+        port: Option<String>,
+    },
+    /// Show containers' configuration and state as JSON.
+    Inspect {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// (internal) Run a detached container's VMM.
+    #[command(name = "__container-vmm", hide = true)]
+    Vmm {
+        /// Container ID.
+        id: String,
+    },
+}
+
+/// Errors of container commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad flag value.
+    #[error("Invalid {0}: {1}")]
+    Invalid(&'static str, String),
+    /// `-i -t` with a stdin that is not a terminal (Docker refuses it too:
+    /// raw mode and window sizes need one).
+    #[error("The input device is not a TTY")]
+    NotATty,
+    /// The container is not running.
+    #[error("Container {0} is not running")]
+    NotRunning(String),
+    /// The container is running and -f was not given.
+    #[error("Container {0} is running: stop it first or use rm -f")]
+    Running(String),
+    /// A detached container failed to start.
+    #[error("Container {0} failed to start: {1}")]
+    StartFailed(String, String),
+    /// `hull port` for a port that is not published.
+    #[error("No public port '{0}/tcp' published for {1}")]
+    NoPublicPort(u16, String),
+}
+
+/// Runs a container command; returns the exit code.
+pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
+    let store = ContainerStore::new(root);
+    match cmd {
+        ContainerCommand::Run(args) => run::run(args, root, &store),
+        ContainerCommand::Ps { all, quiet, format } => ps::ps(&store, all, quiet, &format),
+        ContainerCommand::Logs {
+            follow,
+            tail,
+            timestamps,
+            container,
+        } => logs::logs(&store, &container, tail.as_deref(), timestamps, follow),
+        ContainerCommand::Stop { time, containers } => {
+            lifecycle::stop_all(root, &store, time, &containers)
+        }
+        ContainerCommand::Restart { time, containers } => {
+            lifecycle::restart(root, &store, time, &containers)
+        }
+        ContainerCommand::Kill { signal, containers } => {
+            lifecycle::kill(root, &store, &signal, &containers)
+        }
+        ContainerCommand::Rm { force, containers } => {
+            lifecycle::rm(root, &store, force, &containers)
+        }
+        ContainerCommand::Start { attach, containers } => {
+            lifecycle::start(root, &store, attach, &containers)
+        }
+        ContainerCommand::Wait { containers } => lifecycle::wait(&store, &containers),
+        ContainerCommand::Exec {
+            interactive,
+            tty,
+            env,
+            workdir,
+            user,
+            container,
+            command,
+        } => exec::exec(
+            root,
+            &store,
+            &container,
+            crate::container::engine::ExecOptions {
+                argv: command,
+                env,
+                cwd: workdir,
+                user,
+                stdin: interactive,
+                tty,
+            },
+        ),
+        ContainerCommand::Top { container } => exec::top(root, &store, &container),
+        ContainerCommand::Port { container, port } => {
+            inspect::port(&store, &container, port.as_deref())
+        }
+        ContainerCommand::Inspect { containers } => inspect::inspect(root, &store, &containers),
+        ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
+    }
+}
+
+/// `-i -t` needs our stdin to be a terminal; `-t` alone does not (the
+/// container still gets its PTY, only our side is not put in raw mode).
+fn check_tty_input(interactive: bool, tty: bool) -> Result<(), CommandError> {
+    use std::io::IsTerminal;
+    if interactive && tty && !std::io::stdin().is_terminal() {
+        return Err(CommandError::NotATty);
+    }
+    Ok(())
+}
+
+fn exit_code(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}

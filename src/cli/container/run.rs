@@ -1,0 +1,239 @@
+//! `hull run`: checks the flags, writes the container's configuration
+//! from the image's and the user's, then runs it attached or detached.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use images::store::Image;
+
+use super::{check_tty_input, exit_code, lifecycle, CommandError};
+use crate::container::engine::{self, Attach};
+use crate::container::spec::{self, ContainerConfig};
+use crate::container::state::now_rfc3339;
+use crate::container::store::{self, ContainerStore};
+use crate::{ports, units};
+
+/// Options of `hull run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container ID.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Container name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass ours).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User (name|uid[:group|gid]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Override the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Container hostname (default: the short ID).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Guest memory (Docker units).
+    #[arg(short = 'm', long, default_value = "256m")]
+    pub memory: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Publish a container port on the host:
+    /// [IP:][HOSTPORT:]CONTAINERPORT[/tcp] (IPv6 as [::1]:8080:80).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Publish every TCP port the image exposes on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Network: `default` (outbound through the container's own passt)
+    /// or `none` (loopback only).
+    #[arg(long = "network", alias = "net", default_value = "default")]
+    pub network: String,
+    /// Image to run.
+    pub image: String,
+    /// Command and arguments (replace the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs `hull run`; returns the container's exit code (0 when detached).
+pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
+    let mem_mib = check_flags(&args)?;
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| ports::spec::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let images = images::Store::open(root)?;
+    let image = images.image(&args.image)?;
+    let ports = with_exposed_ports(&args, &image, ports)?;
+    // A port in use is an error before anything is created; the VMM binds
+    // again (and would report a port taken in between).
+    drop(ports::PortForwarder::bind(&ports)?);
+    let config = container_config(&args, store, &image, mem_mib, ports)?;
+    let id = config.id.clone();
+    let dir = store.create(&config)?;
+    if args.detach {
+        let c = store.find(&id)?;
+        lifecycle::start_detached(root, &c)?;
+        println!("{id}");
+        return Ok(0);
+    }
+    let result = engine::run(
+        root,
+        &dir,
+        &config,
+        Attach::Terminal {
+            stdin: args.interactive,
+        },
+    );
+    if args.rm {
+        store.remove(&dir)?;
+    }
+    Ok(exit_code(result?))
+}
+
+/// Checks the flags that need no image; returns the memory size in MiB.
+fn check_flags(args: &RunArgs) -> anyhow::Result<u64> {
+    if !args.detach {
+        check_tty_input(args.interactive, args.tty)?;
+    }
+    let mem_mib = units::parse_mib(&args.memory)?;
+    if mem_mib < 64 {
+        return Err(
+            CommandError::Invalid("--memory", format!("{} (minimum 64m)", args.memory)).into(),
+        );
+    }
+    if args.cpus == 0 {
+        return Err(CommandError::Invalid("--cpus", "0".into()).into());
+    }
+    if let Some(n) = &args.name {
+        if !spec::valid_name(n) {
+            return Err(CommandError::Invalid(
+                "container name",
+                format!("{n:?} (allowed: [a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+            )
+            .into());
+        }
+    }
+    crate::network::NetworkMode::parse(&args.network)?;
+    Ok(mem_mib)
+}
+
+/// `-P`: adds every TCP port the image exposes that `-p` did not publish.
+fn with_exposed_ports(
+    args: &RunArgs,
+    image: &Image,
+    mut ports: Vec<ports::PortSpec>,
+) -> anyhow::Result<Vec<ports::PortSpec>> {
+    if !args.publish_all {
+        return Ok(ports);
+    }
+    let cfg = image.config.config().clone().unwrap_or_default();
+    for exposed in &cfg.exposed_ports().clone().unwrap_or_default() {
+        let Some(port) = ports::spec::parse_exposed(exposed)? else {
+            eprintln!("hull: warning: not publishing {exposed}: only TCP ports can be published");
+            continue;
+        };
+        // An explicit -p for the same port wins, as in Docker.
+        if !ports.iter().any(|p| p.container_port == port) {
+            ports.push(ports::PortSpec {
+                host_ip: None,
+                host_port: 0,
+                container_port: port,
+            });
+        }
+    }
+    Ok(ports)
+}
+
+/// The container's configuration: the image's defaults overridden by the
+/// flags, with a new ID and a name.
+fn container_config(
+    args: &RunArgs,
+    store: &ContainerStore,
+    image: &Image,
+    mem_mib: u64,
+    ports: Vec<ports::PortSpec>,
+) -> anyhow::Result<ContainerConfig> {
+    let cfg = image.config.config().clone().unwrap_or_default();
+    let mut env_flags = Vec::new();
+    for f in &args.env_file {
+        env_flags.extend(
+            spec::read_env_file(f).map_err(|e| {
+                CommandError::Invalid("--env-file", format!("{}: {e}", f.display()))
+            })?,
+        );
+    }
+    env_flags.extend(args.env.iter().cloned());
+    let (argv, env) = spec::process(
+        cfg.entrypoint().as_deref().unwrap_or_default(),
+        cfg.cmd().as_deref().unwrap_or_default(),
+        cfg.env().as_deref().unwrap_or_default(),
+        args.entrypoint.as_deref(),
+        &args.command,
+        &env_flags,
+    )?;
+    let id = store::new_id();
+    let taken: Vec<String> = store.list()?.into_iter().map(|c| c.config.name).collect();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| store::generate_name(&taken));
+    Ok(ContainerConfig {
+        id: id.clone(),
+        name,
+        image: args.image.clone(),
+        image_id: image.id().to_string(),
+        layers: image
+            .layers
+            .iter()
+            .map(|l| (l.digest.to_string(), l.path.clone()))
+            .collect(),
+        argv,
+        env,
+        cwd: args
+            .workdir
+            .clone()
+            .or_else(|| cfg.working_dir().clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: args
+            .user
+            .clone()
+            .or_else(|| cfg.user().clone())
+            .unwrap_or_default(),
+        hostname: args.hostname.clone().unwrap_or_else(|| store::short(&id)),
+        mem_mib,
+        cpus: args.cpus,
+        auto_remove: args.rm,
+        read_only: args.read_only,
+        interactive: args.interactive,
+        ports,
+        publish_all: args.publish_all,
+        exposed_ports: cfg.exposed_ports().clone().unwrap_or_default(),
+        tty: args.tty,
+        network: crate::network::NetworkMode::parse(&args.network)?,
+        created: now_rfc3339(),
+    })
+}

@@ -1,0 +1,95 @@
+//! The command line: argument types and one handler per command.
+//!
+//! - [`container`]: `run`, `ps`, `logs`, `stop`, `kill`, `rm`, `start`,
+//!   `wait`, `exec`, `top`, `port`, `inspect` (a module per command or
+//!   per family of commands);
+//! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
+//!   `rmi`, ...;
+//! - [`info`], [`system`], [`debug_boot`], [`debug_run`]: the rest.
+
+pub mod container;
+pub mod debug_boot;
+pub mod debug_run;
+pub mod image;
+pub mod info;
+pub mod system;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// Command-line interface of hull.
+#[derive(Parser, Debug)]
+#[command(
+    name = "hull",
+    version,
+    about = "Containers, each in its own KVM microVM"
+)]
+pub struct Cli {
+    /// Root of hull's state (images, containers, kernel cache).
+    #[arg(long, global = true, env = "HULL_ROOT")]
+    pub root: Option<PathBuf>,
+
+    /// Verbose logs (same as RUST_LOG=debug).
+    #[arg(long, global = true)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the host's hypervisor, the guest kernel and agent hull uses.
+    Info,
+    /// Low-level tools for developing hull.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+    /// Housekeeping of hull's caches.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+    /// Container commands: run, ps, logs, stop, kill, rm, start, wait, exec, top, port, inspect.
+    #[command(flatten)]
+    Container(container::ContainerCommand),
+    /// Image commands: images, pull, push, load, save, import, tag, rmi, ...
+    #[command(flatten)]
+    Image(image::ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Remove the fast-start VM snapshots (made again on the next run).
+    Prune,
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCommand {
+    /// Boot a VM with the agent, print what the guest printed, exit with its status.
+    Boot(debug_boot::DebugBootArgs),
+    /// Boot a VM with disks, run one command through the agent, exit with its status.
+    Run(debug_run::DebugRunArgs),
+}
+
+impl Cli {
+    /// Runs the command; returns the process exit code.
+    pub fn run(self, root: &Path) -> anyhow::Result<u8> {
+        match self.command {
+            Command::Info => info::run(root),
+            Command::Debug {
+                command: DebugCommand::Boot(args),
+            } => debug_boot::run(args, root),
+            Command::Debug {
+                command: DebugCommand::Run(args),
+            } => debug_run::run(args, root),
+            Command::System {
+                command: SystemCommand::Prune,
+            } => system::prune(root),
+            Command::Image(cmd) => image::run(cmd, root),
+            Command::Container(cmd) => container::run(cmd, root),
+        }
+    }
+}
