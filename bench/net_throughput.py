@@ -84,7 +84,7 @@ class Sink:
             self.results.append((end - (first or accepted), got, end - accepted))
             self.done.set()
 
-    def run(self, expect, start_client, timeout=900):
+    def run(self, expect, start_client, timeout=300):
         self.expect = expect
         self.done.clear()
         client = start_client()
