@@ -9,6 +9,7 @@ mod cli;
 mod container;
 mod file_lock;
 mod guest;
+mod network;
 mod ports;
 mod units;
 

@@ -227,6 +227,20 @@ pub enum Request {
         /// Its new size in 512-byte sectors.
         sectors: u64,
     },
+    /// Gives a network interface its MAC (a restored VM still has its
+    /// template's), an IPv4 address and a default route, and brings it up.
+    ConfigureNetwork {
+        /// Interface (`eth0`).
+        interface: String,
+        /// MAC address, `02:48:...`.
+        mac: String,
+        /// IPv4 address.
+        address: std::net::Ipv4Addr,
+        /// Subnet prefix length.
+        prefix_len: u8,
+        /// Default gateway.
+        gateway: std::net::Ipv4Addr,
+    },
 }
 
 /// One guest process, as `hull top` shows it.
@@ -553,6 +567,7 @@ mod tests {
         assert!(!compatible(VERSION, "0.1.0"));
         assert!(!compatible(VERSION, "0.2.0"));
         assert!(!compatible(VERSION, "0.3.0"));
+        assert!(!compatible(VERSION, "0.4.0"));
     }
 
     #[test]

@@ -92,6 +92,28 @@ impl Agent {
                     format!("refresh {device}")
                 })
             }
+            Request::ConfigureNetwork {
+                interface,
+                mac,
+                address,
+                prefix_len,
+                gateway,
+            } => {
+                let Some(mac) = crate::net::parse_mac(&mac) else {
+                    return error(format!("bad MAC address {mac:?}"));
+                };
+                let link = crate::net::LinkConfig {
+                    interface,
+                    mac,
+                    address,
+                    prefix_len,
+                    gateway,
+                };
+                match crate::net::configure(&link) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => error(format!("network: {e}: {}", source_of(&e))),
+                }
+            }
             Request::ListProcesses => Response::Processes {
                 // Without the agent (PID 1): it is the VM, not the container.
                 processes: crate::procs::list(
@@ -824,4 +846,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// The cause under an error, for a one-line message.
+fn source_of(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| s.to_string()).unwrap_or_default()
 }

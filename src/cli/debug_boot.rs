@@ -40,6 +40,7 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         // The agent's status lines are always shown; --console adds the kernel's.
         echo: true,
         kernel: args.kernel.as_deref(),
+        net: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     if let Some(extra) = &args.append {

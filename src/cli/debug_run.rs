@@ -98,6 +98,7 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         console: args.vm.console,
         echo: args.vm.console,
         kernel: None,
+        net: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");

@@ -20,6 +20,7 @@ use crate::guest::agent_client::{self, AgentClient, AgentError, ProcessRole};
 use crate::guest::fast_start;
 use crate::guest::rootfs::{self, RootfsCache};
 use crate::guest::vm::{GuestOptions, RunningVm};
+use crate::network::{self, passt::Passt, NetworkMode};
 use crate::ports::PortForwarder;
 
 /// Where the container's root is assembled inside the guest.
@@ -119,8 +120,11 @@ fn run_inner(
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
     let disks = container_disks(root, dir, config)?;
+    // Dropped (passt killed and reaped) when the container ends; passt
+    // also ends on its own if this process dies.
+    let (_passt, net) = network_device(dir, config)?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, config, disks)?;
+    let (vm, mut client) = start_vm(root, config, disks, net)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     ports.start(&vm.uds)?;
 
@@ -201,6 +205,7 @@ fn start_vm(
     root: &Path,
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
+    net: Option<vmm::virtio::net::NetConfig>,
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
@@ -209,6 +214,7 @@ fn start_vm(
         console: false,
         echo: false,
         kernel: None,
+        net,
     };
     std::fs::create_dir_all(root.join("run"))?;
     fast_start::start(
@@ -262,6 +268,26 @@ fn run_main(
         )?,
     };
     Ok(code)
+}
+
+/// The container's network device and the passt behind it (none for
+/// `--network none`).
+fn network_device(
+    dir: &Path,
+    config: &ContainerConfig,
+) -> anyhow::Result<(Option<Passt>, Option<vmm::virtio::net::NetConfig>)> {
+    match config.network {
+        NetworkMode::None => Ok((None, None)),
+        NetworkMode::Default => {
+            let (passt, sock) = Passt::spawn(Some(&dir.join("passt.log")))?;
+            tracing::debug!("container network through passt {}", passt.pid());
+            let net = vmm::virtio::net::NetConfig {
+                mac: network::mac_for(&config.id),
+                backend: Some(Arc::new(sock)),
+            };
+            Ok((Some(passt), Some(net)))
+        }
+    }
 }
 
 /// Our stdin as the process's input, if forwarded (`-i`).
@@ -367,6 +393,9 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
         }
     }
     client.set_hostname(&config.hostname)?;
+    if config.network == NetworkMode::Default {
+        client.call(&network::configure_request(&config.id))?;
+    }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         config.hostname
@@ -379,7 +408,10 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
     )?;
     client.write_file(
         &format!("{GUEST_ROOT}/etc/resolv.conf"),
-        &resolv_conf(),
+        &match config.network {
+            NetworkMode::Default => network::resolv_conf(),
+            NetworkMode::None => resolv_conf(),
+        },
         0o644,
     )?;
     if config.read_only {

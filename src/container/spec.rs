@@ -50,6 +50,10 @@ pub struct ContainerConfig {
     /// The image's exposed ports as it lists them (`80/tcp`).
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// The network (`--network`); containers made before networking
+    /// existed read as `none`.
+    #[serde(default)]
+    pub network: crate::network::NetworkMode,
     /// Creation time, RFC 3339.
     pub created: String,
 }

@@ -150,7 +150,7 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
     let mut h = Sha256::new();
     let disks: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
     h.update(format!(
-        "format={}\nhull={}\nkernel={}\ninitramfs={}\nmem={}\ncpus={}\ncmdline={}\ndisks={disks:?}\nvsock={}\n",
+        "format={}\nhull={}\nkernel={}\ninitramfs={}\nmem={}\ncpus={}\ncmdline={}\ndisks={disks:?}\nvsock={}\nnet={}\n",
         vmm::snapshot::FORMAT,
         env!("CARGO_PKG_VERSION"),
         meta.kernel,
@@ -159,6 +159,7 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
         config.vcpus,
         config.full_cmdline(),
         config.vsock_uds.is_some(),
+        config.net.is_some(),
     ));
     hex::encode(h.finalize())[..16].to_string()
 }
@@ -435,6 +436,13 @@ fn save(
     let result = (|| -> anyhow::Result<()> {
         let (mut vm, seen) = guest_vm::config(root, opts)?;
         vm.cmdline.push_str(" hull.serve");
+        // The template has the network device but no link: its guest
+        // keeps the interface down, and each restored VM gets its own
+        // backend and MAC.
+        if let Some(net) = vm.net.as_mut() {
+            net.backend = None;
+            net.mac = crate::network::TEMPLATE_MAC;
+        }
         for (i, disk) in config.disks.iter().enumerate() {
             if i < fixed {
                 anyhow::ensure!(disk.read_only, "a snapshot's fixed disk must be read-only");

@@ -206,6 +206,7 @@ fn start_helper(root: &Path, disk: &Path) -> anyhow::Result<RunningVm> {
         console: false,
         echo: false,
         kernel: None,
+        net: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");

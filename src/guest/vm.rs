@@ -51,6 +51,8 @@ pub struct GuestOptions<'a> {
     pub echo: bool,
     /// Kernel to use instead of the one found.
     pub kernel: Option<&'a Path>,
+    /// A network device, if the VM has one.
+    pub net: Option<vmm::virtio::net::NetConfig>,
 }
 
 /// A VM configuration with hull's kernel and agent, and the handle on the
@@ -69,6 +71,7 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     config.mem_mib = mem_mib;
     config.vcpus = opts.cpus;
     config.serial_out = Box::new(watcher);
+    config.net = opts.net.clone();
     if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
         config.kvm_device = dev.into();
     }

@@ -123,6 +123,7 @@ impl Vm {
                 mem_mib: config.mem_mib,
                 disks_read_only: config.disks.iter().map(|d| d.read_only).collect(),
                 vsock_cid: config.vsock_uds.as_ref().map(|_| config.vsock_cid),
+                net: config.net.is_some(),
             },
             mem,
         }
@@ -153,6 +154,7 @@ fn fit_snapshot(config: &mut VmConfig, state: &snapshot::VmState) -> Result<()> 
         || state.vcpus.len() != usize::from(config.vcpus)
         || state.disks_read_only != disks
         || state.vsock_cid.is_some() != config.vsock_uds.is_some()
+        || state.net != config.net.is_some()
     {
         return Err(snapshot::SnapshotError::Invalid(
             "it was made for a different VM size or device set".into(),
@@ -331,6 +333,11 @@ fn attach_virtio(
         let vsock = virtio::vsock::Vsock::new(config.vsock_cid, uds)
             .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
         attacher.attach(Arc::new(Mutex::new(vsock)))?;
+    }
+    if let Some(net) = &config.net {
+        let net = virtio::net::Net::new(net.clone())
+            .map_err(|e| VmError::Device("network device".into(), Box::new(e)))?;
+        attacher.attach(Arc::new(Mutex::new(net)))?;
     }
     Ok((attacher.transports, attacher.cmdline))
 }

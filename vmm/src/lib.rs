@@ -133,6 +133,9 @@ pub struct VmConfig {
     pub vsock_uds: Option<PathBuf>,
     /// The guest's vsock context ID.
     pub vsock_cid: u64,
+    /// A virtio-net device (attached after the disks and vsock); `None`
+    /// for no network device at all.
+    pub net: Option<virtio::net::NetConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -171,6 +174,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock_uds: None,
             vsock_cid: 3,
+            net: None,
         }
     }
 
@@ -245,6 +249,7 @@ struct Layout {
     mem_mib: u64,
     disks_read_only: Vec<bool>,
     vsock_cid: Option<u64>,
+    net: bool,
 }
 
 /// A pending snapshot request: where to write it.
@@ -404,6 +409,7 @@ impl Vm {
             mem_mib: self.layout.mem_mib,
             disks_read_only: self.layout.disks_read_only.clone(),
             vsock_cid: self.layout.vsock_cid,
+            net: self.layout.net,
             clock: self
                 .vm
                 .get_clock()

@@ -73,6 +73,17 @@ fn port_map<'a>(
     map
 }
 
+/// Docker's NetworkSettings: the published ports and the addresses.
+fn network_settings(c: &Container, ports: serde_json::Value) -> serde_json::Value {
+    let running = c.state.status == Status::Running;
+    let settings = crate::network::settings(c.config.network, &c.config.id, running);
+    let mut v = serde_json::to_value(&settings).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        map.insert("Ports".into(), ports);
+    }
+    v
+}
+
 fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
     // Exposed ports without a binding show as null while running, as in Docker.
     let mut live = port_map(
@@ -130,7 +141,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "PortBindings": requested,
             "PublishAllPorts": c.config.publish_all,
         },
-        "NetworkSettings": { "Ports": live },
+        "NetworkSettings": network_settings(c, serde_json::Value::Object(live)),
         "VM": {
             "VCPUs": c.config.cpus,
             "MemoryMiB": c.config.mem_mib,

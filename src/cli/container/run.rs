@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// Publish every TCP port the image exposes on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     pub publish_all: bool,
+    /// Network: `default` (outbound through the container's own passt)
+    /// or `none` (loopback only).
+    #[arg(long = "network", alias = "net", default_value = "default")]
+    pub network: String,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -143,6 +147,7 @@ fn check_flags(args: &RunArgs) -> anyhow::Result<u64> {
             .into());
         }
     }
+    crate::network::NetworkMode::parse(&args.network)?;
     Ok(mem_mib)
 }
 
@@ -239,6 +244,7 @@ fn container_config(
         publish_all: args.publish_all,
         exposed_ports: cfg.exposed_ports().clone().unwrap_or_default(),
         tty: args.tty,
+        network: crate::network::NetworkMode::parse(&args.network)?,
         created: now_rfc3339(),
     })
 }

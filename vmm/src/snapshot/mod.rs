@@ -56,6 +56,9 @@ pub struct VmState {
     pub disks_read_only: Vec<bool>,
     /// The vsock device's guest CID, if the VM has one.
     pub vsock_cid: Option<u64>,
+    /// Whether the VM has a network device (its transport comes last).
+    #[serde(default)]
+    pub net: bool,
     /// kvmclock.
     pub clock: kvm_clock_data,
     /// The PIT.
@@ -64,7 +67,7 @@ pub struct VmState {
     pub irqchips: Vec<kvm_irqchip>,
     /// COM1.
     pub serial: SerialSaved,
-    /// The virtio transports, in attach order (disks, then vsock).
+    /// The virtio transports, in attach order (disks, vsock, network).
     pub transports: Vec<TransportState>,
     /// The vCPUs, in id order.
     pub vcpus: Vec<VcpuState>,

@@ -13,6 +13,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::Arc;

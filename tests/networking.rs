@@ -1,0 +1,309 @@
+//! Container networking end to end (`--network`, passt, virtio-net):
+//! real microVMs with busybox. Restores are expensive on PVM hosts
+//! (PLATFORM.md), so each container serves several checks.
+//!
+//! `outbound_fetch_from_a_package_registry` needs this machine to reach
+//! deb.debian.org; it checks that first and fails with a clear message
+//! (never hangs) when the host itself cannot.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_one_line_error, hull, import_busybox, require_kvm, text};
+
+/// Registry file fetched by the outbound test (the index page of the
+/// mirror this machine uses is empty; its Release file is not).
+const REGISTRY_HOST: &str = "deb.debian.org";
+const REGISTRY_PATH: &str = "/debian/dists/bookworm/Release";
+/// Longest a hull command may take here before the test fails (the first
+/// one of a root prepares the image and may make snapshots: minutes on a
+/// loaded PVM host).
+const COMMAND_LIMIT: Duration = Duration::from_secs(1200);
+/// Longest the registry fetch may take once the image is ready.
+const FETCH_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd`, killing it (and failing) after `limit`.
+fn run_limited(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} still running after {limit:?}: {:?}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    stdout
+}
+
+fn inspect(root: &Path, name: &str) -> serde_json::Value {
+    let out = hull(root).args(["inspect", name]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    v[0].clone()
+}
+
+/// PIDs of `passt` (or `passt.avx2`) processes whose parent is `parent`.
+fn passt_children(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm_part, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid: i32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        // passt re-executes itself as passt.avx2 where the CPU has AVX2.
+        if comm_part.contains("(passt") && ppid == parent {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` still exists (a zombie counts: it was not reaped).
+fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn wait_gone(pid: i32, what: &str) {
+    let start = Instant::now();
+    while exists(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} {pid} still exists (orphaned or unreaped)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_network_values_are_one_line_and_create_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = hull(root)
+        .args(["run", "--network", "host", "busybox:test", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "cannot share the host's network stack");
+    let out = hull(root)
+        .args(["run", "--network", "nosuchnet", "busybox:test", "true"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "network nosuchnet not found");
+    let out = hull(root).args(["ps", "-a", "-q"]).output().unwrap();
+    assert_eq!(ok(&out), "", "no container was created");
+}
+
+/// Default network: eth0 with the address inspect shows, a resolv.conf
+/// naming passt's forwarder, one passt per VM that goes when the
+/// container stops and when its VMM is killed; `--network none`: only lo.
+#[test]
+fn default_network_has_eth0_and_none_has_only_lo() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+
+    let mut run = hull(root);
+    run.args([
+        "run",
+        "-d",
+        "--name",
+        "net1",
+        "busybox:test",
+        "sleep",
+        "100000",
+    ]);
+    ok(&run_limited(run, COMMAND_LIMIT));
+    let v = inspect(root, "net1");
+    let ns = &v["NetworkSettings"];
+    assert_eq!(ns["NetworkMode"], "default");
+    assert_eq!(ns["IPAddress"], "10.0.2.15");
+    assert_eq!(ns["IPPrefixLen"], 24);
+    assert_eq!(ns["Gateway"], "10.0.2.2");
+    let id = v["Id"].as_str().unwrap();
+    let mac = ns["MacAddress"].as_str().unwrap().to_string();
+    assert_eq!(
+        mac,
+        format!(
+            "02:{}:{}:{}:{}:{}",
+            &id[0..2],
+            &id[2..4],
+            &id[4..6],
+            &id[6..8],
+            &id[8..10]
+        )
+    );
+
+    let mut exec = hull(root);
+    exec.args([
+        "exec",
+        "net1",
+        "sh",
+        "-c",
+        "cat /proc/net/dev; echo ---; ip addr show eth0; echo ---; ip route; echo ---; cat /etc/resolv.conf",
+    ]);
+    let out = ok(&run_limited(exec, COMMAND_LIMIT));
+    let parts: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    assert!(
+        parts[0].contains("eth0:") && parts[0].contains("lo:"),
+        "{out}"
+    );
+    assert!(parts[1].contains("inet 10.0.2.15/24"), "{out}");
+    assert!(parts[1].contains(&format!("link/ether {mac}")), "{out}");
+    assert!(parts[1].contains("UP"), "{out}");
+    assert!(parts[2].contains("default via 10.0.2.2 dev eth0"), "{out}");
+    assert_eq!(parts[3], "nameserver 10.0.2.3\n");
+
+    // One passt, the VMM's child; it goes (reaped) when the container stops.
+    let vmm = v["VM"]["VmmPid"].as_i64().expect("VMM pid") as i32;
+    let passt = passt_children(vmm);
+    assert_eq!(passt.len(), 1, "passt children of VMM {vmm}: {passt:?}");
+    let mut stop = hull(root);
+    stop.args(["stop", "-t", "1", "net1"]);
+    ok(&run_limited(stop, COMMAND_LIMIT));
+    wait_gone(passt[0], "passt of a stopped container");
+    assert_eq!(inspect(root, "net1")["NetworkSettings"]["IPAddress"], "");
+
+    // kill -9 of the VMM: passt must not outlive it.
+    let mut start = hull(root);
+    start.args(["start", "net1"]);
+    ok(&run_limited(start, COMMAND_LIMIT));
+    let vmm = inspect(root, "net1")["VM"]["VmmPid"]
+        .as_i64()
+        .expect("VMM pid") as i32;
+    let passt = passt_children(vmm);
+    assert_eq!(passt.len(), 1, "passt children of VMM {vmm}: {passt:?}");
+    // SAFETY: killing the VMM process this test started.
+    unsafe { libc::kill(vmm, libc::SIGKILL) };
+    wait_gone(vmm, "VMM");
+    wait_gone(passt[0], "passt of a VMM killed with -9");
+    ok(&hull(root).args(["rm", "-f", "net1"]).output().unwrap());
+
+    // --network none: loopback only, and no passt at all.
+    let mut run = hull(root);
+    run.args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox:test",
+        "sh",
+        "-c",
+        "cat /proc/net/dev; cat /etc/resolv.conf",
+    ]);
+    let out = ok(&run_limited(run, COMMAND_LIMIT));
+    let ifaces: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(i, _)| i.trim()))
+        .filter(|i| !i.contains(' '))
+        .collect();
+    assert_eq!(ifaces.first(), Some(&"lo"), "{out}");
+    assert!(!out.contains("eth0"), "{out}");
+}
+
+/// The host's own fetch of the registry file, or a clear failure: this
+/// test needs outbound access, and must say so rather than hang.
+fn host_fetch() -> Vec<u8> {
+    let addr = (REGISTRY_HOST, 80)
+        .to_socket_addrs()
+        .unwrap_or_else(|e| {
+            panic!("this test needs outbound access: the host cannot resolve {REGISTRY_HOST}: {e}")
+        })
+        .next()
+        .unwrap_or_else(|| {
+            panic!("this test needs outbound access: no address for {REGISTRY_HOST}")
+        });
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: the host cannot reach {REGISTRY_HOST}:80: {e}")
+    });
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {REGISTRY_PATH} HTTP/1.1\r\nHost: {REGISTRY_HOST}\r\nUser-Agent: hull-test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: reading from {REGISTRY_HOST}: {e}")
+    });
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"),
+        "this test needs outbound access: {REGISTRY_HOST} answered {:?}",
+        String::from_utf8_lossy(&resp[..split])
+    );
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "{REGISTRY_HOST} answered chunked; this test reads plain bodies"
+    );
+    resp[split + 4..].to_vec()
+}
+
+/// Needs outbound access (deb.debian.org): a container on the default
+/// network resolves the registry through passt's DNS forwarder and
+/// fetches the same bytes the host gets.
+#[test]
+fn outbound_fetch_from_a_package_registry() {
+    require_kvm();
+    let expected = host_fetch();
+    assert!(expected.starts_with(b"Origin: Debian"), "unexpected file");
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    // Image preparation and snapshots first, so the fetch's own time limit
+    // measures the network.
+    let mut warm = hull(root);
+    warm.args(["run", "--rm", "busybox:test", "true"]);
+    ok(&run_limited(warm, COMMAND_LIMIT));
+    let url = format!("http://{REGISTRY_HOST}{REGISTRY_PATH}");
+    let mut run = hull(root);
+    run.args([
+        "run",
+        "--rm",
+        "busybox:test",
+        "sh",
+        "-c",
+        &format!("nslookup {REGISTRY_HOST} >/dev/null && echo resolved && wget -q -O - {url} | head -c 4096"),
+    ]);
+    let out = ok(&run_limited(run, FETCH_LIMIT));
+    let body = out
+        .strip_prefix("resolved\n")
+        .unwrap_or_else(|| panic!("name not resolved in the container: {out:?}"));
+    assert_eq!(body.len(), 4096.min(expected.len()));
+    assert_eq!(body.as_bytes(), &expected[..body.len()]);
+}
