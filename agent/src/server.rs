@@ -512,6 +512,11 @@ pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
     }
 }
 
+/// The cause under an error, for a one-line message.
+fn source_of(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| s.to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,9 +851,4 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-}
-
-/// The cause under an error, for a one-line message.
-fn source_of(e: &dyn std::error::Error) -> String {
-    e.source().map(|s| s.to_string()).unwrap_or_default()
 }
