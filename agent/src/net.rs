@@ -104,6 +104,10 @@ fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
 /// Gives the interface its MAC, address and netmask, brings it up and
 /// routes everything through the gateway. Idempotent for the address
 /// (the kernel replaces it) but the route must not exist yet.
+// Over 80 lines: five ioctls in sequence on one socket (MAC, address,
+// netmask, flags, route), each with its request struct built inline.
+// Splitting it into one helper per ioctl is the next step (session 4's
+// closing note), left for a session that can re-run the networking tests.
 pub fn configure(c: &LinkConfig) -> Result<(), NetError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     if c.prefix_len > 32 {

@@ -423,6 +423,12 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Applies one tar entry (whiteout, directory, file, link, device).
+    // Over 80 lines: one match over the entry kinds, each arm a few lines
+    // sharing the resolved parent and the layer's hardlink map. Splitting
+    // it into one method per kind is the next step (noted in session 4's
+    // closing note), left for a session that can re-run the hostile-layer
+    // suite after the change.
     fn entry<R: Read>(
         &mut self,
         tar: &mut tar::TarReader<R>,
