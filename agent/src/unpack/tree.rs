@@ -25,8 +25,6 @@ pub const ROOT: InodeId = 0;
 const DEAD: InodeId = u32::MAX;
 /// Symlinks followed while resolving one path (Linux's limit).
 const MAX_LINKS: u32 = 40;
-/// Directory depth a path may reach (a 4 KiB path has at most 2048).
-pub const MAX_DEPTH: usize = 4096;
 /// Longest name (EROFS_NAME_LEN, NAME_MAX).
 pub const MAX_NAME: usize = 255;
 /// Longest symlink target (PATH_MAX - 1, what `symlinkat` accepts).
@@ -153,8 +151,11 @@ enum Resolve {
     NotDir,
     /// Too many symlinks, or too deep.
     Loop,
-    /// A name longer than `MAX_NAME` had to be created.
+    /// A name longer than `MAX_NAME` had to be created, or the path is
+    /// longer than `PATH_MAX`.
     NameTooLong,
+    /// A dangling symlink still dangles after its target was made.
+    Missing,
 }
 
 impl Resolve {
@@ -163,6 +164,7 @@ impl Resolve {
             Resolve::NotDir => libc::ENOTDIR,
             Resolve::Loop => libc::ELOOP,
             Resolve::NameTooLong => libc::ENAMETOOLONG,
+            Resolve::Missing => libc::ENOENT,
         }
     }
 }
@@ -379,33 +381,40 @@ impl Tree {
     }
 
     /// Resolves the directory `path` (cleaned), following symlinks as if
-    /// the root were `/`. With `create`, missing directories are made
-    /// 0755 (through dangling symlinks too); without, `Ok(None)`.
+    /// the root were `/` (`openat2(RESOLVE_IN_ROOT)`). With `create`,
+    /// missing directories are made 0755, through dangling symlinks too
+    /// (see `create_dirs`); without, a missing one is `Ok(None)`.
     fn resolve_dir(&mut self, path: &[u8], create: bool) -> Result<Option<InodeId>, Resolve> {
+        if path.len() > MAX_LINK {
+            return Err(Resolve::NameTooLong);
+        }
+        match self.walk(ROOT, path)? {
+            Some(d) => Ok(Some(d)),
+            None if create => self.create_dirs(path, 0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves `path` from the directory `start`: symlinks followed
+    /// (absolute ones from the root, at most `MAX_LINKS`), `..` to the
+    /// parent (the root's is itself). `Ok(None)`: a component is missing.
+    fn walk(&self, start: InodeId, path: &[u8]) -> Result<Option<InodeId>, Resolve> {
         let mut rest: Vec<u8>;
         let mut cur: &[u8] = path;
-        let mut stack: Vec<InodeId> = vec![ROOT];
+        let mut here = start;
         let mut links = 0;
         loop {
             let comp_end = cur.iter().position(|&b| b == b'/').unwrap_or(cur.len());
             let (comp, tail) = (&cur[..comp_end], &cur[(comp_end + 1).min(cur.len())..]);
             match comp {
                 b"" | b"." => {}
-                b".." => {
-                    if stack.len() > 1 {
-                        stack.pop();
-                    }
-                }
+                b".." => here = self.dir(here).parent,
                 _ => {
-                    let here = *stack.last().unwrap_or(&ROOT);
-                    let next = match self.child_inode(here, comp) {
-                        Some(c) => c,
-                        None if create => self.make_parent(here, comp)?,
-                        None => return Ok(None),
+                    let Some(next) = self.child_inode(here, comp) else {
+                        return Ok(None);
                     };
                     match self.inodes[next as usize].body {
-                        Body::Dir(_) if stack.len() >= MAX_DEPTH => return Err(Resolve::Loop),
-                        Body::Dir(_) => stack.push(next),
+                        Body::Dir(_) => here = next,
                         Body::Symlink { off, len } => {
                             links += 1;
                             if links > MAX_LINKS {
@@ -413,7 +422,7 @@ impl Tree {
                             }
                             let target = self.link_target(off, len);
                             if target.starts_with(b"/") {
-                                stack.truncate(1);
+                                here = ROOT;
                             }
                             let mut joined = Vec::with_capacity(target.len() + 1 + tail.len());
                             joined.extend_from_slice(target);
@@ -428,10 +437,54 @@ impl Tree {
                 }
             }
             if comp_end >= cur.len() {
-                return Ok(stack.last().copied());
+                return Ok(Some(here));
             }
             cur = tail;
         }
+    }
+
+    /// Makes every missing directory of `path` as the `Unpacker` does:
+    /// component by component; a dangling symlink on the way has its
+    /// target, taken lexically from the path so far, made first (like
+    /// `mkdir -p` in a chroot), at most 40 levels deep.
+    fn create_dirs(&mut self, path: &[u8], depth: u32) -> Result<InodeId, Resolve> {
+        let mut cur = ROOT;
+        let mut start = 0;
+        for comp in path.split(|&b| b == b'/') {
+            let parent_prefix = &path[..start];
+            start += comp.len() + 1;
+            // Resolving one more component from the previous prefix's
+            // directory is resolving the whole prefix from the root.
+            if let Some(d) = self.walk(cur, comp)? {
+                cur = d;
+                continue;
+            }
+            let link = match self.child_inode(cur, comp) {
+                None => {
+                    cur = self.make_parent(cur, comp)?;
+                    continue;
+                }
+                Some(ino) => match self.inodes[ino as usize].body {
+                    Body::Symlink { off, len } => self.link_target(off, len).to_vec(),
+                    _ => return Err(Resolve::NotDir),
+                },
+            };
+            if depth >= MAX_LINKS {
+                return Err(Resolve::Loop);
+            }
+            let mut t = if link.starts_with(b"/") {
+                Vec::new()
+            } else {
+                parent_prefix.to_vec()
+            };
+            t.extend_from_slice(&link);
+            let t = super::clean(&t);
+            if !t.is_empty() {
+                self.create_dirs(&t, depth + 1)?;
+            }
+            cur = self.walk(cur, comp)?.ok_or(Resolve::Missing)?;
+        }
+        Ok(cur)
     }
 
     /// A missing parent directory: 0755, root-owned, time of the build.
