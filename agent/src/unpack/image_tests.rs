@@ -370,7 +370,29 @@ fn xattrs_owners_times() {
     t.pax(&[("SCHILY.xattr.user.long", &[b'v'; 3000])])
         .file("xd/long", b"l");
     t.entry(owned(H::new("owned", b'0'), 65534, 65534, 0o640), b"o");
-    differential(&[t.finish()]);
+    let layer = t.finish();
+    differential(std::slice::from_ref(&layer));
+    // Not vacuous: the kernel really reads them from the image.
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("i");
+    build(&[layer], &image);
+    if let Some(mnt) = Mount::new(&image, tmp.path()) {
+        let cap = mnt.dir.join("cap");
+        let x = xattrs(&cap);
+        let names: Vec<&[u8]> = x.iter().map(|(k, _)| &k[..]).collect();
+        assert_eq!(
+            names,
+            [&b"security.capability"[..], b"trusted.t", b"user.a"],
+            "{x:?}"
+        );
+        let m = lmeta(&cap);
+        assert_eq!(
+            (m.mtime(), m.mtime_nsec(), m.uid()),
+            (1_700_000_000, 123_456_789, 100_000)
+        );
+        assert_eq!(xattrs(&mnt.dir.join("xd/long"))[0].1, vec![b'v'; 3000]);
+        assert_eq!(xattrs(&mnt.dir.join("xd"))[0].0, b"user.dir");
+    }
 }
 
 #[test]

@@ -616,18 +616,31 @@ impl Tree {
         if name.len() > MAX_NAME {
             return Err(os_err(&e.path, "create", libc::ENAMETOOLONG));
         }
-        let perm = e.mode & 0o7777;
         let new = match kind {
-            Kind::File => {
-                let (blkaddr, size) = file.unwrap_or((0, 0));
-                layer.stats.files += 1;
-                layer.stats.data_bytes += size;
-                self.inode_for(e, libc::S_IFREG | perm, Body::File { blkaddr, size })?
-            }
             Kind::Dir => {
                 layer.stats.dirs += 1;
                 return self.dir_entry(e, p, name);
             }
+            Kind::HardLink => {
+                layer.stats.hardlinks += 1;
+                return self.hardlink(e, p, name, path);
+            }
+            _ => self.leaf_inode(e, kind, file, &mut layer.stats)?,
+        };
+        self.set_child(p, name, new);
+        Ok(())
+    }
+
+    /// The new inode of a file, symlink, device or fifo entry.
+    fn leaf_inode(
+        &mut self,
+        e: &Entry,
+        kind: Kind,
+        file: Option<(u32, u64)>,
+        stats: &mut Stats,
+    ) -> Result<InodeId, Error> {
+        let perm = e.mode & 0o7777;
+        let (mode, body) = match kind {
             Kind::Symlink => {
                 if e.link.is_empty() || e.link.len() > MAX_LINK {
                     let errno = if e.link.is_empty() {
@@ -638,31 +651,34 @@ impl Tree {
                     return Err(os_err(&e.path, "create", errno));
                 }
                 let off = self.arena_push(&e.link);
+                stats.symlinks += 1;
                 let len = e.link.len() as u32;
-                layer.stats.symlinks += 1;
-                self.inode_for(e, libc::S_IFLNK | 0o777, Body::Symlink { off, len })?
-            }
-            Kind::HardLink => {
-                layer.stats.hardlinks += 1;
-                return self.hardlink(e, p, name, path);
+                (libc::S_IFLNK | 0o777, Body::Symlink { off, len })
             }
             Kind::Char | Kind::Block => {
+                stats.nodes += 1;
                 let fmt = if kind == Kind::Char {
                     libc::S_IFCHR
                 } else {
                     libc::S_IFBLK
                 };
-                layer.stats.nodes += 1;
-                let rdev = encode_dev(e.dev_major, e.dev_minor);
-                self.inode_for(e, fmt | perm, Body::Device(rdev))?
+                (
+                    fmt | perm,
+                    Body::Device(encode_dev(e.dev_major, e.dev_minor)),
+                )
             }
             Kind::Fifo => {
-                layer.stats.nodes += 1;
-                self.inode_for(e, libc::S_IFIFO | perm, Body::Fifo)?
+                stats.nodes += 1;
+                (libc::S_IFIFO | perm, Body::Fifo)
+            }
+            _ => {
+                let (blkaddr, size) = file.unwrap_or((0, 0));
+                stats.files += 1;
+                stats.data_bytes += size;
+                (libc::S_IFREG | perm, Body::File { blkaddr, size })
             }
         };
-        self.set_child(p, name, new);
-        Ok(())
+        self.inode_for(e, mode, body)
     }
 
     /// A directory entry: an existing directory is kept and updated,
