@@ -18,16 +18,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::cell::Cell;
 use std::io::{self, Read};
-use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::erofs::{self, SuperInfo, BLOCK};
 use super::tar::{Entry, Kind, TarReader};
 use super::tree::{LayerState, Tree};
 use super::whiteout::{self, Whiteout};
-use super::{clean, open_layer, split, Error, Stats, DEFAULT_BUFFER};
+use super::{clean, read_layer, split, Error, Stats, DEFAULT_BUFFER};
 
 /// Where the image is written: a memory window or a file.
 pub trait Output {
@@ -174,26 +172,20 @@ impl<O: Output> ImageBuilder<O> {
     }
 
     fn apply_dyn(&mut self, blob: &mut dyn Read) -> Result<Stats, Error> {
-        let start = Instant::now();
-        let counter = Rc::new(Cell::new(0u64));
         let buf = self
             .buf
             .take()
             .unwrap_or_else(|| vec![0u8; self.opts.buffer_size].into_boxed_slice());
-        let mut tar = open_layer(blob, &counter, buf)?;
-        let mut layer = LayerState::default();
-        layer.stats.layers = 1;
-        while let Some(e) = tar.next_entry()? {
-            self.entry(&mut tar, &e, &mut layer)?;
-        }
-        tar.drain()?;
-        self.tree.finish_layer(&mut layer);
-        let mut stats = std::mem::take(&mut layer.stats);
-        stats.tar_bytes = tar.offset();
-        self.buf = Some(tar.into_buffer());
-        stats.compressed_bytes = counter.get();
+        let (mut stats, buf) = read_layer(blob, buf, |tar| {
+            let mut layer = LayerState::default();
+            while let Some(e) = tar.next_entry()? {
+                self.entry(tar, &e, &mut layer)?;
+            }
+            self.tree.finish_layer(&mut layer);
+            Ok(std::mem::take(&mut layer.stats))
+        })?;
+        self.buf = Some(buf);
         stats.tree_bytes = self.tree.memory_bytes();
-        stats.elapsed = start.elapsed();
         self.stats.add(&stats);
         Ok(stats)
     }

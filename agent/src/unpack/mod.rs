@@ -339,35 +339,28 @@ impl Unpacker {
     }
 
     fn apply_dyn(&mut self, blob: &mut dyn Read) -> Result<Stats, Error> {
-        let start = Instant::now();
-        let counter = Rc::new(Cell::new(0u64));
         let buf = self
             .buf
             .take()
             .unwrap_or_else(|| vec![0u8; self.opts.buffer_size].into_boxed_slice());
-        let mut tar = open_layer(blob, &counter, buf)?;
-        let mut layer = Layer {
-            created: Created::default(),
-            opaque: Vec::new(),
-            dir_times: HashMap::new(),
-            stats: Stats {
-                layers: 1,
-                ..Stats::default()
-            },
-        };
-        let result = self.entries(&mut tar, &mut layer);
-        // Cached parents may be stale after this layer's removals.
-        self.target.invalidate();
-        result?;
-        tar.drain()?;
-        self.finish(&mut layer)?;
-        self.target.invalidate();
-        layer.stats.tar_bytes = tar.offset();
-        self.buf = Some(tar.into_buffer());
-        layer.stats.compressed_bytes = counter.get();
-        layer.stats.elapsed = start.elapsed();
-        self.stats.add(&layer.stats);
-        Ok(layer.stats)
+        let (stats, buf) = read_layer(blob, buf, |tar| {
+            let mut layer = Layer {
+                created: Created::default(),
+                opaque: Vec::new(),
+                dir_times: HashMap::new(),
+                stats: Stats::default(),
+            };
+            let result = self.entries(tar, &mut layer);
+            // Cached parents may be stale after this layer's removals.
+            self.target.invalidate();
+            result?;
+            self.finish(&mut layer)?;
+            self.target.invalidate();
+            Ok(layer.stats)
+        })?;
+        self.buf = Some(buf);
+        self.stats.add(&stats);
+        Ok(stats)
     }
 
     fn entries<R: Read>(
@@ -762,6 +755,26 @@ fn xattr_result(r: io::Result<()>, path: &[u8], symlink: bool) -> Result<(), Err
         Err(e) if symlink && errno(&e) == libc::EPERM => Ok(()),
         Err(e) => Err(io_err(path, "set xattr", e)),
     }
+}
+
+/// Reads one layer blob through `apply`, which gets its tar stream and
+/// returns the layer's counters; then reads the blob to its end and adds
+/// the byte counts and the time. Returns the stream buffer for reuse.
+fn read_layer(
+    blob: &mut dyn Read,
+    buf: Box<[u8]>,
+    apply: impl FnOnce(&mut tar::TarReader<Box<dyn Read + '_>>) -> Result<Stats, Error>,
+) -> Result<(Stats, Box<[u8]>), Error> {
+    let start = Instant::now();
+    let counter = Rc::new(Cell::new(0u64));
+    let mut tar = open_layer(blob, &counter, buf)?;
+    let mut stats = apply(&mut tar)?;
+    tar.drain()?;
+    stats.layers = 1;
+    stats.tar_bytes = tar.offset();
+    stats.compressed_bytes = counter.get();
+    stats.elapsed = start.elapsed();
+    Ok((stats, tar.into_buffer()))
 }
 
 /// Opens a layer blob (plain tar, gzip or zstd, told by its first bytes)
