@@ -30,6 +30,9 @@ const LAYOUT_EXTENDED: u16 = 1;
 const FLAT_PLAIN: u16 = 0;
 const FLAT_INLINE: u16 = 2;
 const XATTR_HEADER: usize = 12;
+/// Largest inline xattr body `i_xattr_icount` (16 bits, in 4-byte units
+/// after the header) can describe.
+pub const MAX_XATTR_BODY: usize = XATTR_HEADER + 4 * (u16::MAX as usize - 1);
 /// Volume label in the superblock.
 pub const VOLUME_NAME: &[u8] = b"hull-rootfs";
 

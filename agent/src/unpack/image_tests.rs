@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use super::erofs::{dir_content, dirent_blocks, xattr_body, Dirent};
-use super::tests::{gzip, is_root, lmeta, zstd, H, T};
+use super::tests::{gzip, is_root, lmeta, mutate, xorshift, zstd, H, T};
 use super::*;
 
 // ---------------------------------------------------------------- helpers
@@ -309,7 +309,8 @@ fn whiteouts_opaque_and_replacements() {
         .dir("d2f/")
         .file("d2f/inner", b"i")
         .symlink("l2f", "a")
-        .file("same", b"one");
+        .file("same", b"one")
+        .symlink("lo", "o");
     let mut l2 = T::default();
     l2.file("a/.wh.gone", b"")
         .file("a/.wh.sub", b"")
@@ -324,7 +325,9 @@ fn whiteouts_opaque_and_replacements() {
         .file("same", b"three")
         .file("fresh", b"f")
         .file(".wh.fresh", b"")
-        .file("a/.wh..wh.plnk", b"");
+        .file("a/.wh..wh.plnk", b"")
+        // Opaque through a symlink: left alone, as by the Unpacker.
+        .file("lo/.wh..wh..opq", b"");
     let s = differential(&[l1.finish(), l2.finish()]);
     assert_eq!(s.layers, 2);
     assert!(s.unreferenced_bytes >= 3 * 4096, "{s:?}");
@@ -347,7 +350,11 @@ fn symlinked_parents_and_hardlinks() {
         .hardlink("usr/lib/ha", "lib/a")
         .hardlink("hl", "lib")
         .file("../../escape", b"stays inside");
-    differential(&[l1.finish(), l2.finish()]);
+    // Replacing one name of a hard-linked file leaves the other alone.
+    let mut l3 = T::default();
+    l3.file("usr/lib/a", b"replaced")
+        .hardlink("hl2", "abs/lib/ha");
+    differential(&[l1.finish(), l2.finish(), l3.finish()]);
 }
 
 #[test]
@@ -702,31 +709,10 @@ fn mutated_layers_agree_with_the_unpacker() {
         .file("d/.wh.f", b"")
         .file("d/.wh..wh..opq", b"");
     let base = t.finish();
-    let mut seed = 0x0bad_cafe_1234_5677u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15);
     let (mut same_ok, mut same_err) = (0, 0);
     for _ in 0..MUTATIONS {
-        let mut m = base.clone();
-        for _ in 0..1 + rnd() % 3 {
-            let pos = (rnd() % m.len() as u64) as usize;
-            m[pos] = match rnd() % 3 {
-                0 => b'/',
-                1 => b'.',
-                _ => rnd() as u8,
-            };
-            let blk = pos / 512 * 512;
-            if &m[blk + 257..blk + 262] == b"ustar" {
-                let b = &mut m[blk..blk + 512];
-                b[148..156].copy_from_slice(b"        ");
-                let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
-                b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-            }
-        }
+        let m = mutate(&base, &mut rnd);
         let tmp = tempfile::tempdir().unwrap();
         let mut u = Unpacker::new(tmp.path(), Options::default()).unwrap();
         let unpacked = u.apply_layer(&m[..]);

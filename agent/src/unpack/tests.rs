@@ -1014,6 +1014,46 @@ fn files_larger_than_the_buffer() {
 
 /// Random corruptions of a layer with every entry kind: errors are fine,
 /// panics, hangs and writes outside the target are not.
+/// A xorshift64 generator (deterministic test randomness).
+pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// `base` with 1 to 4 random bytes changed (mostly to `0`, `/`, `.`),
+/// header checksums usually fixed so the damage reaches the unpacker,
+/// and one time in three truncated.
+pub(super) fn mutate(base: &[u8], rnd: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let mut m = base.to_vec();
+    for _ in 0..1 + rnd() % 4 {
+        let pos = (rnd() % m.len() as u64) as usize;
+        m[pos] = match rnd() % 4 {
+            0 => 0,
+            1 => b'/',
+            2 => b'.',
+            _ => rnd() as u8,
+        };
+        // Mostly keep headers valid, so the mutation reaches the
+        // unpacker rather than the checksum test.
+        let blk = pos / 512 * 512;
+        if !rnd().is_multiple_of(4) && blk + 512 <= m.len() && &m[blk + 257..blk + 262] == b"ustar"
+        {
+            let b = &mut m[blk..blk + 512];
+            b[148..156].copy_from_slice(b"        ");
+            let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+            b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        }
+    }
+    if rnd().is_multiple_of(3) {
+        m.truncate((rnd() % m.len() as u64) as usize);
+    }
+    m
+}
+
 #[test]
 fn mutated_layers_never_escape_or_panic() {
     let outside_abs = "/tmp/../tmp/hull-unpack-never";
@@ -1030,37 +1070,10 @@ fn mutated_layers_never_escape_or_panic() {
         .file("d/.wh.f", b"")
         .file("d/.wh..wh..opq", b"");
     let base = t.finish();
-    let mut seed = 0x1234_5678_9abc_def1u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rnd = xorshift(0x1234_5678_9abc_def1);
     let env = new_env();
     for i in 0..400 {
-        let mut m = base.clone();
-        for _ in 0..1 + rnd() % 4 {
-            let pos = (rnd() % m.len() as u64) as usize;
-            m[pos] = match rnd() % 4 {
-                0 => 0,
-                1 => b'/',
-                2 => b'.',
-                _ => rnd() as u8,
-            };
-            // Mostly keep headers valid, so the mutation reaches the
-            // unpacker rather than the checksum test.
-            let blk = pos / 512 * 512;
-            if rnd() % 4 != 0 && blk + 512 <= m.len() && &m[blk + 257..blk + 262] == b"ustar" {
-                let b = &mut m[blk..blk + 512];
-                b[148..156].copy_from_slice(b"        ");
-                let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
-                b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-            }
-        }
-        if i % 3 == 0 {
-            m.truncate((rnd() % m.len() as u64) as usize);
-        }
+        let m = mutate(&base, &mut rnd);
         let root = env.root.join(format!("r{i}"));
         fs::create_dir(&root).unwrap();
         let mut u = Unpacker::new(&root, Options::default()).unwrap();

@@ -9,7 +9,7 @@
 //! Removed children are tombstoned and compacted in bulk, so whiteouts of
 //! many names in one directory stay linear.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 
@@ -132,7 +132,9 @@ pub struct Tree {
 #[derive(Debug, Default)]
 pub struct LayerState {
     created: Created,
+    /// Opaque directories in the order their markers came.
     opaque: Vec<Vec<u8>>,
+    opaque_seen: HashSet<Vec<u8>>,
     /// This layer's counters.
     pub stats: Stats,
 }
@@ -525,6 +527,9 @@ impl Tree {
             out.retain(|(ok, _)| ok != k);
             out.push((k.clone(), v.clone()));
         }
+        if super::erofs::xattr_body(&out).len() > super::erofs::MAX_XATTR_BODY {
+            return Err(os_err(&e.path, "set xattr", libc::E2BIG));
+        }
         Ok(out)
     }
 
@@ -604,7 +609,7 @@ impl Tree {
             Whiteout::No => {}
             Whiteout::Meta => return Ok(()),
             Whiteout::Opaque => {
-                if !layer.opaque.iter().any(|d| d == parent) {
+                if layer.opaque_seen.insert(parent.to_vec()) {
                     layer.opaque.push(parent.to_vec());
                 }
                 return Ok(());
