@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 
 use agent::protocol::{self, LayerWindow, UnpackReply, UnpackRequest};
 use agent::unpack::{ImageBuilder, ImageOptions};
-use agent::window::Window;
+use agent::window::{ChunkedWindow, Window};
 
 /// Handles one unpack request.
 pub fn serve(mut conn: UnixStream) {
@@ -23,18 +23,17 @@ pub fn serve(mut conn: UnixStream) {
 
 fn build_image(req: &UnpackRequest) -> Result<UnpackReply, String> {
     let start = std::time::Instant::now();
-    let mut output = Window::map(req.output.guest_addr, req.output.len, true)
-        .map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map_or(String::new(), ToString::to_string)))?;
-    let mut builder =
-        ImageBuilder::new(output.bytes_mut(), ImageOptions::default()).map_err(|e| e.to_string())?;
+    // The output is mapped as the builder reaches it: the window is sized
+    // for the worst case and every mapped page costs the guest kernel.
+    let output = ChunkedWindow::new(req.output.guest_addr, req.output.len).map_err(describe)?;
+    let mut builder = ImageBuilder::new(output, ImageOptions::default()).map_err(describe)?;
     for (i, layer) in req.layers.iter().enumerate() {
         let blob = map_layer(layer).map_err(|e| format!("layer {}: {e}", i + 1))?;
-        let size = usize::try_from(layer.size).map_err(|_| format!("layer {}: too large", i + 1))?;
         builder
-            .apply_layer(&blob.bytes()[..size])
-            .map_err(|e| format!("layer {}: {e}", i + 1))?;
+            .apply_layer(&blob.bytes()[..layer.size as usize])
+            .map_err(|e| format!("layer {}: {}", i + 1, describe(e)))?;
     }
-    let (image_bytes, stats) = builder.finish().map_err(|e| e.to_string())?;
+    let (image_bytes, stats) = builder.finish().map_err(describe)?;
     Ok(UnpackReply::Done {
         compressed_bytes: stats.compressed_bytes,
         tar_bytes: stats.tar_bytes,
@@ -45,6 +44,7 @@ fn build_image(req: &UnpackRequest) -> Result<UnpackReply, String> {
     })
 }
 
+/// Maps a layer's window read-only, after checking the blob fits in it.
 fn map_layer(layer: &LayerWindow) -> Result<Window, String> {
     if layer.size > layer.window.len {
         return Err(format!(
@@ -52,7 +52,17 @@ fn map_layer(layer: &LayerWindow) -> Result<Window, String> {
             layer.size, layer.window.len
         ));
     }
-    Window::map(layer.window.guest_addr, layer.window.len, false).map_err(|e| {
-        format!("{e}: {}", std::error::Error::source(&e).map_or(String::new(), ToString::to_string))
-    })
+    Window::map(layer.window.guest_addr, layer.window.len, false).map_err(describe)
+}
+
+/// An error with its causes, on one line.
+fn describe(e: impl std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
 }

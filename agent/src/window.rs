@@ -174,6 +174,19 @@ impl ChunkedWindow {
     }
 }
 
+impl crate::unpack::Output for ChunkedWindow {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        ChunkedWindow::write_at(self, offset, data).map_err(|e| match e {
+            WindowError::Full(_) => io::ErrorKind::StorageFull.into(),
+            e => io::Error::other(e),
+        })
+    }
+
+    fn capacity(&self) -> u64 {
+        self.len
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,6 +100,7 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         kernel: None,
         net: None,
         windows: Vec::new(),
+        extra_cmdline: "",
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");

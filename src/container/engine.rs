@@ -216,6 +216,7 @@ fn start_vm(
         kernel: None,
         net,
         windows: Vec::new(),
+        extra_cmdline: "",
     };
     std::fs::create_dir_all(root.join("run"))?;
     fast_start::start(

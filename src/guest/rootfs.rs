@@ -236,6 +236,9 @@ fn start_helper(
         kernel: None,
         net: None,
         windows,
+        // Its own snapshot, whose agent has a warm heap (the agent's
+        // `warm_heap`).
+        extra_cmdline: "hull.prepare",
     };
     let run_dir = root.join("run");
     std::fs::create_dir_all(&run_dir)?;
