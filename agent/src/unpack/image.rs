@@ -181,7 +181,7 @@ impl<O: Output> ImageBuilder<O> {
             while let Some(e) = tar.next_entry()? {
                 self.entry(tar, &e, &mut layer)?;
             }
-            self.tree.finish_layer(&mut layer);
+            self.tree.finish_layer(&mut layer)?;
             Ok(std::mem::take(&mut layer.stats))
         })?;
         self.buf = Some(buf);

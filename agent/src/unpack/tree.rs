@@ -518,6 +518,7 @@ impl Tree {
         }
         let mut out: Xattrs = Vec::new();
         for (k, v) in &e.xattrs {
+            check_nul(k, &e.path)?;
             if super::erofs::xattr_prefix(k).is_none() || (symlink && k.starts_with(b"user.")) {
                 continue;
             }
@@ -617,6 +618,8 @@ impl Tree {
             Whiteout::Name(hidden) => return self.whiteout(e, parent, hidden, layer),
         }
         layer.created.insert(path);
+        // Names go through C strings in the `Unpacker`: a NUL is an error.
+        check_nul(path, &e.path)?;
         let p = self.parent_of(e, parent)?;
         if name.len() > MAX_NAME {
             return Err(os_err(&e.path, "create", libc::ENAMETOOLONG));
@@ -647,6 +650,7 @@ impl Tree {
         let perm = e.mode & 0o7777;
         let (mode, body) = match kind {
             Kind::Symlink => {
+                check_nul(&e.link, &e.path)?;
                 if e.link.is_empty() || e.link.len() > MAX_LINK {
                     let errno = if e.link.is_empty() {
                         libc::ENOENT
@@ -719,11 +723,13 @@ impl Tree {
         if layer.created.contains(&victim) {
             return Ok(());
         }
+        check_nul(parent, &e.path)?;
         let p = match self.resolve_dir(parent, false) {
             Ok(Some(p)) => p,
             Ok(None) | Err(Resolve::NotDir) => return Ok(()),
             Err(r) => return Err(os_err(&e.path, "open parent", r.errno())),
         };
+        check_nul(hidden, &e.path)?;
         if let Some(i) = self.lookup(p, hidden) {
             self.remove_child(p, i);
             layer.stats.whiteouts += 1;
@@ -743,6 +749,7 @@ impl Tree {
         if target == path {
             return Ok(()); // a link to itself: nothing to do
         }
+        check_nul(&target, &e.path)?;
         let not_found = || Error::Unsafe {
             path: e.display(),
             reason: format!(
@@ -777,13 +784,15 @@ impl Tree {
     }
 
     /// End of a layer: prunes the directories it made opaque.
-    pub fn finish_layer(&mut self, layer: &mut LayerState) {
+    pub fn finish_layer(&mut self, layer: &mut LayerState) -> Result<(), Error> {
         for d in std::mem::take(&mut layer.opaque) {
+            check_nul(&d, &d)?;
             if let Some(dir) = self.resolve_no_symlinks(&d) {
                 self.prune(dir, &d, &layer.created);
                 layer.stats.opaque_dirs += 1;
             }
         }
+        Ok(())
     }
 
     /// The directory at `path`, every component a real directory.
@@ -840,6 +849,19 @@ impl Tree {
         self.dirs = dirs;
         self.index = HashMap::new();
     }
+}
+
+/// A NUL inside a name, link target or xattr name: the error the
+/// `Unpacker` gets from making a C string of it.
+fn check_nul(bytes: &[u8], path: &[u8]) -> Result<(), Error> {
+    if bytes.contains(&0) {
+        return Err(Error::Io {
+            path: String::from_utf8_lossy(path).into_owned(),
+            op: "name",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in name"),
+        });
+    }
+    Ok(())
 }
 
 /// Linux's `new_encode_dev`: what EROFS stores in `i_u.rdev`.
