@@ -10,7 +10,7 @@
 //! many names in one directory stay linear.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::io;
 
 use super::tar::{Entry, Kind};
@@ -112,8 +112,8 @@ pub struct Tree {
     pub arena: Vec<u8>,
     /// Extended attributes, indexed by `Inode::xattrs - 1`.
     pub xattrs: Vec<Xattrs>,
-    /// (directory inode, name hash) -> index in its children.
-    index: HashMap<(InodeId, u64), u32>,
+    /// Keyed hash of (directory inode, name) -> index in its children.
+    index: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
     hasher: RandomState,
     /// Two live names of one directory ever shared a hash: lookups that
     /// miss in `index` scan the directory.
@@ -179,7 +179,7 @@ impl Tree {
             dirs: Vec::new(),
             arena: Vec::new(),
             xattrs: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             hasher: RandomState::new(),
             collided: false,
             now,
@@ -237,7 +237,7 @@ impl Tree {
             + self.xattrs.capacity() * size_of::<Xattrs>()
             + xattrs
             // hashbrown: key, value and one control byte per bucket.
-            + self.index.capacity() * (size_of::<((InodeId, u64), u32)>() + 1)) as u64
+            + self.index.capacity() * (size_of::<(u64, u32)>() + 1)) as u64
     }
 
     /// Counts one entry against the limit.
@@ -281,11 +281,16 @@ impl Tree {
         off
     }
 
+    /// The index key of `name` in `dir`: keyed per process, so a layer
+    /// cannot aim for collisions (which only cost a directory scan).
+    fn key(&self, dir: InodeId, name: &[u8]) -> u64 {
+        self.hasher.hash_one((dir, name))
+    }
+
     /// Index in `dir`'s children of the live child `name`.
     pub fn lookup(&self, dir: InodeId, name: &[u8]) -> Option<u32> {
         let d = self.dir(dir);
-        let h = self.hasher.hash_one(name);
-        if let Some(&i) = self.index.get(&(dir, h)) {
+        if let Some(&i) = self.index.get(&self.key(dir, name)) {
             let c = &d.children[i as usize];
             if c.inode != DEAD && self.name(c) == name {
                 return Some(i);
@@ -314,7 +319,7 @@ impl Tree {
             return;
         }
         let name_off = self.arena_push(name);
-        let h = self.hasher.hash_one(name);
+        let h = self.key(dir, name);
         let d = self.dir_mut(dir);
         d.children.push(Child {
             name_off,
@@ -322,8 +327,9 @@ impl Tree {
             inode,
         });
         let i = (d.children.len() - 1) as u32;
-        if self.index.insert((dir, h), i).is_some() {
-            // Keep the older entry's index (it may be live): lookups scan.
+        if self.index.insert(h, i).is_some() {
+            // A collision: the older name lost its entry; lookups that
+            // miss scan the directory from now on.
             self.collided = true;
         }
     }
@@ -332,9 +338,11 @@ impl Tree {
     fn remove_child(&mut self, dir: InodeId, i: u32) {
         let c = self.dir(dir).children[i as usize];
         self.drop_subtree(c.inode);
-        let h = self.hasher.hash_one(self.name(&c));
-        if self.index.get(&(dir, h)) == Some(&i) {
-            self.index.remove(&(dir, h));
+        // (After a collision this may drop another directory's entry of
+        // the same key: lookups then scan, which stays correct.)
+        let h = self.key(dir, self.name(&c));
+        if self.index.get(&h) == Some(&i) {
+            self.index.remove(&h);
         }
         let d = self.dir_mut(dir);
         d.children[i as usize].inode = DEAD;
@@ -348,13 +356,12 @@ impl Tree {
     fn compact(&mut self, dir: InodeId) {
         let mut children = std::mem::take(&mut self.dir_mut(dir).children);
         for c in &children {
-            let h = self.hasher.hash_one(self.name(c));
-            self.index.remove(&(dir, h));
+            self.index.remove(&self.key(dir, self.name(c)));
         }
         children.retain(|c| c.inode != DEAD);
         for (i, c) in children.iter().enumerate() {
-            let h = self.hasher.hash_one(self.name(c));
-            if self.index.insert((dir, h), i as u32).is_some() {
+            let h = self.key(dir, self.name(c));
+            if self.index.insert(h, i as u32).is_some() {
                 self.collided = true;
             }
         }
@@ -373,8 +380,7 @@ impl Tree {
             }
             let children = std::mem::take(&mut self.dir_mut(d).children);
             for c in &children {
-                let h = self.hasher.hash_one(self.name(c));
-                self.index.remove(&(d, h));
+                self.index.remove(&self.key(d, self.name(c)));
                 if c.inode != DEAD {
                     stack.push(c.inode);
                 }
@@ -847,7 +853,7 @@ impl Tree {
             d.dead = 0;
         }
         self.dirs = dirs;
-        self.index = HashMap::new();
+        self.index = HashMap::default();
     }
 }
 
@@ -864,7 +870,129 @@ fn check_nul(bytes: &[u8], path: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The index's keys are already keyed hashes: use them as they are.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (u64 keys); fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 /// Linux's `new_encode_dev`: what EROFS stores in `i_u.rdev`.
 pub fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind, link: &str) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            link: link.as_bytes().to_vec(),
+            kind: Some(kind),
+            mode: 0o644,
+            ..Entry::default()
+        }
+    }
+
+    /// Every path with its kind and size, depth first in name order.
+    fn listing(t: &mut Tree) -> Vec<String> {
+        t.sort_dirs();
+        let mut out = Vec::new();
+        let mut stack = vec![(ROOT, String::new())];
+        while let Some((d, prefix)) = stack.pop() {
+            for c in &t.dir(d).children {
+                let p = format!("{prefix}/{}", String::from_utf8_lossy(t.name(c)));
+                out.push(format!("{p} {:?}", t.inodes[c.inode as usize].body));
+                if t.is_dir(c.inode) {
+                    stack.push((c.inode, p));
+                }
+            }
+        }
+        out
+    }
+
+    fn run(ops: &[(&str, Kind, &str)], break_index: bool) -> Vec<String> {
+        let mut t = Tree::new((0, 0), true, 1 << 20);
+        let mut layer = LayerState::default();
+        for (i, (path, kind, link)) in ops.iter().enumerate() {
+            let e = entry(path, *kind, link);
+            let path = super::super::clean(&e.path);
+            t.apply(&e, &path, Some((i as u32 + 1, 1)), &mut layer)
+                .unwrap();
+            if break_index {
+                // As after a hash collision: every lookup must scan.
+                t.index.clear();
+                t.collided = true;
+            }
+        }
+        t.finish_layer(&mut layer).unwrap();
+        listing(&mut t)
+    }
+
+    /// Lookups stay right when the hash index cannot be trusted (the
+    /// path taken after two names' keys collided).
+    #[test]
+    fn lookups_fall_back_to_scanning_after_a_collision() {
+        let mut ops = vec![("d", Kind::Dir, ""), ("lower", Kind::File, "")];
+        let names: Vec<String> = (0..100).map(|i| format!("d/f{i}")).collect();
+        for n in &names {
+            ops.push((n, Kind::File, ""));
+        }
+        for n in names.iter().step_by(3) {
+            ops.push((n, Kind::Symlink, "lower")); // replace a third
+        }
+        ops.push(("d/h", Kind::HardLink, "d/f1"));
+        ops.push(("d/f2", Kind::Dir, "")); // a file replaced by a directory
+        ops.push(("d/f2/x", Kind::File, ""));
+        let good = run(&ops, false);
+        assert_eq!(good, run(&ops, true));
+        assert_eq!(good.len(), 2 + 100 + 1 + 1);
+    }
+
+    /// Whiteouts of most of a big directory compact it; what is left and
+    /// what comes back are found.
+    #[test]
+    fn tombstones_compact() {
+        let mut t = Tree::new((0, 0), true, 1 << 20);
+        let mut layer = LayerState::default();
+        let add = |t: &mut Tree, layer: &mut LayerState, p: &str| {
+            let e = entry(p, Kind::File, "");
+            t.apply(&e, p.as_bytes(), Some((1, 1)), layer).unwrap();
+        };
+        for i in 0..200 {
+            add(&mut t, &mut layer, &format!("d/f{i}"));
+        }
+        let mut upper = LayerState::default();
+        for i in 0..190 {
+            let e = entry(&format!("d/.wh.f{i}"), Kind::File, "");
+            t.apply(&e, &e.path.clone(), None, &mut upper).unwrap();
+        }
+        let d = t.child_inode(ROOT, b"d").unwrap();
+        assert!(t.dir(d).children.len() < 200, "compacted");
+        assert_eq!(upper.stats.whiteouts, 190);
+        for i in 0..200 {
+            assert_eq!(
+                t.child_inode(d, format!("f{i}").as_bytes()).is_some(),
+                i >= 190
+            );
+        }
+        add(&mut t, &mut upper, "d/f5");
+        assert!(t.child_inode(d, b"f5").is_some());
+    }
 }
