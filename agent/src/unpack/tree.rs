@@ -57,23 +57,72 @@ pub enum Body {
     Fifo,
 }
 
-/// One inode's attributes.
+/// One inode's attributes: 40 bytes, all 4-byte fields (an `i64` and a
+/// `Body` enum would make it 48; every inode of an image is one of these).
 #[derive(Debug, Clone, Copy)]
 pub struct Inode {
-    /// `st_mode` with the file type bits.
+    /// `st_mode` with the file type bits (which also say what `data` is).
     pub mode: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Modification time (seconds).
-    pub mtime: i64,
+    /// Modification time in seconds, low and high halves.
+    mtime: [u32; 2],
     /// Nanoseconds of the modification time.
     pub mtime_nsec: u32,
     /// 1 + index into [`Tree::xattrs`], 0 for none.
     pub xattrs: u32,
-    /// Contents.
-    pub body: Body,
+    /// [`Body`], packed by [`Inode::new`].
+    data: [u32; 3],
+}
+
+impl Inode {
+    /// An inode; `mode`'s file type must match `body`.
+    pub fn new(mode: u32, uid: u32, gid: u32, mtime: (i64, u32), xattrs: u32, body: Body) -> Inode {
+        let data = match body {
+            Body::File { blkaddr, size } => [blkaddr, size as u32, (size >> 32) as u32],
+            Body::Dir(d) => [d, 0, 0],
+            Body::Symlink { off, len } => [off, len, 0],
+            Body::Device(rdev) => [rdev, 0, 0],
+            Body::Fifo => [0; 3],
+        };
+        let mut i = Inode {
+            mode,
+            uid,
+            gid,
+            mtime: [0; 2],
+            mtime_nsec: mtime.1,
+            xattrs,
+            data,
+        };
+        i.set_mtime(mtime.0);
+        i
+    }
+
+    /// What the inode holds.
+    pub fn body(&self) -> Body {
+        let [a, b, c] = self.data;
+        match self.mode & libc::S_IFMT {
+            libc::S_IFREG => Body::File {
+                blkaddr: a,
+                size: u64::from(b) | (u64::from(c) << 32),
+            },
+            libc::S_IFDIR => Body::Dir(a),
+            libc::S_IFLNK => Body::Symlink { off: a, len: b },
+            libc::S_IFCHR | libc::S_IFBLK => Body::Device(a),
+            _ => Body::Fifo,
+        }
+    }
+
+    /// Modification time, seconds.
+    pub fn mtime(&self) -> i64 {
+        (u64::from(self.mtime[0]) | (u64::from(self.mtime[1]) << 32)) as i64
+    }
+
+    fn set_mtime(&mut self, sec: i64) {
+        self.mtime = [sec as u32, ((sec as u64) >> 32) as u32];
+    }
 }
 
 /// A directory entry: name in the arena, and the inode it names.
@@ -204,21 +253,21 @@ impl Tree {
 
     /// The directory data of `dir` (which must be a directory).
     pub fn dir(&self, dir: InodeId) -> &DirData {
-        match self.inodes[dir as usize].body {
+        match self.inodes[dir as usize].body() {
             Body::Dir(d) => &self.dirs[d as usize],
             _ => unreachable!("inode {dir} is not a directory"),
         }
     }
 
     fn dir_mut(&mut self, dir: InodeId) -> &mut DirData {
-        match self.inodes[dir as usize].body {
+        match self.inodes[dir as usize].body() {
             Body::Dir(d) => &mut self.dirs[d as usize],
             _ => unreachable!("inode {dir} is not a directory"),
         }
     }
 
     fn is_dir(&self, ino: InodeId) -> bool {
-        matches!(self.inodes[ino as usize].body, Body::Dir(_))
+        matches!(self.inodes[ino as usize].body(), Body::Dir(_))
     }
 
     /// Bytes of heap the tree holds now (capacities, not lengths).
@@ -263,15 +312,14 @@ impl Tree {
             parent,
             ..DirData::default()
         });
-        self.inodes.push(Inode {
-            mode: libc::S_IFDIR | (mode & 0o7777),
+        self.inodes.push(Inode::new(
+            libc::S_IFDIR | (mode & 0o7777),
             uid,
             gid,
-            mtime: t.0,
-            mtime_nsec: t.1,
-            xattrs: 0,
-            body: Body::Dir((self.dirs.len() - 1) as u32),
-        });
+            t,
+            0,
+            Body::Dir((self.dirs.len() - 1) as u32),
+        ));
         (self.inodes.len() - 1) as InodeId
     }
 
@@ -421,7 +469,7 @@ impl Tree {
                     let Some(next) = self.child_inode(here, comp) else {
                         return Ok(None);
                     };
-                    match self.inodes[next as usize].body {
+                    match self.inodes[next as usize].body() {
                         Body::Dir(_) => here = next,
                         Body::Symlink { off, len } => {
                             links += 1;
@@ -472,7 +520,7 @@ impl Tree {
                     cur = self.make_parent(cur, comp)?;
                     continue;
                 }
-                Some(ino) => match self.inodes[ino as usize].body {
+                Some(ino) => match self.inodes[ino as usize].body() {
                     Body::Symlink { off, len } => self.link_target(off, len).to_vec(),
                     _ => return Err(Resolve::NotDir),
                 },
@@ -552,18 +600,8 @@ impl Tree {
         let symlink = matches!(body, Body::Symlink { .. });
         let x = self.entry_xattrs(e, symlink)?;
         let xattrs = self.store_xattrs(x);
-        self.add_inode(
-            Inode {
-                mode,
-                uid: e.uid,
-                gid: e.gid,
-                mtime: e.mtime,
-                mtime_nsec: e.mtime_nsec,
-                xattrs,
-                body,
-            },
-            &e.path,
-        )
+        let t = (e.mtime, e.mtime_nsec);
+        self.add_inode(Inode::new(mode, e.uid, e.gid, t, xattrs, body), &e.path)
     }
 
     /// Gives an existing directory an entry's owner, mode, time, and
@@ -575,7 +613,7 @@ impl Tree {
         ino.mode = libc::S_IFDIR | (e.mode & 0o7777);
         ino.uid = e.uid;
         ino.gid = e.gid;
-        ino.mtime = e.mtime;
+        ino.set_mtime(e.mtime);
         ino.mtime_nsec = e.mtime_nsec;
         let slot = ino.xattrs;
         if slot == 0 {
@@ -918,7 +956,7 @@ mod tests {
         while let Some((d, prefix)) = stack.pop() {
             for c in &t.dir(d).children {
                 let p = format!("{prefix}/{}", String::from_utf8_lossy(t.name(c)));
-                out.push(format!("{p} {:?}", t.inodes[c.inode as usize].body));
+                out.push(format!("{p} {:?}", t.inodes[c.inode as usize].body()));
                 if t.is_dir(c.inode) {
                     stack.push((c.inode, p));
                 }
@@ -963,6 +1001,33 @@ mod tests {
         let good = run(&ops, false);
         assert_eq!(good, run(&ops, true));
         assert_eq!(good.len(), 2 + 100 + 1 + 1);
+    }
+
+    /// The per-entry records stay small, and pack their fields losslessly.
+    #[test]
+    fn compact_records_round_trip() {
+        assert_eq!(std::mem::size_of::<Inode>(), 40);
+        assert_eq!(std::mem::size_of::<Child>(), 12);
+        let body = Body::File {
+            blkaddr: 7,
+            size: (5 << 32) + 3,
+        };
+        let i = Inode::new(libc::S_IFREG | 0o644, 1, 2, (-86_400 * 365, 9), 0, body);
+        assert_eq!(
+            (i.body(), i.mtime(), i.mtime_nsec),
+            (body, -86_400 * 365, 9)
+        );
+        let link = Body::Symlink { off: 3, len: 4 };
+        assert_eq!(
+            Inode::new(libc::S_IFLNK, 0, 0, (0, 0), 0, link).body(),
+            link
+        );
+        let dev = Body::Device(encode_dev(8, 1));
+        assert_eq!(Inode::new(libc::S_IFBLK, 0, 0, (0, 0), 0, dev).body(), dev);
+        assert_eq!(
+            Inode::new(libc::S_IFIFO, 0, 0, (0, 0), 0, Body::Fifo).body(),
+            Body::Fifo
+        );
     }
 
     /// Whiteouts of most of a big directory compact it; what is left and
