@@ -84,7 +84,7 @@ fn xattr_icount(len: usize) -> Result<u16, Error> {
         return Ok(0);
     }
     u16::try_from((len - XATTR_HEADER) / 4 + 1).map_err(|_| Error::Limit {
-        path: String::new(),
+        path: "image".into(),
         reason: format!("{len} bytes of xattrs on one inode"),
     })
 }
@@ -224,7 +224,7 @@ pub fn write(
     s.write_meta(meta_blkaddr, write, &mut buf)?;
     let blocks = u64::from(meta_blkaddr) + meta_len.div_ceil(BLOCK);
     let blocks32 = u32::try_from(blocks).map_err(|_| Error::Limit {
-        path: String::new(),
+        path: "image".into(),
         reason: "image larger than 16 TiB".into(),
     })?;
     let sb = superblock(&info, s.order.len() as u64, blocks32, meta_blkaddr);
@@ -378,7 +378,7 @@ impl<'t> Serializer<'t> {
             self.places.push(p);
         }
         u32::try_from(cursor).map_err(|_| Error::Limit {
-            path: String::new(),
+            path: "image".into(),
             reason: "image larger than 16 TiB".into(),
         })
     }

@@ -142,7 +142,7 @@ impl<O: Output> ImageBuilder<O> {
         let uuid = opts.uuid.unwrap_or_else(random_uuid);
         if out.capacity() < 2 * BLOCK {
             return Err(Error::NoSpace {
-                path: String::new(),
+                path: "image".into(),
             });
         }
         Ok(ImageBuilder {
@@ -248,7 +248,7 @@ impl<O: Output> ImageBuilder<O> {
         let start = Instant::now();
         self.tree.sort_dirs();
         let out = &mut self.out;
-        let mut write = |offset: u64, data: &[u8]| write_out(out, offset, data, b"");
+        let mut write = |offset: u64, data: &[u8]| write_out(out, offset, data, b"image metadata");
         let w = erofs::write(&self.tree, self.data_end as u32, self.info, &mut write)?;
         self.stats.unreferenced_bytes = w.unreferenced_bytes;
         self.stats.elapsed += start.elapsed();
