@@ -402,6 +402,38 @@ fn xattrs_owners_times() {
     }
 }
 
+/// Xattrs larger than a block (ext4 refuses them, so no `Unpacker`
+/// comparison): the inode record then spans metadata blocks, which the
+/// kernel reads across.
+#[test]
+fn xattrs_larger_than_a_block() {
+    let mut t = T::default();
+    let big: Vec<u8> = (0..10_000).map(|i| (i % 251) as u8).collect();
+    t.file("before", b"b");
+    t.pax(&[
+        ("SCHILY.xattr.user.big", &big[..]),
+        ("SCHILY.xattr.trusted.x", b"y"),
+    ])
+    .file("big", b"data");
+    t.file("after", b"a");
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("i");
+    build(&[t.finish()], &image);
+    fsck_extract(&image, &tmp.path().join("x"));
+    if let Some(mnt) = Mount::new(&image, tmp.path()) {
+        let x = xattrs(&mnt.dir.join("big"));
+        assert_eq!(
+            x,
+            vec![
+                (b"trusted.x".to_vec(), b"y".to_vec()),
+                (b"user.big".to_vec(), big)
+            ]
+        );
+        assert_eq!(fs::read(mnt.dir.join("big")).unwrap(), b"data");
+        assert_eq!(fs::read(mnt.dir.join("after")).unwrap(), b"a");
+    }
+}
+
 #[test]
 fn long_names_deep_trees_and_big_dirs() {
     let mut t = T::default();

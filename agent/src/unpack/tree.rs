@@ -801,13 +801,9 @@ impl Tree {
                 String::from_utf8_lossy(&e.link)
             ),
         };
-        // As `linkat` after removing the existing name: a target inside
-        // what is replaced is gone.
+        // As the `Unpacker`'s `linkat` after removing the existing name: a
+        // target that was (or was inside) that name is gone.
         if let Some(i) = self.lookup(p, name) {
-            let old = self.dir(p).children[i as usize].inode;
-            if self.resolve_target(&target) == Some(old) {
-                return Ok(()); // already that inode
-            }
             self.remove_child(p, i);
         }
         let ino = self.resolve_target(&target).ok_or_else(not_found)?;
