@@ -6,17 +6,6 @@
 //! straight from the tar buffer to its blocks as entries stream by, the
 //! tree of metadata stays in memory ([`super::tree`]), and `finish` adds
 //! directories, inodes and the superblock ([`super::erofs`]).
-//!
-//! ```no_run
-//! # fn main() -> Result<(), agent::unpack::Error> {
-//! use agent::unpack::{ImageBuilder, ImageOptions};
-//! let mut window = vec![0u8; 64 << 20];
-//! let mut b = ImageBuilder::new(&mut window[..], ImageOptions::default())?;
-//! b.apply_layer(std::fs::File::open("layer.tar.gz").map_err(agent::unpack::Error::Read)?)?;
-//! let (len, stats) = b.finish()?;
-//! eprintln!("{len} bytes: {stats}");
-//! # Ok(()) }
-//! ```
 
 use std::io::{self, Read};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -91,6 +80,17 @@ impl Default for ImageOptions {
 }
 
 /// Applies layers to an in-memory tree and writes an EROFS image.
+///
+/// ```no_run
+/// # fn main() -> Result<(), agent::unpack::Error> {
+/// use agent::unpack::{ImageBuilder, ImageOptions};
+/// let mut window = vec![0u8; 64 << 20];
+/// let mut b = ImageBuilder::new(&mut window[..], ImageOptions::default())?;
+/// b.apply_layer(std::fs::File::open("layer.tar.gz").map_err(agent::unpack::Error::Read)?)?;
+/// let (len, stats) = b.finish()?;
+/// eprintln!("{len} bytes: {stats}");
+/// # Ok(()) }
+/// ```
 pub struct ImageBuilder<O: Output> {
     out: O,
     tree: Tree,
