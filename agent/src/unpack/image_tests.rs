@@ -446,6 +446,11 @@ fn long_names_deep_trees_and_big_dirs() {
     for i in 0..600 {
         t.file(&format!("many/file-with-a-longer-name-{i:04}"), b"");
     }
+    // Targets too long to sit inline after their inode: a block each.
+    for len in [4032, 4095] {
+        t.pax(&[("linkpath", "x".repeat(len).as_bytes())])
+            .symlink(&format!("longlink{len}"), "x");
+    }
     for n in ["-", ".a", "..b", "~", "A", "a"] {
         t.file(&format!("odd/{n}"), n.as_bytes());
     }
