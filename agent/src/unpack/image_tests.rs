@@ -246,7 +246,17 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
+        // A test running beside this one may be between fork and exec
+        // holding a copy of a directory fd from inside the mount: EBUSY
+        // for a moment. Retry, then detach lazily rather than leak it.
+        for _ in 0..20 {
+            let st = Command::new("umount").arg(&self.dir).status();
+            if st.is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
