@@ -135,7 +135,12 @@ fn main() {
             println!("{blob}: {s}");
         }
         let (len, s) = b.finish().unwrap();
-        println!("{}: {len} bytes; {s}", args[1]);
+        println!(
+            "{}: {len} bytes, tree peak {} KiB, {} bytes of unreferenced data; {s}",
+            args[1],
+            s.tree_bytes >> 10,
+            s.unreferenced_bytes
+        );
         return;
     }
     let tmp;

@@ -84,7 +84,7 @@ fn xattr_icount(len: usize) -> Result<u16, Error> {
         return Ok(0);
     }
     u16::try_from((len - XATTR_HEADER) / 4 + 1).map_err(|_| Error::Limit {
-        path: String::new(),
+        path: "image".into(),
         reason: format!("{len} bytes of xattrs on one inode"),
     })
 }
@@ -224,7 +224,7 @@ pub fn write(
     s.write_meta(meta_blkaddr, write, &mut buf)?;
     let blocks = u64::from(meta_blkaddr) + meta_len.div_ceil(BLOCK);
     let blocks32 = u32::try_from(blocks).map_err(|_| Error::Limit {
-        path: String::new(),
+        path: "image".into(),
         reason: "image larger than 16 TiB".into(),
     })?;
     let sb = superblock(&info, s.order.len() as u64, blocks32, meta_blkaddr);
@@ -232,7 +232,7 @@ pub fn write(
     let used: u64 = s
         .places
         .iter()
-        .filter_map(|p| match tree.inodes[p.ino as usize].body {
+        .filter_map(|p| match tree.inodes[p.ino as usize].body() {
             Body::File { size, .. } => Some(size.div_ceil(BLOCK) * BLOCK),
             _ => None,
         })
@@ -285,12 +285,12 @@ impl<'t> Serializer<'t> {
         while next < s.order.len() {
             let ino = s.order[next];
             next += 1;
-            if !matches!(tree.inodes[ino as usize].body, Body::Dir(_)) {
+            if !matches!(tree.inodes[ino as usize].body(), Body::Dir(_)) {
                 continue;
             }
             for c in &tree.dir(ino).children {
                 let child = c.inode as usize;
-                if matches!(tree.inodes[child].body, Body::Dir(_)) {
+                if matches!(tree.inodes[child].body(), Body::Dir(_)) {
                     s.nlink[ino as usize] += 1;
                     s.nlink[child] = 2;
                 } else {
@@ -355,7 +355,7 @@ impl<'t> Serializer<'t> {
                 xattr_len: xattr_len as u32,
                 ..Place::default()
             };
-            let content_len = match inode.body {
+            let content_len = match inode.body() {
                 Body::File { blkaddr, size } => {
                     p.size = size;
                     p.blkaddr = blkaddr;
@@ -378,7 +378,7 @@ impl<'t> Serializer<'t> {
             self.places.push(p);
         }
         u32::try_from(cursor).map_err(|_| Error::Limit {
-            path: String::new(),
+            path: "image".into(),
             reason: "image larger than 16 TiB".into(),
         })
     }
@@ -409,7 +409,7 @@ impl<'t> Serializer<'t> {
 
     /// The content of a directory or symlink (`buf` reused).
     fn content(&self, p: &Place, buf: &mut Vec<u8>) {
-        match self.tree.inodes[p.ino as usize].body {
+        match self.tree.inodes[p.ino as usize].body() {
             Body::Dir(_) => dir_content(&self.dirents(p.ino), buf),
             Body::Symlink { off, len } => {
                 buf.clear();
@@ -467,7 +467,7 @@ impl<'t> Serializer<'t> {
             x => xattr_body(&self.tree.xattrs[x as usize - 1]),
         };
         let layout = if p.inline { FLAT_INLINE } else { FLAT_PLAIN };
-        let i_u = match ino.body {
+        let i_u = match ino.body() {
             Body::Device(rdev) => rdev,
             Body::Fifo => 0,
             _ => p.blkaddr,
@@ -482,7 +482,7 @@ impl<'t> Serializer<'t> {
         b.extend_from_slice(&(i as u32 + 1).to_le_bytes()); // i_ino (32-bit stat)
         b.extend_from_slice(&ino.uid.to_le_bytes());
         b.extend_from_slice(&ino.gid.to_le_bytes());
-        b.extend_from_slice(&(ino.mtime as u64).to_le_bytes());
+        b.extend_from_slice(&(ino.mtime() as u64).to_le_bytes());
         b.extend_from_slice(&ino.mtime_nsec.to_le_bytes());
         b.extend_from_slice(&self.nlink[p.ino as usize].to_le_bytes());
         b.resize(INODE_SIZE, 0); // i_reserved2

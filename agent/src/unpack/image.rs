@@ -6,17 +6,6 @@
 //! straight from the tar buffer to its blocks as entries stream by, the
 //! tree of metadata stays in memory ([`super::tree`]), and `finish` adds
 //! directories, inodes and the superblock ([`super::erofs`]).
-//!
-//! ```no_run
-//! # fn main() -> Result<(), agent::unpack::Error> {
-//! use agent::unpack::{ImageBuilder, ImageOptions};
-//! let mut window = vec![0u8; 64 << 20];
-//! let mut b = ImageBuilder::new(&mut window[..], ImageOptions::default())?;
-//! b.apply_layer(std::fs::File::open("layer.tar.gz").map_err(agent::unpack::Error::Read)?)?;
-//! let (len, stats) = b.finish()?;
-//! eprintln!("{len} bytes: {stats}");
-//! # Ok(()) }
-//! ```
 
 use std::io::{self, Read};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -91,6 +80,17 @@ impl Default for ImageOptions {
 }
 
 /// Applies layers to an in-memory tree and writes an EROFS image.
+///
+/// ```no_run
+/// # fn main() -> Result<(), agent::unpack::Error> {
+/// use agent::unpack::{ImageBuilder, ImageOptions};
+/// let mut window = vec![0u8; 64 << 20];
+/// let mut b = ImageBuilder::new(&mut window[..], ImageOptions::default())?;
+/// b.apply_layer(std::fs::File::open("layer.tar.gz").map_err(agent::unpack::Error::Read)?)?;
+/// let (len, stats) = b.finish()?;
+/// eprintln!("{len} bytes: {stats}");
+/// # Ok(()) }
+/// ```
 pub struct ImageBuilder<O: Output> {
     out: O,
     tree: Tree,
@@ -142,7 +142,7 @@ impl<O: Output> ImageBuilder<O> {
         let uuid = opts.uuid.unwrap_or_else(random_uuid);
         if out.capacity() < 2 * BLOCK {
             return Err(Error::NoSpace {
-                path: String::new(),
+                path: "image".into(),
             });
         }
         Ok(ImageBuilder {
@@ -181,7 +181,7 @@ impl<O: Output> ImageBuilder<O> {
             while let Some(e) = tar.next_entry()? {
                 self.entry(tar, &e, &mut layer)?;
             }
-            self.tree.finish_layer(&mut layer);
+            self.tree.finish_layer(&mut layer)?;
             Ok(std::mem::take(&mut layer.stats))
         })?;
         self.buf = Some(buf);
@@ -248,7 +248,7 @@ impl<O: Output> ImageBuilder<O> {
         let start = Instant::now();
         self.tree.sort_dirs();
         let out = &mut self.out;
-        let mut write = |offset: u64, data: &[u8]| write_out(out, offset, data, b"");
+        let mut write = |offset: u64, data: &[u8]| write_out(out, offset, data, b"image metadata");
         let w = erofs::write(&self.tree, self.data_end as u32, self.info, &mut write)?;
         self.stats.unreferenced_bytes = w.unreferenced_bytes;
         self.stats.elapsed += start.elapsed();

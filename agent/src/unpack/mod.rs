@@ -114,7 +114,7 @@ pub enum Error {
     /// image size).
     #[error("{path}: {reason}")]
     Limit {
-        /// Entry path (empty when the whole image is concerned).
+        /// Entry path (`image` when the whole image is concerned).
         path: String,
         /// Which limit.
         reason: String,

@@ -10,7 +10,7 @@
 //! many names in one directory stay linear.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::io;
 
 use super::tar::{Entry, Kind};
@@ -57,23 +57,72 @@ pub enum Body {
     Fifo,
 }
 
-/// One inode's attributes.
+/// One inode's attributes: 40 bytes, all 4-byte fields (an `i64` and a
+/// `Body` enum would make it 48; every inode of an image is one of these).
 #[derive(Debug, Clone, Copy)]
 pub struct Inode {
-    /// `st_mode` with the file type bits.
+    /// `st_mode` with the file type bits (which also say what `data` is).
     pub mode: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Modification time (seconds).
-    pub mtime: i64,
+    /// Modification time in seconds, low and high halves.
+    mtime: [u32; 2],
     /// Nanoseconds of the modification time.
     pub mtime_nsec: u32,
     /// 1 + index into [`Tree::xattrs`], 0 for none.
     pub xattrs: u32,
-    /// Contents.
-    pub body: Body,
+    /// [`Body`], packed by [`Inode::new`].
+    data: [u32; 3],
+}
+
+impl Inode {
+    /// An inode; `mode`'s file type must match `body`.
+    pub fn new(mode: u32, uid: u32, gid: u32, mtime: (i64, u32), xattrs: u32, body: Body) -> Inode {
+        let data = match body {
+            Body::File { blkaddr, size } => [blkaddr, size as u32, (size >> 32) as u32],
+            Body::Dir(d) => [d, 0, 0],
+            Body::Symlink { off, len } => [off, len, 0],
+            Body::Device(rdev) => [rdev, 0, 0],
+            Body::Fifo => [0; 3],
+        };
+        let mut i = Inode {
+            mode,
+            uid,
+            gid,
+            mtime: [0; 2],
+            mtime_nsec: mtime.1,
+            xattrs,
+            data,
+        };
+        i.set_mtime(mtime.0);
+        i
+    }
+
+    /// What the inode holds.
+    pub fn body(&self) -> Body {
+        let [a, b, c] = self.data;
+        match self.mode & libc::S_IFMT {
+            libc::S_IFREG => Body::File {
+                blkaddr: a,
+                size: u64::from(b) | (u64::from(c) << 32),
+            },
+            libc::S_IFDIR => Body::Dir(a),
+            libc::S_IFLNK => Body::Symlink { off: a, len: b },
+            libc::S_IFCHR | libc::S_IFBLK => Body::Device(a),
+            _ => Body::Fifo,
+        }
+    }
+
+    /// Modification time, seconds.
+    pub fn mtime(&self) -> i64 {
+        (u64::from(self.mtime[0]) | (u64::from(self.mtime[1]) << 32)) as i64
+    }
+
+    fn set_mtime(&mut self, sec: i64) {
+        self.mtime = [sec as u32, ((sec as u64) >> 32) as u32];
+    }
 }
 
 /// A directory entry: name in the arena, and the inode it names.
@@ -112,8 +161,8 @@ pub struct Tree {
     pub arena: Vec<u8>,
     /// Extended attributes, indexed by `Inode::xattrs - 1`.
     pub xattrs: Vec<Xattrs>,
-    /// (directory inode, name hash) -> index in its children.
-    index: HashMap<(InodeId, u64), u32>,
+    /// Keyed hash of (directory inode, name) -> index in its children.
+    index: HashMap<u64, u32, BuildHasherDefault<PassThrough>>,
     hasher: RandomState,
     /// Two live names of one directory ever shared a hash: lookups that
     /// miss in `index` scan the directory.
@@ -179,7 +228,7 @@ impl Tree {
             dirs: Vec::new(),
             arena: Vec::new(),
             xattrs: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             hasher: RandomState::new(),
             collided: false,
             now,
@@ -204,21 +253,21 @@ impl Tree {
 
     /// The directory data of `dir` (which must be a directory).
     pub fn dir(&self, dir: InodeId) -> &DirData {
-        match self.inodes[dir as usize].body {
+        match self.inodes[dir as usize].body() {
             Body::Dir(d) => &self.dirs[d as usize],
             _ => unreachable!("inode {dir} is not a directory"),
         }
     }
 
     fn dir_mut(&mut self, dir: InodeId) -> &mut DirData {
-        match self.inodes[dir as usize].body {
+        match self.inodes[dir as usize].body() {
             Body::Dir(d) => &mut self.dirs[d as usize],
             _ => unreachable!("inode {dir} is not a directory"),
         }
     }
 
     fn is_dir(&self, ino: InodeId) -> bool {
-        matches!(self.inodes[ino as usize].body, Body::Dir(_))
+        matches!(self.inodes[ino as usize].body(), Body::Dir(_))
     }
 
     /// Bytes of heap the tree holds now (capacities, not lengths).
@@ -237,7 +286,7 @@ impl Tree {
             + self.xattrs.capacity() * size_of::<Xattrs>()
             + xattrs
             // hashbrown: key, value and one control byte per bucket.
-            + self.index.capacity() * (size_of::<((InodeId, u64), u32)>() + 1)) as u64
+            + self.index.capacity() * (size_of::<(u64, u32)>() + 1)) as u64
     }
 
     /// Counts one entry against the limit.
@@ -263,15 +312,14 @@ impl Tree {
             parent,
             ..DirData::default()
         });
-        self.inodes.push(Inode {
-            mode: libc::S_IFDIR | (mode & 0o7777),
+        self.inodes.push(Inode::new(
+            libc::S_IFDIR | (mode & 0o7777),
             uid,
             gid,
-            mtime: t.0,
-            mtime_nsec: t.1,
-            xattrs: 0,
-            body: Body::Dir((self.dirs.len() - 1) as u32),
-        });
+            t,
+            0,
+            Body::Dir((self.dirs.len() - 1) as u32),
+        ));
         (self.inodes.len() - 1) as InodeId
     }
 
@@ -281,11 +329,16 @@ impl Tree {
         off
     }
 
+    /// The index key of `name` in `dir`: keyed per process, so a layer
+    /// cannot aim for collisions (which only cost a directory scan).
+    fn key(&self, dir: InodeId, name: &[u8]) -> u64 {
+        self.hasher.hash_one((dir, name))
+    }
+
     /// Index in `dir`'s children of the live child `name`.
     pub fn lookup(&self, dir: InodeId, name: &[u8]) -> Option<u32> {
         let d = self.dir(dir);
-        let h = self.hasher.hash_one(name);
-        if let Some(&i) = self.index.get(&(dir, h)) {
+        if let Some(&i) = self.index.get(&self.key(dir, name)) {
             let c = &d.children[i as usize];
             if c.inode != DEAD && self.name(c) == name {
                 return Some(i);
@@ -314,7 +367,7 @@ impl Tree {
             return;
         }
         let name_off = self.arena_push(name);
-        let h = self.hasher.hash_one(name);
+        let h = self.key(dir, name);
         let d = self.dir_mut(dir);
         d.children.push(Child {
             name_off,
@@ -322,8 +375,9 @@ impl Tree {
             inode,
         });
         let i = (d.children.len() - 1) as u32;
-        if self.index.insert((dir, h), i).is_some() {
-            // Keep the older entry's index (it may be live): lookups scan.
+        if self.index.insert(h, i).is_some() {
+            // A collision: the older name lost its entry; lookups that
+            // miss scan the directory from now on.
             self.collided = true;
         }
     }
@@ -332,9 +386,11 @@ impl Tree {
     fn remove_child(&mut self, dir: InodeId, i: u32) {
         let c = self.dir(dir).children[i as usize];
         self.drop_subtree(c.inode);
-        let h = self.hasher.hash_one(self.name(&c));
-        if self.index.get(&(dir, h)) == Some(&i) {
-            self.index.remove(&(dir, h));
+        // (After a collision this may drop another directory's entry of
+        // the same key: lookups then scan, which stays correct.)
+        let h = self.key(dir, self.name(&c));
+        if self.index.get(&h) == Some(&i) {
+            self.index.remove(&h);
         }
         let d = self.dir_mut(dir);
         d.children[i as usize].inode = DEAD;
@@ -348,13 +404,12 @@ impl Tree {
     fn compact(&mut self, dir: InodeId) {
         let mut children = std::mem::take(&mut self.dir_mut(dir).children);
         for c in &children {
-            let h = self.hasher.hash_one(self.name(c));
-            self.index.remove(&(dir, h));
+            self.index.remove(&self.key(dir, self.name(c)));
         }
         children.retain(|c| c.inode != DEAD);
         for (i, c) in children.iter().enumerate() {
-            let h = self.hasher.hash_one(self.name(c));
-            if self.index.insert((dir, h), i as u32).is_some() {
+            let h = self.key(dir, self.name(c));
+            if self.index.insert(h, i as u32).is_some() {
                 self.collided = true;
             }
         }
@@ -373,8 +428,7 @@ impl Tree {
             }
             let children = std::mem::take(&mut self.dir_mut(d).children);
             for c in &children {
-                let h = self.hasher.hash_one(self.name(c));
-                self.index.remove(&(d, h));
+                self.index.remove(&self.key(d, self.name(c)));
                 if c.inode != DEAD {
                     stack.push(c.inode);
                 }
@@ -415,7 +469,7 @@ impl Tree {
                     let Some(next) = self.child_inode(here, comp) else {
                         return Ok(None);
                     };
-                    match self.inodes[next as usize].body {
+                    match self.inodes[next as usize].body() {
                         Body::Dir(_) => here = next,
                         Body::Symlink { off, len } => {
                             links += 1;
@@ -466,7 +520,7 @@ impl Tree {
                     cur = self.make_parent(cur, comp)?;
                     continue;
                 }
-                Some(ino) => match self.inodes[ino as usize].body {
+                Some(ino) => match self.inodes[ino as usize].body() {
                     Body::Symlink { off, len } => self.link_target(off, len).to_vec(),
                     _ => return Err(Resolve::NotDir),
                 },
@@ -518,6 +572,7 @@ impl Tree {
         }
         let mut out: Xattrs = Vec::new();
         for (k, v) in &e.xattrs {
+            check_nul(k, &e.path)?;
             if super::erofs::xattr_prefix(k).is_none() || (symlink && k.starts_with(b"user.")) {
                 continue;
             }
@@ -545,18 +600,8 @@ impl Tree {
         let symlink = matches!(body, Body::Symlink { .. });
         let x = self.entry_xattrs(e, symlink)?;
         let xattrs = self.store_xattrs(x);
-        self.add_inode(
-            Inode {
-                mode,
-                uid: e.uid,
-                gid: e.gid,
-                mtime: e.mtime,
-                mtime_nsec: e.mtime_nsec,
-                xattrs,
-                body,
-            },
-            &e.path,
-        )
+        let t = (e.mtime, e.mtime_nsec);
+        self.add_inode(Inode::new(mode, e.uid, e.gid, t, xattrs, body), &e.path)
     }
 
     /// Gives an existing directory an entry's owner, mode, time, and
@@ -568,7 +613,7 @@ impl Tree {
         ino.mode = libc::S_IFDIR | (e.mode & 0o7777);
         ino.uid = e.uid;
         ino.gid = e.gid;
-        ino.mtime = e.mtime;
+        ino.set_mtime(e.mtime);
         ino.mtime_nsec = e.mtime_nsec;
         let slot = ino.xattrs;
         if slot == 0 {
@@ -617,6 +662,8 @@ impl Tree {
             Whiteout::Name(hidden) => return self.whiteout(e, parent, hidden, layer),
         }
         layer.created.insert(path);
+        // Names go through C strings in the `Unpacker`: a NUL is an error.
+        check_nul(path, &e.path)?;
         let p = self.parent_of(e, parent)?;
         if name.len() > MAX_NAME {
             return Err(os_err(&e.path, "create", libc::ENAMETOOLONG));
@@ -647,6 +694,7 @@ impl Tree {
         let perm = e.mode & 0o7777;
         let (mode, body) = match kind {
             Kind::Symlink => {
+                check_nul(&e.link, &e.path)?;
                 if e.link.is_empty() || e.link.len() > MAX_LINK {
                     let errno = if e.link.is_empty() {
                         libc::ENOENT
@@ -719,11 +767,13 @@ impl Tree {
         if layer.created.contains(&victim) {
             return Ok(());
         }
+        check_nul(parent, &e.path)?;
         let p = match self.resolve_dir(parent, false) {
             Ok(Some(p)) => p,
             Ok(None) | Err(Resolve::NotDir) => return Ok(()),
             Err(r) => return Err(os_err(&e.path, "open parent", r.errno())),
         };
+        check_nul(hidden, &e.path)?;
         if let Some(i) = self.lookup(p, hidden) {
             self.remove_child(p, i);
             layer.stats.whiteouts += 1;
@@ -743,6 +793,7 @@ impl Tree {
         if target == path {
             return Ok(()); // a link to itself: nothing to do
         }
+        check_nul(&target, &e.path)?;
         let not_found = || Error::Unsafe {
             path: e.display(),
             reason: format!(
@@ -750,13 +801,9 @@ impl Tree {
                 String::from_utf8_lossy(&e.link)
             ),
         };
-        // As `linkat` after removing the existing name: a target inside
-        // what is replaced is gone.
+        // As the `Unpacker`'s `linkat` after removing the existing name: a
+        // target that was (or was inside) that name is gone.
         if let Some(i) = self.lookup(p, name) {
-            let old = self.dir(p).children[i as usize].inode;
-            if self.resolve_target(&target) == Some(old) {
-                return Ok(()); // already that inode
-            }
             self.remove_child(p, i);
         }
         let ino = self.resolve_target(&target).ok_or_else(not_found)?;
@@ -777,13 +824,15 @@ impl Tree {
     }
 
     /// End of a layer: prunes the directories it made opaque.
-    pub fn finish_layer(&mut self, layer: &mut LayerState) {
+    pub fn finish_layer(&mut self, layer: &mut LayerState) -> Result<(), Error> {
         for d in std::mem::take(&mut layer.opaque) {
+            check_nul(&d, &d)?;
             if let Some(dir) = self.resolve_no_symlinks(&d) {
                 self.prune(dir, &d, &layer.created);
                 layer.stats.opaque_dirs += 1;
             }
         }
+        Ok(())
     }
 
     /// The directory at `path`, every component a real directory.
@@ -838,11 +887,173 @@ impl Tree {
             d.dead = 0;
         }
         self.dirs = dirs;
-        self.index = HashMap::new();
+        self.index = HashMap::default();
+    }
+}
+
+/// A NUL inside a name, link target or xattr name: the error the
+/// `Unpacker` gets from making a C string of it.
+fn check_nul(bytes: &[u8], path: &[u8]) -> Result<(), Error> {
+    if bytes.contains(&0) {
+        return Err(Error::Io {
+            path: String::from_utf8_lossy(path).into_owned(),
+            op: "name",
+            source: io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in name"),
+        });
+    }
+    Ok(())
+}
+
+/// The index's keys are already keyed hashes: use them as they are.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (u64 keys); fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
 /// Linux's `new_encode_dev`: what EROFS stores in `i_u.rdev`.
 pub fn encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind, link: &str) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            link: link.as_bytes().to_vec(),
+            kind: Some(kind),
+            mode: 0o644,
+            ..Entry::default()
+        }
+    }
+
+    /// Every path with its kind and size, depth first in name order.
+    fn listing(t: &mut Tree) -> Vec<String> {
+        t.sort_dirs();
+        let mut out = Vec::new();
+        let mut stack = vec![(ROOT, String::new())];
+        while let Some((d, prefix)) = stack.pop() {
+            for c in &t.dir(d).children {
+                let p = format!("{prefix}/{}", String::from_utf8_lossy(t.name(c)));
+                out.push(format!("{p} {:?}", t.inodes[c.inode as usize].body()));
+                if t.is_dir(c.inode) {
+                    stack.push((c.inode, p));
+                }
+            }
+        }
+        out
+    }
+
+    fn run(ops: &[(&str, Kind, &str)], break_index: bool) -> Vec<String> {
+        let mut t = Tree::new((0, 0), true, 1 << 20);
+        let mut layer = LayerState::default();
+        for (i, (path, kind, link)) in ops.iter().enumerate() {
+            let e = entry(path, *kind, link);
+            let path = super::super::clean(&e.path);
+            t.apply(&e, &path, Some((i as u32 + 1, 1)), &mut layer)
+                .unwrap();
+            if break_index {
+                // As after a hash collision: every lookup must scan.
+                t.index.clear();
+                t.collided = true;
+            }
+        }
+        t.finish_layer(&mut layer).unwrap();
+        listing(&mut t)
+    }
+
+    /// Lookups stay right when the hash index cannot be trusted (the
+    /// path taken after two names' keys collided).
+    #[test]
+    fn lookups_fall_back_to_scanning_after_a_collision() {
+        let mut ops = vec![("d", Kind::Dir, ""), ("lower", Kind::File, "")];
+        let names: Vec<String> = (0..100).map(|i| format!("d/f{i}")).collect();
+        for n in &names {
+            ops.push((n, Kind::File, ""));
+        }
+        for n in names.iter().step_by(3) {
+            ops.push((n, Kind::Symlink, "lower")); // replace a third
+        }
+        ops.push(("d/h", Kind::HardLink, "d/f1"));
+        ops.push(("d/f2", Kind::Dir, "")); // a file replaced by a directory
+        ops.push(("d/f2/x", Kind::File, ""));
+        let good = run(&ops, false);
+        assert_eq!(good, run(&ops, true));
+        assert_eq!(good.len(), 2 + 100 + 1 + 1);
+    }
+
+    /// The per-entry records stay small, and pack their fields losslessly.
+    #[test]
+    fn compact_records_round_trip() {
+        assert_eq!(std::mem::size_of::<Inode>(), 40);
+        assert_eq!(std::mem::size_of::<Child>(), 12);
+        let body = Body::File {
+            blkaddr: 7,
+            size: (5 << 32) + 3,
+        };
+        let i = Inode::new(libc::S_IFREG | 0o644, 1, 2, (-86_400 * 365, 9), 0, body);
+        assert_eq!(
+            (i.body(), i.mtime(), i.mtime_nsec),
+            (body, -86_400 * 365, 9)
+        );
+        let link = Body::Symlink { off: 3, len: 4 };
+        assert_eq!(
+            Inode::new(libc::S_IFLNK, 0, 0, (0, 0), 0, link).body(),
+            link
+        );
+        let dev = Body::Device(encode_dev(8, 1));
+        assert_eq!(Inode::new(libc::S_IFBLK, 0, 0, (0, 0), 0, dev).body(), dev);
+        assert_eq!(
+            Inode::new(libc::S_IFIFO, 0, 0, (0, 0), 0, Body::Fifo).body(),
+            Body::Fifo
+        );
+    }
+
+    /// Whiteouts of most of a big directory compact it; what is left and
+    /// what comes back are found.
+    #[test]
+    fn tombstones_compact() {
+        let mut t = Tree::new((0, 0), true, 1 << 20);
+        let mut layer = LayerState::default();
+        let add = |t: &mut Tree, layer: &mut LayerState, p: &str| {
+            let e = entry(p, Kind::File, "");
+            t.apply(&e, p.as_bytes(), Some((1, 1)), layer).unwrap();
+        };
+        for i in 0..200 {
+            add(&mut t, &mut layer, &format!("d/f{i}"));
+        }
+        let mut upper = LayerState::default();
+        for i in 0..190 {
+            let e = entry(&format!("d/.wh.f{i}"), Kind::File, "");
+            t.apply(&e, &e.path.clone(), None, &mut upper).unwrap();
+        }
+        let d = t.child_inode(ROOT, b"d").unwrap();
+        assert!(t.dir(d).children.len() < 200, "compacted");
+        assert_eq!(upper.stats.whiteouts, 190);
+        for i in 0..200 {
+            assert_eq!(
+                t.child_inode(d, format!("f{i}").as_bytes()).is_some(),
+                i >= 190
+            );
+        }
+        add(&mut t, &mut upper, "d/f5");
+        assert!(t.child_inode(d, b"f5").is_some());
+    }
 }
