@@ -26,12 +26,22 @@ fn build_image(req: &UnpackRequest) -> Result<UnpackReply, String> {
     // The output is mapped as the builder reaches it: the window is sized
     // for the worst case and every mapped page costs the guest kernel.
     let output = ChunkedWindow::new(req.output.guest_addr, req.output.len).map_err(describe)?;
-    let mut builder = ImageBuilder::new(output, ImageOptions::default()).map_err(describe)?;
+    let mut builder = ImageBuilder::new(
+        output,
+        ImageOptions {
+            // ~130 bytes of tree each: at most ~130 MiB of the helper's 256.
+            max_entries: 1 << 20,
+            ..ImageOptions::default()
+        },
+    )
+    .map_err(describe)?;
     for (i, layer) in req.layers.iter().enumerate() {
         let blob = map_layer(layer).map_err(|e| format!("layer {}: {e}", i + 1))?;
         builder
             .apply_layer(&blob.bytes()[..layer.size as usize])
             .map_err(|e| format!("layer {}: {}", i + 1, describe(e)))?;
+        // Unmapping would cost as much as mapping did.
+        blob.keep_mapped();
     }
     let (image_bytes, stats) = builder.finish().map_err(describe)?;
     Ok(UnpackReply::Done {

@@ -44,7 +44,7 @@ impl Window {
     /// Maps `len` bytes of guest-physical memory at `guest_addr`, read-only
     /// or read-write.
     pub fn map(guest_addr: u64, len: u64, writable: bool) -> Result<Self, WindowError> {
-        if len == 0 || guest_addr % PAGE != 0 || len % PAGE != 0 {
+        if len == 0 || !guest_addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
             return Err(WindowError::Unaligned(guest_addr, len));
         }
         let mem = std::fs::OpenOptions::new()
@@ -57,8 +57,7 @@ impl Window {
         } else {
             libc::PROT_READ
         };
-        let map_len =
-            usize::try_from(len).map_err(|_| WindowError::Unaligned(guest_addr, len))?;
+        let map_len = usize::try_from(len).map_err(|_| WindowError::Unaligned(guest_addr, len))?;
         let offset = libc::off_t::try_from(guest_addr)
             .map_err(|_| WindowError::Unaligned(guest_addr, len))?;
         // SAFETY: a new shared mapping at an address the kernel chooses;
@@ -75,7 +74,11 @@ impl Window {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(WindowError::Map(guest_addr, len, io::Error::last_os_error()));
+            return Err(WindowError::Map(
+                guest_addr,
+                len,
+                io::Error::last_os_error(),
+            ));
         }
         Ok(Self {
             ptr: ptr.cast(),
@@ -88,6 +91,14 @@ impl Window {
         // SAFETY: `ptr` maps `len` readable bytes for as long as `self`
         // lives; the host does not change a window while the guest uses it.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// Keeps the mapping for the rest of the process's life. Unmapping
+    /// costs the guest kernel as much per page as mapping did (seconds per
+    /// hundred MB where its code is emulated); a preparation helper VM ends
+    /// right after its work, which frees everything at once.
+    pub fn keep_mapped(self) {
+        std::mem::forget(self);
     }
 
     /// The window's bytes, writable (the window must have been mapped
@@ -106,7 +117,8 @@ impl Drop for Window {
     }
 }
 
-/// A writable window mapped a chunk at a time, as writes reach it.
+/// A writable window mapped a chunk at a time, as writes reach it; the
+/// chunks stay mapped after it is dropped ([`Window::keep_mapped`]).
 ///
 /// Mapping costs the guest kernel work per page (tens of microseconds
 /// each where its code is emulated), and an output window is sized for the
@@ -124,7 +136,7 @@ pub const CHUNK: u64 = 16 << 20;
 impl ChunkedWindow {
     /// A window of `len` bytes at `guest_addr`, nothing mapped yet.
     pub fn new(guest_addr: u64, len: u64) -> Result<Self, WindowError> {
-        if len == 0 || guest_addr % PAGE != 0 || len % PAGE != 0 {
+        if len == 0 || !guest_addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) {
             return Err(WindowError::Unaligned(guest_addr, len));
         }
         let chunks = (0..len.div_ceil(CHUNK)).map(|_| None).collect();
@@ -174,6 +186,16 @@ impl ChunkedWindow {
     }
 }
 
+impl Drop for ChunkedWindow {
+    /// Chunks stay mapped: see [`Window::keep_mapped`].
+    fn drop(&mut self) {
+        self.chunks
+            .drain(..)
+            .flatten()
+            .for_each(Window::keep_mapped);
+    }
+}
+
 impl crate::unpack::Output for ChunkedWindow {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         ChunkedWindow::write_at(self, offset, data).map_err(|e| match e {
@@ -193,17 +215,35 @@ mod tests {
 
     #[test]
     fn unaligned_or_empty_ranges_are_refused_before_any_mapping() {
-        assert!(matches!(Window::map(4096, 0, false), Err(WindowError::Unaligned(..))));
-        assert!(matches!(Window::map(4097, 4096, false), Err(WindowError::Unaligned(..))));
-        assert!(matches!(Window::map(4096, 100, true), Err(WindowError::Unaligned(..))));
-        assert!(matches!(ChunkedWindow::new(4096, 0), Err(WindowError::Unaligned(..))));
+        assert!(matches!(
+            Window::map(4096, 0, false),
+            Err(WindowError::Unaligned(..))
+        ));
+        assert!(matches!(
+            Window::map(4097, 4096, false),
+            Err(WindowError::Unaligned(..))
+        ));
+        assert!(matches!(
+            Window::map(4096, 100, true),
+            Err(WindowError::Unaligned(..))
+        ));
+        assert!(matches!(
+            ChunkedWindow::new(4096, 0),
+            Err(WindowError::Unaligned(..))
+        ));
     }
 
     #[test]
     fn writes_past_the_end_are_refused_before_mapping_anything() {
         let mut w = ChunkedWindow::new(1 << 32, 8192).unwrap();
-        assert!(matches!(w.write_at(8000, &[0; 200]), Err(WindowError::Full(8192))));
-        assert!(matches!(w.write_at(u64::MAX, &[0; 2]), Err(WindowError::Full(_))));
+        assert!(matches!(
+            w.write_at(8000, &[0; 200]),
+            Err(WindowError::Full(8192))
+        ));
+        assert!(matches!(
+            w.write_at(u64::MAX, &[0; 2]),
+            Err(WindowError::Full(_))
+        ));
         assert!(w.chunks.iter().all(Option::is_none));
     }
 }

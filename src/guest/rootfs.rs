@@ -301,7 +301,13 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
         agent_client::connect_port(&vm.uds, UNPACK_PORT).map_err(RootfsError::from_agent)?;
     protocol::send(&mut stream, &request).map_err(|e| RootfsError::from_wire(e, None))?;
     let reply: UnpackReply = protocol::recv(&mut stream).map_err(|e| {
-        RootfsError::from_wire(e, Some(format!("waiting for the unpack result ({})", helper_state(&vm))))
+        RootfsError::from_wire(
+            e,
+            Some(format!(
+                "waiting for the unpack result ({})",
+                helper_state(&vm)
+            )),
+        )
     })?;
     let (stats, image_bytes) = match reply {
         UnpackReply::Done {
@@ -329,11 +335,15 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
     // bytes are in the host's page cache; cut the unused room and make it
     // durable before the cache entry appears.
     if image_bytes == 0 || image_bytes > output_len {
-        return Err(RootfsError::Unpack(format!("helper reported an image of {image_bytes} bytes")).into());
+        return Err(RootfsError::Unpack(format!(
+            "helper reported an image of {image_bytes} bytes"
+        ))
+        .into());
     }
     f.set_len(image_bytes)
         .map_err(|e| RootfsError::Disk(disk.into(), e))?;
-    f.sync_all().map_err(|e| RootfsError::Disk(disk.into(), e))?;
+    f.sync_all()
+        .map_err(|e| RootfsError::Disk(disk.into(), e))?;
     Ok(PrepareStats {
         total_seconds: start.elapsed().as_secs_f64(),
         ..stats

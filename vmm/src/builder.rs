@@ -16,7 +16,8 @@ use crate::cpu::vcpu::VcpuShared;
 use crate::devices::serial::{self, SerialDevice};
 use crate::{
     boot, cpu, devices, e_errno, lock, memory, new_eventfd, open_kvm, restore_vm_state, snapshot,
-    virtio, window, EndWatcher, Layout, Result, SnapshotRequest, VirtioAttacher, Vm, VmConfig, VmError,
+    virtio, window, EndWatcher, Layout, Result, SnapshotRequest, VirtioAttacher, Vm, VmConfig,
+    VmError,
 };
 
 const TSS_ADDRESS: usize = 0xfffb_d000;

@@ -190,9 +190,27 @@ mod tests {
     #[test]
     fn windows_sit_above_ram_and_the_hole_aligned_and_apart() {
         let p = places(256, &[1, 5000, 3 << 30]);
-        assert_eq!(p[0], WindowPlace { guest_addr: 4 << 30, len: 4096 });
-        assert_eq!(p[1], WindowPlace { guest_addr: 5 << 30, len: 8192 });
-        assert_eq!(p[2], WindowPlace { guest_addr: 6 << 30, len: 3 << 30 });
+        assert_eq!(
+            p[0],
+            WindowPlace {
+                guest_addr: 4 << 30,
+                len: 4096
+            }
+        );
+        assert_eq!(
+            p[1],
+            WindowPlace {
+                guest_addr: 5 << 30,
+                len: 8192
+            }
+        );
+        assert_eq!(
+            p[2],
+            WindowPlace {
+                guest_addr: 6 << 30,
+                len: 3 << 30
+            }
+        );
         // A guest with RAM above 4 GiB: windows start after it.
         let big = places(6144, &[4096]);
         assert!(big[0].guest_addr >= (4 << 30) + (6144u64 << 20) - memory::MMIO_HOLE_START);
@@ -211,8 +229,14 @@ mod tests {
         std::fs::write(&rw, vec![0u8; 8192]).unwrap();
         std::fs::write(dir.join("empty"), b"").unwrap();
         let configs = [
-            WindowConfig { path: ro, writable: false },
-            WindowConfig { path: rw.clone(), writable: true },
+            WindowConfig {
+                path: ro,
+                writable: false,
+            },
+            WindowConfig {
+                path: rw.clone(),
+                writable: true,
+            },
         ];
         let w = Windows::attach(&vm, 64, &configs).unwrap();
         assert_eq!(w.len(), 2);
@@ -221,7 +245,10 @@ mod tests {
         // SAFETY: the second window is a live writable mapping of 8192 bytes.
         unsafe { w.maps[1].as_ptr().add(100).write(0x5a) };
         assert_eq!(std::fs::read(&rw).unwrap()[100], 0x5a);
-        let empty = [WindowConfig { path: dir.join("empty"), writable: false }];
+        let empty = [WindowConfig {
+            path: dir.join("empty"),
+            writable: false,
+        }];
         assert!(matches!(
             Windows::attach(&kvm.create_vm().unwrap(), 64, &empty),
             Err(WindowError::Empty(_))
