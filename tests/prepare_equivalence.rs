@@ -176,6 +176,17 @@ fn prepared_root_filesystem_equals_the_layers_applied_on_the_host() {
         expected.len(),
         t0.elapsed()
     );
+    // What the preparation measured (the cache's PrepareStats), for whoever
+    // reads the log: this image is also a small benchmark.
+    for entry in std::fs::read_dir(root.join("rootfs")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|x| x == "json") {
+            let stats = std::fs::read_to_string(entry.path()).unwrap();
+            eprintln!(
+                "preparation: {}",
+                stats.split_whitespace().collect::<String>()
+            );
+        }
+    }
     let mut actual = parse(&stdout);
     // ext4's lost+found is the filesystem's, not the image's.
     if !expected.contains_key("/lost+found") {
