@@ -64,40 +64,10 @@ fn parse(listing: &str) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// Differences today's preparation is known to make, tolerated as exactly
-/// that difference (a path that prepares the exact tree passes too), with
-/// why. `fields` is the expected line, `field` the differing one.
-fn known_difference(fields: &[String], field: &str, want: &str, got: &str) -> Option<&'static str> {
-    match (fields[0].as_str(), field) {
-        // Linux ignores a symlink's mode; the guest's ext4 symlinks come out
-        // 0755 (the unpacker never chmods a symlink; the guest kernel's
-        // umask reaches them).
-        ("l", "mode") if want == "0777" && got == "0755" => Some("symlink mode 0755, not 0777"),
-        // The guest kernel has no CONFIG_EXT4_FS_SECURITY, so the
-        // unpacker's security.* xattrs fail with EOPNOTSUPP, which it
-        // ignores: file capabilities are lost.
-        (_, "xattrs") => {
-            let kept: Vec<&str> = want
-                .split(',')
-                .filter(|x| !x.starts_with("security."))
-                .collect();
-            let kept = if kept.is_empty() {
-                "-".to_string()
-            } else {
-                kept.join(",")
-            };
-            (kept == got).then_some("security.* xattrs dropped")
-        }
-        _ => None,
-    }
-}
-
-/// The differences, one line each, or an empty string; known differences
-/// (see [`known_difference`]) are counted in `known` instead.
+/// The differences, one line each, or an empty string.
 fn diff(
     expected: &BTreeMap<String, Vec<String>>,
     actual: &BTreeMap<String, Vec<String>>,
-    known: &mut BTreeMap<&'static str, usize>,
 ) -> String {
     let mut out = String::new();
     for (path, want) in expected {
@@ -106,12 +76,8 @@ fn diff(
             Some(got) if got != want => {
                 let mut fields = Vec::new();
                 for (name, (w, g)) in FIELDS.iter().zip(want.iter().zip(got)) {
-                    if w == g {
-                        continue;
-                    }
-                    match known_difference(want, name, w, g) {
-                        Some(why) => *known.entry(why).or_default() += 1,
-                        None => fields.push(format!("{name} {w} != {g}")),
+                    if w != g {
+                        fields.push(format!("{name} {w} != {g}"));
                     }
                 }
                 if !fields.is_empty() {
@@ -187,17 +153,9 @@ fn prepared_root_filesystem_equals_the_layers_applied_on_the_host() {
             );
         }
     }
-    let mut actual = parse(&stdout);
-    // ext4's lost+found is the filesystem's, not the image's.
-    if !expected.contains_key("/lost+found") {
-        actual.retain(|p, _| p != "/lost+found" && !p.starts_with("/lost+found/"));
-    }
+    let actual = parse(&stdout);
 
-    let mut known = BTreeMap::new();
-    let differences = diff(&expected, &actual, &mut known);
-    for (why, n) in &known {
-        eprintln!("known difference of today's preparation, {n} paths: {why}");
-    }
+    let differences = diff(&expected, &actual);
     assert!(
         differences.is_empty(),
         "the prepared root filesystem differs from the layers applied on the host \
@@ -213,32 +171,21 @@ fn the_diff_names_each_difference() {
         parse("/a\tf\t0644\t0\t0\t1\t1\t5\t-\t-\tab\n/b\td\t0755\t0\t0\t-\t-\t-\t-\t-\t-\n");
     let actual =
         parse("/a\tf\t0600\t0\t0\t1\t1\t5\t-\t-\tab\n/c\tl\t0777\t0\t0\t1\t1\t5\tx\t-\t-\n");
-    let mut known = BTreeMap::new();
     assert_eq!(
-        diff(&expected, &actual, &mut known),
+        diff(&expected, &actual),
         "differs   /a: mode 0644 != 0600 (expected != prepared)\n\
          missing   /b  (d 0755 0 0 - - - - - -)\n\
          unexpected /c  (l 0777 0 0 1 1 5 x - -)\n"
     );
-    assert!(diff(&expected, &expected, &mut known).is_empty());
-    assert!(known.is_empty());
-
-    // Known differences pass as exactly that difference only.
+    assert!(diff(&expected, &expected).is_empty());
+    // A symlink's mode and a file's capabilities count like any field.
     let symlink = |mode: &str, xattrs: &str| {
         parse(&format!("/l\tl\t{mode}\t0\t0\t1\t1\t5\tx\t{xattrs}\t-\n"))
     };
     let cap = "security.capability=01,user.a=02";
-    let got = diff(
-        &symlink("0777", cap),
-        &symlink("0755", "user.a=02"),
-        &mut known,
-    );
-    assert!(got.is_empty(), "{got}");
-    assert_eq!(known.len(), 2);
-    let got = diff(&symlink("0777", cap), &symlink("0700", "-"), &mut known);
     assert_eq!(
-        got,
-        "differs   /l: mode 0777 != 0700, xattrs security.capability=01,user.a=02 != - \
+        diff(&symlink("0777", cap), &symlink("0755", "user.a=02")),
+        "differs   /l: mode 0777 != 0755, xattrs security.capability=01,user.a=02 != user.a=02 \
          (expected != prepared)\n"
     );
     assert!(excluded("/proc/1/stat") && excluded("/etc/hosts") && !excluded("/etc/hostsx"));
