@@ -81,7 +81,7 @@ fn container_lifecycle_end_to_end() {
         std::fs::read_dir(root.join("rootfs"))
             .unwrap()
             .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "ext4"))
+            .filter(|e| e.path().extension().is_some_and(|x| x == "erofs"))
             .count()
     };
     assert_eq!(cached(root), 1);

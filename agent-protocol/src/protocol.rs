@@ -23,20 +23,23 @@
 //! streams) and `ListProcesses`; 0.3 added `KillAll` (the container ends
 //! with its main process); 0.4 added `ReadFiles` (per-image warm
 //! snapshots); 0.5 added `StartFailed` (why a program could not be
-//! executed, for Docker's exit codes 126 and 127).
+//! executed, for Docker's exit codes 126 and 127); 0.6 moved image
+//! preparation to memory windows (`UnpackRequest` names windows, the
+//! agent writes an EROFS image).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.5.0";
+pub const VERSION: &str = "0.6.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port where stdio streams attach.
 pub const STREAM_PORT: u32 = 1025;
-/// vsock port where the host streams image layers for the guest to unpack.
+/// vsock port where the host asks the agent to build an image's root
+/// filesystem from layer blobs in memory windows ([`UnpackRequest`]).
 pub const UNPACK_PORT: u32 = 1026;
 /// vsock port where the host opens connections to published container
 /// ports: the host writes [`forward_header`], the agent dials that port on
@@ -320,22 +323,43 @@ pub enum ExecFailure {
     CannotInvoke,
 }
 
-/// First message on an [`UNPACK_PORT`] stream; the layers' bytes follow,
-/// back to back, exactly `sizes[i]` bytes each (plain, gzip or zstd tar).
+/// A guest-physical range backed by a host file: a memory window (the
+/// VMM's `window` module). Page-aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowRange {
+    /// Guest-physical start.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// One layer blob in a read-only window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerWindow {
+    /// The window holding the blob from its first byte.
+    pub window: WindowRange,
+    /// The blob's exact length (the window is rounded up to a page).
+    pub size: u64,
+}
+
+/// The only message on an [`UNPACK_PORT`] stream: build an image's root
+/// filesystem (EROFS) from its layer blobs. Every byte moves through
+/// memory windows; the stream carries only this request and the reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnpackRequest {
-    /// Guest directory the layers are applied onto, in order.
-    pub target: String,
-    /// Byte length of each layer blob.
-    pub sizes: Vec<u64>,
+    /// The layer blobs (plain, gzip or zstd tar), applied in order.
+    pub layers: Vec<LayerWindow>,
+    /// The writable window the filesystem image is written into from its
+    /// first byte.
+    pub output: WindowRange,
 }
 
 /// The agent's answer once every layer is applied (or one failed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UnpackReply {
-    /// All layers applied.
+    /// All layers applied and the image written.
     Done {
-        /// Layer bytes received.
+        /// Layer bytes read.
         compressed_bytes: u64,
         /// Tar bytes after decompression.
         tar_bytes: u64,
@@ -343,10 +367,12 @@ pub enum UnpackReply {
         entries: u64,
         /// Whiteouts and opaque directories applied.
         whiteouts: u64,
+        /// Length of the image at the start of the output window.
+        image_bytes: u64,
         /// Seconds spent, as the guest measured them.
         seconds: f64,
     },
-    /// Unpacking failed; the target is in an unspecified state.
+    /// Unpacking failed; the output window holds garbage.
     Error {
         /// Why, naming the layer and entry.
         message: String,
@@ -568,6 +594,7 @@ mod tests {
         assert!(!compatible(VERSION, "0.2.0"));
         assert!(!compatible(VERSION, "0.3.0"));
         assert!(!compatible(VERSION, "0.4.0"));
+        assert!(!compatible(VERSION, "0.5.0"));
     }
 
     #[test]

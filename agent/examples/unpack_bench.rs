@@ -4,12 +4,14 @@
 //! `cargo run --release -p agent --example unpack_bench [-- DIR [FILES [MB]]]`
 //!
 //! `... --example unpack_bench -- --unpack TARGET BLOB...` just applies the
-//! blobs (handy under `strace -c` to count system calls per entry).
+//! blobs (handy under `strace -c` to count system calls per entry);
+//! `-- --image OUT BLOB...` builds an EROFS image of them into the file OUT.
 //!
 //! Generates a layer of FILES files (default 2000) totalling MB megabytes
 //! (default 50) in DIR (default: a temp dir under /tmp), then unpacks it
 //! (plain and gzip) with `agent::unpack` and with GNU tar, 3 times each,
-//! and prints the medians and the ratio. Needs root for ownership (as the
+//! and prints the medians and the ratio; then the median time of building
+//! an EROFS image of it into a memory window (`agent::unpack::ImageBuilder`). Needs root for ownership (as the
 //! guest agent is); otherwise both sides keep the caller's ownership.
 
 use std::fs;
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::unpack::{Options, Unpacker};
+use agent::unpack::{ImageBuilder, ImageOptions, Options, Unpacker};
 
 struct Rng(u64);
 
@@ -125,6 +127,22 @@ fn main() {
         }
         return;
     }
+    if args.first().map(String::as_str) == Some("--image") {
+        let out = fs::File::create(&args[1]).unwrap();
+        let mut b = ImageBuilder::new(out, ImageOptions::default()).unwrap();
+        for blob in &args[2..] {
+            let s = b.apply_layer(fs::File::open(blob).unwrap()).unwrap();
+            println!("{blob}: {s}");
+        }
+        let (len, s) = b.finish().unwrap();
+        println!(
+            "{}: {len} bytes, tree peak {} KiB, {} bytes of unreferenced data; {s}",
+            args[1],
+            s.tree_bytes >> 10,
+            s.unreferenced_bytes
+        );
+        return;
+    }
     let tmp;
     let work: PathBuf = match args.first() {
         Some(d) => PathBuf::from(d),
@@ -181,6 +199,32 @@ fn main() {
             ours.as_secs_f64(),
             theirs.as_secs_f64(),
             theirs.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+    image_runs(&layer, &gz, files);
+}
+
+/// Median time of building an EROFS image of the layer (plain, gzip)
+/// into a memory window, as the helper VM's agent does.
+fn image_runs(plain: &[u8], gz: &[u8], files: usize) {
+    let mut window = vec![0u8; plain.len() * 2 + (64 << 20)];
+    for (label, blob) in [("plain", plain), ("gzip", gz)] {
+        let mut times = Vec::new();
+        let mut len = 0;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let mut b = ImageBuilder::new(&mut window[..], ImageOptions::default()).unwrap();
+            let s = b.apply_layer(blob).unwrap();
+            assert_eq!(s.files as usize, files);
+            len = b.finish().unwrap().0;
+            times.push(t.elapsed());
+        }
+        let d = median(times);
+        println!(
+            "{label:5}: hull EROFS image {:7.3} s {:7.1} MB/s, image {:.1} MB",
+            d.as_secs_f64(),
+            plain.len() as f64 / 1e6 / d.as_secs_f64(),
+            len as f64 / 1e6
         );
     }
 }

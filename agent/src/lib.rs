@@ -7,3 +7,6 @@ pub use agent_protocol::{protocol, Status, STATUS_PREFIX, VERSION};
 /// Applying OCI image layers onto a directory (used by the agent in the
 /// rootfs-preparation helper VM; host-testable).
 pub mod unpack;
+
+/// Host files mapped into the agent as memory windows (`/dev/mem`).
+pub mod window;

@@ -26,10 +26,40 @@ use std::sync::Arc;
 use agent::protocol::{CONTROL_PORT, FORWARD_PORT, STREAM_PORT, UNPACK_PORT};
 use agent::Status;
 
-fn serve_requested() -> bool {
+/// Whether the kernel command line has the word `word` (`hull.serve`:
+/// listen for the host; `hull.prepare`: an image-preparation helper).
+fn cmdline_has(word: &str) -> bool {
     std::fs::read_to_string("/proc/cmdline")
-        .map(|c| c.split_whitespace().any(|w| w == "hull.serve"))
+        .map(|c| c.split_whitespace().any(|w| w == word))
         .unwrap_or(false)
+}
+
+/// Heap the preparation helper touches before it reports ready.
+const PREPARE_HEAP: usize = 32 << 20;
+
+/// Makes the heap of an image-preparation helper ready before its
+/// snapshot is taken. Where guest-kernel code is emulated, every fresh page
+/// costs ~5 ms of fault and clearing: the image builder touches ~5000 of
+/// them for a 300 MB image (the zstd window, buffers, the tree), ~25 s.
+/// Pages touched here are in the snapshot, so a restored helper reuses
+/// them without a guest fault: one arena for every thread, no mmap for big
+/// blocks and no trimming keep freed memory in that heap.
+fn warm_heap() {
+    // SAFETY: mallopt only changes the allocator's parameters; no
+    // allocation is live across a change that could invalidate it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, (PREPARE_HEAP * 2) as i32);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+    let mut heap: Vec<u8> = Vec::with_capacity(PREPARE_HEAP);
+    // One store per page: allocation alone (or calloc of fresh memory)
+    // leaves the pages untouched.
+    for _ in (0..PREPARE_HEAP).step_by(4096) {
+        heap.push(1);
+        heap.extend(std::iter::repeat_n(0, 4095));
+    }
+    std::hint::black_box(&heap);
 }
 
 fn main() {
@@ -48,10 +78,13 @@ fn main() {
         console.status(&Status::Error(format!("loopback: {e}")));
         power::shutdown(&mut console, 1);
     }
-    if !serve_requested() {
+    if !cmdline_has("hull.serve") {
         // A boot check: ready, then done.
         console.status(&ready());
         power::shutdown(&mut console, 0);
+    }
+    if cmdline_has("hull.prepare") {
+        warm_heap();
     }
     let (control, streams, unpacks, forwards) = match bind_listeners() {
         Ok(pair) => pair,

@@ -41,6 +41,8 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         echo: true,
         kernel: args.kernel.as_deref(),
         net: None,
+        windows: Vec::new(),
+        extra_cmdline: "",
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     if let Some(extra) = &args.append {

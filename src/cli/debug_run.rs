@@ -99,6 +99,8 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         echo: args.vm.console,
         kernel: None,
         net: None,
+        windows: Vec::new(),
+        extra_cmdline: "",
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");

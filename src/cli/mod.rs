@@ -12,6 +12,7 @@
 pub mod completion;
 pub mod container;
 pub mod debug_boot;
+pub mod debug_prepare;
 pub mod debug_run;
 pub mod exit;
 pub mod image;
@@ -84,6 +85,8 @@ enum DebugCommand {
     Boot(debug_boot::DebugBootArgs),
     /// Boot a VM with disks, run one command through the agent, exit with its status.
     Run(debug_run::DebugRunArgs),
+    /// Prepare an image's root filesystem and print what it measured (JSON).
+    Prepare(debug_prepare::DebugPrepareArgs),
 }
 
 impl Cli {
@@ -109,6 +112,9 @@ impl Cli {
             Command::Debug {
                 command: DebugCommand::Run(args),
             } => debug_run::run(args, root),
+            Command::Debug {
+                command: DebugCommand::Prepare(args),
+            } => debug_prepare::run(args, root),
             Command::System {
                 command: SystemCommand::Prune,
             } => system::prune(root),

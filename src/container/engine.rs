@@ -215,6 +215,8 @@ fn start_vm(
         echo: false,
         kernel: None,
         net,
+        windows: Vec::new(),
+        extra_cmdline: "",
     };
     std::fs::create_dir_all(root.join("run"))?;
     fast_start::start(
@@ -315,7 +317,7 @@ fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
 /// [`setup_root`].
 fn image_warmup(auto_remove: bool) -> fast_start::Warmup {
     let mut requests = vec![
-        mount("/dev/vda", GUEST_LOWER, "ext4", true, ""),
+        mount("/dev/vda", GUEST_LOWER, "erofs", true, ""),
         Request::ReadFiles {
             root: GUEST_LOWER.into(),
             max_bytes: WARM_BYTES,

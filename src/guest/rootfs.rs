@@ -1,9 +1,11 @@
 //! Image root filesystems, prepared inside a helper microVM and cached.
 //!
-//! The host never extracts a layer: it makes an empty ext4 file (mkfs on a
-//! sparse file parses no image content), boots a helper VM with that disk,
-//! streams the layer blobs, unopened, to the agent over vsock, and the agent
-//! unpacks them in order. The finished disk is cached by the chain of layer
+//! The host never extracts a layer: it starts a helper VM whose memory
+//! windows are the layer blobs (read-only, unopened) and a sparse output
+//! file, and the agent decompresses and applies the layers in user space,
+//! writing an EROFS image straight into the output window (docs/unpack.md).
+//! No byte crosses the guest kernel, whose code is emulated on PVM hosts.
+//! The finished image is cut to its length, cached by the chain of layer
 //! digests and attached read-only to every container of the image.
 
 use std::fs::File;
@@ -16,7 +18,7 @@ use agent_protocol::protocol::{self, UnpackReply, UnpackRequest, UNPACK_PORT};
 use sha2::{Digest, Sha256};
 
 use crate::guest::agent_client::{self, AgentClient};
-use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
+use crate::guest::vm::{GuestOptions, RunningVm};
 
 /// Errors preparing a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +36,7 @@ pub enum RootfsError {
     #[error("Unpacking the image failed in the helper VM: {0}")]
     Unpack(String),
     /// The connection to the helper VM's agent broke (rather than the
-    /// preparation failing on bad input, which fails the same way again):
-    /// worth one more attempt.
+    /// preparation failing on bad input).
     #[error(transparent)]
     ConnectionLost(anyhow::Error),
 }
@@ -148,7 +149,23 @@ impl RootfsCache {
 
     /// Where the disk of `key` lives once prepared.
     pub fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.ext4"))
+        self.dir.join(format!("{key}.erofs"))
+    }
+
+    /// Removes the prepared disk of these layers, if any (under the same
+    /// lock as a preparation).
+    pub fn remove(&self, layers: &[(String, PathBuf)]) -> anyhow::Result<()> {
+        let digests: Vec<String> = layers.iter().map(|(d, _)| d.clone()).collect();
+        let key = chain_key(&digests);
+        std::fs::create_dir_all(&self.dir)?;
+        let _lock = crate::file_lock::lock_exclusive(&self.dir.join(format!("{key}.lock")))?;
+        for path in [self.path(&key), self.dir.join(format!("{key}.json"))] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The prepared disk for these layers, preparing it first if needed.
@@ -171,18 +188,9 @@ impl RootfsCache {
             return Ok((path, None));
         }
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let mut result = prepare(root, layers, &tmp);
-        if let Err(e) = &result {
-            if matches!(e.downcast_ref(), Some(RootfsError::ConnectionLost(_))) {
-                // Seen rarely on heavily loaded PVM hosts: the unpack stream
-                // ends without the agent's reply (cause not yet found, see
-                // docs/unpack.md). Preparation starts from an empty disk, so
-                // one more attempt is safe.
-                tracing::debug!("rootfs preparation failed ({e:#}); trying once more");
-                let _ = std::fs::remove_file(&tmp);
-                result = prepare(root, layers, &tmp);
-            }
-        }
+        // A cache of an older hull held ext4 disks under the same key.
+        let _ = std::fs::remove_file(self.dir.join(format!("{key}.ext4")));
+        let result = prepare(root, layers, &tmp);
         match result {
             Ok(stats) => {
                 std::fs::rename(&tmp, &path)?;
@@ -198,97 +206,163 @@ impl RootfsCache {
     }
 }
 
-/// Boots the helper VM with `disk` as its only disk and the agent serving.
-fn start_helper(root: &Path, disk: &Path) -> anyhow::Result<RunningVm> {
+/// Guest memory of the helper VM. The image builder keeps only metadata in
+/// guest memory: every byte of layers and image is in a window.
+const HELPER_MEMORY: &str = "256m";
+
+/// Starts the helper VM (from its snapshot when fast start is on) with
+/// the layer blobs as read-only windows and `output` as a writable one.
+fn start_helper(
+    root: &Path,
+    layers: &[(String, PathBuf)],
+    output: &Path,
+) -> anyhow::Result<(RunningVm, AgentClient)> {
+    let mut windows: Vec<vmm::window::WindowConfig> = layers
+        .iter()
+        .map(|(_, path)| vmm::window::WindowConfig {
+            path: path.clone(),
+            writable: false,
+        })
+        .collect();
+    windows.push(vmm::window::WindowConfig {
+        path: output.to_path_buf(),
+        writable: true,
+    });
     let opts = GuestOptions {
-        memory: "256m",
+        memory: HELPER_MEMORY,
         cpus: 1,
         console: false,
         echo: false,
         kernel: None,
         net: None,
+        windows,
+        // Its own snapshot, whose agent has a warm heap (the agent's
+        // `warm_heap`).
+        extra_cmdline: "hull.prepare",
     };
-    let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");
     std::fs::create_dir_all(&run_dir)?;
-    config.vsock_uds = Some(run_dir.join(format!("prepare-{}.vsock", std::process::id())));
-    config.disks = vec![vmm::DiskConfig {
-        path: disk.to_path_buf(),
-        read_only: false,
-    }];
-    config.cmdline.push_str(" hull.serve");
-    RunningVm::start(config, &seen, Duration::from_secs(600))
+    let uds = run_dir.join(format!("prepare-{}.vsock", std::process::id()));
+    crate::guest::fast_start::start(
+        root,
+        &opts,
+        Vec::new(),
+        uds,
+        Duration::from_secs(600),
+        None,
+        |_| Ok(()),
+    )
 }
 
-/// Boots a helper VM that unpacks `layers` into a fresh ext4 at `disk`.
+/// The request naming each blob's window and the output's, in the order
+/// the helper VM's config lists them (layers, then the output).
+fn unpack_request(sizes: &[u64], output_len: u64) -> anyhow::Result<UnpackRequest> {
+    let mem_mib = crate::units::parse_mib(HELPER_MEMORY)?;
+    let mut lens = sizes.to_vec();
+    lens.push(output_len);
+    let places = vmm::window::places(mem_mib, &lens);
+    let range = |p: &vmm::window::WindowPlace| protocol::WindowRange {
+        guest_addr: p.guest_addr,
+        len: p.len,
+    };
+    Ok(UnpackRequest {
+        layers: sizes
+            .iter()
+            .zip(&places)
+            .map(|(size, place)| protocol::LayerWindow {
+                window: range(place),
+                size: *size,
+            })
+            .collect(),
+        output: range(&places[sizes.len()]),
+    })
+}
+
+/// Has a helper VM build the EROFS image of `layers` into `disk`.
 fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
     let start = Instant::now();
     let mut sizes = Vec::new();
     for (_, p) in layers {
-        sizes.push(
-            std::fs::metadata(p)
-                .map_err(|e| RootfsError::Layer(p.clone(), e))?
-                .len(),
-        );
+        let len = std::fs::metadata(p)
+            .map_err(|e| RootfsError::Layer(p.clone(), e))?
+            .len();
+        if len == 0 {
+            return Err(RootfsError::Layer(p.clone(), std::io::Error::other("empty blob")).into());
+        }
+        sizes.push(len);
     }
-    mkfs(disk, disk_size(sizes.iter().sum()), "hull-rootfs")?;
-    let vm = start_helper(root, disk)?;
-    let mut client = AgentClient::connect(&vm.uds).map_err(RootfsError::from_agent)?;
-    client
-        .mount("/dev/vda", "/mnt/target", "ext4", false, "")
-        .map_err(RootfsError::from_agent)?;
-
+    let output_len = disk_size(sizes.iter().sum());
+    let f = File::create(disk).map_err(|e| RootfsError::Disk(disk.into(), e))?;
+    f.set_len(output_len)
+        .map_err(|e| RootfsError::Disk(disk.into(), e))?;
+    let request = unpack_request(&sizes, output_len)?;
+    let (vm, client) = start_helper(root, layers, disk)?;
     let mut stream =
         agent_client::connect_port(&vm.uds, UNPACK_PORT).map_err(RootfsError::from_agent)?;
-    protocol::send(
-        &mut stream,
-        &UnpackRequest {
-            target: "/mnt/target".into(),
-            sizes,
-        },
-    )
-    .map_err(|e| RootfsError::from_wire(e, None))?;
-    for (_, p) in layers {
-        let mut f = File::open(p).map_err(|e| RootfsError::Layer(p.clone(), e))?;
-        std::io::copy(&mut f, &mut stream).map_err(|e| RootfsError::Layer(p.clone(), e))?;
-    }
+    protocol::send(&mut stream, &request).map_err(|e| RootfsError::from_wire(e, None))?;
     let reply: UnpackReply = protocol::recv(&mut stream).map_err(|e| {
-        let why = if vm.is_done() {
-            std::thread::sleep(Duration::from_millis(200));
-            let tail = crate::guest::serial_watch::console_tail();
-            format!(
-                "helper VM ended; guest console: {}",
-                tail.last().map_or("(nothing)", String::as_str)
-            )
-        } else {
-            "helper VM still running".to_string()
-        };
-        RootfsError::from_wire(e, Some(format!("waiting for the unpack result ({why})")))
+        RootfsError::from_wire(
+            e,
+            Some(format!(
+                "waiting for the unpack result ({})",
+                helper_state(&vm)
+            )),
+        )
     })?;
-    let stats = match reply {
+    let (stats, image_bytes) = match reply {
         UnpackReply::Done {
             compressed_bytes,
             tar_bytes,
             entries,
+            image_bytes,
             seconds,
             ..
-        } => PrepareStats {
-            compressed_bytes,
-            tar_bytes,
-            entries,
-            unpack_seconds: seconds,
-            total_seconds: 0.0,
-        },
+        } => (
+            PrepareStats {
+                compressed_bytes,
+                tar_bytes,
+                entries,
+                unpack_seconds: seconds,
+                total_seconds: 0.0,
+            },
+            image_bytes,
+        ),
         UnpackReply::Error { message } => return Err(RootfsError::Unpack(message).into()),
     };
-    // The agent syncs before it resets the VM.
     client.shutdown().map_err(RootfsError::from_agent)?;
     vm.wait(Duration::from_secs(300))?;
-    File::open(disk)?.sync_all()?;
+    // The guest wrote the image through a shared mapping of the file: the
+    // bytes are in the host's page cache; cut the unused room and make it
+    // durable before the cache entry appears.
+    if image_bytes == 0 || image_bytes > output_len {
+        return Err(RootfsError::Unpack(format!(
+            "helper reported an image of {image_bytes} bytes"
+        ))
+        .into());
+    }
+    f.set_len(image_bytes)
+        .map_err(|e| RootfsError::Disk(disk.into(), e))?;
+    f.sync_all()
+        .map_err(|e| RootfsError::Disk(disk.into(), e))?;
     Ok(PrepareStats {
         total_seconds: start.elapsed().as_secs_f64(),
         ..stats
     })
+}
+
+/// Whether the helper VM still runs, with the guest's last console line
+/// if it ended (a kernel panic says more than a closed connection).
+fn helper_state(vm: &RunningVm) -> String {
+    if vm.is_done() {
+        std::thread::sleep(Duration::from_millis(200));
+        let tail = crate::guest::serial_watch::console_tail();
+        format!(
+            "helper VM ended; guest console: {}",
+            tail.last().map_or("(nothing)", String::as_str)
+        )
+    } else {
+        "helper VM still running".to_string()
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,11 @@ pub struct GuestOptions<'a> {
     pub kernel: Option<&'a Path>,
     /// A network device, if the VM has one.
     pub net: Option<vmm::virtio::net::NetConfig>,
+    /// Host files shown to the guest as memory windows (not part of any
+    /// snapshot; see `vmm::window`).
+    pub windows: Vec<vmm::window::WindowConfig>,
+    /// Words added to the kernel command line (part of the snapshot key).
+    pub extra_cmdline: &'a str,
 }
 
 /// A VM configuration with hull's kernel and agent, and the handle on the
@@ -72,6 +77,11 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     config.vcpus = opts.cpus;
     config.serial_out = Box::new(watcher);
     config.net = opts.net.clone();
+    config.windows = opts.windows.clone();
+    if !opts.extra_cmdline.is_empty() {
+        config.cmdline.push(' ');
+        config.cmdline.push_str(opts.extra_cmdline);
+    }
     if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
         config.kvm_device = dev.into();
     }

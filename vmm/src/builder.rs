@@ -16,7 +16,8 @@ use crate::cpu::vcpu::VcpuShared;
 use crate::devices::serial::{self, SerialDevice};
 use crate::{
     boot, cpu, devices, e_errno, lock, memory, new_eventfd, open_kvm, restore_vm_state, snapshot,
-    virtio, EndWatcher, Layout, Result, SnapshotRequest, VirtioAttacher, Vm, VmConfig, VmError,
+    virtio, window, EndWatcher, Layout, Result, SnapshotRequest, VirtioAttacher, Vm, VmConfig,
+    VmError,
 };
 
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -31,6 +32,7 @@ impl Vm {
         check_size(&kvm, &config)?;
         let vm = create_vm(&kvm)?;
         let mem = memory::create(&vm, config.mem_mib)?;
+        let windows = window::Windows::attach(&vm, config.mem_mib, &config.windows)?;
         let serial = SerialDevice::new(serial_irq(&vm)?, take_serial_out(&mut config));
         let devices = Devices::attach(&vm, &mem, &config, serial)?;
         let cmdline = format!("{}{}", config.full_cmdline(), devices.cmdline);
@@ -46,7 +48,13 @@ impl Vm {
             Ok(cpu::setup_vcpu(vcpu, id, cpuid, &boot)?)
         })?;
         Ok(Self::assemble(
-            kvm, vm, mem, &config, devices, vcpus, &cmdline,
+            kvm,
+            vm,
+            (mem, windows),
+            &config,
+            devices,
+            vcpus,
+            &cmdline,
         ))
     }
 
@@ -63,6 +71,7 @@ impl Vm {
         check_size(&kvm, &config)?;
         let vm = create_vm(&kvm)?;
         let mem = memory::create_from_file(&vm, config.mem_mib, memory_file)?;
+        let windows = window::Windows::attach(&vm, config.mem_mib, &config.windows)?;
         let serial = SerialDevice::from_state(
             &state.serial,
             serial_irq(&vm)?,
@@ -91,14 +100,20 @@ impl Vm {
             lock(transport).config_changed();
         }
         Ok(Self::assemble(
-            kvm, vm, mem, &config, devices, vcpus, &cmdline,
+            kvm,
+            vm,
+            (mem, windows),
+            &config,
+            devices,
+            vcpus,
+            &cmdline,
         ))
     }
 
     fn assemble(
         kvm: Kvm,
         vm: VmFd,
-        mem: GuestMemoryMmap,
+        (mem, windows): (GuestMemoryMmap, window::Windows),
         config: &VmConfig,
         devices: Devices,
         vcpus: Vec<VcpuFd>,
@@ -126,6 +141,7 @@ impl Vm {
                 net: config.net.is_some(),
             },
             mem,
+            windows,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod host;
 pub mod memory;
 pub mod snapshot;
 pub mod virtio;
+pub mod window;
 
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
@@ -95,6 +96,9 @@ pub enum VmError {
     /// A snapshot could not be written or restored.
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// A memory window could not be set up.
+    #[error(transparent)]
+    Window(#[from] window::WindowError),
 }
 
 /// Result alias for this crate.
@@ -136,6 +140,9 @@ pub struct VmConfig {
     /// A virtio-net device (attached after the disks and vsock); `None`
     /// for no network device at all.
     pub net: Option<virtio::net::NetConfig>,
+    /// Host files shown to the guest as physical memory above RAM
+    /// ([`window`]); not part of snapshots.
+    pub windows: Vec<window::WindowConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -175,6 +182,7 @@ impl VmConfig {
             vsock_uds: None,
             vsock_cid: 3,
             net: None,
+            windows: Vec::new(),
         }
     }
 
@@ -241,6 +249,7 @@ pub struct Vm {
     transports: Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>,
     layout: Layout,
     mem: GuestMemoryMmap,
+    windows: window::Windows,
 }
 
 /// What a snapshot must match to be restored into a VM.
@@ -293,6 +302,11 @@ impl Vm {
         let file = std::fs::File::open(&path)
             .map_err(|e| snapshot::SnapshotError::Io(path.display().to_string(), e))?;
         Self::restore_from(config, &state, &file)
+    }
+
+    /// Where the memory windows of the config landed, in config order.
+    pub fn window_places(&self) -> &[window::WindowPlace] {
+        self.windows.places()
     }
 
     /// A handle that can stop the VM while `run` is running.

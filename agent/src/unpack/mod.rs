@@ -24,10 +24,17 @@
 //! never followed, and streams that lie about sizes end in an error.
 
 mod apply;
+mod erofs;
 mod gzip;
+mod image;
 mod tar;
+mod tree;
 mod whiteout;
 
+pub use image::{ImageBuilder, ImageOptions, Output};
+
+#[cfg(test)]
+mod image_tests;
 #[cfg(test)]
 mod tests;
 
@@ -103,6 +110,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The layers exceed a limit of the image builder (entries, depth,
+    /// image size).
+    #[error("{path}: {reason}")]
+    Limit {
+        /// Entry path (`image` when the whole image is concerned).
+        path: String,
+        /// Which limit.
+        reason: String,
+    },
     /// A system call on an entry failed.
     #[error("{path}: {op}: {source}")]
     Io {
@@ -153,6 +169,11 @@ pub struct Stats {
     pub whiteouts: u64,
     /// Directories made opaque (`.wh..wh..opq`).
     pub opaque_dirs: u64,
+    /// Image builder: bytes of file data blocks in the image that no
+    /// inode refers to (files later replaced or removed).
+    pub unreferenced_bytes: u64,
+    /// Image builder: peak heap bytes of the in-memory tree.
+    pub tree_bytes: u64,
     /// Wall time spent.
     pub elapsed: Duration,
 }
@@ -185,6 +206,8 @@ impl Stats {
         self.nodes += o.nodes;
         self.whiteouts += o.whiteouts;
         self.opaque_dirs += o.opaque_dirs;
+        self.unreferenced_bytes += o.unreferenced_bytes;
+        self.tree_bytes = self.tree_bytes.max(o.tree_bytes);
         self.elapsed += o.elapsed;
     }
 }
@@ -316,59 +339,28 @@ impl Unpacker {
     }
 
     fn apply_dyn(&mut self, blob: &mut dyn Read) -> Result<Stats, Error> {
-        let start = Instant::now();
-        let counter = Rc::new(Cell::new(0u64));
-        let mut counting = Counting {
-            inner: blob,
-            count: counter.clone(),
-        };
-        // Enough bytes to tell the compression, even from a stream that
-        // hands them out one at a time.
-        let mut head = [0u8; 4];
-        let mut have = 0;
-        while have < head.len() {
-            match counting.read(&mut head[have..]) {
-                Ok(0) => break,
-                Ok(n) => have += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Read(e)),
-            }
-        }
-        let comp = Compression::detect(&head[..have]);
-        let input =
-            BufReader::with_capacity(INPUT_BUFFER, io::Cursor::new(&head[..have]).chain(counting));
-        let stream: Box<dyn Read + '_> = match comp {
-            Compression::None => Box::new(input),
-            Compression::Gzip => Box::new(gzip::GzReader::new(input)),
-            Compression::Zstd => Box::new(ZstdFrames::new(input).map_err(Error::Read)?),
-        };
         let buf = self
             .buf
             .take()
             .unwrap_or_else(|| vec![0u8; self.opts.buffer_size].into_boxed_slice());
-        let mut tar = tar::TarReader::new(stream, buf);
-        let mut layer = Layer {
-            created: Created::default(),
-            opaque: Vec::new(),
-            dir_times: HashMap::new(),
-            stats: Stats {
-                layers: 1,
-                ..Stats::default()
-            },
-        };
-        let result = self.entries(&mut tar, &mut layer);
-        // Cached parents may be stale after this layer's removals.
-        self.target.invalidate();
-        result?;
-        tar.drain()?;
-        self.finish(&mut layer)?;
-        self.target.invalidate();
-        layer.stats.tar_bytes = tar.offset();
-        self.buf = Some(tar.into_buffer());
-        layer.stats.compressed_bytes = counter.get();
-        layer.stats.elapsed = start.elapsed();
-        self.stats.add(&layer.stats);
-        Ok(layer.stats)
+        let (stats, buf) = read_layer(blob, buf, |tar| {
+            let mut layer = Layer {
+                created: Created::default(),
+                opaque: Vec::new(),
+                dir_times: HashMap::new(),
+                stats: Stats::default(),
+            };
+            let result = self.entries(tar, &mut layer);
+            // Cached parents may be stale after this layer's removals.
+            self.target.invalidate();
+            result?;
+            self.finish(&mut layer)?;
+            self.target.invalidate();
+            Ok(layer.stats)
+        })?;
+        self.buf = Some(buf);
+        self.stats.add(&stats);
+        Ok(stats)
     }
 
     fn entries<R: Read>(
@@ -763,6 +755,60 @@ fn xattr_result(r: io::Result<()>, path: &[u8], symlink: bool) -> Result<(), Err
         Err(e) if symlink && errno(&e) == libc::EPERM => Ok(()),
         Err(e) => Err(io_err(path, "set xattr", e)),
     }
+}
+
+/// Reads one layer blob through `apply`, which gets its tar stream and
+/// returns the layer's counters; then reads the blob to its end and adds
+/// the byte counts and the time. Returns the stream buffer for reuse.
+fn read_layer(
+    blob: &mut dyn Read,
+    buf: Box<[u8]>,
+    apply: impl FnOnce(&mut tar::TarReader<Box<dyn Read + '_>>) -> Result<Stats, Error>,
+) -> Result<(Stats, Box<[u8]>), Error> {
+    let start = Instant::now();
+    let counter = Rc::new(Cell::new(0u64));
+    let mut tar = open_layer(blob, &counter, buf)?;
+    let mut stats = apply(&mut tar)?;
+    tar.drain()?;
+    stats.layers = 1;
+    stats.tar_bytes = tar.offset();
+    stats.compressed_bytes = counter.get();
+    stats.elapsed = start.elapsed();
+    Ok((stats, tar.into_buffer()))
+}
+
+/// Opens a layer blob (plain tar, gzip or zstd, told by its first bytes)
+/// as a tar stream read into `buf`; `counter` gets the blob bytes read.
+fn open_layer<'a>(
+    blob: &'a mut dyn Read,
+    counter: &Rc<Cell<u64>>,
+    buf: Box<[u8]>,
+) -> Result<tar::TarReader<Box<dyn Read + 'a>>, Error> {
+    let mut counting = Counting {
+        inner: blob,
+        count: counter.clone(),
+    };
+    // Enough bytes to tell the compression, even from a stream that
+    // hands them out one at a time.
+    let mut head = [0u8; 4];
+    let mut have = 0;
+    while have < head.len() {
+        match counting.read(&mut head[have..]) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Read(e)),
+        }
+    }
+    let comp = Compression::detect(&head[..have]);
+    let head = head[..have].to_vec();
+    let input = BufReader::with_capacity(INPUT_BUFFER, io::Cursor::new(head).chain(counting));
+    let stream: Box<dyn Read + 'a> = match comp {
+        Compression::None => Box::new(input),
+        Compression::Gzip => Box::new(gzip::GzReader::new(input)),
+        Compression::Zstd => Box::new(ZstdFrames::new(input).map_err(Error::Read)?),
+    };
+    Ok(tar::TarReader::new(stream, buf))
 }
 
 /// (parent, name) of a cleaned, non-empty path.

@@ -14,21 +14,21 @@ use super::*;
 
 /// One header's fields.
 #[derive(Clone)]
-struct H {
-    name: Vec<u8>,
-    typ: u8,
-    size: u64,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: u64,
-    link: Vec<u8>,
-    major: u32,
-    minor: u32,
+pub(super) struct H {
+    pub(super) name: Vec<u8>,
+    pub(super) typ: u8,
+    pub(super) size: u64,
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) mtime: u64,
+    pub(super) link: Vec<u8>,
+    pub(super) major: u32,
+    pub(super) minor: u32,
 }
 
 impl H {
-    fn new(name: &str, typ: u8) -> H {
+    pub(super) fn new(name: &str, typ: u8) -> H {
         H {
             name: name.as_bytes().to_vec(),
             typ,
@@ -81,40 +81,40 @@ fn header_block(h: &H) -> [u8; 512] {
 }
 
 #[derive(Default)]
-struct T {
+pub(super) struct T {
     out: Vec<u8>,
 }
 
 impl T {
-    fn raw_entry(&mut self, h: &H, data: &[u8]) -> &mut Self {
+    pub(super) fn raw_entry(&mut self, h: &H, data: &[u8]) -> &mut Self {
         self.out.extend_from_slice(&header_block(h));
         self.out.extend_from_slice(data);
         let pad = (512 - data.len() % 512) % 512;
         self.out.extend(std::iter::repeat_n(0u8, pad));
         self
     }
-    fn entry(&mut self, mut h: H, data: &[u8]) -> &mut Self {
+    pub(super) fn entry(&mut self, mut h: H, data: &[u8]) -> &mut Self {
         h.size = data.len() as u64;
         self.raw_entry(&h, data)
     }
-    fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+    pub(super) fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
         self.entry(H::new(name, b'0'), data)
     }
-    fn dir(&mut self, name: &str) -> &mut Self {
+    pub(super) fn dir(&mut self, name: &str) -> &mut Self {
         self.entry(H::new(name, b'5'), b"")
     }
-    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+    pub(super) fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         let mut h = H::new(name, b'2');
         h.link = target.as_bytes().to_vec();
         h.mode = 0o777;
         self.entry(h, b"")
     }
-    fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+    pub(super) fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         let mut h = H::new(name, b'1');
         h.link = target.as_bytes().to_vec();
         self.entry(h, b"")
     }
-    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+    pub(super) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         let mut data = Vec::new();
         for (k, v) in records {
             let body_len = 1 + k.len() + 1 + v.len() + 1;
@@ -128,12 +128,12 @@ impl T {
         }
         self.entry(H::new("././@PaxHeader", b'x'), &data)
     }
-    fn gnu_long(&mut self, typ: u8, value: &str) -> &mut Self {
+    pub(super) fn gnu_long(&mut self, typ: u8, value: &str) -> &mut Self {
         let mut v = value.as_bytes().to_vec();
         v.push(0);
         self.entry(H::new("././@LongLink", typ), &v)
     }
-    fn finish(&mut self) -> Vec<u8> {
+    pub(super) fn finish(&mut self) -> Vec<u8> {
         let mut v = std::mem::take(&mut self.out);
         v.extend_from_slice(&[0u8; 1024]);
         v
@@ -204,7 +204,7 @@ impl Env {
     }
 }
 
-fn lmeta(p: &Path) -> fs::Metadata {
+pub(super) fn lmeta(p: &Path) -> fs::Metadata {
     fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -212,7 +212,7 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
-fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+pub(super) fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     let n = CString::new(name).unwrap();
     let mut buf = vec![0u8; 1024];
@@ -225,17 +225,17 @@ fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(data).unwrap();
     e.finish().unwrap()
 }
 
-fn zstd(data: &[u8]) -> Vec<u8> {
+pub(super) fn zstd(data: &[u8]) -> Vec<u8> {
     ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
 }
 
-fn is_root() -> bool {
+pub(super) fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -1014,6 +1014,46 @@ fn files_larger_than_the_buffer() {
 
 /// Random corruptions of a layer with every entry kind: errors are fine,
 /// panics, hangs and writes outside the target are not.
+/// A xorshift64 generator (deterministic test randomness).
+pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
+/// `base` with 1 to 4 random bytes changed (mostly to `0`, `/`, `.`),
+/// header checksums usually fixed so the damage reaches the unpacker,
+/// and one time in three truncated.
+pub(super) fn mutate(base: &[u8], rnd: &mut impl FnMut() -> u64) -> Vec<u8> {
+    let mut m = base.to_vec();
+    for _ in 0..1 + rnd() % 4 {
+        let pos = (rnd() % m.len() as u64) as usize;
+        m[pos] = match rnd() % 4 {
+            0 => 0,
+            1 => b'/',
+            2 => b'.',
+            _ => rnd() as u8,
+        };
+        // Mostly keep headers valid, so the mutation reaches the
+        // unpacker rather than the checksum test.
+        let blk = pos / 512 * 512;
+        if !rnd().is_multiple_of(4) && blk + 512 <= m.len() && &m[blk + 257..blk + 262] == b"ustar"
+        {
+            let b = &mut m[blk..blk + 512];
+            b[148..156].copy_from_slice(b"        ");
+            let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+            b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        }
+    }
+    if rnd().is_multiple_of(3) {
+        m.truncate((rnd() % m.len() as u64) as usize);
+    }
+    m
+}
+
 #[test]
 fn mutated_layers_never_escape_or_panic() {
     let outside_abs = "/tmp/../tmp/hull-unpack-never";
@@ -1030,37 +1070,10 @@ fn mutated_layers_never_escape_or_panic() {
         .file("d/.wh.f", b"")
         .file("d/.wh..wh..opq", b"");
     let base = t.finish();
-    let mut seed = 0x1234_5678_9abc_def1u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rnd = xorshift(0x1234_5678_9abc_def1);
     let env = new_env();
     for i in 0..400 {
-        let mut m = base.clone();
-        for _ in 0..1 + rnd() % 4 {
-            let pos = (rnd() % m.len() as u64) as usize;
-            m[pos] = match rnd() % 4 {
-                0 => 0,
-                1 => b'/',
-                2 => b'.',
-                _ => rnd() as u8,
-            };
-            // Mostly keep headers valid, so the mutation reaches the
-            // unpacker rather than the checksum test.
-            let blk = pos / 512 * 512;
-            if rnd() % 4 != 0 && blk + 512 <= m.len() && &m[blk + 257..blk + 262] == b"ustar" {
-                let b = &mut m[blk..blk + 512];
-                b[148..156].copy_from_slice(b"        ");
-                let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
-                b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-            }
-        }
-        if i % 3 == 0 {
-            m.truncate((rnd() % m.len() as u64) as usize);
-        }
+        let m = mutate(&base, &mut rnd);
         let root = env.root.join(format!("r{i}"));
         fs::create_dir(&root).unwrap();
         let mut u = Unpacker::new(&root, Options::default()).unwrap();
