@@ -155,6 +155,44 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
     assert_eq!(names(&root.join("run")), Vec::<String>::new());
     assert_eq!(names(&root.join("containers")), vec![".lock".to_string()]);
 
+    // A decompression bomb: 1 GiB of zeros in ~1 MiB of gzip. The image
+    // may take 16x the compressed size + 256 MiB (sparse, the host's only
+    // cost is what the guest writes): refused with one line, nothing kept.
+    let zeros_dir = tempfile::tempdir().unwrap();
+    let zeros = std::fs::File::create(zeros_dir.path().join("zeros")).unwrap();
+    zeros.set_len(1 << 30).unwrap();
+    drop(zeros);
+    let zeros_tar = work.join("zeros.tar.gz");
+    let out = Command::new("tar")
+        .args(["--format=gnu", "-C"])
+        .arg(zeros_dir.path())
+        .arg("-czf")
+        .arg(&zeros_tar)
+        .arg("zeros")
+        .output()
+        .expect("missing GNU tar (scripts/apt-packages)");
+    assert!(out.status.success(), "{:?}", text(&out));
+    drop(zeros_dir);
+    assert!(std::fs::metadata(&zeros_tar).unwrap().len() < 4 << 20);
+    import(root, &zeros_tar, "zeros:test");
+    let start = std::time::Instant::now();
+    let out = hull(root)
+        .args(["run", "--rm", "zeros:test", "/bin/sh"])
+        .output()
+        .unwrap();
+    eprintln!("gzip bomb refused after {:?}", start.elapsed());
+    assert_one_line_error(&out, "zeros: target filesystem is full");
+    assert_eq!(
+        names(&root.join("rootfs"))
+            .iter()
+            .filter(|n| !n.ends_with(".lock"))
+            .count(),
+        0,
+        "a failed preparation leaves no image: {:?}",
+        names(&root.join("rootfs"))
+    );
+    assert_eq!(names(&root.join("run")), Vec::<String>::new());
+
     // A layer that aims everywhere outside its root: it unpacks, with every
     // entry confined to the image's disk, and the container sees them
     // there.
@@ -210,7 +248,10 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
     );
     let mut work_after: Vec<PathBuf> = snapshot(work).into_iter().map(|e| e.0).collect();
     work_after.retain(|p| {
-        !p.starts_with("rootfs") && p != Path::new("bomb.tar") && p != Path::new("hostile.tar")
+        !p.starts_with("rootfs")
+            && p != Path::new("bomb.tar")
+            && p != Path::new("zeros.tar.gz")
+            && p != Path::new("hostile.tar")
     });
     assert_eq!(
         work_after,

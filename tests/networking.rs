@@ -184,6 +184,24 @@ fn default_network_has_eth0_and_none_has_only_lo() {
     assert!(parts[2].contains("default via 10.0.2.2 dev eth0"), "{out}");
     assert_eq!(parts[3], "nameserver 10.0.2.3\n");
 
+    // The gateway is not the host: a service bound to the host's loopback
+    // stays out of reach (passt runs with --no-map-gw).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut exec = hull(root);
+    exec.args(["exec", "net1", "sh", "-c"])
+        .arg(format!("echo hi | nc -w 3 10.0.2.2 {port}; echo rc=$?"));
+    let out = ok(&run_limited(exec, COMMAND_LIMIT));
+    // nc's own status says little (it times out either way); what counts
+    // is that no connection reached the host's listener (with passt's
+    // default mapping one does).
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the host loopback listener got a connection from the container (nc said: {out})"
+    );
+
     // One passt, the VMM's child; it goes (reaped) when the container stops.
     let vmm = v["VM"]["VmmPid"].as_i64().expect("VMM pid") as i32;
     let passt = passt_children(vmm);

@@ -99,11 +99,17 @@ pub fn chain_key(layer_digests: &[String]) -> String {
     hex::encode(h.finalize())[..32].to_string()
 }
 
-/// Disk size for layers of `compressed` bytes: room for decompression
-/// (~4x) plus metadata; the file is sparse, so unused room costs nothing.
+/// Largest image a preparation may write.
+const MAX_IMAGE: u64 = 32 << 30;
+
+/// Room for the image of layers of `compressed` bytes: 16x (zstd and gzip
+/// layers of real images inflate 2-6x) plus 256 MiB of metadata and slack,
+/// at most [`MAX_IMAGE`]. The output file is sparse and the guest maps
+/// only what it writes, so unused room costs nothing; it also bounds what a
+/// decompression bomb can make the host store.
 pub fn disk_size(compressed: u64) -> u64 {
-    let mib = compressed.div_ceil(1 << 20) * 4 + 64;
-    mib << 20
+    let mib = compressed.div_ceil(1 << 20).saturating_mul(16) + 256;
+    mib.saturating_mul(1 << 20).min(MAX_IMAGE)
 }
 
 /// Makes an empty ext4 filesystem in a new sparse file of `size` bytes.
@@ -380,8 +386,9 @@ mod tests {
 
     #[test]
     fn disks_leave_room_and_are_sparse() {
-        assert_eq!(disk_size(0), 64 << 20);
-        assert_eq!(disk_size(10 << 20), (40 + 64) << 20);
+        assert_eq!(disk_size(0), 256 << 20);
+        assert_eq!(disk_size(10 << 20), (160 + 256) << 20);
+        assert_eq!(disk_size(u64::MAX / 2), MAX_IMAGE);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.ext4");
         mkfs(&p, 64 << 20, "t").unwrap();

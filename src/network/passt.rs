@@ -66,6 +66,10 @@ fn args(fd: RawFd) -> Vec<String> {
         DefaultNetwork::GATEWAY.to_string(),
         s("--dns-forward"),
         DefaultNetwork::DNS.to_string(),
+        // passt's default maps the gateway address to the host's own
+        // loopback: every service bound to 127.0.0.1 on the host would be
+        // one connect away from any container.
+        s("--no-map-gw"),
         // Nothing inbound: published ports stay on vsock.
         s("--tcp-ports"),
         s("none"),
@@ -172,6 +176,7 @@ mod tests {
         assert!(a.contains("--gateway 10.0.2.2"));
         assert!(a.contains("--dns-forward 10.0.2.3"));
         assert!(a.contains("--tcp-ports none"));
+        assert!(a.contains("--no-map-gw"));
     }
 
     /// passt answers an ARP request for the gateway over the pair, and is

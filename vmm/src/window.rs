@@ -23,8 +23,11 @@ use vm_memory::FileOffset;
 
 use crate::memory::{self, MMIO_HOLE_END};
 
-/// Alignment of every window's guest address.
-pub const WINDOW_ALIGN: u64 = 1 << 30;
+/// Alignment of every window's guest address (a huge-page boundary).
+pub const WINDOW_ALIGN: u64 = 2 << 20;
+/// Where the windows must end: 64 GiB, the guest-physical space every
+/// x86-64 CPU addresses (36 bits at least).
+pub const WINDOWS_END: u64 = 1 << 36;
 /// Most windows a VM takes (one KVM memory slot each).
 pub const MAX_WINDOWS: usize = 256;
 /// The first KVM slot used for windows; RAM uses the slots below.
@@ -43,6 +46,9 @@ pub enum WindowError {
     /// More windows than slots set aside for them.
     #[error("{0} memory windows asked for; at most {MAX_WINDOWS}")]
     TooMany(usize),
+    /// The windows do not fit below [`WINDOWS_END`].
+    #[error("Memory windows of {0} MiB do not fit in the guest's physical address space")]
+    TooLarge(u64),
     /// KVM refused the memory slot.
     #[error("Cannot register window {0} with KVM")]
     Register(PathBuf, #[source] kvm_ioctls::Error),
@@ -107,6 +113,12 @@ impl Windows {
             .collect::<Result<Vec<_>, _>>()?;
         let lens: Vec<u64> = files.iter().map(|(_, _, len)| *len).collect();
         let places = places(mem_mib, &lens);
+        if places
+            .last()
+            .is_some_and(|p| p.guest_addr + p.len > WINDOWS_END)
+        {
+            return Err(WindowError::TooLarge(lens.iter().sum::<u64>() >> 20));
+        }
         let mut maps = Vec::with_capacity(files.len());
         for (i, ((config, file, _), place)) in files.into_iter().zip(&places).enumerate() {
             let map = map(config, file, place.len)?;
@@ -200,14 +212,14 @@ mod tests {
         assert_eq!(
             p[1],
             WindowPlace {
-                guest_addr: 5 << 30,
+                guest_addr: (4 << 30) + WINDOW_ALIGN,
                 len: 8192
             }
         );
         assert_eq!(
             p[2],
             WindowPlace {
-                guest_addr: 6 << 30,
+                guest_addr: (4 << 30) + 2 * WINDOW_ALIGN,
                 len: 3 << 30
             }
         );
@@ -252,6 +264,20 @@ mod tests {
         assert!(matches!(
             Windows::attach(&kvm.create_vm().unwrap(), 64, &empty),
             Err(WindowError::Empty(_))
+        ));
+        // A sparse 61 GiB file: above 4 GiB it would end past 64 GiB.
+        let huge = dir.join("huge");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(61 << 30)
+            .unwrap();
+        let huge = [WindowConfig {
+            path: huge,
+            writable: false,
+        }];
+        assert!(matches!(
+            Windows::attach(&kvm.create_vm().unwrap(), 64, &huge),
+            Err(WindowError::TooLarge(_))
         ));
         std::fs::remove_dir_all(dir).unwrap();
     }
