@@ -193,6 +193,50 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
     );
     assert_eq!(names(&root.join("run")), Vec::<String>::new());
 
+    // A stored blob cut in half after import (a damaged store): the helper
+    // fails on it with one line, and no image is cached.
+    let half_dir = tempfile::tempdir().unwrap();
+    busybox_rootfs(&half_dir.path().join("rootfs"));
+    let half_tar = work.join("half.tar.gz");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(half_dir.path().join("rootfs"))
+        .arg("-czf")
+        .arg(&half_tar)
+        .arg(".")
+        .output()
+        .expect("missing GNU tar (scripts/apt-packages)");
+    assert!(out.status.success(), "{:?}", text(&out));
+    import(root, &half_tar, "half:test");
+    let blob_len = std::fs::metadata(&half_tar).unwrap().len();
+    let blob = std::fs::read_dir(root.join("images/blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).unwrap().len() == blob_len)
+        .expect("the imported layer is stored as given");
+    let f = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    f.set_len(blob_len / 2).unwrap();
+    drop(f);
+    let out = hull(root)
+        .args(["run", "--rm", "half:test", "/bin/sh"])
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        "Unpacking the image failed in the helper VM: layer 1: ",
+    );
+    assert_eq!(
+        names(&root.join("rootfs"))
+            .iter()
+            .filter(|n| !n.ends_with(".lock"))
+            .count(),
+        0,
+        "a failed preparation leaves no image: {:?}",
+        names(&root.join("rootfs"))
+    );
+    std::fs::remove_file(&half_tar).unwrap();
+
     // A layer that aims everywhere outside its root: it unpacks, with every
     // entry confined to the image's disk, and the container sees them
     // there.

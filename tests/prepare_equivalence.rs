@@ -142,6 +142,20 @@ fn prepared_root_filesystem_equals_the_layers_applied_on_the_host() {
         expected.len(),
         t0.elapsed()
     );
+    // The image the helper VM wrote passes the filesystem checker (run by
+    // this test on the host; preparation itself never parses the image).
+    let images: Vec<_> = std::fs::read_dir(root.join("rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "erofs"))
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let fsck = Command::new("fsck.erofs")
+        .arg(&images[0])
+        .output()
+        .expect("missing fsck.erofs: install erofs-utils (scripts/apt-packages)");
+    assert!(fsck.status.success(), "fsck.erofs: {:?}", text(&fsck));
     // What the preparation measured (the cache's PrepareStats), for whoever
     // reads the log: this image is also a small benchmark.
     for entry in std::fs::read_dir(root.join("rootfs")).unwrap().flatten() {
