@@ -587,7 +587,7 @@ mod tests {
         ];
         for (text, flags, rest) in cases {
             let (f, r) = split_flags(text);
-            assert_eq!((f.as_slice(), r.as_str()), (*flags, *rest), "{text:?}");
+            assert_eq!((f.as_slice(), r.as_str()), (&flags.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..], *rest), "{text:?}");
         }
     }
 
