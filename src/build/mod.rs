@@ -130,7 +130,8 @@ pub enum ErrorKind {
     },
     #[error("base name ({0}) should not be blank")]
     BlankBase(String),
-    #[error("invalid reference format: {0}")]
+    /// The image reference parser's own message.
+    #[error("{0}")]
     BadReference(String),
     #[error("invalid containerPort: {0}")]
     BadPort(String),
