@@ -12,7 +12,11 @@
 //! - inside a stage an ARG is usable from its declaration on; its value is
 //!   the `--build-arg` if given, else its default (expanded), else the
 //!   meta arg's value;
-//! - ENV (and the base image's env) always wins over an ARG of the same name;
+//! - "ENV always overrides ARG" as the reference's example shows it (ENV
+//!   after ARG); in general whichever of the two set a name last wins,
+//!   as in BuildKit, where both write the build environment (an ARG after
+//!   an ENV of the same name, or after the base image's env, wins for the
+//!   rest of the stage; only ENV reaches the image config);
 //! - each stage starts from its base's env, never another stage's ARGs;
 //! - the proxy args (HTTP_PROXY...) given as `--build-arg` reach RUN steps
 //!   without an ARG; the platform args (TARGETARCH...) are meta args.
@@ -121,10 +125,6 @@ pub struct ResolvedStage {
     pub steps: Vec<ResolvedStep>,
     /// The config env at the end of the stage: the base's env, then ENV.
     pub env: Vars,
-    /// The stages it reads (base and `COPY --from`/`RUN --mount from=`),
-    /// with the line that reads each.
-    #[serde(skip)]
-    deps: Vec<(usize, usize)>,
 }
 
 /// What the engine builds.
@@ -161,25 +161,27 @@ impl Vars {
 impl Dockerfile {
     /// Resolves the build: `image_env` gives the env of a base image by
     /// reference (empty when it is not known yet, as in `hull debug
-    /// dockerfile`). Only the stages the target needs are resolved, so a
-    /// bad substitution in a stage that is not built is no error.
+    /// dockerfile`).
+    ///
+    /// As in BuildKit, which stages read which is decided first, for all
+    /// stages, from the FROM lines and the `--from` values (variables in
+    /// them expanded with the meta args only): an unknown stage index or a
+    /// cycle is an error even among stages the target does not need. Then
+    /// only the stages the target needs are substituted, so a bad variable
+    /// reference in a stage that is not built is no error.
     pub fn resolve(
         &self,
         opts: &BuildOptions,
         image_env: &dyn Fn(&str) -> Vars,
     ) -> Result<Build, Error> {
-        let mut resolver = Resolver {
-            dockerfile: self,
-            opts,
-            image_env,
-            meta: Vars::new(),
-            meta_names: BTreeSet::new(),
-            declared: BTreeSet::new(),
-            resolved: vec![None; self.stages.len()],
-            visiting: vec![false; self.stages.len()],
-            order: Vec::new(),
-        };
-        resolver.meta_args()?;
+        let meta = MetaArgs::new(self, opts)?;
+        let links = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| StageLinks::new(self, i, stage, &meta.values))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_cycles(self, &links)?;
         let target = match &opts.target {
             None => self.stages.len() - 1,
             Some(name) => self.stage_named(name).ok_or_else(|| {
@@ -187,9 +189,30 @@ impl Dockerfile {
                 Error::at(line, ErrorKind::UnknownTarget(name.clone()))
             })?,
         };
-        resolver.visit(target, None)?;
-        let order = resolver.order.clone();
-        let declared = resolver.declared.clone();
+        let order = build_order(&links, target);
+        let mut declared = meta.names.clone();
+        let mut resolved: Vec<ResolvedStage> = Vec::new();
+        for &index in &order {
+            let links = &links[index];
+            let env = match &links.base {
+                Base::Scratch => Vars::new(),
+                Base::Image { reference } => image_env(reference),
+                // A base stage comes earlier in the order.
+                Base::Stage { index: parent } => resolved
+                    .iter()
+                    .find(|s| s.index == *parent)
+                    .map(|s| s.env.clone())
+                    .unwrap_or_default(),
+            };
+            let stage = StageResolver {
+                dockerfile: self,
+                opts,
+                meta: &meta,
+                declared: &mut declared,
+            }
+            .resolve(index, links, env)?;
+            resolved.push(stage);
+        }
         let mut unused: Vec<String> = opts
             .build_args
             .iter()
@@ -198,44 +221,31 @@ impl Dockerfile {
             .collect();
         unused.sort();
         unused.dedup();
-        let stages = order
-            .iter()
-            .filter_map(|&i| resolver.resolved[i].clone())
-            .collect();
         Ok(Build {
             target,
             order,
-            stages,
-            meta_args: resolver.meta,
+            stages: resolved,
+            meta_args: meta.values,
             unused_build_args: unused,
         })
     }
 }
 
-struct Resolver<'a> {
-    dockerfile: &'a Dockerfile,
-    opts: &'a BuildOptions,
-    image_env: &'a dyn Fn(&str) -> Vars,
-    /// Values of the meta args (and the platform args).
-    meta: Vars,
-    /// Names a stage may take from `meta` with a bare `ARG NAME`.
-    meta_names: BTreeSet<String>,
-    /// Every ARG name declared in the meta scope or a resolved stage.
-    declared: BTreeSet<String>,
-    resolved: Vec<Option<ResolvedStage>>,
-    /// Stages on the current dependency path (cycle detection).
-    visiting: Vec<bool>,
-    order: Vec<usize>,
+/// The global scope: the platform args and the ARGs before the first FROM.
+struct MetaArgs {
+    /// Their values (those set).
+    values: Vars,
+    /// Names a stage may take from `values` with a bare `ARG NAME`.
+    names: BTreeSet<String>,
 }
 
-impl Resolver<'_> {
-    fn escape(&self) -> char {
-        self.dockerfile.directives.escape
-    }
-
-    /// The platform args, then the ARGs before the first FROM.
-    fn meta_args(&mut self) -> Result<(), Error> {
-        let p = &self.opts.platform;
+impl MetaArgs {
+    fn new(dockerfile: &Dockerfile, opts: &BuildOptions) -> Result<MetaArgs, Error> {
+        let mut meta = MetaArgs {
+            values: Vars::new(),
+            names: BTreeSet::new(),
+        };
+        let p = &opts.platform;
         let platform = match &p.variant {
             Some(v) => format!("{}/{}/{v}", p.os, p.arch),
             None => format!("{}/{}", p.os, p.arch),
@@ -249,123 +259,224 @@ impl Resolver<'_> {
                 ("VARIANT", &variant),
             ] {
                 let name = format!("{side}{suffix}");
-                let value = self.opts.build_arg(&name).unwrap_or(value).to_string();
-                self.meta.set(&name, &value);
-                self.meta_names.insert(name);
+                let value = opts.build_arg(&name).unwrap_or(value).to_string();
+                meta.values.set(&name, &value);
+                meta.names.insert(name);
             }
         }
-        for step in &self.dockerfile.meta_args {
+        let escape = dockerfile.directives.escape;
+        for step in &dockerfile.meta_args {
             let Instruction::Arg { args } = &step.instruction else {
                 continue;
             };
             for decl in args {
-                self.declared.insert(decl.name.clone());
-                self.meta_names.insert(decl.name.clone());
-                let value = match (self.opts.build_arg(&decl.name), &decl.default) {
+                meta.names.insert(decl.name.clone());
+                let value = match (opts.build_arg(&decl.name), &decl.default) {
                     (Some(v), _) => Some(v.to_string()),
-                    (None, Some(default)) => {
-                        Some(expand(default, &self.meta, self.escape(), step.line)?)
-                    }
+                    (None, Some(default)) => Some(expand(default, &meta.values, escape, step.line)?),
                     (None, None) => None,
                 };
                 if let Some(v) = value {
-                    self.meta.set(&decl.name, &v);
+                    meta.values.set(&decl.name, &v);
                 }
             }
         }
-        Ok(())
+        Ok(meta)
     }
+}
 
-    /// Depth-first over the stages `index` needs, appending each to the
-    /// order after its dependencies. `via` is the line that reads it.
-    fn visit(&mut self, index: usize, via: Option<usize>) -> Result<(), Error> {
-        if self.visiting[index] {
-            let dockerfile = self.dockerfile;
-            let stage = &dockerfile.stages[index];
-            let name = stage.name.clone().unwrap_or_else(|| index.to_string());
-            return Err(Error::at(via.unwrap_or(stage.line), ErrorKind::Cycle(name)));
-        }
-        if self.order.contains(&index) {
-            return Ok(());
-        }
-        self.visiting[index] = true;
-        let deps = self.stage(index)?.deps.clone();
-        for (dep, line) in deps {
-            self.visit(dep, Some(line))?;
-        }
-        self.visiting[index] = false;
-        self.order.push(index);
-        Ok(())
-    }
+/// What a stage reads, known before any stage is substituted.
+struct StageLinks {
+    base: Base,
+    /// Per step: what its `COPY --from` names.
+    copy_from: Vec<Option<Base>>,
+    /// Stages read by `COPY --from` and `RUN --mount from=`, with the line.
+    reads: Vec<(usize, usize)>,
+}
 
-    /// Resolves stage `index` once (its base stage first, for its env).
-    fn stage(&mut self, index: usize) -> Result<&ResolvedStage, Error> {
-        let resolved = match self.resolved[index].take() {
-            Some(done) => done,
-            None => {
-                let dockerfile = self.dockerfile;
-                let stage = &dockerfile.stages[index];
-                let base = self.base(index, stage)?;
-                let env = match &base {
-                    Base::Scratch => Vars::new(),
-                    Base::Image { reference } => (self.image_env)(reference),
-                    Base::Stage { index: parent } => self.stage(*parent)?.env.clone(),
-                };
-                self.stage_steps(index, stage, base, env)?
-            }
-        };
-        Ok(self.resolved[index].insert(resolved))
-    }
-
-    /// FROM: the base name and platform expanded with the meta args only.
-    fn base(&self, index: usize, stage: &Stage) -> Result<Base, Error> {
-        let name = expand(&stage.base, &self.meta, self.escape(), stage.line)?;
-        if name.is_empty() {
-            return Err(Error::at(stage.line, ErrorKind::BlankBase(stage.base.clone())));
-        }
-        if name.eq_ignore_ascii_case("scratch") {
-            return Ok(Base::Scratch);
-        }
-        // Only an earlier stage can be a base; a later stage's name is
-        // an image name here.
-        if let Some(parent) = self.dockerfile.stage_named(&name).filter(|&p| p < index) {
-            return Ok(Base::Stage { index: parent });
-        }
-        image_base(&name, stage.line)
-    }
-
-    fn stage_steps(
-        &mut self,
+impl StageLinks {
+    fn new(
+        dockerfile: &Dockerfile,
         index: usize,
         stage: &Stage,
-        base: Base,
+        meta: &Vars,
+    ) -> Result<StageLinks, Error> {
+        let escape = dockerfile.directives.escape;
+        let base = {
+            let name = expand(&stage.base, meta, escape, stage.line)?;
+            if name.is_empty() {
+                return Err(Error::at(stage.line, ErrorKind::BlankBase(stage.base.clone())));
+            }
+            // Only an earlier stage can be a base; a later stage's name is
+            // an image name here.
+            match dockerfile.stage_named(&name).filter(|&p| p < index) {
+                _ if name.eq_ignore_ascii_case("scratch") => Base::Scratch,
+                Some(parent) => Base::Stage { index: parent },
+                None => image_base(&name, stage.line)?,
+            }
+        };
+        let mut copy_from = Vec::new();
+        let mut reads = Vec::new();
+        for step in &stage.steps {
+            let mut from = None;
+            match &step.instruction {
+                Instruction::Copy(Copy { from: Some(f), .. }) => {
+                    let f = expand(f, meta, escape, step.line)?;
+                    let source = stage_or_image(dockerfile, &f, step.line)?;
+                    if let Base::Stage { index } = source {
+                        reads.push((index, step.line));
+                    }
+                    from = Some(source);
+                }
+                Instruction::Run { mounts, .. } => {
+                    for mount in mounts {
+                        let Some(f) = mount_from(mount) else { continue };
+                        let f = expand(f, meta, escape, step.line)?;
+                        if let Base::Stage { index } = stage_or_image(dockerfile, &f, step.line)? {
+                            reads.push((index, step.line));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            copy_from.push(from);
+        }
+        Ok(StageLinks {
+            base,
+            copy_from,
+            reads,
+        })
+    }
+}
+
+/// `--from=`: a stage name, a stage index, or an image.
+fn stage_or_image(dockerfile: &Dockerfile, from: &str, line: usize) -> Result<Base, Error> {
+    if let Some(stage) = dockerfile.stage_named(from) {
+        return Ok(Base::Stage { index: stage });
+    }
+    if let Ok(n) = from.parse::<usize>() {
+        let count = dockerfile.stages.len();
+        if n >= count {
+            return Err(Error::at(line, ErrorKind::BadStageIndex { index: n, count }));
+        }
+        return Ok(Base::Stage { index: n });
+    }
+    image_base(from, line)
+}
+
+/// The `from=` of a `RUN --mount` spec (`type=bind,from=build,target=/x`).
+fn mount_from(mount: &str) -> Option<&str> {
+    mount
+        .split(',')
+        .find_map(|kv| kv.trim().strip_prefix("from="))
+        .filter(|f| !f.is_empty())
+}
+
+/// The name Docker gives a stage in messages: its own, or `stage-N`.
+fn stage_label(dockerfile: &Dockerfile, index: usize) -> String {
+    dockerfile.stages[index]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{index}"))
+}
+
+/// Fails on a cycle of `COPY --from`/`RUN --mount` reads among all stages
+/// (FROM cannot make one: it only names earlier stages), at the line that
+/// closes it.
+fn check_cycles(dockerfile: &Dockerfile, links: &[StageLinks]) -> Result<(), Error> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit(
+        dockerfile: &Dockerfile,
+        links: &[StageLinks],
+        marks: &mut [Mark],
+        index: usize,
+    ) -> Result<(), Error> {
+        marks[index] = Mark::OnPath;
+        for &(dep, line) in &links[index].reads {
+            match marks[dep] {
+                Mark::OnPath => {
+                    return Err(Error::at(line, ErrorKind::Cycle(stage_label(dockerfile, dep))))
+                }
+                Mark::New => visit(dockerfile, links, marks, dep)?,
+                Mark::Done => {}
+            }
+        }
+        marks[index] = Mark::Done;
+        Ok(())
+    }
+    let mut marks = vec![Mark::New; links.len()];
+    for index in 0..links.len() {
+        if marks[index] == Mark::New {
+            visit(dockerfile, links, &mut marks, index)?;
+        }
+    }
+    Ok(())
+}
+
+/// The stages `target` needs, each after the ones it reads (no cycles).
+fn build_order(links: &[StageLinks], target: usize) -> Vec<usize> {
+    fn visit(links: &[StageLinks], index: usize, order: &mut Vec<usize>) {
+        if order.contains(&index) {
+            return;
+        }
+        if let Base::Stage { index: parent } = links[index].base {
+            visit(links, parent, order);
+        }
+        for &(dep, _) in &links[index].reads {
+            visit(links, dep, order);
+        }
+        order.push(index);
+    }
+    let mut order = Vec::new();
+    visit(links, target, &mut order);
+    order
+}
+
+/// Substitutes one stage's instructions in its scope.
+struct StageResolver<'a> {
+    dockerfile: &'a Dockerfile,
+    opts: &'a BuildOptions,
+    meta: &'a MetaArgs,
+    /// ARG names declared so far (a build arg they name is consumed).
+    declared: &'a mut BTreeSet<String>,
+}
+
+impl StageResolver<'_> {
+    fn resolve(
+        &mut self,
+        index: usize,
+        links: &StageLinks,
         mut env: Vars,
     ) -> Result<ResolvedStage, Error> {
-        let escape = self.escape();
+        let stage = &self.dockerfile.stages[index];
+        let escape = self.dockerfile.directives.escape;
         if !env.contains("PATH") {
             env.set("PATH", DEFAULT_PATH);
         }
         let platform = match &stage.platform {
-            Some(p) => Some(expand(p, &self.meta, escape, stage.line)?),
+            Some(p) => Some(expand(p, &self.meta.values, escape, stage.line)?),
             None => None,
         };
-        let mut deps = Vec::new();
-        if let Base::Stage { index: parent } = base {
-            deps.push((parent, stage.line));
-        }
+        // ARG values that no later ENV replaced. Whichever of ARG and ENV
+        // set a name last wins, as in BuildKit, where both write the same
+        // build environment (only ENV reaches the image config).
         let mut args = Vars::new();
         let mut steps = Vec::new();
-        for step in &stage.steps {
+        for (step, copy_from) in stage.steps.iter().zip(&links.copy_from) {
             let line = step.line;
-            let layers: [&Vars; 2] = [&env, &args];
+            let layers: [&Vars; 2] = [&args, &env];
             let scope = &Layers(&layers);
-            let mut copy_from = None;
             let mut build_args = Vars::new();
             let instruction = match &step.instruction {
                 Instruction::Arg { args: decls } => {
                     // Each name sees the ones declared before it.
                     for decl in decls {
-                        let layers: [&Vars; 2] = [&env, &args];
+                        let layers: [&Vars; 2] = [&args, &env];
                         let value = self.stage_arg(decl, &Layers(&layers), line)?;
                         self.declared.insert(decl.name.clone());
                         if let Some(v) = value {
@@ -379,6 +490,7 @@ impl Resolver<'_> {
                     let pairs = expand_pairs(pairs, scope, escape, line)?;
                     for p in &pairs {
                         env.set(&p.key, &p.value);
+                        args.remove(&p.key);
                     }
                     Instruction::Env {
                         pairs,
@@ -418,32 +530,20 @@ impl Resolver<'_> {
                     Instruction::Volume { paths }
                 }
                 Instruction::Copy(copy) => {
-                    let copy = expand_copy(copy, scope, escape, line)?;
-                    if let Some(from) = &copy.from {
-                        let source = self.copy_source(from, line)?;
-                        if let Base::Stage { index: dep } = source {
-                            deps.push((dep, line));
-                        }
-                        copy_from = Some(source);
-                    }
+                    let written_from = copy.from.clone();
+                    let mut copy = expand_copy(copy, scope, escape, line)?;
+                    // `--from` as the links read it (meta args only).
+                    copy.from = expand_opt(&written_from, &self.meta.values, escape, line)?;
                     Instruction::Copy(copy)
                 }
                 Instruction::Add(add) => Instruction::Add(expand_add(add, scope, escape, line)?),
-                Instruction::Run { mounts, .. } => {
-                    for (name, value) in args.pairs() {
-                        if !env.contains(name) {
-                            build_args.set(name, value);
-                        }
-                    }
+                Instruction::Run { .. } => {
+                    build_args = args.clone();
                     for proxy in PROXY_ARGS {
-                        if let (Some(v), false) = (self.opts.build_arg(proxy), env.contains(proxy))
-                        {
-                            build_args.set(proxy, v);
-                        }
-                    }
-                    for mount in mounts {
-                        if let Some(dep) = self.mount_source(mount, line)? {
-                            deps.push((dep, line));
+                        if let Some(v) = self.opts.build_arg(proxy) {
+                            if !env.contains(proxy) && !args.contains(proxy) {
+                                build_args.set(proxy, v);
+                            }
                         }
                     }
                     step.instruction.clone()
@@ -459,18 +559,17 @@ impl Resolver<'_> {
                 line,
                 instruction,
                 build_args,
-                copy_from,
+                copy_from: copy_from.clone(),
             });
         }
         Ok(ResolvedStage {
             index,
             name: stage.name.clone(),
             line: stage.line,
-            base,
+            base: links.base.clone(),
             platform,
             steps,
             env,
-            deps,
         })
     }
 
@@ -486,42 +585,12 @@ impl Resolver<'_> {
             return Ok(Some(v.to_string()));
         }
         if let Some(default) = &decl.default {
-            return expand(default, scope, self.escape(), line).map(Some);
+            return expand(default, scope, self.dockerfile.directives.escape, line).map(Some);
         }
-        if self.meta_names.contains(&decl.name) {
-            return Ok(self.meta.get(&decl.name).map(str::to_string));
+        if self.meta.names.contains(&decl.name) {
+            return Ok(self.meta.values.get(&decl.name).map(str::to_string));
         }
         Ok(None)
-    }
-
-    /// `COPY --from=`: a stage name, a stage index, or an image.
-    fn copy_source(&self, from: &str, line: usize) -> Result<Base, Error> {
-        if let Some(stage) = self.dockerfile.stage_named(from) {
-            return Ok(Base::Stage { index: stage });
-        }
-        if let Ok(n) = from.parse::<usize>() {
-            let count = self.dockerfile.stages.len();
-            if n >= count {
-                return Err(Error::at(line, ErrorKind::BadStageIndex { index: n, count }));
-            }
-            return Ok(Base::Stage { index: n });
-        }
-        image_base(from, line)
-    }
-
-    /// `RUN --mount=...,from=STAGE,...`: the stage it reads, if a stage.
-    fn mount_source(&self, mount: &str, line: usize) -> Result<Option<usize>, Error> {
-        let from = mount
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("from="))
-            .map(str::trim);
-        match from {
-            None | Some("") => Ok(None),
-            Some(from) => match self.copy_source(from, line)? {
-                Base::Stage { index } => Ok(Some(index)),
-                _ => Ok(None),
-            },
-        }
     }
 }
 

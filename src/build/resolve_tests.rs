@@ -110,9 +110,15 @@ fn env_wins_over_arg() {
     assert_eq!(users(&b), ["v1.0.0"]);
     let run = &b.stage(0).unwrap().steps[2];
     assert!(!run.build_args.contains("CONT_IMG_VER"), "{run:?}");
-    // ENV before the ARG wins as well.
-    let src = "FROM ubuntu\nENV V=env\nARG V=arg\nUSER $V\n";
-    assert_eq!(users(&build(src, &[("V", "given")])), ["env"]);
+    // BuildKit: an ARG after an ENV of the same name wins from there on
+    // (for substitution and RUN), while the config keeps the ENV.
+    let src = "FROM ubuntu\nENV V=env\nARG V=arg\nUSER $V\nRUN x\nENV V=again\nUSER $V\nRUN y\n";
+    let b = build(src, &[("V", "given")]);
+    assert_eq!(users(&b), ["given", "again"]);
+    let stage = b.stage(0).unwrap();
+    assert_eq!(stage.steps[3].build_args.get("V"), Some("given"));
+    assert_eq!(stage.steps[6].build_args.get("V"), None);
+    assert_eq!(stage.env.get("V"), Some("again"));
 }
 
 #[test]
@@ -239,8 +245,8 @@ fn run_steps_get_args_and_proxies_but_not_unset_ones() {
 }
 
 #[test]
-fn base_image_env_is_the_stage_env_and_shadows_args() {
-    let src = "FROM img\nARG HOME=/arg\nWORKDIR $HOME\nENV X=$PATH\n";
+fn base_image_env_is_the_stage_env() {
+    let src = "FROM img\nWORKDIR $HOME\nARG HOME=/arg\nWORKDIR $HOME\nENV X=$PATH\n";
     let d = Dockerfile::parse(src).unwrap();
     let image_env = |reference: &str| -> Vars {
         assert_eq!(reference, "img");
@@ -249,8 +255,9 @@ fn base_image_env_is_the_stage_env_and_shadows_args() {
             .collect()
     };
     let b = d.resolve(&opts(&[], None), &image_env).unwrap();
-    assert_eq!(workdirs(&b), ["/root"]);
+    assert_eq!(workdirs(&b), ["/root", "/arg"]);
     assert_eq!(b.stage(0).unwrap().env.get("X"), Some("/bin"));
+    assert_eq!(b.stage(0).unwrap().env.get("HOME"), Some("/root"));
     // Without a PATH in the base, Docker's default one.
     let b = build("FROM scratch\nENV X=$PATH\n", &[]);
     assert_eq!(b.stage(0).unwrap().env.get("X"), Some(DEFAULT_PATH));
@@ -286,7 +293,9 @@ fn targets_select_the_stages_to_build() {
 
 #[test]
 fn copy_from_resolves_names_indexes_and_images() {
-    let src = "FROM a AS one\nFROM b\nCOPY --from=one /a /a\nCOPY --from=0 /b /b\nCOPY --from=nginx:latest /c /c\nARG S=one\nCOPY --from=$S /e /e\n";
+    // A variable in --from: the meta args only (the links between stages
+    // are settled before any stage's own ARGs exist).
+    let src = "ARG S=one\nFROM a AS one\nFROM b\nCOPY --from=one /a /a\nCOPY --from=0 /b /b\nCOPY --from=nginx:latest /c /c\nCOPY --from=$S /e /e\n";
     let b = build(src, &[]);
     let from: Vec<_> = b.stage(1).unwrap().steps.iter().filter_map(|s| s.copy_from.clone()).collect();
     assert_eq!(
@@ -308,11 +317,11 @@ fn copy_from_a_later_stage_is_allowed_unless_it_is_a_cycle() {
     let cases: &[(&str, usize, &str)] = &[
         (
             "FROM a AS first\nCOPY --from=second /x /x\nFROM b AS second\nCOPY --from=first /y /y\n",
-            2,
-            "circular dependency detected on stage: second",
+            4,
+            "circular dependency detected on stage: first",
         ),
         ("FROM a AS self\nCOPY --from=self /x /x\n", 2, "circular dependency detected on stage: self"),
-        ("FROM a\nCOPY --from=0 /x /x\n", 2, "circular dependency detected on stage: 0"),
+        ("FROM a\nCOPY --from=0 /x /x\n", 2, "circular dependency detected on stage: stage-0"),
         ("FROM a AS x\nRUN --mount=type=bind,from=x,target=/m true\n", 2, "circular dependency detected on stage: x"),
     ];
     for (src, line, needle) in cases {
@@ -366,6 +375,10 @@ fn resolution_errors_name_the_line() {
         ("FROM UPPER\n", &[], 1, "invalid reference format"),
         ("FROM a\nCOPY --from=BAD /x /y\n", &[], 2, "invalid reference format"),
         ("FROM a\nCOPY --from=7 /x /y\n", &[], 2, "invalid stage index 7: the Dockerfile has 1 stages"),
+        ("FROM a\nARG S=x\nCOPY --from=$S /x /y\n", &[], 3, "invalid reference format"),
+        // Links are checked in stages that are not built, too.
+        ("FROM a\nCOPY --from=9 /x /y\nFROM b\n", &[], 2, "invalid stage index 9"),
+        ("FROM a AS x\nCOPY --from=y / /\nFROM b AS y\nCOPY --from=x / /\nFROM c\n", &[], 4, "circular dependency detected on stage: x"),
         ("FROM a\nEXPOSE 80/ipx\n", &[], 2, "invalid containerPort: 80/ipx"),
         ("FROM a\nEXPOSE http\n", &[], 2, "invalid containerPort: http"),
         ("FROM a\nARG P=70000\nEXPOSE $P\n", &[], 3, "invalid containerPort: 70000"),

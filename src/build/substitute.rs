@@ -64,6 +64,11 @@ impl Vars {
         }
     }
 
+    /// Unsets `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(k, _)| k != name);
+    }
+
     /// Whether `name` is set.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
