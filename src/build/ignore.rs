@@ -38,24 +38,13 @@ pub struct DockerIgnore {
     patterns: Vec<Pattern>,
 }
 
+/// One line: the whole path must match its tokens (Docker compiles each
+/// pattern to an anchored regular expression; these tokens are its pieces).
 #[derive(Debug, Clone)]
 struct Pattern {
     /// `!pattern`: re-includes what earlier lines excluded.
     exception: bool,
-    matcher: Matcher,
-}
-
-/// How Docker's matcher decides for one pattern (it has fast paths whose
-/// results differ from the general rule in corner cases; they are kept).
-#[derive(Debug, Clone)]
-enum Matcher {
-    /// No wildcard: the path is the pattern, byte for byte.
-    Exact(String),
-    /// `**` then no wildcard: the path ends with the rest (`**/x` also
-    /// matches `x`).
-    Suffix(String),
-    /// Everything else.
-    Tokens(Vec<Token>),
+    tokens: Vec<Token>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +104,7 @@ impl DockerIgnore {
             }
             patterns.push(Pattern {
                 exception,
-                matcher: compile(&cleaned)?,
+                tokens: tokens(&cleaned)?,
             });
         }
         Ok(DockerIgnore { patterns })
@@ -143,8 +132,7 @@ impl DockerIgnore {
             if pattern.exception != excluded {
                 continue;
             }
-            let matched = pattern.matcher.matches(&path)
-                || parents.iter().any(|p| pattern.matcher.matches(p));
+            let matched = pattern.matches(&path) || parents.iter().any(|p| pattern.matches(p));
             if matched {
                 excluded = !pattern.exception;
             }
@@ -182,18 +170,6 @@ pub fn clean(path: &str) -> String {
     }
 }
 
-fn compile(pattern: &str) -> Result<Matcher, IgnoreError> {
-    // Docker checks every pattern's syntax, whichever way it matches.
-    let tokens = tokens(pattern)?;
-    if !pattern.contains(['*', '?', '[', ']']) {
-        return Ok(Matcher::Exact(pattern.to_string()));
-    }
-    if pattern.starts_with("**") && !pattern[2..].contains(['*', '?', '[', ']']) {
-        return Ok(Matcher::Suffix(pattern[2..].to_string()));
-    }
-    Ok(Matcher::Tokens(tokens))
-}
-
 fn tokens(pattern: &str) -> Result<Vec<Token>, IgnoreError> {
     let bad = || IgnoreError::BadPattern(pattern.to_string());
     let chars: Vec<char> = pattern.chars().collect();
@@ -227,7 +203,6 @@ fn tokens(pattern: &str) -> Result<Vec<Token>, IgnoreError> {
                 i = next;
                 continue;
             }
-            ']' => return Err(bad()),
             c => out.push(Token::Literal(c)),
         }
         i += 1;
@@ -273,18 +248,10 @@ fn class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
     }
 }
 
-impl Matcher {
+impl Pattern {
     fn matches(&self, path: &str) -> bool {
-        match self {
-            Matcher::Exact(p) => path == p,
-            Matcher::Suffix(s) => {
-                path.ends_with(s.as_str()) || s.strip_prefix('/').is_some_and(|s| path == s)
-            }
-            Matcher::Tokens(tokens) => {
-                let chars: Vec<char> = path.chars().collect();
-                match_tokens(tokens, &chars)
-            }
-        }
+        let chars: Vec<char> = path.chars().collect();
+        match_tokens(&self.tokens, &chars)
     }
 }
 
