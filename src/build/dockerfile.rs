@@ -232,7 +232,11 @@ impl Dockerfile {
             match (parsed, dockerfile.stages.last_mut()) {
                 (Parsed::From(stage), _) => {
                     if let Some(name) = &stage.name {
-                        if dockerfile.stages.iter().any(|s| s.name.as_ref() == Some(name)) {
+                        if dockerfile
+                            .stages
+                            .iter()
+                            .any(|s| s.name.as_ref() == Some(name))
+                        {
                             return Err(Error::at(
                                 line.line,
                                 ErrorKind::DuplicateStageName(name.clone()),
@@ -242,9 +246,15 @@ impl Dockerfile {
                     dockerfile.stages.push(stage);
                 }
                 (Parsed::Step(step), Some(stage)) => stage.steps.push(step),
-                (Parsed::Step(step @ Step { instruction: Instruction::Arg { .. }, .. }), None) => {
-                    dockerfile.meta_args.push(step)
-                }
+                (
+                    Parsed::Step(
+                        step @ Step {
+                            instruction: Instruction::Arg { .. },
+                            ..
+                        },
+                    ),
+                    None,
+                ) => dockerfile.meta_args.push(step),
                 (Parsed::Step(_), None) => return Err(Error::at(line.line, ErrorKind::NoStage)),
             }
         }
@@ -477,9 +487,7 @@ fn parse_run(flags: &[String], args: &str, heredocs: &[Heredoc]) -> Result<Instr
     )?;
     let command = match maybe_json(args)? {
         None => return Err(ErrorKind::AtLeastOneArgument("RUN")),
-        Some(Command::Exec(v)) if v.is_empty() => {
-            return Err(ErrorKind::AtLeastOneArgument("RUN"))
-        }
+        Some(Command::Exec(v)) if v.is_empty() => return Err(ErrorKind::AtLeastOneArgument("RUN")),
         Some(c) => c,
     };
     Ok(Instruction::Run {
@@ -526,7 +534,11 @@ fn sources_and_dest(
     Ok((paths, docs, dest))
 }
 
-fn parse_copy(flags: &[String], args: &str, heredocs: &[Heredoc]) -> Result<Instruction, ErrorKind> {
+fn parse_copy(
+    flags: &[String],
+    args: &str,
+    heredocs: &[Heredoc],
+) -> Result<Instruction, ErrorKind> {
     let flags = Flags::parse(
         flags,
         &[
@@ -640,7 +652,11 @@ fn parse_arg(args: &str, escape: char) -> Result<Instruction, ErrorKind> {
 }
 
 /// WORKDIR, USER, STOPSIGNAL, MAINTAINER: the rest of the line.
-fn one_string(flags: &[String], args: &str, instruction: &'static str) -> Result<String, ErrorKind> {
+fn one_string(
+    flags: &[String],
+    args: &str,
+    instruction: &'static str,
+) -> Result<String, ErrorKind> {
     no_flags(flags)?;
     if args.is_empty() {
         return Err(ErrorKind::ExactlyOneArgument(instruction));
@@ -663,7 +679,9 @@ fn parse_healthcheck(flags: &[String], args: &str) -> Result<Instruction, ErrorK
                 "HEALTHCHECK NONE takes no arguments".into(),
             ));
         }
-        return Ok(Instruction::Healthcheck { check: Health::None });
+        return Ok(Instruction::Healthcheck {
+            check: Health::None,
+        });
     }
     let flags = Flags::parse(
         flags,
@@ -1020,7 +1038,9 @@ impl fmt::Display for Instruction {
             Instruction::Expose { ports } => write!(f, "EXPOSE {}", ports.join(" ")),
             Instruction::Volume { paths } => write!(f, "VOLUME {}", json(paths)),
             Instruction::Shell { shell } => write!(f, "SHELL {}", json(shell)),
-            Instruction::Healthcheck { check: Health::None } => write!(f, "HEALTHCHECK NONE"),
+            Instruction::Healthcheck {
+                check: Health::None,
+            } => write!(f, "HEALTHCHECK NONE"),
             Instruction::Healthcheck {
                 check:
                     Health::Cmd {

@@ -61,7 +61,10 @@ fn the_seed_example_parses() {
     );
     assert_eq!(d.stages.len(), 1);
     let stage = &d.stages[0];
-    assert_eq!((stage.base.as_str(), stage.name.as_ref()), ("python:3.7", None));
+    assert_eq!(
+        (stage.base.as_str(), stage.name.as_ref()),
+        ("python:3.7", None)
+    );
     let lines: Vec<usize> = stage.steps.iter().map(|s| s.line).collect();
     assert_eq!(lines, [2, 3, 4, 5, 6]);
     assert_eq!(
@@ -171,10 +174,14 @@ fn env_and_label_take_both_forms() {
 
 #[test]
 fn arg_names_and_defaults() {
-    let cases: &[(&str, &[(&str, Option<&str>)])] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, Option<&'a str>)]);
+    let cases: &[Case] = &[
         ("ARG user1", &[("user1", None)]),
         ("ARG user1=someuser", &[("user1", Some("someuser"))]),
-        ("ARG buildno=1 user", &[("buildno", Some("1")), ("user", None)]),
+        (
+            "ARG buildno=1 user",
+            &[("buildno", Some("1")), ("user", None)],
+        ),
         ("ARG A=\"x y\"", &[("A", Some("\"x y\""))]),
         ("ARG A=", &[("A", Some(""))]),
         ("ARG A=${B:-c}", &[("A", Some("${B:-c}"))]),
@@ -194,21 +201,96 @@ fn arg_names_and_defaults() {
 #[test]
 fn simple_instructions_keep_the_rest_of_the_line() {
     let cases: &[(&str, Instruction)] = &[
-        ("WORKDIR /a/b c", Instruction::Workdir { path: "/a/b c".into() }),
-        ("WORKDIR $DIRPATH/$DIRNAME", Instruction::Workdir { path: "$DIRPATH/$DIRNAME".into() }),
-        ("USER patrick", Instruction::User { user: "patrick".into() }),
-        ("USER 1000:1000", Instruction::User { user: "1000:1000".into() }),
-        ("STOPSIGNAL SIGKILL", Instruction::Stopsignal { signal: "SIGKILL".into() }),
-        ("MAINTAINER Jane <jane@example.com>", Instruction::Maintainer { name: "Jane <jane@example.com>".into() }),
-        ("EXPOSE 80/udp 443", Instruction::Expose { ports: strings(&["80/udp", "443"]) }),
-        ("VOLUME /myvol", Instruction::Volume { paths: strings(&["/myvol"]) }),
-        ("VOLUME /a /b", Instruction::Volume { paths: strings(&["/a", "/b"]) }),
-        ("VOLUME [\"/data\"]", Instruction::Volume { paths: strings(&["/data"]) }),
-        ("VOLUME [\"/a b\", \"/c\"]", Instruction::Volume { paths: strings(&["/a b", "/c"]) }),
-        ("SHELL [\"powershell\", \"-command\"]", Instruction::Shell { shell: strings(&["powershell", "-command"]) }),
-        ("SHELL [\"/bin/bash\", \"-c\"]", Instruction::Shell { shell: strings(&["/bin/bash", "-c"]) }),
-        ("ONBUILD ADD . /app/src", Instruction::Onbuild { expression: "ADD . /app/src".into() }),
-        ("onbuild RUN --mount=type=cache,target=/x make", Instruction::Onbuild { expression: "RUN --mount=type=cache,target=/x make".into() }),
+        (
+            "WORKDIR /a/b c",
+            Instruction::Workdir {
+                path: "/a/b c".into(),
+            },
+        ),
+        (
+            "WORKDIR $DIRPATH/$DIRNAME",
+            Instruction::Workdir {
+                path: "$DIRPATH/$DIRNAME".into(),
+            },
+        ),
+        (
+            "USER patrick",
+            Instruction::User {
+                user: "patrick".into(),
+            },
+        ),
+        (
+            "USER 1000:1000",
+            Instruction::User {
+                user: "1000:1000".into(),
+            },
+        ),
+        (
+            "STOPSIGNAL SIGKILL",
+            Instruction::Stopsignal {
+                signal: "SIGKILL".into(),
+            },
+        ),
+        (
+            "MAINTAINER Jane <jane@example.com>",
+            Instruction::Maintainer {
+                name: "Jane <jane@example.com>".into(),
+            },
+        ),
+        (
+            "EXPOSE 80/udp 443",
+            Instruction::Expose {
+                ports: strings(&["80/udp", "443"]),
+            },
+        ),
+        (
+            "VOLUME /myvol",
+            Instruction::Volume {
+                paths: strings(&["/myvol"]),
+            },
+        ),
+        (
+            "VOLUME /a /b",
+            Instruction::Volume {
+                paths: strings(&["/a", "/b"]),
+            },
+        ),
+        (
+            "VOLUME [\"/data\"]",
+            Instruction::Volume {
+                paths: strings(&["/data"]),
+            },
+        ),
+        (
+            "VOLUME [\"/a b\", \"/c\"]",
+            Instruction::Volume {
+                paths: strings(&["/a b", "/c"]),
+            },
+        ),
+        (
+            "SHELL [\"powershell\", \"-command\"]",
+            Instruction::Shell {
+                shell: strings(&["powershell", "-command"]),
+            },
+        ),
+        (
+            "SHELL [\"/bin/bash\", \"-c\"]",
+            Instruction::Shell {
+                shell: strings(&["/bin/bash", "-c"]),
+            },
+        ),
+        (
+            "ONBUILD ADD . /app/src",
+            Instruction::Onbuild {
+                expression: "ADD . /app/src".into(),
+            },
+        ),
+        (
+            "onbuild RUN --mount=type=cache,target=/x make",
+            Instruction::Onbuild {
+                expression: "RUN --mount=type=cache,target=/x make".into(),
+            },
+        ),
     ];
     for (body, want) in cases {
         assert_eq!(&one(body), want, "{body:?}");
@@ -227,17 +309,77 @@ fn copy_and_add_sources_flags_and_forms() {
         ("COPY a b c /d/", copy(&["a", "b", "c"], "/d/")),
         ("COPY hom* /mydir/", copy(&["hom*"], "/mydir/")),
         ("COPY [\"a b\", \"/c d/\"]", copy(&["a b"], "/c d/")),
-        ("COPY --from=build /out /usr/bin/", Copy { from: Some("build".into()), ..copy(&["/out"], "/usr/bin/") }),
-        ("COPY --from=0 /out /o", Copy { from: Some("0".into()), ..copy(&["/out"], "/o") }),
-        ("COPY --from=nginx:latest /etc/nginx/nginx.conf /nginx.conf", Copy { from: Some("nginx:latest".into()), ..copy(&["/etc/nginx/nginx.conf"], "/nginx.conf") }),
-        ("COPY --chown=55:mygroup files* /somedir/", Copy { chown: Some("55:mygroup".into()), ..copy(&["files*"], "/somedir/") }),
-        ("COPY --chmod=644 a b", Copy { chmod: Some("644".into()), ..copy(&["a"], "b") }),
-        ("COPY --link a b", Copy { link: true, ..copy(&["a"], "b") }),
+        (
+            "COPY --from=build /out /usr/bin/",
+            Copy {
+                from: Some("build".into()),
+                ..copy(&["/out"], "/usr/bin/")
+            },
+        ),
+        (
+            "COPY --from=0 /out /o",
+            Copy {
+                from: Some("0".into()),
+                ..copy(&["/out"], "/o")
+            },
+        ),
+        (
+            "COPY --from=nginx:latest /etc/nginx/nginx.conf /nginx.conf",
+            Copy {
+                from: Some("nginx:latest".into()),
+                ..copy(&["/etc/nginx/nginx.conf"], "/nginx.conf")
+            },
+        ),
+        (
+            "COPY --chown=55:mygroup files* /somedir/",
+            Copy {
+                chown: Some("55:mygroup".into()),
+                ..copy(&["files*"], "/somedir/")
+            },
+        ),
+        (
+            "COPY --chmod=644 a b",
+            Copy {
+                chmod: Some("644".into()),
+                ..copy(&["a"], "b")
+            },
+        ),
+        (
+            "COPY --link a b",
+            Copy {
+                link: true,
+                ..copy(&["a"], "b")
+            },
+        ),
         ("COPY --link=false a b", copy(&["a"], "b")),
-        ("COPY --link=TRUE a b", Copy { link: true, ..copy(&["a"], "b") }),
-        ("COPY --parents a/b c", Copy { parents: true, ..copy(&["a/b"], "c") }),
-        ("COPY --exclude=*.txt --exclude=*.md . /x", Copy { exclude: strings(&["*.txt", "*.md"]), ..copy(&["."], "/x") }),
-        ("COPY --from=\"a\" b c", Copy { from: Some("a".into()), ..copy(&["b"], "c") }),
+        (
+            "COPY --link=TRUE a b",
+            Copy {
+                link: true,
+                ..copy(&["a"], "b")
+            },
+        ),
+        (
+            "COPY --parents a/b c",
+            Copy {
+                parents: true,
+                ..copy(&["a/b"], "c")
+            },
+        ),
+        (
+            "COPY --exclude=*.txt --exclude=*.md . /x",
+            Copy {
+                exclude: strings(&["*.txt", "*.md"]),
+                ..copy(&["."], "/x")
+            },
+        ),
+        (
+            "COPY --from=\"a\" b c",
+            Copy {
+                from: Some("a".into()),
+                ..copy(&["b"], "c")
+            },
+        ),
     ];
     for (body, want) in cases {
         assert_eq!(one(body), Instruction::Copy(want.clone()), "{body:?}");
@@ -258,31 +400,55 @@ fn copy_and_add_sources_flags_and_forms() {
 #[test]
 fn heredocs_on_run_and_copy() {
     let run = one("RUN <<EOF\napt-get update\napt-get install -y vim\nEOF\n");
-    let Instruction::Run { command, heredocs, .. } = run else {
+    let Instruction::Run {
+        command, heredocs, ..
+    } = run
+    else {
         panic!("{run:?}");
     };
     assert_eq!(command, shell("<<EOF"));
-    assert_eq!(heredocs[0].content, "apt-get update\napt-get install -y vim\n");
+    assert_eq!(
+        heredocs[0].content,
+        "apt-get update\napt-get install -y vim\n"
+    );
     assert!(heredocs[0].expand);
 
     // Docker's reference: a program given as the heredoc's interpreter.
-    let run = one("RUN python3 <<EOF\nwith open(\"/hello\", \"w\") as f:\n    print(\"Hello\", file=f)\nEOF");
-    let Instruction::Run { command, heredocs, .. } = run else {
+    let run = one(
+        "RUN python3 <<EOF\nwith open(\"/hello\", \"w\") as f:\n    print(\"Hello\", file=f)\nEOF",
+    );
+    let Instruction::Run {
+        command, heredocs, ..
+    } = run
+    else {
         panic!("{run:?}");
     };
     assert_eq!(command, shell("python3 <<EOF"));
-    assert_eq!(heredocs[0].content, "with open(\"/hello\", \"w\") as f:\n    print(\"Hello\", file=f)\n");
+    assert_eq!(
+        heredocs[0].content,
+        "with open(\"/hello\", \"w\") as f:\n    print(\"Hello\", file=f)\n"
+    );
 
     // Several heredocs on one line.
-    let run = one("RUN <<FILE1 cat > file1 && <<FILE2 cat > file2\nI am\nfirst\nFILE1\nI am\nsecond\nFILE2\n");
+    let run = one(
+        "RUN <<FILE1 cat > file1 && <<FILE2 cat > file2\nI am\nfirst\nFILE1\nI am\nsecond\nFILE2\n",
+    );
     let Instruction::Run { heredocs, .. } = run else {
         panic!("{run:?}");
     };
-    let got: Vec<_> = heredocs.iter().map(|h| (h.name.as_str(), h.content.as_str())).collect();
-    assert_eq!(got, [("FILE1", "I am\nfirst\n"), ("FILE2", "I am\nsecond\n")]);
+    let got: Vec<_> = heredocs
+        .iter()
+        .map(|h| (h.name.as_str(), h.content.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [("FILE1", "I am\nfirst\n"), ("FILE2", "I am\nsecond\n")]
+    );
 
     // Quoted delimiter: the body is literal.
-    let Instruction::Copy(copy) = one("COPY <<-\"EOT\" /app/script.sh\n\techo hello ${FOO}\n\tEOT\n") else {
+    let Instruction::Copy(copy) =
+        one("COPY <<-\"EOT\" /app/script.sh\n\techo hello ${FOO}\n\tEOT\n")
+    else {
         panic!()
     };
     assert_eq!(copy.dest, "/app/script.sh");
@@ -308,9 +474,19 @@ fn heredocs_on_run_and_copy() {
 fn from_forms() {
     let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
         ("FROM ubuntu", "ubuntu", None, None),
-        ("FROM ubuntu:22.04 AS Build", "ubuntu:22.04", Some("build"), None),
+        (
+            "FROM ubuntu:22.04 AS Build",
+            "ubuntu:22.04",
+            Some("build"),
+            None,
+        ),
         ("from scratch as out", "scratch", Some("out"), None),
-        ("FROM --platform=$BUILDPLATFORM golang AS b-1.x_y", "golang", Some("b-1.x_y"), Some("$BUILDPLATFORM")),
+        (
+            "FROM --platform=$BUILDPLATFORM golang AS b-1.x_y",
+            "golang",
+            Some("b-1.x_y"),
+            Some("$BUILDPLATFORM"),
+        ),
         ("FROM ${IMG}:${TAG}", "${IMG}:${TAG}", None, None),
         ("FROM a@sha256:0123", "a@sha256:0123", None, None),
     ];
@@ -338,7 +514,8 @@ fn meta_args_come_before_the_first_from() {
 #[test]
 fn comments_directives_and_continuations_in_whole_files() {
     // Docker's reference: the escape directive example (Windows paths).
-    let d = parse("# escape=`\n\nFROM microsoft/nanoserver\nCOPY testfile.txt c:\\\nRUN dir c:\\\n");
+    let d =
+        parse("# escape=`\n\nFROM microsoft/nanoserver\nCOPY testfile.txt c:\\\nRUN dir c:\\\n");
     assert_eq!(d.directives.escape, '`');
     assert_eq!(
         d.stages[0].steps[0].instruction,
@@ -348,13 +525,16 @@ fn comments_directives_and_continuations_in_whole_files() {
             ..Copy::default()
         })
     );
-    assert_eq!(d.stages[0].steps[1].instruction, Instruction::Run {
-        command: shell("dir c:\\"),
-        heredocs: vec![],
-        mounts: vec![],
-        network: None,
-        security: None,
-    });
+    assert_eq!(
+        d.stages[0].steps[1].instruction,
+        Instruction::Run {
+            command: shell("dir c:\\"),
+            heredocs: vec![],
+            mounts: vec![],
+            network: None,
+            security: None,
+        }
+    );
 
     // Docker's reference: comment lines are removed before the
     // instruction is run, even inside a continuation.
@@ -371,7 +551,8 @@ fn comments_directives_and_continuations_in_whole_files() {
     );
 
     // Leading whitespace before comments and instructions is ignored.
-    let d = parse("        # this is a comment-line\n  FROM a\n    RUN echo hello\nRUN echo world\n");
+    let d =
+        parse("        # this is a comment-line\n  FROM a\n    RUN echo hello\nRUN echo world\n");
     assert_eq!(d.stages[0].line, 2);
     assert_eq!(d.stages[0].steps[0].line, 3);
     assert_eq!(d.stages[0].steps[1].line, 4);
@@ -384,15 +565,43 @@ fn errors_name_the_line_and_say_what_is_wrong() {
         ("FROM a\nrunn x\n", 2, "unknown instruction: RUNN"),
         ("FROM a\nRUN\n", 2, "RUN requires at least one argument"),
         ("FROM a\nRUN []\n", 2, "RUN requires at least one argument"),
-        ("FROM a\nRUN [\"a\", 1]\n", 2, "when using JSON array syntax, arrays must be comprised of strings only"),
-        ("FROM a\nCOPY a\n", 2, "COPY requires at least two arguments"),
+        (
+            "FROM a\nRUN [\"a\", 1]\n",
+            2,
+            "when using JSON array syntax, arrays must be comprised of strings only",
+        ),
+        (
+            "FROM a\nCOPY a\n",
+            2,
+            "COPY requires at least two arguments",
+        ),
         ("FROM a\nADD\n", 2, "ADD requires at least two arguments"),
-        ("FROM a\nCOPY a <<EOF\nx\nEOF\n", 2, "COPY cannot accept a heredoc as a destination"),
+        (
+            "FROM a\nCOPY a <<EOF\nx\nEOF\n",
+            2,
+            "COPY cannot accept a heredoc as a destination",
+        ),
         ("FROM a\nCOPY --nope a b\n", 2, "unknown flag: nope"),
-        ("FROM a\nCOPY --from a b\n", 2, "missing a value on flag: from"),
-        ("FROM a\nCOPY --from=x --from=y a b\n", 2, "duplicate flag specified: from"),
-        ("FROM a\nCOPY --link=maybe a b\n", 2, "expecting boolean value for flag link, not: maybe"),
-        ("FROM a\nCOPY --link= a b\n", 2, "missing a value on flag: link"),
+        (
+            "FROM a\nCOPY --from a b\n",
+            2,
+            "missing a value on flag: from",
+        ),
+        (
+            "FROM a\nCOPY --from=x --from=y a b\n",
+            2,
+            "duplicate flag specified: from",
+        ),
+        (
+            "FROM a\nCOPY --link=maybe a b\n",
+            2,
+            "expecting boolean value for flag link, not: maybe",
+        ),
+        (
+            "FROM a\nCOPY --link= a b\n",
+            2,
+            "missing a value on flag: link",
+        ),
         ("FROM a\nADD --from=x a b\n", 2, "unknown flag: from"),
         ("FROM a\nENV --x=1 A=1\n", 2, "unknown flag: x"),
         ("FROM a\nRUN --mount\n", 2, "missing a value on flag: mount"),
@@ -404,43 +613,151 @@ fn errors_name_the_line_and_say_what_is_wrong() {
         ("FROM a\nLABEL a=b c\n", 2, "can't find = in \"c\""),
         ("FROM a\nARG\n", 2, "ARG requires at least one argument"),
         ("FROM a\nARG =x\n", 2, "ARG names can not be blank"),
-        ("FROM a\nWORKDIR\n", 2, "WORKDIR requires exactly one argument"),
+        (
+            "FROM a\nWORKDIR\n",
+            2,
+            "WORKDIR requires exactly one argument",
+        ),
         ("FROM a\nUSER\n", 2, "USER requires exactly one argument"),
-        ("FROM a\nSTOPSIGNAL\n", 2, "STOPSIGNAL requires exactly one argument"),
-        ("FROM a\nEXPOSE\n", 2, "EXPOSE requires at least one argument"),
-        ("FROM a\nVOLUME\n", 2, "VOLUME requires at least one argument"),
-        ("FROM a\nVOLUME [\"\"]\n", 2, "VOLUME specified can not be an empty string"),
-        ("FROM a\nSHELL /bin/sh -c\n", 2, "SHELL requires the arguments to be in JSON form"),
-        ("FROM a\nSHELL []\n", 2, "SHELL requires at least one argument"),
-        ("FROM a\nSHELL [\"a\", 2]\n", 2, "arrays must be comprised of strings only"),
-        ("FROM a\nHEALTHCHECK\n", 2, "HEALTHCHECK requires at least one argument"),
-        ("FROM a\nHEALTHCHECK NONE x\n", 2, "HEALTHCHECK NONE takes no arguments"),
-        ("FROM a\nHEALTHCHECK CMD\n", 2, "Missing command after HEALTHCHECK CMD"),
-        ("FROM a\nHEALTHCHECK RUN x\n", 2, "Unknown type \"RUN\" in HEALTHCHECK (try CMD)"),
-        ("FROM a\nHEALTHCHECK --interval=1us CMD x\n", 2, "Interval \"interval\" cannot be less than 1ms"),
-        ("FROM a\nHEALTHCHECK --timeout=5 CMD x\n", 2, "invalid duration \"5\""),
-        ("FROM a\nHEALTHCHECK --retries=-1 CMD x\n", 2, "--retries cannot be negative (-1)"),
-        ("FROM a\nHEALTHCHECK --nope=1 CMD x\n", 2, "unknown flag: nope"),
-        ("FROM a\nONBUILD\n", 2, "ONBUILD requires at least one argument"),
-        ("FROM a\nONBUILD ONBUILD RUN x\n", 2, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
-        ("FROM a\nONBUILD FROM b\n", 2, "FROM isn't allowed as an ONBUILD trigger"),
-        ("FROM a\nONBUILD maintainer b\n", 2, "MAINTAINER isn't allowed as an ONBUILD trigger"),
+        (
+            "FROM a\nSTOPSIGNAL\n",
+            2,
+            "STOPSIGNAL requires exactly one argument",
+        ),
+        (
+            "FROM a\nEXPOSE\n",
+            2,
+            "EXPOSE requires at least one argument",
+        ),
+        (
+            "FROM a\nVOLUME\n",
+            2,
+            "VOLUME requires at least one argument",
+        ),
+        (
+            "FROM a\nVOLUME [\"\"]\n",
+            2,
+            "VOLUME specified can not be an empty string",
+        ),
+        (
+            "FROM a\nSHELL /bin/sh -c\n",
+            2,
+            "SHELL requires the arguments to be in JSON form",
+        ),
+        (
+            "FROM a\nSHELL []\n",
+            2,
+            "SHELL requires at least one argument",
+        ),
+        (
+            "FROM a\nSHELL [\"a\", 2]\n",
+            2,
+            "arrays must be comprised of strings only",
+        ),
+        (
+            "FROM a\nHEALTHCHECK\n",
+            2,
+            "HEALTHCHECK requires at least one argument",
+        ),
+        (
+            "FROM a\nHEALTHCHECK NONE x\n",
+            2,
+            "HEALTHCHECK NONE takes no arguments",
+        ),
+        (
+            "FROM a\nHEALTHCHECK CMD\n",
+            2,
+            "Missing command after HEALTHCHECK CMD",
+        ),
+        (
+            "FROM a\nHEALTHCHECK RUN x\n",
+            2,
+            "Unknown type \"RUN\" in HEALTHCHECK (try CMD)",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --interval=1us CMD x\n",
+            2,
+            "Interval \"interval\" cannot be less than 1ms",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --timeout=5 CMD x\n",
+            2,
+            "invalid duration \"5\"",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --retries=-1 CMD x\n",
+            2,
+            "--retries cannot be negative (-1)",
+        ),
+        (
+            "FROM a\nHEALTHCHECK --nope=1 CMD x\n",
+            2,
+            "unknown flag: nope",
+        ),
+        (
+            "FROM a\nONBUILD\n",
+            2,
+            "ONBUILD requires at least one argument",
+        ),
+        (
+            "FROM a\nONBUILD ONBUILD RUN x\n",
+            2,
+            "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        (
+            "FROM a\nONBUILD FROM b\n",
+            2,
+            "FROM isn't allowed as an ONBUILD trigger",
+        ),
+        (
+            "FROM a\nONBUILD maintainer b\n",
+            2,
+            "MAINTAINER isn't allowed as an ONBUILD trigger",
+        ),
         ("FROM\n", 1, "FROM requires either one or three arguments"),
-        ("FROM a b\n", 1, "FROM requires either one or three arguments"),
-        ("FROM a to b\n", 1, "FROM requires either one or three arguments"),
+        (
+            "FROM a b\n",
+            1,
+            "FROM requires either one or three arguments",
+        ),
+        (
+            "FROM a to b\n",
+            1,
+            "FROM requires either one or three arguments",
+        ),
         ("FROM a AS 1b\n", 1, "invalid name for build stage: \"1b\""),
         ("FROM a AS b!\n", 1, "invalid name for build stage"),
-        ("FROM a AS x\nFROM b AS X\n", 2, "duplicate name \"x\" for build stage"),
+        (
+            "FROM a AS x\nFROM b AS X\n",
+            2,
+            "duplicate name \"x\" for build stage",
+        ),
         ("FROM --plat=x a\n", 1, "unknown flag: plat"),
         ("RUN x\nFROM a\n", 1, "no build stage in current context"),
         ("ARG a\n", 1, "no build stage in current context"),
         ("", 1, "the Dockerfile has no instructions"),
-        ("# only a comment\n\n", 1, "the Dockerfile has no instructions"),
-        ("FROM a\nRUN <<EOF\nnever ends\n", 2, "unterminated heredoc EOF"),
+        (
+            "# only a comment\n\n",
+            1,
+            "the Dockerfile has no instructions",
+        ),
+        (
+            "FROM a\nRUN <<EOF\nnever ends\n",
+            2,
+            "unterminated heredoc EOF",
+        ),
         ("# escape=x\nFROM a\n", 1, "invalid escape token 'x'"),
-        ("# escape=`\n# escape=\\\nFROM a\n", 2, "only one escape parser directive can be used"),
+        (
+            "# escape=`\n# escape=\\\nFROM a\n",
+            2,
+            "only one escape parser directive can be used",
+        ),
         ("FROM a\n\n\nRUN ok\nbad\n", 5, "unknown instruction: BAD"),
-        ("FROM a\nRUN a \\\n b\nWHAT\n", 4, "unknown instruction: WHAT"),
+        (
+            "FROM a\nRUN a \\\n b\nWHAT\n",
+            4,
+            "unknown instruction: WHAT",
+        ),
     ];
     for (src, line, needle) in cases {
         let (got_line, message) = err(src);
@@ -460,8 +777,18 @@ fn error_reports_read_dockerfile_line_message() {
 
 #[test]
 fn healthcheck_forms() {
-    assert_eq!(one("HEALTHCHECK NONE"), Instruction::Healthcheck { check: Health::None });
-    assert_eq!(one("healthcheck none"), Instruction::Healthcheck { check: Health::None });
+    assert_eq!(
+        one("HEALTHCHECK NONE"),
+        Instruction::Healthcheck {
+            check: Health::None
+        }
+    );
+    assert_eq!(
+        one("healthcheck none"),
+        Instruction::Healthcheck {
+            check: Health::None
+        }
+    );
     assert_eq!(
         one("HEALTHCHECK --interval=5m --timeout=3s --start-period=1m30s --start-interval=500ms --retries=3 CMD curl -f http://localhost/ || exit 1"),
         Instruction::Healthcheck {
@@ -547,7 +874,11 @@ fn printed_dockerfiles_parse_to_the_same_value() {
             Ok(d) => d,
             Err(e) => panic!("reparsing {printed:?}: {}", e.report()),
         };
-        assert_eq!(without_lines(second.clone()), without_lines(first), "{src:?} printed as {printed:?}");
+        assert_eq!(
+            without_lines(second.clone()),
+            without_lines(first),
+            "{src:?} printed as {printed:?}"
+        );
         // Printing is stable.
         assert_eq!(second.to_string(), printed);
     }

@@ -121,10 +121,7 @@ impl DockerIgnore {
     /// decides.
     pub fn is_excluded(&self, path: &str) -> bool {
         let path = clean(path);
-        let parents: Vec<&str> = path
-            .match_indices('/')
-            .map(|(i, _)| &path[..i])
-            .collect();
+        let parents: Vec<&str> = path.match_indices('/').map(|(i, _)| &path[..i]).collect();
         let mut excluded = false;
         for pattern in &self.patterns {
             // An exclusion that already holds, or an exception to
@@ -261,7 +258,9 @@ fn match_tokens(tokens: &[Token], path: &[char]) -> bool {
     };
     match token {
         Token::Literal(c) => path.first() == Some(c) && match_tokens(rest, &path[1..]),
-        Token::Question => path.first().is_some_and(|&c| c != '/') && match_tokens(rest, &path[1..]),
+        Token::Question => {
+            path.first().is_some_and(|&c| c != '/') && match_tokens(rest, &path[1..])
+        }
         Token::Class { negated, ranges } => path.first().is_some_and(|&c| {
             let inside = ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
             inside != *negated && match_tokens(rest, &path[1..])

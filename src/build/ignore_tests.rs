@@ -42,8 +42,16 @@ fn double_star_matches_any_number_of_directories() {
         &["main.go", "a/main.go", "a/b/c/x.go"],
         &["main.rs", "a/go", "a/main.gox"],
     );
-    check("**/foo\n", &["foo", "a/foo", "a/b/foo", "foo/bar"], &["afoo", "a/bfoo"]);
-    check("foo/**/bar\n", &["foo/bar", "foo/x/bar", "foo/x/y/bar/z"], &["bar", "foo/xbar"]);
+    check(
+        "**/foo\n",
+        &["foo", "a/foo", "a/b/foo", "foo/bar"],
+        &["afoo", "a/bfoo"],
+    );
+    check(
+        "foo/**/bar\n",
+        &["foo/bar", "foo/x/bar", "foo/x/y/bar/z"],
+        &["bar", "foo/xbar"],
+    );
     check("a/**\n", &["a/x", "a/x/y"], &["a", "ab"]);
     check("**\n", &["a", "a/b", ".dockerignore", "Dockerfile"], &[]);
 }
@@ -82,9 +90,17 @@ fn exceptions_and_the_last_matching_line() {
         &["README-secret.md", "README.md"],
     );
     // Everything but a directory.
-    check("*\n!src\n", &["target", "Dockerfile", "x/y"], &["src", "src/main.rs"]);
+    check(
+        "*\n!src\n",
+        &["target", "Dockerfile", "x/y"],
+        &["src", "src/main.rs"],
+    );
     // A file re-included inside an excluded directory.
-    check("build\n!build/keep\n", &["build", "build/drop"], &["build/keep", "build/keep/deep"]);
+    check(
+        "build\n!build/keep\n",
+        &["build", "build/drop"],
+        &["build/keep", "build/keep/deep"],
+    );
     // An exception before the exclusion has no effect.
     check("!a.txt\n*.txt\n", &["a.txt"], &[]);
 }
@@ -162,7 +178,16 @@ fn walked(root: &Path, text: &str) -> Vec<(String, EntryKind)> {
 fn walks_list_included_entries_in_sorted_order() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    for f in ["b.txt", "a/z", "a/b/c", "a.txt", "Dockerfile", "node_modules/m/x.js", "keep/me", "keep/not"] {
+    for f in [
+        "b.txt",
+        "a/z",
+        "a/b/c",
+        "a.txt",
+        "Dockerfile",
+        "node_modules/m/x.js",
+        "keep/me",
+        "keep/not",
+    ] {
         touch(root, f);
     }
     std::fs::create_dir(root.join("empty")).unwrap();
@@ -197,7 +222,18 @@ fn walks_list_included_entries_in_sorted_order() {
     let names: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         names,
-        ["a", "a/b", "a/b/c", "a/z", "a.txt", "b.txt", "empty", "keep", "link", "node_modules"]
+        [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/z",
+            "a.txt",
+            "b.txt",
+            "empty",
+            "keep",
+            "link",
+            "node_modules"
+        ]
     );
 }
 

@@ -217,7 +217,8 @@ fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
 /// Whether a joined line is an instruction that may open heredocs.
 fn may_hold_heredocs(text: &str) -> bool {
     let keyword = text.split_whitespace().next().unwrap_or("");
-    if !HEREDOC_INSTRUCTIONS.contains(&keyword.to_ascii_lowercase().as_str()) || !text.contains("<<")
+    if !HEREDOC_INSTRUCTIONS.contains(&keyword.to_ascii_lowercase().as_str())
+        || !text.contains("<<")
     {
         return false;
     }
@@ -445,7 +446,11 @@ mod tests {
             ("# escape =`\nFROM a", '`', None),
             ("#\tescape= `\t\nFROM a", '`', None),
             ("# EsCaPe=`\nFROM a", '`', None),
-            ("# syntax=docker/dockerfile:1\n# escape=`\nFROM a", '`', Some("docker/dockerfile:1")),
+            (
+                "# syntax=docker/dockerfile:1\n# escape=`\nFROM a",
+                '`',
+                Some("docker/dockerfile:1"),
+            ),
             // After an instruction, a comment, an empty line or an
             // unknown directive, directives are comments.
             ("FROM a\n# escape=`\n", '\\', None),
@@ -523,7 +528,11 @@ mod tests {
         // Several on one line, bodies in order.
         let src = "COPY <<A <<B /dst/\na\nA\nb\nB\n";
         let (_, lines) = logical_lines(src).unwrap();
-        let bodies: Vec<_> = lines[0].heredocs.iter().map(|h| (&h.name[..], &h.content[..])).collect();
+        let bodies: Vec<_> = lines[0]
+            .heredocs
+            .iter()
+            .map(|h| (&h.name[..], &h.content[..]))
+            .collect();
         assert_eq!(bodies, [("A", "a\n"), ("B", "b\n")]);
 
         // Comments inside a body are content.
@@ -545,7 +554,8 @@ mod tests {
 
     #[test]
     fn heredoc_markers_parse_like_docker() {
-        let cases: &[(&str, Option<(&str, bool, bool, u32)>)] = &[
+        type Marker<'a> = Option<(&'a str, bool, bool, u32)>;
+        let cases: &[(&str, Marker)] = &[
             ("<<EOF", Some(("EOF", true, false, 0))),
             ("<<-EOF", Some(("EOF", true, true, 0))),
             ("<<\"EOF\"", Some(("EOF", false, false, 0))),
@@ -574,7 +584,11 @@ mod tests {
     fn flags_split_off_the_arguments() {
         let cases: &[(&str, &[&str], &str)] = &[
             ("--from=a b c", &["--from=a"], "b c"),
-            ("--from=a --chown=1:1 b c", &["--from=a", "--chown=1:1"], "b c"),
+            (
+                "--from=a --chown=1:1 b c",
+                &["--from=a", "--chown=1:1"],
+                "b c",
+            ),
             ("  --link  x", &["--link"], "x"),
             ("--from=\"a b\" x", &["--from=a b"], "x"),
             ("--x='q' y", &["--x=q"], "y"),
@@ -587,7 +601,14 @@ mod tests {
         ];
         for (text, flags, rest) in cases {
             let (f, r) = split_flags(text);
-            assert_eq!((f.as_slice(), r.as_str()), (&flags.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..], *rest), "{text:?}");
+            assert_eq!(
+                (f.as_slice(), r.as_str()),
+                (
+                    &flags.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..],
+                    *rest
+                ),
+                "{text:?}"
+            );
         }
     }
 

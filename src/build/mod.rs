@@ -90,7 +90,9 @@ pub enum ErrorKind {
     TwoArguments(&'static str),
     #[error("FROM requires either one or three arguments")]
     FromArguments,
-    #[error("invalid name for build stage: {0:?}, name can't start with a number or contain symbols")]
+    #[error(
+        "invalid name for build stage: {0:?}, name can't start with a number or contain symbols"
+    )]
     BadStageName(String),
     #[error("duplicate name {0:?} for build stage")]
     DuplicateStageName(String),

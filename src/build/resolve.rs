@@ -273,7 +273,9 @@ impl MetaArgs {
                 meta.names.insert(decl.name.clone());
                 let value = match (opts.build_arg(&decl.name), &decl.default) {
                     (Some(v), _) => Some(v.to_string()),
-                    (None, Some(default)) => Some(expand(default, &meta.values, escape, step.line)?),
+                    (None, Some(default)) => {
+                        Some(expand(default, &meta.values, escape, step.line)?)
+                    }
                     (None, None) => None,
                 };
                 if let Some(v) = value {
@@ -305,7 +307,10 @@ impl StageLinks {
         let base = {
             let name = expand(&stage.base, meta, escape, stage.line)?;
             if name.is_empty() {
-                return Err(Error::at(stage.line, ErrorKind::BlankBase(stage.base.clone())));
+                return Err(Error::at(
+                    stage.line,
+                    ErrorKind::BlankBase(stage.base.clone()),
+                ));
             }
             // Only an earlier stage can be a base; a later stage's name is
             // an image name here.
@@ -357,7 +362,10 @@ fn stage_or_image(dockerfile: &Dockerfile, from: &str, line: usize) -> Result<Ba
     if let Ok(n) = from.parse::<usize>() {
         let count = dockerfile.stages.len();
         if n >= count {
-            return Err(Error::at(line, ErrorKind::BadStageIndex { index: n, count }));
+            return Err(Error::at(
+                line,
+                ErrorKind::BadStageIndex { index: n, count },
+            ));
         }
         return Ok(Base::Stage { index: n });
     }
@@ -400,7 +408,10 @@ fn check_cycles(dockerfile: &Dockerfile, links: &[StageLinks]) -> Result<(), Err
         for &(dep, line) in &links[index].reads {
             match marks[dep] {
                 Mark::OnPath => {
-                    return Err(Error::at(line, ErrorKind::Cycle(stage_label(dockerfile, dep))))
+                    return Err(Error::at(
+                        line,
+                        ErrorKind::Cycle(stage_label(dockerfile, dep)),
+                    ))
                 }
                 Mark::New => visit(dockerfile, links, marks, dep)?,
                 Mark::Done => {}
@@ -614,7 +625,10 @@ fn expand_all(
     escape: char,
     line: usize,
 ) -> Result<Vec<String>, Error> {
-    words.iter().map(|w| expand(w, scope, escape, line)).collect()
+    words
+        .iter()
+        .map(|w| expand(w, scope, escape, line))
+        .collect()
 }
 
 fn expand_opt(

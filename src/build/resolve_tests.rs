@@ -80,7 +80,9 @@ fn env_of(b: &Build) -> Vec<(String, String)> {
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -125,7 +127,10 @@ fn env_wins_over_arg() {
 fn env_from_an_arg_with_a_default() {
     // Docker's reference: ENV CONT_IMG_VER=${CONT_IMG_VER:-v1.0.0}.
     let src = "FROM ubuntu\nARG CONT_IMG_VER\nENV CONT_IMG_VER=${CONT_IMG_VER:-v1.0.0}\n";
-    assert_eq!(env_of(&build(src, &[])), pairs(&[("CONT_IMG_VER", "v1.0.0")]));
+    assert_eq!(
+        env_of(&build(src, &[])),
+        pairs(&[("CONT_IMG_VER", "v1.0.0")])
+    );
     assert_eq!(
         env_of(&build(src, &[("CONT_IMG_VER", "v2.0.1")])),
         pairs(&[("CONT_IMG_VER", "v2.0.1")])
@@ -147,11 +152,26 @@ fn substitution_applies_where_docker_applies_it() {
     // Docker's reference, "Environment replacement".
     let src = "FROM busybox\nENV FOO=/bar\nWORKDIR ${FOO}\nADD . $FOO\nCOPY \\$FOO /quux\n";
     let steps = target_steps(&build(src, &[]));
-    assert_eq!(steps[1], Instruction::Workdir { path: "/bar".into() });
-    let Instruction::Add(add) = &steps[2] else { panic!() };
-    assert_eq!((add.sources.as_slice(), add.dest.as_str()), (&[".".to_string()][..], "/bar"));
-    let Instruction::Copy(copy) = &steps[3] else { panic!() };
-    assert_eq!((copy.sources.as_slice(), copy.dest.as_str()), (&["$FOO".to_string()][..], "/quux"));
+    assert_eq!(
+        steps[1],
+        Instruction::Workdir {
+            path: "/bar".into()
+        }
+    );
+    let Instruction::Add(add) = &steps[2] else {
+        panic!()
+    };
+    assert_eq!(
+        (add.sources.as_slice(), add.dest.as_str()),
+        (&[".".to_string()][..], "/bar")
+    );
+    let Instruction::Copy(copy) = &steps[3] else {
+        panic!()
+    };
+    assert_eq!(
+        (copy.sources.as_slice(), copy.dest.as_str()),
+        (&["$FOO".to_string()][..], "/quux")
+    );
 
     let src = "FROM a\nARG U=app P=8080 SIG=TERM D=/data\nENV N=name\n\
                USER $U:$U\nEXPOSE $P ${P}/udp\nSTOPSIGNAL SIG$SIG\nVOLUME $D [\"x\"]\nVOLUME [\"$D\"]\n\
@@ -197,12 +217,19 @@ fn meta_args_serve_from_lines_and_bare_redeclarations() {
     let src = "ARG VERSION=latest\nFROM busybox:$VERSION\nARG VERSION\nRUN echo $VERSION > image_version\n";
     let b = build(src, &[]);
     let stage = b.stage(0).unwrap();
-    assert_eq!(stage.base, Base::Image { reference: "busybox:latest".into() });
+    assert_eq!(
+        stage.base,
+        Base::Image {
+            reference: "busybox:latest".into()
+        }
+    );
     assert_eq!(stage.steps[1].build_args.get("VERSION"), Some("latest"));
     let b = build(src, &[("VERSION", "1.36")]);
     assert_eq!(
         b.stage(0).unwrap().base,
-        Base::Image { reference: "busybox:1.36".into() }
+        Base::Image {
+            reference: "busybox:1.36".into()
+        }
     );
 
     // Not redeclared: not visible in the stage.
@@ -212,7 +239,12 @@ fn meta_args_serve_from_lines_and_bare_redeclarations() {
     // A meta default sees earlier meta args; a build arg only if declared.
     let src = "ARG A=a\nARG B=${A}b\nFROM img:$B$C\n";
     let b = build(src, &[("C", "c")]);
-    assert_eq!(b.stage(0).unwrap().base, Base::Image { reference: "img:ab".into() });
+    assert_eq!(
+        b.stage(0).unwrap().base,
+        Base::Image {
+            reference: "img:ab".into()
+        }
+    );
     assert_eq!(b.unused_build_args, ["C"]);
 }
 
@@ -223,22 +255,35 @@ fn platform_args_are_meta_args() {
     assert_eq!(b.order, [1]);
     assert_eq!(
         b.stage(1).unwrap().base,
-        Base::Image { reference: "alpine:arm64".into() }
+        Base::Image {
+            reference: "alpine:arm64".into()
+        }
     );
     assert_eq!(workdirs(&b), ["/"]);
     let b = build_with(src, &[], Some("build"));
-    assert_eq!(b.stage(0).unwrap().platform.as_deref(), Some("linux/arm64/v8"));
+    assert_eq!(
+        b.stage(0).unwrap().platform.as_deref(),
+        Some("linux/arm64/v8")
+    );
     assert_eq!(workdirs(&b), ["/linux/arm64/"]);
 }
 
 #[test]
 fn run_steps_get_args_and_proxies_but_not_unset_ones() {
     let src = "FROM a\nARG A=1 B\nARG C=$A$A\nRUN x\n";
-    let b = build(src, &[("HTTP_PROXY", "http://p:3128"), ("no_proxy", "local")]);
+    let b = build(
+        src,
+        &[("HTTP_PROXY", "http://p:3128"), ("no_proxy", "local")],
+    );
     let run = &b.stage(0).unwrap().steps[2];
     assert_eq!(
         run.build_args.pairs(),
-        pairs(&[("A", "1"), ("C", "11"), ("HTTP_PROXY", "http://p:3128"), ("no_proxy", "local")])
+        pairs(&[
+            ("A", "1"),
+            ("C", "11"),
+            ("HTTP_PROXY", "http://p:3128"),
+            ("no_proxy", "local")
+        ])
     );
     // Proxy args need no ARG, so they are never "unused".
     assert!(b.unused_build_args.is_empty());
@@ -250,9 +295,12 @@ fn base_image_env_is_the_stage_env() {
     let d = Dockerfile::parse(src).unwrap();
     let image_env = |reference: &str| -> Vars {
         assert_eq!(reference, "img");
-        [("HOME".to_string(), "/root".to_string()), ("PATH".to_string(), "/bin".to_string())]
-            .into_iter()
-            .collect()
+        [
+            ("HOME".to_string(), "/root".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]
+        .into_iter()
+        .collect()
     };
     let b = d.resolve(&opts(&[], None), &image_env).unwrap();
     assert_eq!(workdirs(&b), ["/root", "/arg"]);
@@ -282,7 +330,10 @@ fn targets_select_the_stages_to_build() {
     assert_eq!(b.order, [0, 3]);
     let final_stage = b.stage(3).unwrap();
     assert_eq!(final_stage.base, Base::Scratch);
-    assert_eq!(final_stage.steps[0].copy_from, Some(Base::Stage { index: 0 }));
+    assert_eq!(
+        final_stage.steps[0].copy_from,
+        Some(Base::Stage { index: 0 })
+    );
     assert!(b.stage(2).is_none());
     let b = build_with(src, &[], Some("TEST"));
     assert_eq!((b.target, b.order.as_slice()), (1, &[0, 1][..]));
@@ -297,13 +348,21 @@ fn copy_from_resolves_names_indexes_and_images() {
     // are settled before any stage's own ARGs exist).
     let src = "ARG S=one\nFROM a AS one\nFROM b\nCOPY --from=one /a /a\nCOPY --from=0 /b /b\nCOPY --from=nginx:latest /c /c\nCOPY --from=$S /e /e\n";
     let b = build(src, &[]);
-    let from: Vec<_> = b.stage(1).unwrap().steps.iter().filter_map(|s| s.copy_from.clone()).collect();
+    let from: Vec<_> = b
+        .stage(1)
+        .unwrap()
+        .steps
+        .iter()
+        .filter_map(|s| s.copy_from.clone())
+        .collect();
     assert_eq!(
         from,
         [
             Base::Stage { index: 0 },
             Base::Stage { index: 0 },
-            Base::Image { reference: "nginx:latest".into() },
+            Base::Image {
+                reference: "nginx:latest".into()
+            },
             Base::Stage { index: 0 },
         ]
     );
@@ -341,14 +400,31 @@ fn run_mounts_from_stages_are_dependencies() {
 fn a_later_stage_name_in_from_is_an_image() {
     let src = "FROM later\nFROM a AS later\n";
     let (line, message) = resolve_err(src, &[], Some("nosuch"));
-    assert_eq!((line, message.as_str()), (2, "Dockerfile:2: target stage \"nosuch\" could not be found"));
+    assert_eq!(
+        (line, message.as_str()),
+        (
+            2,
+            "Dockerfile:2: target stage \"nosuch\" could not be found"
+        )
+    );
     let d = Dockerfile::parse(src).unwrap();
     let b = d.resolve(&opts(&[], None), &no_env).unwrap();
     assert_eq!(b.order, [1]);
-    assert_eq!(b.stage(1).unwrap().base, Base::Image { reference: "a".into() });
-    let first = Dockerfile::parse("FROM later\nFROM a AS later\nFROM x\nCOPY --from=0 / /\n").unwrap();
+    assert_eq!(
+        b.stage(1).unwrap().base,
+        Base::Image {
+            reference: "a".into()
+        }
+    );
+    let first =
+        Dockerfile::parse("FROM later\nFROM a AS later\nFROM x\nCOPY --from=0 / /\n").unwrap();
     let b = first.resolve(&opts(&[], None), &no_env).unwrap();
-    assert_eq!(b.stage(0).unwrap().base, Base::Image { reference: "later".into() });
+    assert_eq!(
+        b.stage(0).unwrap().base,
+        Base::Image {
+            reference: "later".into()
+        }
+    );
 }
 
 #[test]
@@ -358,44 +434,132 @@ fn bad_substitutions_fail_only_in_stages_that_are_built() {
     assert_eq!(b.order, [1]);
     let (line, message) = resolve_err(src, &[], Some("broken"));
     assert_eq!(line, 2);
-    assert_eq!(message, "Dockerfile:2: failed to process \"${X\": syntax error: missing '}'");
+    assert_eq!(
+        message,
+        "Dockerfile:2: failed to process \"${X\": syntax error: missing '}'"
+    );
 }
 
 #[test]
 fn resolution_errors_name_the_line() {
-    let cases: &[(&str, &[(&str, &str)], usize, &str)] = &[
-        ("FROM a\nWORKDIR ${X\n", &[], 2, "failed to process \"${X\": syntax error: missing '}'"),
-        ("FROM a\nUSER ${}\n", &[], 2, "syntax error: bad substitution"),
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], usize, &'a str);
+    let cases: &[Case] = &[
+        (
+            "FROM a\nWORKDIR ${X\n",
+            &[],
+            2,
+            "failed to process \"${X\": syntax error: missing '}'",
+        ),
+        (
+            "FROM a\nUSER ${}\n",
+            &[],
+            2,
+            "syntax error: bad substitution",
+        ),
         ("FROM a\nENV A=\"${B:?need B}\"\n", &[], 2, "B: need B"),
-        ("FROM a\nLABEL a=\"open\n", &[], 2, "looking for matching double-quote"),
-        ("FROM a\nCOPY ${A:1} b\n", &[], 2, "unsupported modifier (:1) in substitution"),
+        (
+            "FROM a\nLABEL a=\"open\n",
+            &[],
+            2,
+            "looking for matching double-quote",
+        ),
+        (
+            "FROM a\nCOPY ${A:1} b\n",
+            &[],
+            2,
+            "unsupported modifier (:1) in substitution",
+        ),
         ("ARG X=${\nFROM a\n", &[], 1, "failed to process \"${\""),
-        ("FROM $NOPE\n", &[], 1, "base name ($NOPE) should not be blank"),
-        ("ARG IMG\nFROM ${IMG}\n", &[], 2, "base name (${IMG}) should not be blank"),
+        (
+            "FROM $NOPE\n",
+            &[],
+            1,
+            "base name ($NOPE) should not be blank",
+        ),
+        (
+            "ARG IMG\nFROM ${IMG}\n",
+            &[],
+            2,
+            "base name (${IMG}) should not be blank",
+        ),
         ("FROM UPPER\n", &[], 1, "invalid reference format"),
-        ("FROM a\nCOPY --from=BAD /x /y\n", &[], 2, "invalid reference format"),
-        ("FROM a\nCOPY --from=7 /x /y\n", &[], 2, "invalid stage index 7: the Dockerfile has 1 stages"),
-        ("FROM a\nARG S=x\nCOPY --from=$S /x /y\n", &[], 3, "invalid reference format"),
+        (
+            "FROM a\nCOPY --from=BAD /x /y\n",
+            &[],
+            2,
+            "invalid reference format",
+        ),
+        (
+            "FROM a\nCOPY --from=7 /x /y\n",
+            &[],
+            2,
+            "invalid stage index 7: the Dockerfile has 1 stages",
+        ),
+        (
+            "FROM a\nARG S=x\nCOPY --from=$S /x /y\n",
+            &[],
+            3,
+            "invalid reference format",
+        ),
         // Links are checked in stages that are not built, too.
-        ("FROM a\nCOPY --from=9 /x /y\nFROM b\n", &[], 2, "invalid stage index 9"),
-        ("FROM a AS x\nCOPY --from=y / /\nFROM b AS y\nCOPY --from=x / /\nFROM c\n", &[], 4, "circular dependency detected on stage: x"),
-        ("FROM a\nEXPOSE 80/ipx\n", &[], 2, "invalid containerPort: 80/ipx"),
-        ("FROM a\nEXPOSE http\n", &[], 2, "invalid containerPort: http"),
-        ("FROM a\nARG P=70000\nEXPOSE $P\n", &[], 3, "invalid containerPort: 70000"),
-        ("FROM a\nEXPOSE 90-80\n", &[], 2, "invalid containerPort: 90-80"),
-        ("FROM a\nARG V\nVOLUME $V\n", &[], 3, "VOLUME specified can not be an empty string"),
+        (
+            "FROM a\nCOPY --from=9 /x /y\nFROM b\n",
+            &[],
+            2,
+            "invalid stage index 9",
+        ),
+        (
+            "FROM a AS x\nCOPY --from=y / /\nFROM b AS y\nCOPY --from=x / /\nFROM c\n",
+            &[],
+            4,
+            "circular dependency detected on stage: x",
+        ),
+        (
+            "FROM a\nEXPOSE 80/ipx\n",
+            &[],
+            2,
+            "invalid containerPort: 80/ipx",
+        ),
+        (
+            "FROM a\nEXPOSE http\n",
+            &[],
+            2,
+            "invalid containerPort: http",
+        ),
+        (
+            "FROM a\nARG P=70000\nEXPOSE $P\n",
+            &[],
+            3,
+            "invalid containerPort: 70000",
+        ),
+        (
+            "FROM a\nEXPOSE 90-80\n",
+            &[],
+            2,
+            "invalid containerPort: 90-80",
+        ),
+        (
+            "FROM a\nARG V\nVOLUME $V\n",
+            &[],
+            3,
+            "VOLUME specified can not be an empty string",
+        ),
     ];
     for (src, args, line, needle) in cases {
         let (got_line, message) = resolve_err(src, args, None);
         assert!(message.contains(needle), "{src:?}: {message}");
-        assert!(message.starts_with(&format!("Dockerfile:{line}: ")), "{src:?}: {message}");
+        assert!(
+            message.starts_with(&format!("Dockerfile:{line}: ")),
+            "{src:?}: {message}"
+        );
         assert_eq!(got_line, *line, "{src:?}");
     }
 }
 
 #[test]
 fn expose_accepts_docker_port_specs() {
-    let src = "FROM a\nARG PORTS=\"80 443\"\nEXPOSE 8080-8090/tcp 53/UDP 9/sctp $PORTS \"$PORTS\"\n";
+    let src =
+        "FROM a\nARG PORTS=\"80 443\"\nEXPOSE 8080-8090/tcp 53/UDP 9/sctp $PORTS \"$PORTS\"\n";
     let src = src.replace(" \"$PORTS\"", "");
     let steps = target_steps(&build(&src, &[]));
     assert_eq!(
@@ -412,7 +576,9 @@ fn expose_accepts_docker_port_specs() {
 fn copy_heredocs_expand_unless_the_delimiter_is_quoted() {
     let src = "FROM a\nARG V=value\nCOPY <<EOF <<'RAW' /dst/\nv=$V \"q\" \\$V\nEOF\nv=$V\nRAW\n";
     let steps = target_steps(&build(src, &[]));
-    let Instruction::Copy(copy) = &steps[1] else { panic!("{steps:?}") };
+    let Instruction::Copy(copy) = &steps[1] else {
+        panic!("{steps:?}")
+    };
     let bodies: Vec<&Heredoc> = copy.heredocs.iter().collect();
     assert_eq!(bodies[0].content, "v=value \"q\" \\$V\n");
     assert_eq!(bodies[1].content, "v=$V\n");
@@ -422,7 +588,12 @@ fn copy_heredocs_expand_unless_the_delimiter_is_quoted() {
 fn run_heredocs_are_left_to_the_shell() {
     let src = "FROM a\nARG V=x\nRUN <<EOF\necho $V\nEOF\n";
     let steps = target_steps(&build(src, &[]));
-    let Instruction::Run { command, heredocs, .. } = &steps[1] else { panic!() };
+    let Instruction::Run {
+        command, heredocs, ..
+    } = &steps[1]
+    else {
+        panic!()
+    };
     assert_eq!(command, &Command::Shell("<<EOF".into()));
     assert_eq!(heredocs[0].content, "echo $V\n");
 }
@@ -430,7 +601,16 @@ fn run_heredocs_are_left_to_the_shell() {
 #[test]
 fn unused_build_args_are_reported_sorted() {
     let src = "ARG META\nFROM a AS one\nARG USED\nFROM b\nARG OTHER\n";
-    let b = build(src, &[("ZED", "1"), ("USED", "1"), ("META", "1"), ("OTHER", "1"), ("ALPHA", "2")]);
+    let b = build(
+        src,
+        &[
+            ("ZED", "1"),
+            ("USED", "1"),
+            ("META", "1"),
+            ("OTHER", "1"),
+            ("ALPHA", "2"),
+        ],
+    );
     // ARGs of stages that are not built do not consume anything.
     assert_eq!(b.unused_build_args, ["ALPHA", "USED", "ZED"]);
 }
@@ -455,10 +635,19 @@ fn escape_directive_applies_to_substitution() {
 
 #[test]
 fn the_build_serializes_for_the_debug_command() {
-    let b = build("FROM python:3.7\nWORKDIR /app\nCMD [\"python\", \"app.py\"]\n", &[]);
+    let b = build(
+        "FROM python:3.7\nWORKDIR /app\nCMD [\"python\", \"app.py\"]\n",
+        &[],
+    );
     let v = serde_json::to_value(&b).unwrap();
-    assert_eq!(v["stages"][0]["base"], serde_json::json!({"type": "image", "reference": "python:3.7"}));
-    assert_eq!(v["stages"][0]["steps"][0], serde_json::json!({"line": 2, "kind": "WORKDIR", "path": "/app"}));
+    assert_eq!(
+        v["stages"][0]["base"],
+        serde_json::json!({"type": "image", "reference": "python:3.7"})
+    );
+    assert_eq!(
+        v["stages"][0]["steps"][0],
+        serde_json::json!({"line": 2, "kind": "WORKDIR", "path": "/app"})
+    );
     assert_eq!(
         v["stages"][0]["steps"][1],
         serde_json::json!({"line": 3, "kind": "CMD", "command": {"exec": ["python", "app.py"]}})

@@ -435,7 +435,11 @@ impl<'a> Lexer<'a> {
             Some(v) => null_is_unset && v.is_empty(),
         };
         match modifier {
-            '-' => Ok(if is_unset { word } else { value.unwrap_or_default() }),
+            '-' => Ok(if is_unset {
+                word
+            } else {
+                value.unwrap_or_default()
+            }),
             '+' => Ok(if is_unset { String::new() } else { word }),
             '?' => match value {
                 Some(v) if !is_unset => Ok(v),
@@ -637,7 +641,11 @@ mod tests {
             ("a` b", "a b"),
         ];
         for (word, want) in cases {
-            assert_eq!(expand_word(word, &vars, '`').as_deref(), Ok(*want), "{word:?}");
+            assert_eq!(
+                expand_word(word, &vars, '`').as_deref(),
+                Ok(*want),
+                "{word:?}"
+            );
         }
     }
 
@@ -671,7 +679,11 @@ mod tests {
             ),
         ];
         for (word, want) in cases {
-            assert_eq!(expand_word(word, &vars, '\\').as_ref(), Err(want), "{word:?}");
+            assert_eq!(
+                expand_word(word, &vars, '\\').as_ref(),
+                Err(want),
+                "{word:?}"
+            );
         }
     }
 
@@ -705,7 +717,10 @@ mod tests {
         args.set("X", "arg");
         args.set("Y", "arg-y");
         let layers: [&Vars; 2] = [&env, &args];
-        assert_eq!(expand_word("$X $Y", &Layers(&layers), '\\').unwrap(), "env arg-y");
+        assert_eq!(
+            expand_word("$X $Y", &Layers(&layers), '\\').unwrap(),
+            "env arg-y"
+        );
     }
 
     #[test]
@@ -728,6 +743,9 @@ mod tests {
 
     #[test]
     fn raw_words_keep_quotes() {
-        assert_eq!(raw_words("cat <<\"EOF\" > x"), ["cat", "<<\"EOF\"", ">", "x"]);
+        assert_eq!(
+            raw_words("cat <<\"EOF\" > x"),
+            ["cat", "<<\"EOF\"", ">", "x"]
+        );
     }
 }

@@ -37,7 +37,8 @@ pub fn run(args: DebugDockerfileArgs) -> anyhow::Result<u8> {
         (None, None) => PathBuf::from("Dockerfile"),
     };
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("cannot read the Dockerfile from stdin")?
+        std::io::read_to_string(std::io::stdin())
+            .context("cannot read the Dockerfile from stdin")?
     } else {
         std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
     };
