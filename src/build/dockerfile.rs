@@ -866,22 +866,32 @@ impl fmt::Display for Dockerfile {
         if let Some(check) = &self.directives.check {
             writeln!(f, "# check={check}")?;
         }
-        for step in &self.meta_args {
-            writeln!(f, "{}", step.instruction)?;
-        }
+        let mut lines: Vec<String> = self
+            .meta_args
+            .iter()
+            .map(|s| s.instruction.to_string())
+            .collect();
         for stage in &self.stages {
-            write!(f, "FROM ")?;
+            let mut from = "FROM ".to_string();
             if let Some(p) = &stage.platform {
-                write!(f, "{} ", flag("platform", p))?;
+                from += &format!("{} ", flag("platform", p));
             }
-            write!(f, "{}", stage.base)?;
+            from += &stage.base;
             if let Some(name) = &stage.name {
-                write!(f, " AS {name}")?;
+                from += &format!(" AS {name}");
             }
-            writeln!(f)?;
-            for step in &stage.steps {
-                writeln!(f, "{}", step.instruction)?;
+            lines.push(from);
+            lines.extend(stage.steps.iter().map(|s| s.instruction.to_string()));
+        }
+        // Only a continuation cut off by the end of the file leaves an
+        // escape character at the end of an instruction: print it so.
+        if let Some(last) = lines.last_mut() {
+            if last.ends_with(self.directives.escape) {
+                last.push(self.directives.escape);
             }
+        }
+        for line in lines {
+            writeln!(f, "{line}")?;
         }
         Ok(())
     }
@@ -938,11 +948,29 @@ fn copy_args(sources: &[String], heredocs: &[Heredoc], dest: &str) -> String {
     words.join(" ")
 }
 
-impl fmt::Display for Instruction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// An instruction cut into what Display writes: keyword, flags,
+/// arguments, heredoc bodies.
+struct Printed<'a> {
+    keyword: &'static str,
+    flags: Vec<String>,
+    args: String,
+    heredocs: &'a [Heredoc],
+}
+
+impl Instruction {
+    fn printed(&self) -> Printed<'_> {
+        let mut flags = Vec::new();
+        let mut heredocs: &[Heredoc] = &[];
         let pairs = |p: &[KeyValue], legacy: bool| -> String {
             if legacy {
-                format!("{} {}", p[0].key, p[0].value)
+                // A key ending in an escape character would escape a
+                // single space after it.
+                let gap = if p[0].key.ends_with(['\\', '`']) {
+                    "  "
+                } else {
+                    " "
+                };
+                format!("{}{gap}{}", p[0].key, p[0].value)
             } else {
                 p.iter()
                     .map(|kv| format!("{}={}", kv.key, kv.value))
@@ -950,97 +978,84 @@ impl fmt::Display for Instruction {
                     .join(" ")
             }
         };
-        match self {
+        let text_flags = |flags: &mut Vec<String>, given: &[(&str, &Option<String>)]| {
+            for (name, value) in given {
+                if let Some(v) = value {
+                    flags.push(flag(name, v));
+                }
+            }
+        };
+        let (keyword, args) = match self {
             Instruction::Run {
                 command,
-                heredocs,
+                heredocs: docs,
                 mounts,
                 network,
                 security,
             } => {
-                write!(f, "RUN ")?;
-                for m in mounts {
-                    write!(f, "{} ", flag("mount", m))?;
-                }
-                if let Some(n) = network {
-                    write!(f, "{} ", flag("network", n))?;
-                }
-                if let Some(s) = security {
-                    write!(f, "{} ", flag("security", s))?;
-                }
-                write!(f, "{}", command_text(command))?;
-                heredoc_bodies(f, heredocs)
+                flags.extend(mounts.iter().map(|m| flag("mount", m)));
+                text_flags(&mut flags, &[("network", network), ("security", security)]);
+                heredocs = docs;
+                ("RUN", command_text(command))
             }
-            Instruction::Cmd { command } => write!(f, "CMD {}", command_text(command)),
-            Instruction::Entrypoint { command } => {
-                write!(f, "ENTRYPOINT {}", command_text(command))
-            }
-            Instruction::Env { pairs: p, legacy } => write!(f, "ENV {}", pairs(p, *legacy)),
-            Instruction::Label { pairs: p, legacy } => write!(f, "LABEL {}", pairs(p, *legacy)),
+            Instruction::Cmd { command } => ("CMD", command_text(command)),
+            Instruction::Entrypoint { command } => ("ENTRYPOINT", command_text(command)),
+            Instruction::Env { pairs: p, legacy } => ("ENV", pairs(p, *legacy)),
+            Instruction::Label { pairs: p, legacy } => ("LABEL", pairs(p, *legacy)),
             Instruction::Arg { args } => {
-                write!(f, "ARG")?;
-                for a in args {
-                    match &a.default {
-                        Some(d) => write!(f, " {}={d}", a.name)?,
-                        None => write!(f, " {}", a.name)?,
-                    }
-                }
-                Ok(())
+                let words: Vec<String> = args
+                    .iter()
+                    .map(|a| match &a.default {
+                        Some(d) => format!("{}={d}", a.name),
+                        None => a.name.clone(),
+                    })
+                    .collect();
+                ("ARG", words.join(" "))
             }
-            Instruction::Workdir { path } => write!(f, "WORKDIR {path}"),
-            Instruction::User { user } => write!(f, "USER {user}"),
-            Instruction::Stopsignal { signal } => write!(f, "STOPSIGNAL {signal}"),
-            Instruction::Maintainer { name } => write!(f, "MAINTAINER {name}"),
+            Instruction::Workdir { path } => ("WORKDIR", path.clone()),
+            Instruction::User { user } => ("USER", user.clone()),
+            Instruction::Stopsignal { signal } => ("STOPSIGNAL", signal.clone()),
+            Instruction::Maintainer { name } => ("MAINTAINER", name.clone()),
             Instruction::Copy(c) => {
-                write!(f, "COPY ")?;
-                let flags = [("from", &c.from), ("chown", &c.chown), ("chmod", &c.chmod)];
-                for (name, value) in flags {
-                    if let Some(v) = value {
-                        write!(f, "{} ", flag(name, v))?;
-                    }
-                }
+                text_flags(
+                    &mut flags,
+                    &[("from", &c.from), ("chown", &c.chown), ("chmod", &c.chmod)],
+                );
                 if c.link {
-                    write!(f, "--link ")?;
+                    flags.push("--link".into());
                 }
                 if c.parents {
-                    write!(f, "--parents ")?;
+                    flags.push("--parents".into());
                 }
-                for e in &c.exclude {
-                    write!(f, "{} ", flag("exclude", e))?;
-                }
-                write!(f, "{}", copy_args(&c.sources, &c.heredocs, &c.dest))?;
-                heredoc_bodies(f, &c.heredocs)
+                flags.extend(c.exclude.iter().map(|e| flag("exclude", e)));
+                heredocs = &c.heredocs;
+                ("COPY", copy_args(&c.sources, &c.heredocs, &c.dest))
             }
             Instruction::Add(a) => {
-                write!(f, "ADD ")?;
-                let flags = [
-                    ("chown", &a.chown),
-                    ("chmod", &a.chmod),
-                    ("checksum", &a.checksum),
-                ];
-                for (name, value) in flags {
-                    if let Some(v) = value {
-                        write!(f, "{} ", flag(name, v))?;
-                    }
-                }
+                text_flags(
+                    &mut flags,
+                    &[
+                        ("chown", &a.chown),
+                        ("chmod", &a.chmod),
+                        ("checksum", &a.checksum),
+                    ],
+                );
                 if a.link {
-                    write!(f, "--link ")?;
+                    flags.push("--link".into());
                 }
                 if a.keep_git_dir {
-                    write!(f, "--keep-git-dir ")?;
+                    flags.push("--keep-git-dir".into());
                 }
-                for e in &a.exclude {
-                    write!(f, "{} ", flag("exclude", e))?;
-                }
-                write!(f, "{}", copy_args(&a.sources, &a.heredocs, &a.dest))?;
-                heredoc_bodies(f, &a.heredocs)
+                flags.extend(a.exclude.iter().map(|e| flag("exclude", e)));
+                heredocs = &a.heredocs;
+                ("ADD", copy_args(&a.sources, &a.heredocs, &a.dest))
             }
-            Instruction::Expose { ports } => write!(f, "EXPOSE {}", ports.join(" ")),
-            Instruction::Volume { paths } => write!(f, "VOLUME {}", json(paths)),
-            Instruction::Shell { shell } => write!(f, "SHELL {}", json(shell)),
+            Instruction::Expose { ports } => ("EXPOSE", ports.join(" ")),
+            Instruction::Volume { paths } => ("VOLUME", json(paths)),
+            Instruction::Shell { shell } => ("SHELL", json(shell)),
             Instruction::Healthcheck {
                 check: Health::None,
-            } => write!(f, "HEALTHCHECK NONE"),
+            } => ("HEALTHCHECK", "NONE".into()),
             Instruction::Healthcheck {
                 check:
                     Health::Cmd {
@@ -1052,7 +1067,6 @@ impl fmt::Display for Instruction {
                         retries,
                     },
             } => {
-                write!(f, "HEALTHCHECK ")?;
                 let durations = [
                     ("interval", interval_ns),
                     ("timeout", timeout_ns),
@@ -1061,16 +1075,41 @@ impl fmt::Display for Instruction {
                 ];
                 for (name, ns) in durations {
                     if let Some(ns) = ns {
-                        write!(f, "--{name}={ns}ns ")?;
+                        flags.push(format!("--{name}={ns}ns"));
                     }
                 }
                 if let Some(r) = retries {
-                    write!(f, "--retries={r} ")?;
+                    flags.push(format!("--retries={r}"));
                 }
-                write!(f, "CMD {}", command_text(command))
+                ("HEALTHCHECK", format!("CMD {}", command_text(command)))
             }
-            Instruction::Onbuild { expression } => write!(f, "ONBUILD {expression}"),
+            Instruction::Onbuild { expression } => ("ONBUILD", expression.clone()),
+        };
+        Printed {
+            keyword,
+            flags,
+            args,
+            heredocs,
         }
+    }
+}
+
+impl fmt::Display for Instruction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.printed();
+        write!(f, "{}", p.keyword)?;
+        for flag in &p.flags {
+            write!(f, " {flag}")?;
+        }
+        // Arguments that look like a flag need `--` before them, which
+        // ends the flags as in Docker (ONBUILD keeps its text as written).
+        if p.args.starts_with("--") && p.keyword != "ONBUILD" {
+            write!(f, " --")?;
+        }
+        if !p.args.is_empty() {
+            write!(f, " {}", p.args)?;
+        }
+        heredoc_bodies(f, p.heredocs)
     }
 }
 

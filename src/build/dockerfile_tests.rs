@@ -891,3 +891,146 @@ fn keywords_are_case_insensitive_and_flags_parse_anywhere_in_case() {
     assert_eq!(d.stages[0].steps.len(), 3);
     assert_eq!(d.stage_named("B"), Some(0));
 }
+
+/// A small deterministic generator (no dependency needed for this).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+/// Random instructions made of pieces that exercise quoting, escapes,
+/// JSON, flags and heredocs; whatever parses must print and parse back
+/// to the same value.
+#[test]
+fn random_dockerfiles_that_parse_print_back_to_the_same_value() {
+    let keywords = [
+        "RUN",
+        "CMD",
+        "ENTRYPOINT",
+        "ENV",
+        "LABEL",
+        "ARG",
+        "WORKDIR",
+        "USER",
+        "STOPSIGNAL",
+        "COPY",
+        "ADD",
+        "EXPOSE",
+        "VOLUME",
+        "SHELL",
+        "HEALTHCHECK",
+        "ONBUILD",
+        "MAINTAINER",
+    ];
+    let pieces = [
+        "a",
+        "b=c",
+        "\"x y\"",
+        "'q $v'",
+        "\\",
+        "\\ ",
+        "$V",
+        "${V:-d}",
+        "[\"j\"]",
+        "[",
+        "]",
+        ",",
+        "=",
+        "--from=s",
+        "--link",
+        "--chown=1",
+        "--mount=type=cache,target=/c",
+        "--",
+        "<<EOF",
+        "<<-X",
+        "<<'Q'",
+        "CMD",
+        "NONE",
+        "--interval=5s",
+        "#",
+        "é",
+        "`",
+        "\t",
+        " ",
+        " ",
+        " ",
+    ];
+    let mut rng = Lcg(0x5eed);
+    let mut parsed = 0;
+    for round in 0..5000 {
+        let mut src = String::new();
+        if round % 7 == 0 {
+            src += "# escape=`\n";
+        }
+        src += "FROM a AS s\n";
+        for _ in 0..(1 + rng.next() % 4) {
+            let mut line = rng.pick(&keywords).to_string();
+            for _ in 0..(rng.next() % 6) {
+                line.push(' ');
+                line += rng.pick(&pieces);
+            }
+            src += &line;
+            src.push('\n');
+            // Bodies for whatever heredocs the line may have opened.
+            if ["RUN", "COPY", "ADD"].iter().any(|k| line.starts_with(k)) {
+                for marker in lexer::heredoc_markers(&line) {
+                    src += &format!("\tbody $V\n{}\n", marker.name);
+                }
+            }
+        }
+        let Ok(first) = Dockerfile::parse(&src) else {
+            continue;
+        };
+        parsed += 1;
+        let printed = first.to_string();
+        let second = match Dockerfile::parse(&printed) {
+            Ok(d) => d,
+            Err(e) => panic!("{src:?} printed as {printed:?} fails: {}", e.report()),
+        };
+        assert_eq!(
+            without_lines(second),
+            without_lines(first),
+            "{src:?} printed as {printed:?}"
+        );
+    }
+    assert!(parsed > 500, "only {parsed} random files parsed");
+}
+
+/// Arbitrary text never panics the parser, the resolver or the
+/// `.dockerignore` reader: it is an error or a value.
+#[test]
+fn arbitrary_text_is_an_error_or_a_value_never_a_panic() {
+    let alphabet: Vec<char> = "FROMRUNCOPYENVARGfromas \t\n\r\\`\"'$={}[]:-+?#%<>,/.*!0123é"
+        .chars()
+        .collect();
+    let mut rng = Lcg(7);
+    for _ in 0..20000 {
+        let len = (rng.next() % 60) as usize;
+        let mut text: String = (0..len)
+            .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize])
+            .collect();
+        if rng.next() % 2 == 0 {
+            text = format!("FROM a AS b\nARG X=1\n{text}");
+        }
+        if let Ok(d) = Dockerfile::parse(&text) {
+            let _ = d.resolve(&crate::build::BuildOptions::default(), &|_| {
+                crate::build::Vars::new()
+            });
+            let _ = Dockerfile::parse(&d.to_string());
+        }
+        if let Ok(ignore) = crate::build::ignore::DockerIgnore::parse(&text) {
+            let _ = ignore.is_excluded("a/b/c.txt");
+        }
+    }
+}
