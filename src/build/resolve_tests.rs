@@ -580,7 +580,7 @@ fn copy_heredocs_expand_unless_the_delimiter_is_quoted() {
         panic!("{steps:?}")
     };
     let bodies: Vec<&Heredoc> = copy.heredocs.iter().collect();
-    assert_eq!(bodies[0].content, "v=value \"q\" \\$V\n");
+    assert_eq!(bodies[0].content, "v=value \"q\" $V\n");
     assert_eq!(bodies[1].content, "v=$V\n");
 }
 

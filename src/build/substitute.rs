@@ -138,12 +138,12 @@ pub fn expand_words(
     lexer.process_all().map(|(_, w)| w)
 }
 
-/// Expands the variables of a heredoc's content, keeping its quotes and
-/// backslashes as written (a heredoc body is not a shell word).
+/// Expands the variables of a heredoc's content (COPY/ADD) as BuildKit
+/// does: quotes are ordinary characters, but `\` still escapes the next
+/// character and is removed (`\$V` gives `$V`; so does `\\` give `\`).
 pub fn expand_heredoc(content: &str, vars: &dyn Lookup) -> Result<String, SubstError> {
     let mut lexer = Lexer::new(content, vars, '\\');
     lexer.quotes_literal = true;
-    lexer.raw_escapes = true;
     lexer.process_all().map(|(s, _)| s)
 }
 
@@ -733,11 +733,11 @@ mod tests {
     }
 
     #[test]
-    fn heredoc_bodies_keep_quotes_and_backslashes() {
+    fn heredoc_bodies_keep_quotes_and_lose_escapes() {
         let vars = vars();
         assert_eq!(
-            expand_heredoc("echo \"$V\" '$V' \\$V\n", &vars).unwrap(),
-            "echo \"v1\" 'v1' \\$V\n"
+            expand_heredoc("echo \"$V\" '$V' \\$V a\\\\b\n", &vars).unwrap(),
+            "echo \"v1\" 'v1' $V a\\b\n"
         );
     }
 
