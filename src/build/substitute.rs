@@ -2,7 +2,8 @@
 //! lexer), not as a shell does: `$VAR`, `${VAR}`, `${VAR:-word}`,
 //! `${VAR-word}`, `${VAR:+word}`, `${VAR+word}`, `${VAR:?msg}`,
 //! `${VAR?msg}`, `${VAR#pat}`, `${VAR##pat}`, `${VAR%pat}`,
-//! `${VAR%%pat}`; single quotes keep everything literal, double quotes
+//! `${VAR%%pat}`, `${VAR/pat/rep}`, `${VAR//pat/rep}`; single quotes keep
+//! everything literal, double quotes
 //! keep spaces but expand, the escape character (`\` or the `# escape=`
 //! one) makes the next character literal. Quotes are removed from the
 //! result. An unset variable expands to nothing.
@@ -15,6 +16,8 @@ use serde::Serialize;
 pub enum SubstError {
     #[error("syntax error: missing '}}'")]
     MissingBrace,
+    #[error("syntax error: missing '/' in ${{}}")]
+    MissingSlash,
     #[error("syntax error: bad substitution")]
     BadSubstitution,
     #[error("unsupported modifier ({0}) in substitution")]
@@ -422,7 +425,10 @@ impl<'a> Lexer<'a> {
                 None => return Err(SubstError::MissingBrace),
             }
         }
-        if !matches!(modifier, '-' | '+' | '?' | '#' | '%') {
+        if modifier == '/' && !null_is_unset {
+            return self.replace(&name);
+        }
+        if !null_is_unset && !matches!(modifier, '-' | '+' | '?' | '#' | '%') {
             return Err(SubstError::UnsupportedModifier(written));
         }
         let (word, _) = self.process_until(Some('}'), matches!(modifier, '#' | '%'))?;
@@ -459,8 +465,7 @@ impl<'a> Lexer<'a> {
                     })
                 }
             },
-            '#' | '%' if null_is_unset => Err(SubstError::UnsupportedModifier(written)),
-            _ => {
+            '#' | '%' => {
                 let value = value.unwrap_or_default();
                 let (greedy, pattern) = match word.strip_prefix(modifier) {
                     Some(rest) => (true, rest.to_string()),
@@ -472,7 +477,34 @@ impl<'a> Lexer<'a> {
                     trim_suffix(&value, &pattern, greedy)
                 })
             }
+            _ => Err(SubstError::UnsupportedModifier(written)),
         }
+    }
+
+    /// `${NAME/pattern/replacement}` (first match) or `${NAME//...}`
+    /// (every match); the first `/` is consumed. Pattern and replacement
+    /// keep their escapes.
+    fn replace(&mut self, name: &str) -> Result<String, SubstError> {
+        let all = self.peek() == Some('/');
+        if all {
+            self.next();
+        }
+        let (pattern, _) = self.process_until(Some('/'), true).map_err(|e| match e {
+            SubstError::MissingBrace if self.peek().is_none() => SubstError::MissingSlash,
+            e => e,
+        })?;
+        let (replacement, _) = self.process_until(Some('}'), true)?;
+        let value = self.env(name);
+        if value.is_none() && self.skip_unset {
+            let slashes = if all { "//" } else { "/" };
+            return Ok(format!("${{{name}{slashes}{pattern}/{replacement}}}"));
+        }
+        Ok(replace_matches(
+            &value.unwrap_or_default(),
+            &pattern,
+            &replacement,
+            all,
+        ))
     }
 
     /// A variable name: letters, digits and `_`; a run of digits or one
@@ -528,6 +560,47 @@ fn trim_suffix(value: &str, pattern: &str, greedy: bool) -> String {
         Some(&start) => value[..start].to_string(),
         None => value.to_string(),
     }
+}
+
+/// Replaces the leftmost (then, with `all`, each following) longest match
+/// of the shell pattern in `value`.
+fn replace_matches(value: &str, pattern: &str, replacement: &str, all: bool) -> String {
+    let bounds = char_boundaries(value);
+    let mut out = String::new();
+    let mut from = 0;
+    let mut i = 0;
+    while i < bounds.len() {
+        let start = bounds[i];
+        let end = bounds[i..]
+            .iter()
+            .rev()
+            .find(|&&end| shell_match(pattern, &value[start..end]));
+        match end {
+            Some(&end) => {
+                out += &value[from..start];
+                out += replacement;
+                from = end;
+                if !all {
+                    break;
+                }
+                // An empty match moves on by one character.
+                i = bounds
+                    .iter()
+                    .position(|&b| b == end)
+                    .unwrap_or(bounds.len());
+                if end == start {
+                    i += 1;
+                    if let Some(&next) = bounds.get(i) {
+                        out += &value[from..next];
+                        from = next;
+                    }
+                }
+            }
+            None => i += 1,
+        }
+    }
+    out += &value[from.min(value.len())..];
+    out
 }
 
 fn char_boundaries(s: &str) -> Vec<usize> {
@@ -616,6 +689,14 @@ mod tests {
             ("${FILE%%.*}", "archive"),
             ("${FILE#nomatch}", "archive.tar.gz"),
             ("${FILE%.t?r.gz}", "archive"),
+            ("${FILE:#*.}", "tar.gz"),
+            ("${FILE/.tar/}", "archive.gz"),
+            ("${FILE/a/A}", "Archive.tar.gz"),
+            ("${FILE//a/A}", "Archive.tAr.gz"),
+            ("${FILE/*./X}", "Xgz"),
+            ("${FILE//[/x}", "archive.tar.gz"),
+            ("${HOME/\\//-}", "-root"),
+            ("${UNSET/a/b}", ""),
             ("$1", ""),
             ("$@x", "x"),
             ("ä$V", "äv1"),
@@ -660,7 +741,10 @@ mod tests {
             ("${{x}}", SubstError::BadSubstitution),
             ("${UNSET:-x", SubstError::MissingBrace),
             ("${HOME:1}", SubstError::UnsupportedModifier(":1".into())),
-            ("${HOME/a/b}", SubstError::UnsupportedModifier("/".into())),
+            ("${HOME/a}", SubstError::MissingSlash),
+            ("${HOME/a/b", SubstError::MissingBrace),
+            ("${HOME:/a/b}", SubstError::UnsupportedModifier(":/".into())),
+            ("${HOME!}", SubstError::UnsupportedModifier("!".into())),
             ("'open", SubstError::Unterminated("single-quote")),
             ("\"open", SubstError::Unterminated("double-quote")),
             (
