@@ -883,11 +883,17 @@ impl fmt::Display for Dockerfile {
             lines.push(from);
             lines.extend(stage.steps.iter().map(|s| s.instruction.to_string()));
         }
-        // Only a continuation cut off by the end of the file leaves an
-        // escape character at the end of an instruction: print it so.
+        // Only a continuation cut off by the end of the file leaves a
+        // lone escape character at the end of an instruction: print one
+        // more continuation so that it stays.
+        let escape = self.directives.escape;
         if let Some(last) = lines.last_mut() {
-            if last.ends_with(self.directives.escape) {
-                last.push(self.directives.escape);
+            let lone = last
+                .strip_suffix(escape)
+                .is_some_and(|rest| !rest.ends_with(escape));
+            if lone {
+                last.push(' ');
+                last.push(escape);
             }
         }
         for line in lines {

@@ -735,17 +735,9 @@ fn errors_name_the_line_and_say_what_is_wrong() {
         ("FROM --plat=x a\n", 1, "unknown flag: plat"),
         ("RUN x\nFROM a\n", 1, "no build stage in current context"),
         ("ARG a\n", 1, "no build stage in current context"),
-        ("", 1, "the Dockerfile has no instructions"),
-        (
-            "# only a comment\n\n",
-            1,
-            "the Dockerfile has no instructions",
-        ),
-        (
-            "FROM a\nRUN <<EOF\nnever ends\n",
-            2,
-            "unterminated heredoc EOF",
-        ),
+        ("", 1, "file with no instructions"),
+        ("# only a comment\n\n", 1, "file with no instructions"),
+        ("FROM a\nRUN <<EOF\nnever ends\n", 2, "unterminated heredoc"),
         ("# escape=x\nFROM a\n", 1, "invalid escape token 'x'"),
         (
             "# escape=`\n# escape=\\\nFROM a\n",

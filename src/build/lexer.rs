@@ -205,12 +205,14 @@ fn is_comment(line: &str) -> bool {
 }
 
 /// Removes a trailing escape character (and the blanks after it): the
-/// text and whether the logical line ends here.
+/// text and whether the logical line ends here. As in BuildKit, an escape
+/// character after another one is not a continuation (`c:\\` ends the
+/// line), unless it is alone on the line.
 fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
     let trimmed = line.trim_end_matches([' ', '\t']);
     match trimmed.strip_suffix(escape) {
-        Some(text) => (text, false),
-        None => (line, true),
+        Some(text) if text.is_empty() || !text.ends_with(escape) => (text, false),
+        _ => (line, true),
     }
 }
 
@@ -427,7 +429,9 @@ mod tests {
             ("RUN a \\\n", &[(1, "RUN a ")]),
             ("RUN a\r\nRUN b\r\n", &[(1, "RUN a"), (2, "RUN b")]),
             ("\u{feff}FROM a", &[(1, "FROM a")]),
-            ("RUN a \\\\\nb\n", &[(1, "RUN a \\b")]),
+            // An escaped escape character does not continue the line.
+            ("RUN a \\\\\nb\n", &[(1, "RUN a \\\\"), (2, "b")]),
+            ("RUN a \\\n\\\nb\n", &[(1, "RUN a b")]),
             ("RUN echo '#x'\n", &[(1, "RUN echo '#x'")]),
         ];
         for (src, want) in cases {
@@ -497,14 +501,17 @@ mod tests {
                 (4, "RUN dir c:\\".to_string())
             ]
         );
-        // Docker's reference: without the directive, the backslash
-        // continues the COPY line into the RUN line.
+        // Docker's reference says that without the directive the
+        // backslash of `c:\\` continues the COPY line; current BuildKit
+        // takes an escaped escape character as no continuation, and only
+        // `c:\` at the end of the file continues (into nothing).
         let src = "FROM microsoft/nanoserver\nCOPY testfile.txt c:\\\\\nRUN dir c:\\\n";
         assert_eq!(
             texts(src),
             [
                 (1, "FROM microsoft/nanoserver".to_string()),
-                (2, "COPY testfile.txt c:\\RUN dir c:".to_string())
+                (2, "COPY testfile.txt c:\\\\".to_string()),
+                (3, "RUN dir c:".to_string())
             ]
         );
         let src = "# escape=`\nRUN a `\n  b\n";

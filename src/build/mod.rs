@@ -76,7 +76,8 @@ pub enum ErrorKind {
     DuplicateDirective(String),
     #[error("invalid escape token '{0}' does not match ` or \\")]
     BadEscape(String),
-    #[error("unterminated heredoc {0}")]
+    /// The delimiter is kept for the caller; Docker's message omits it.
+    #[error("unterminated heredoc")]
     UnterminatedHeredoc(String),
     #[error("unknown instruction: {0}")]
     UnknownInstruction(String),
@@ -122,7 +123,7 @@ pub enum ErrorKind {
     EmptyVolume,
     #[error("no build stage in current context")]
     NoStage,
-    #[error("the Dockerfile has no instructions")]
+    #[error("file with no instructions")]
     Empty,
     #[error("failed to process {word:?}")]
     Substitution {
