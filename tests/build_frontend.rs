@@ -206,7 +206,7 @@ fn bad_dockerfiles_fail_with_125_and_the_line() {
     let root = tempfile::tempdir().unwrap();
     let cases = [
         ("FROM a\nFOO bar\n", "hull: Dockerfile:2: unknown instruction: FOO"),
-        ("FROM a\n\nCOPY onlyone\n", "hull: Dockerfile:3: COPY requires at least two arguments, but only one was provided. Destination could not be determined"),
+        ("FROM a\n\nCOPY onlyone\n", "hull: Dockerfile:3: COPY requires at least two arguments, but only one was provided. Destination could not be determined."),
         ("FROM a\nSHELL /bin/sh\n", "hull: Dockerfile:2: SHELL requires the arguments to be in JSON form"),
         ("FROM a\nCOPY --nope=1 a b\n", "hull: Dockerfile:2: unknown flag: nope"),
         ("FROM a\nARG X\nWORKDIR ${X\n", "hull: Dockerfile:3: failed to process \"${X\": syntax error: missing '}'"),

@@ -85,7 +85,7 @@ pub enum ErrorKind {
     AtLeastOneArgument(&'static str),
     #[error("{0} requires exactly one argument")]
     ExactlyOneArgument(&'static str),
-    #[error("{0} requires at least two arguments, but only one was provided. Destination could not be determined")]
+    #[error("{0} requires at least two arguments, but only one was provided. Destination could not be determined.")]
     AtLeastTwoArguments(&'static str),
     #[error("{0} must have two arguments")]
     TwoArguments(&'static str),
