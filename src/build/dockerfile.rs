@@ -206,6 +206,9 @@ pub enum Instruction {
     /// A trigger for images built FROM this one, as written.
     Onbuild {
         expression: String,
+        /// Bodies of the trigger's heredocs (`ONBUILD RUN <<EOF`).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        heredocs: Vec<Heredoc>,
     },
     /// Deprecated; Docker sets the image config's `Author` from it.
     Maintainer {
@@ -365,7 +368,7 @@ fn parse_line(line: &LogicalLine, escape: char) -> Result<Parsed, ErrorKind> {
             }
         }
         "healthcheck" => parse_healthcheck(&flags, args)?,
-        "onbuild" => parse_onbuild(&flags, text)?,
+        "onbuild" => parse_onbuild(&flags, text, &line.heredocs)?,
         _ => return Err(ErrorKind::UnknownInstruction(keyword.to_ascii_uppercase())),
     };
     Ok(Parsed::Step(Step {
@@ -787,7 +790,11 @@ pub fn go_duration_ns(text: &str) -> Option<u64> {
 }
 
 /// ONBUILD: the trigger as written, checked the way Docker checks it.
-fn parse_onbuild(flags: &[String], text: &str) -> Result<Instruction, ErrorKind> {
+fn parse_onbuild(
+    flags: &[String],
+    text: &str,
+    heredocs: &[Heredoc],
+) -> Result<Instruction, ErrorKind> {
     no_flags(flags)?;
     // The expression is the original text after the keyword, flags and
     // all: they belong to the trigger.
@@ -809,7 +816,10 @@ fn parse_onbuild(flags: &[String], text: &str) -> Result<Instruction, ErrorKind>
         "FROM" | "MAINTAINER" => Err(ErrorKind::Onbuild(format!(
             "{trigger} isn't allowed as an ONBUILD trigger"
         ))),
-        _ => Ok(Instruction::Onbuild { expression }),
+        _ => Ok(Instruction::Onbuild {
+            expression,
+            heredocs: heredocs.to_vec(),
+        }),
     }
 }
 
@@ -1089,7 +1099,13 @@ impl Instruction {
                 }
                 ("HEALTHCHECK", format!("CMD {}", command_text(command)))
             }
-            Instruction::Onbuild { expression } => ("ONBUILD", expression.clone()),
+            Instruction::Onbuild {
+                expression,
+                heredocs: docs,
+            } => {
+                heredocs = docs;
+                ("ONBUILD", expression.clone())
+            }
         };
         Printed {
             keyword,

@@ -283,12 +283,14 @@ fn simple_instructions_keep_the_rest_of_the_line() {
             "ONBUILD ADD . /app/src",
             Instruction::Onbuild {
                 expression: "ADD . /app/src".into(),
+                heredocs: vec![],
             },
         ),
         (
             "onbuild RUN --mount=type=cache,target=/x make",
             Instruction::Onbuild {
                 expression: "RUN --mount=type=cache,target=/x make".into(),
+                heredocs: vec![],
             },
         ),
     ];
@@ -858,6 +860,8 @@ fn printed_dockerfiles_parse_to_the_same_value() {
         "FROM a\nHEALTHCHECK NONE\nHEALTHCHECK --interval=1m30s --retries=2 CMD [\"check\"]\nHEALTHCHECK --timeout=10s CMD check || exit 1\n",
         "FROM a\nCOPY [\"a b\", \"c\"]\nADD --checksum=sha256:00 --keep-git-dir --exclude=*.md https://x/y.tar /z/\nCOPY --exclude=\"a b\" --parents --from=\"q\" s d\nRUN --network=none [\"a\", \"b\\\\c\", \"\\\"q\\\"\"]\nRUN [\"not\", 'json']\nCMD\n",
         "FROM a\nARG A=\"x y\" B=${A:-z}\nARG C\nRUN echo $A\n",
+        "FROM a\nONBUILD RUN <<EOF\necho $V\nEOF\nONBUILD COPY <<-'X' /f\n\tx\nX\n",
+        "FROM a\r\nRUN <<EOF\r\ncrlf body\r\nEOF\r\n",
     ];
     for src in sources {
         let first = parse(src);

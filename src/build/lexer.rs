@@ -75,8 +75,10 @@ const HEREDOC_INSTRUCTIONS: [&str; 3] = ["run", "copy", "add"];
 /// Cuts `source` into its directives and logical lines.
 pub fn logical_lines(source: &str) -> Result<(Directives, Vec<LogicalLine>), (usize, ErrorKind)> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
-    let lines: Vec<&str> = source
-        .split('\n')
+    // Heredoc bodies keep a CRLF file's `\r`, as BuildKit keeps them.
+    let raw_lines: Vec<&str> = source.split('\n').collect();
+    let lines: Vec<&str> = raw_lines
+        .iter()
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .collect();
     // A final newline does not start another line.
@@ -118,7 +120,7 @@ pub fn logical_lines(source: &str) -> Result<(Directives, Vec<LogicalLine>), (us
         let mut heredocs = Vec::new();
         if may_hold_heredocs(&text) {
             for mut heredoc in heredoc_markers(&text) {
-                let (content, next) = heredoc_body(lines, i, &heredoc)
+                let (content, next) = heredoc_body(lines, &raw_lines, i, &heredoc)
                     .ok_or((start, ErrorKind::UnterminatedHeredoc(heredoc.name.clone())))?;
                 heredoc.content = content;
                 i = next;
@@ -219,6 +221,10 @@ fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
 /// Whether a joined line is an instruction that may open heredocs.
 fn may_hold_heredocs(text: &str) -> bool {
     let keyword = text.split_whitespace().next().unwrap_or("");
+    // ONBUILD's trigger may hold them too.
+    if keyword.eq_ignore_ascii_case("onbuild") {
+        return may_hold_heredocs(text[keyword.len()..].trim_start());
+    }
     if !HEREDOC_INSTRUCTIONS.contains(&keyword.to_ascii_lowercase().as_str())
         || !text.contains("<<")
     {
@@ -271,18 +277,25 @@ pub fn heredoc_marker(word: &str) -> Option<Heredoc> {
 
 /// The body of `heredoc` starting at `lines[from]`: its text and the
 /// index after the delimiter line, or None when no line ends it.
-fn heredoc_body(lines: &[&str], from: usize, heredoc: &Heredoc) -> Option<(String, usize)> {
+fn heredoc_body(
+    lines: &[&str],
+    raw_lines: &[&str],
+    from: usize,
+    heredoc: &Heredoc,
+) -> Option<(String, usize)> {
+    let strip = |l: &'_ str| -> String {
+        if heredoc.chomp {
+            l.trim_start_matches('\t').to_string()
+        } else {
+            l.to_string()
+        }
+    };
     let mut content = String::new();
     for (i, line) in lines.iter().enumerate().skip(from) {
-        let line = if heredoc.chomp {
-            line.trim_start_matches('\t')
-        } else {
-            line
-        };
-        if line == heredoc.name {
+        if strip(line) == heredoc.name {
             return Some((content, i + 1));
         }
-        content += line;
+        content += &strip(raw_lines[i]);
         content.push('\n');
     }
     None
@@ -546,6 +559,17 @@ mod tests {
         let src = "RUN <<EOF\n# not a comment\nEOF\n";
         let (_, lines) = logical_lines(src).unwrap();
         assert_eq!(lines[0].heredocs[0].content, "# not a comment\n");
+
+        // An ONBUILD trigger's heredocs.
+        let src = "ONBUILD RUN <<EOF\nx\nEOF\n";
+        let (_, lines) = logical_lines(src).unwrap();
+        assert_eq!(lines[0].heredocs[0].content, "x\n");
+
+        // CRLF: bodies keep their `\r`; the delimiter line matches without.
+        let src = "RUN <<EOF\r\nx\r\nEOF\r\nRUN y\r\n";
+        let (_, lines) = logical_lines(src).unwrap();
+        assert_eq!(lines[0].heredocs[0].content, "x\r\n");
+        assert_eq!(lines[1].text, "RUN y");
 
         // Not a heredoc instruction / exec form: no bodies.
         let (_, lines) = logical_lines("CMD <<EOF\nRUN x\n").unwrap();
