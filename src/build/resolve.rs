@@ -151,13 +151,6 @@ impl Build {
     }
 }
 
-impl Vars {
-    /// Whether no variable is set.
-    pub fn is_empty(&self) -> bool {
-        self.pairs().is_empty()
-    }
-}
-
 impl Dockerfile {
     /// Resolves the build: `image_env` gives the env of a base image by
     /// reference (empty when it is not known yet, as in `hull debug

@@ -67,6 +67,11 @@ impl Vars {
         }
     }
 
+    /// Whether no variable is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Unsets `name`.
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|(k, _)| k != name);
@@ -78,6 +83,7 @@ impl Vars {
     }
 
     /// The variables as `(name, value)` pairs in the order first set.
+    #[allow(dead_code)] // for the engine (issue 12)
     pub fn pairs(&self) -> &[(String, String)] {
         &self.0
     }
