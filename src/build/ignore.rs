@@ -137,8 +137,30 @@ impl DockerIgnore {
         excluded
     }
 
-    fn has_exceptions(&self) -> bool {
-        self.patterns.iter().any(|p| p.exception)
+    /// Whether an exception could re-include something below the
+    /// excluded directory `dir`, judged by the literal start of each
+    /// exception pattern (so that `*` then `!src` does not walk all of
+    /// `node_modules`). Errs on the side of walking.
+    fn may_reinclude_below(&self, dir: &str) -> bool {
+        let below = format!("{dir}/");
+        self.patterns.iter().filter(|p| p.exception).any(|p| {
+            let prefix: String = p
+                .tokens
+                .iter()
+                .map_while(|t| match t {
+                    Token::Literal(c) => Some(*c),
+                    _ => None,
+                })
+                .collect();
+            let literal = prefix.chars().count() == p.tokens.len();
+            if literal {
+                // Below the directory, or the directory or a parent of it
+                // (what matches a parent applies to all below it).
+                prefix.starts_with(&below) || below.starts_with(&format!("{prefix}/"))
+            } else {
+                prefix.starts_with(&below) || below.starts_with(&prefix)
+            }
+        })
     }
 }
 
@@ -337,7 +359,7 @@ fn walk_dir(
         if file_type.is_dir() {
             // Below an excluded directory only an exception can bring
             // something back.
-            if excluded && !ignore.has_exceptions() {
+            if excluded && !ignore.may_reinclude_below(&path.to_string_lossy()) {
                 continue;
             }
             let mut below = Vec::new();

@@ -238,6 +238,28 @@ fn walks_list_included_entries_in_sorted_order() {
 }
 
 #[test]
+fn excluded_directories_are_walked_only_when_an_exception_may_reach_inside() {
+    let ig = ignore("*\n!src\n!docs/*.md\n!**/keep\n");
+    for dir in ["src", "docs", "node_modules", "a/b"] {
+        // `**/keep` could be anywhere.
+        assert!(ig.may_reinclude_below(dir), "{dir}");
+    }
+    let ig = ignore("*\n!src\n!docs/*.md\n!lib/x\n");
+    let walked = ["docs", "src", "lib"];
+    let skipped = ["node_modules", "srcx", "doc", "lib2", "target/debug"];
+    for dir in walked {
+        assert!(ig.may_reinclude_below(dir), "{dir}");
+    }
+    for dir in skipped {
+        assert!(!ig.may_reinclude_below(dir), "{dir}");
+    }
+    // A literal exception naming a parent re-includes what is below.
+    let ig = ignore("a/b\n!a\n");
+    assert!(ig.may_reinclude_below("a/b"));
+    assert!(!ignore("node_modules\n").may_reinclude_below("node_modules"));
+}
+
+#[test]
 fn reading_a_context_without_dockerignore_gives_no_patterns() {
     let dir = tempfile::tempdir().unwrap();
     assert!(DockerIgnore::read(dir.path()).unwrap().is_empty());
