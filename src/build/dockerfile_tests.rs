@@ -89,6 +89,25 @@ fn commands_take_exec_or_shell_form() {
         ("RUN [\"a\"] && b", shell("[\"a\"] && b")),
         ("RUN [\"a\",]", shell("[\"a\",]")),
         ("RUN [ -f x ] && echo", shell("[ -f x ] && echo")),
+        // Docker's reference: backslashes must be escaped in JSON, so this
+        // is not JSON (`\w` is no JSON escape) and runs in a shell.
+        (
+            "RUN [\"c:\\windows\\system32\\tasklist.exe\"]",
+            shell("[\"c:\\windows\\system32\\tasklist.exe\"]"),
+        ),
+        (
+            "RUN [\"c:\\\\windows\\\\system32\\\\tasklist.exe\"]",
+            exec(&["c:\\windows\\system32\\tasklist.exe"]),
+        ),
+        // Docker's reference: shell form across lines.
+        (
+            "RUN source $HOME/.bashrc && \\\necho $HOME",
+            shell("source $HOME/.bashrc && echo $HOME"),
+        ),
+        (
+            "RUN [\"/bin/bash\", \"-c\", \"echo hello\"]",
+            exec(&["/bin/bash", "-c", "echo hello"]),
+        ),
         ("run lower case", shell("lower case")),
         ("CMD [\"/bin/sh\"]", exec(&["/bin/sh"])),
         ("CMD echo $HOME", shell("echo $HOME")),
