@@ -16,6 +16,8 @@
 //! The execution engine takes a [`Build`]: for each stage of
 //! [`Build::order`] it starts from [`ResolvedStage::base`] and applies
 //! [`ResolvedStage::steps`], whose instructions are already substituted.
+//! Every error is an [`Error`] naming the line; docs/build.md has the
+//! support matrix.
 //!
 //! ```ignore
 //! let dockerfile = Dockerfile::parse(&text)?;
