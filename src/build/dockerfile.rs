@@ -203,7 +203,9 @@ pub enum Instruction {
     Healthcheck {
         check: Health,
     },
-    /// A trigger for images built FROM this one, as written.
+    /// A trigger for images built FROM this one, as written (BuildKit
+    /// appends the heredoc bodies to the expression for the config;
+    /// here they are kept apart).
     Onbuild {
         expression: String,
         /// Bodies of the trigger's heredocs (`ONBUILD RUN <<EOF`).
@@ -369,7 +371,8 @@ fn parse_line(line: &LogicalLine, escape: char) -> Result<Parsed, ErrorKind> {
         }
         "healthcheck" => parse_healthcheck(&flags, args)?,
         "onbuild" => parse_onbuild(&flags, text, &line.heredocs)?,
-        _ => return Err(ErrorKind::UnknownInstruction(keyword.to_ascii_uppercase())),
+        // Named as written, as BuildKit does.
+        _ => return Err(ErrorKind::UnknownInstruction(keyword.to_string())),
     };
     Ok(Parsed::Step(Step {
         line: line.line,

@@ -583,7 +583,7 @@ fn comments_directives_and_continuations_in_whole_files() {
 fn errors_name_the_line_and_say_what_is_wrong() {
     let cases: &[(&str, usize, &str)] = &[
         ("FROM a\nFOO bar\n", 2, "unknown instruction: FOO"),
-        ("FROM a\nrunn x\n", 2, "unknown instruction: RUNN"),
+        ("FROM a\nrunn x\n", 2, "unknown instruction: runn"),
         ("FROM a\nRUN\n", 2, "RUN requires at least one argument"),
         ("FROM a\nRUN []\n", 2, "RUN requires at least one argument"),
         (
@@ -765,7 +765,7 @@ fn errors_name_the_line_and_say_what_is_wrong() {
             2,
             "only one escape parser directive can be used",
         ),
-        ("FROM a\n\n\nRUN ok\nbad\n", 5, "unknown instruction: BAD"),
+        ("FROM a\n\n\nRUN ok\nbad\n", 5, "unknown instruction: bad"),
         (
             "FROM a\nRUN a \\\n b\nWHAT\n",
             4,
