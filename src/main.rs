@@ -5,6 +5,7 @@
 //! `guest` starts the microVM a container runs in and talks to its agent;
 //! `ports` forwards published ports.
 
+mod build;
 mod cli;
 mod container;
 mod file_lock;

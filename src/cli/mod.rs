@@ -6,12 +6,13 @@
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
 //! - [`info`], [`version`], [`completion`], [`system`], [`debug_boot`],
-//!   [`debug_run`]: the rest;
+//!   [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]: the rest;
 //! - [`exit`]: Docker's exit codes.
 
 pub mod completion;
 pub mod container;
 pub mod debug_boot;
+pub mod debug_dockerfile;
 pub mod debug_prepare;
 pub mod debug_run;
 pub mod exit;
@@ -87,6 +88,8 @@ enum DebugCommand {
     Run(debug_run::DebugRunArgs),
     /// Prepare an image's root filesystem and print what it measured (JSON).
     Prepare(debug_prepare::DebugPrepareArgs),
+    /// Parse and resolve a Dockerfile; print the stages a build would run (JSON).
+    Dockerfile(debug_dockerfile::DebugDockerfileArgs),
 }
 
 impl Cli {
@@ -96,6 +99,10 @@ impl Cli {
     pub fn failure_code(&self) -> u8 {
         match self.command {
             Command::Container(container::ContainerCommand::Run(_)) => exit::HULL_FAILED,
+            // A bad Dockerfile fails as `docker build` does.
+            Command::Debug {
+                command: DebugCommand::Dockerfile(_),
+            } => exit::HULL_FAILED,
             _ => 1,
         }
     }
@@ -115,6 +122,9 @@ impl Cli {
             Command::Debug {
                 command: DebugCommand::Prepare(args),
             } => debug_prepare::run(args, root),
+            Command::Debug {
+                command: DebugCommand::Dockerfile(args),
+            } => debug_dockerfile::run(args),
             Command::System {
                 command: SystemCommand::Prune,
             } => system::prune(root),
