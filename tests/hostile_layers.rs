@@ -88,6 +88,15 @@ fn import(root: &Path, tar: &Path, name: &str) {
 }
 
 /// Names in `dir` (empty when it does not exist).
+/// A failed preparation leaves no image in the cache (only lock files).
+fn assert_no_image_cached(root: &Path) {
+    let left: Vec<String> = names(&root.join("rootfs"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "a failed preparation left {left:?}");
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -143,15 +152,7 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
         .unwrap();
     eprintln!("sparse bomb refused after {:?}", start.elapsed());
     assert_one_line_error(&out, "bomb: unsupported GNU sparse file");
-    assert_eq!(
-        names(&root.join("rootfs"))
-            .iter()
-            .filter(|n| !n.ends_with(".lock"))
-            .count(),
-        0,
-        "a failed preparation leaves no disk: {:?}",
-        names(&root.join("rootfs"))
-    );
+    assert_no_image_cached(root);
     assert_eq!(names(&root.join("run")), Vec::<String>::new());
     assert_eq!(names(&root.join("containers")), vec![".lock".to_string()]);
 
@@ -182,15 +183,7 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
         .unwrap();
     eprintln!("gzip bomb refused after {:?}", start.elapsed());
     assert_one_line_error(&out, "zeros: target filesystem is full");
-    assert_eq!(
-        names(&root.join("rootfs"))
-            .iter()
-            .filter(|n| !n.ends_with(".lock"))
-            .count(),
-        0,
-        "a failed preparation leaves no image: {:?}",
-        names(&root.join("rootfs"))
-    );
+    assert_no_image_cached(root);
     assert_eq!(names(&root.join("run")), Vec::<String>::new());
 
     // A stored blob cut in half after import (a damaged store): the helper
@@ -226,15 +219,7 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
         &out,
         "Unpacking the image failed in the helper VM: layer 1: ",
     );
-    assert_eq!(
-        names(&root.join("rootfs"))
-            .iter()
-            .filter(|n| !n.ends_with(".lock"))
-            .count(),
-        0,
-        "a failed preparation leaves no image: {:?}",
-        names(&root.join("rootfs"))
-    );
+    assert_no_image_cached(root);
     std::fs::remove_file(&half_tar).unwrap();
 
     // A layer that aims everywhere outside its root: it unpacks, with every
