@@ -206,6 +206,12 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
 }
 
+/// `read_xattrs` for the tests' own tree snapshots.
+#[cfg(test)]
+pub(super) fn read_xattrs_for_tests(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    read_xattrs(path)
+}
+
 /// All xattrs of `path` (not following a symlink), sorted by name. One
 /// `llistxattr` for an entry without any (the common case).
 fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
