@@ -177,9 +177,11 @@ fn classify(meta: &Metadata, overlay: &[(Vec<u8>, Vec<u8>)], rel: &[u8]) -> Resu
         }
     }
     let ft = meta.file_type();
-    Ok(if ft.is_char_device() && meta.rdev() == 0 {
-        Kind::Whiteout
-    } else if ft.is_file() && meta.len() == 0 && get(b"whiteout").is_some() {
+    let chardev_whiteout = ft.is_char_device() && meta.rdev() == 0;
+    // With `userxattr` (or Linux 6.7+ xattr whiteouts): an empty file
+    // marked by an xattr.
+    let xattr_whiteout = ft.is_file() && meta.len() == 0 && get(b"whiteout").is_some();
+    Ok(if chardev_whiteout || xattr_whiteout {
         Kind::Whiteout
     } else if ft.is_dir() {
         // "y": opaque; "x" (Linux 6.7+) only says the directory holds
