@@ -94,11 +94,12 @@ fn cstr(s: &str) -> CString {
 struct Overlay(PathBuf);
 
 impl Overlay {
-    fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path) -> Overlay {
+    /// `extra`: more mount options (redirect_dir, userxattr).
+    fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path, extra: &str) -> Overlay {
         // Without redirect_dir and metacopy (which write_layer refuses):
         // renaming a lower directory then copies it (EXDEV, `mv` falls back).
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+            "lowerdir={},upperdir={},workdir={},metacopy=off,index=off,{extra}",
             lower.display(),
             upper.display(),
             work.display()
@@ -226,6 +227,19 @@ fn first_difference(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> S
 
 #[test]
 fn overlay_upper_dir_round_trips_through_the_unpacker() {
+    round_trip("redirect_dir=off", "trusted.overlay.opaque");
+}
+
+/// With `userxattr` overlay keeps its marks in `user.overlay.*`.
+#[test]
+fn overlay_with_userxattr_round_trips_through_the_unpacker() {
+    // userxattr refuses redirect_dir=off (it wants "nofollow": none made,
+    // none followed).
+    round_trip("redirect_dir=nofollow,userxattr", "user.overlay.opaque");
+}
+
+/// `opaque_xattr`: where the overlay marks the recreated directory.
+fn round_trip(mount_options: &str, opaque_xattr: &str) {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
     let [lower, upper, work, merged, out] = ["lower", "upper", "work", "merged", "out"].map(|d| {
@@ -235,11 +249,18 @@ fn overlay_upper_dir_round_trips_through_the_unpacker() {
     });
     populate_lower(&lower);
     let mut merged_view = {
-        let _mount = Overlay::mount(&lower, &upper, &work, &merged);
+        let _mount = Overlay::mount(&lower, &upper, &work, &merged, mount_options);
         change_merged(&merged);
         snapshot(&merged)
     };
     merged_view.remove("etc/hosts");
+    let opaque = super::walk::read_xattrs_for_tests(&upper.join("recreate")).unwrap();
+    assert!(
+        opaque
+            .iter()
+            .any(|(n, v)| n == opaque_xattr.as_bytes() && v == b"y"),
+        "the overlay marks /recreate opaque with {opaque_xattr}: {opaque:?}"
+    );
 
     let mut lower_tar = Vec::new();
     write_layer(&lower, &mut lower_tar, &LayerOptions::default()).unwrap();
