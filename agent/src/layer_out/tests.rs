@@ -154,6 +154,8 @@ fn every_kind(root: &Path) {
     mknod(&root.join("fifo"), libc::S_IFIFO | 0o600, 0, 0);
     mknod(&root.join("null"), libc::S_IFCHR | 0o666, 1, 3);
     mknod(&root.join("gone"), libc::S_IFCHR, 0, 0);
+    // Overlay links its whiteouts to one shared inode: not hard links.
+    fs::hard_link(root.join("gone"), root.join("gone2")).unwrap();
     fs::write(root.join("xgone"), b"").unwrap();
     set_xattr(&root.join("xgone"), "trusted.overlay.whiteout", b"");
     fs::create_dir(root.join("o")).unwrap();
@@ -188,6 +190,7 @@ fn entries_in_order_with_whiteouts_opaque_markers_and_links() {
             e("a-b", b'0', 1, ""),
             e("fifo", b'6', 0, ""),
             e(".wh.gone", b'0', 0, ""),
+            e(".wh.gone2", b'0', 0, ""),
             e("null", b'3', 0, ""),
             e("o/", b'5', 0, ""),
             e("o/.wh..wh..opq", b'0', 0, ""),
@@ -210,13 +213,13 @@ fn entries_in_order_with_whiteouts_opaque_markers_and_links() {
     assert_eq!(
         stats,
         LayerStats {
-            entries: 16,
+            entries: 17,
             files: 4,
             dirs: 4,
             symlinks: 1,
             hardlinks: 1,
             nodes: 2,
-            whiteouts: 2,
+            whiteouts: 3,
             opaque_dirs: 2,
             sockets_skipped: 1,
             data_bytes: 13,
@@ -261,7 +264,7 @@ fn gnu_tar_lists_the_layer_without_complaint() {
         "tar -tvf: {stderr}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().count(), 18, "{stdout}");
+    assert_eq!(stdout.lines().count(), 19, "{stdout}");
     assert!(
         stdout.contains(&format!("{long}/{}", "f".repeat(200))),
         "{stdout}"
@@ -466,7 +469,7 @@ fn diff_of_every_kind() {
         diff,
         [
             "C /a", "C /a/b", "A /a/b/f", "A /a/h1", "A /a/h2", "A /a/sym", "A /a-b", "A /fifo",
-            "D /gone", "A /null", "C /o", "C /o/new", "A /u", "D /xgone",
+            "D /gone", "D /gone2", "A /null", "C /o", "C /o/new", "A /u", "D /xgone",
         ]
     );
 }
