@@ -473,3 +473,26 @@ fn diff_of_every_kind() {
         ]
     );
 }
+
+#[test]
+fn big_ids_and_negative_times_survive_the_unpacker() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (upper, out) = (dir.path().join("upper"), dir.path().join("out"));
+    fs::create_dir_all(upper.join("d")).unwrap();
+    fs::create_dir(&out).unwrap();
+    fs::write(upper.join("d/f"), b"ids").unwrap();
+    std::os::unix::fs::lchown(upper.join("d/f"), Some(3_000_000), Some(4_000_000)).unwrap();
+    set_mtime(&upper.join("d/f"), -5, 0);
+    let (tar, _) = layer(&upper, &LayerOptions::default());
+    assert_eq!(
+        pax_of(&tar, "d/f"),
+        b"15 uid=3000000\n15 gid=4000000\n12 mtime=-5\n"
+    );
+    let mut unpacker =
+        crate::unpack::Unpacker::new(&out, crate::unpack::Options::default()).unwrap();
+    unpacker.apply_layer(&tar[..]).unwrap();
+    let m = fs::symlink_metadata(out.join("d/f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((m.uid(), m.gid(), m.mtime()), (3_000_000, 4_000_000, -5));
+}
