@@ -8,5 +8,9 @@ pub use agent_protocol::{protocol, Status, STATUS_PREFIX, VERSION};
 /// rootfs-preparation helper VM; host-testable).
 pub mod unpack;
 
+/// A container's writable layer (overlayfs upper dir) to an OCI layer
+/// tar, and its `docker diff` (in the guest; host-testable).
+pub mod layer_out;
+
 /// Host files mapped into the agent as memory windows (`/dev/mem`).
 pub mod window;
