@@ -451,6 +451,10 @@ struct StageResolver<'a> {
 }
 
 impl StageResolver<'_> {
+    // Over 80 lines: one pass over the stage's steps carrying the ARG and
+    // ENV scopes that every arm reads and updates in order (the order is
+    // the semantics: whichever of ARG and ENV set a name last wins);
+    // splitting the match would pass both scopes to every piece.
     fn resolve(
         &mut self,
         index: usize,
