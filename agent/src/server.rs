@@ -127,6 +127,15 @@ impl Agent {
                 || format!("read files under {root}"),
             ),
             Request::KillAll => self.kill_all(),
+            Request::WriteLayer {
+                upper,
+                exclude,
+                output,
+                offset,
+            } => match agent::layer_out::write_to_window(&upper, &exclude, output, offset) {
+                Ok(bytes) => Response::Written { bytes },
+                Err(e) => error(format!("writing the layer of {upper}: {e}")),
+            },
             // Powering off waits for the answer to reach the host: see
             // `serve_control`.
             Request::Shutdown => Response::Ok,

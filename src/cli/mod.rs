@@ -5,10 +5,12 @@
 //!   per family of commands);
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
+//! - [`build`]: `hull build`;
 //! - [`info`], [`version`], [`completion`], [`system`], [`debug_boot`],
 //!   [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]: the rest;
 //! - [`exit`]: Docker's exit codes.
 
+pub mod build;
 pub mod completion;
 pub mod container;
 pub mod debug_boot;
@@ -47,6 +49,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build an image from a Dockerfile; RUN steps run in microVMs.
+    Build(build::BuildArgs),
     /// Show the host's hypervisor, the guest kernel and agent hull uses.
     Info,
     /// Show the versions of hull, the guest kernel and agent, and the hypervisor.
@@ -110,6 +114,7 @@ impl Cli {
     /// Runs the command; returns the process exit code.
     pub fn run(self, root: &Path) -> anyhow::Result<u8> {
         match self.command {
+            Command::Build(args) => build::run(args, root),
             Command::Info => info::run(root),
             Command::Version => version::run(root),
             Command::Completion { shell } => completion::run(shell),

@@ -278,18 +278,7 @@ fn network_device(
     dir: &Path,
     config: &ContainerConfig,
 ) -> anyhow::Result<(Option<Passt>, Option<vmm::virtio::net::NetConfig>)> {
-    match config.network {
-        NetworkMode::None => Ok((None, None)),
-        NetworkMode::Default => {
-            let (passt, sock) = Passt::spawn(Some(&dir.join("passt.log")))?;
-            tracing::debug!("container network through passt {}", passt.pid());
-            let net = vmm::virtio::net::NetConfig {
-                mac: network::mac_for(&config.id),
-                backend: Some(Arc::new(sock)),
-            };
-            Ok((Some(passt), Some(net)))
-        }
-    }
+    network::attach(config.network, &config.id, Some(&dir.join("passt.log")))
 }
 
 /// Our stdin as the process's input, if forwarded (`-i`).
@@ -332,7 +321,7 @@ fn image_warmup(auto_remove: bool) -> fast_start::Warmup {
     }
 }
 
-fn mount(source: &str, target: &str, fstype: &str, read_only: bool, options: &str) -> Request {
+pub fn mount(source: &str, target: &str, fstype: &str, read_only: bool, options: &str) -> Request {
     Request::Mount {
         source: source.into(),
         target: target.into(),
@@ -353,7 +342,7 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
     let options = format!(
         "lowerdir={GUEST_LOWER},upperdir={GUEST_SCRATCH}/upper,workdir={GUEST_SCRATCH}/work"
     );
-    vec![
+    [
         scratch,
         Request::Mkdir {
             path: format!("{GUEST_SCRATCH}/upper"),
@@ -362,12 +351,22 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
             path: format!("{GUEST_SCRATCH}/work"),
         },
         mount("overlay", GUEST_ROOT, "overlay", false, &options),
-        mount("proc", &format!("{GUEST_ROOT}/proc"), "proc", false, ""),
-        mount("sysfs", &format!("{GUEST_ROOT}/sys"), "sysfs", true, ""),
-        mount("/dev", &format!("{GUEST_ROOT}/dev"), "bind", false, ""),
+    ]
+    .into_iter()
+    .chain(pseudo_mounts(GUEST_ROOT))
+    .collect()
+}
+
+/// What every container root has mounted in it: /proc, /sys (read-only),
+/// the guest's /dev, its own /dev/shm and terminals.
+pub fn pseudo_mounts(root: &str) -> Vec<Request> {
+    vec![
+        mount("proc", &format!("{root}/proc"), "proc", false, ""),
+        mount("sysfs", &format!("{root}/sys"), "sysfs", true, ""),
+        mount("/dev", &format!("{root}/dev"), "bind", false, ""),
         mount(
             "shm",
-            &format!("{GUEST_ROOT}/dev/shm"),
+            &format!("{root}/dev/shm"),
             "tmpfs",
             false,
             "mode=1777",
@@ -377,7 +376,7 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
         // terminals are /dev/pts/N inside.
         mount(
             "devpts",
-            &format!("{GUEST_ROOT}/dev/pts"),
+            &format!("{root}/dev/pts"),
             "devpts",
             false,
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
@@ -424,7 +423,7 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
 
 /// The host's resolv.conf without loopback nameservers (unreachable from
 /// the guest), falling back to public resolvers as Docker does.
-fn resolv_conf() -> String {
+pub fn resolv_conf() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let kept: Vec<&str> = host
         .lines()

@@ -150,6 +150,25 @@ pub fn write_layer(
     Ok(w.stats)
 }
 
+/// [`write_layer`] of `upper` into the memory window `output` from
+/// `offset` on (`hull build`'s RUN steps); returns the tar's length.
+pub fn write_to_window(
+    upper: &str,
+    exclude: &[String],
+    output: agent_protocol::protocol::WindowRange,
+    offset: u64,
+) -> Result<u64, Error> {
+    let window = crate::window::ChunkedWindow::new(output.guest_addr, output.len)
+        .map_err(|e| Error::Write(io::Error::other(e)))?;
+    let mut out = crate::window::WindowWriter::new(window, offset);
+    let opts = LayerOptions {
+        exclude: exclude.iter().map(PathBuf::from).collect(),
+        mtime_clamp: None,
+    };
+    write_layer(Path::new(upper), &mut out, &opts)?;
+    Ok(out.offset() - offset)
+}
+
 /// `docker diff` of the upper directory, in the layer's entry order:
 /// whiteouts are `D`; other entries `C` if `lower_exists` (given the
 /// absolute path) says the lower layers have that path, else `A`.
