@@ -67,7 +67,9 @@ fn entries_of(out: &[u8]) -> Vec<Entry> {
             if let Some(l) = e.link_name().unwrap() {
                 body = l.to_string_lossy().into_owned();
             } else {
-                std::io::Read::read_to_string(&mut e, &mut body).unwrap();
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+                body = String::from_utf8_lossy(&bytes).into_owned();
             }
             let kind = match h.entry_type() {
                 tar::EntryType::Directory => 'd',
