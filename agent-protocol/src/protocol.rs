@@ -26,7 +26,8 @@
 //! executed, for Docker's exit codes 126 and 127); 0.6 moved image
 //! preparation to memory windows (`UnpackRequest` names windows, the
 //! agent writes an EROFS image); 0.7 added `WriteLayer` (a writable
-//! layer written as a layer tar into a window, for `hull build`).
+//! layer written as a layer tar into a window, for `hull build`) and
+//! `CopyOut` (`COPY --from`).
 
 use std::io::{Read, Write};
 
@@ -259,6 +260,36 @@ pub enum Request {
         /// Where in the window the tar starts.
         offset: u64,
     },
+    /// `COPY --from`: paths of the image mounted at `root` (resolved
+    /// inside it) written as a layer tar under new names into a writable
+    /// memory window from `offset` on. Answered `Written`.
+    CopyOut {
+        /// The image's root in the guest.
+        root: String,
+        /// What to copy, in order.
+        sources: Vec<CopySource>,
+        /// Owner (uid, gid) of every entry, if forced.
+        owner: Option<(u64, u64)>,
+        /// Permission bits of every file and directory, if forced.
+        mode: Option<u32>,
+        /// The window.
+        output: WindowRange,
+        /// Where in the window the tar starts.
+        offset: u64,
+    },
+}
+
+/// One source of a [`Request::CopyOut`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySource {
+    /// Path in the image.
+    pub path: String,
+    /// Where it goes (no leading `/`): a directory's contents go under
+    /// it; anything else goes to `dest/<its name>` if `dest_is_dir`, else
+    /// to `dest`.
+    pub dest: String,
+    /// `dest` names a directory (it ended in `/`, or several sources).
+    pub dest_is_dir: bool,
 }
 
 /// One guest process, as `hull top` shows it.

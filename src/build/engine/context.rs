@@ -143,7 +143,7 @@ pub fn write_copy_layer(
 }
 
 /// Where a single file goes: into the directory, or the destination itself.
-fn file_target(dest: &str, dest_is_dir: bool, name: &str) -> String {
+pub fn file_target(dest: &str, dest_is_dir: bool, name: &str) -> String {
     if dest_is_dir {
         format!("{}/{name}", dest.trim_end_matches('/'))
     } else {
@@ -215,7 +215,7 @@ fn clean_relative(source: &str) -> Result<String, CopyError> {
     Ok(parts.join("/"))
 }
 
-fn parse_chown(s: &str) -> Result<(u64, u64), CopyError> {
+pub fn parse_chown(s: &str) -> Result<(u64, u64), CopyError> {
     let id = |part: &str| match part {
         "root" => Some(0),
         p => p.parse::<u64>().ok(),
@@ -230,7 +230,7 @@ fn parse_chown(s: &str) -> Result<(u64, u64), CopyError> {
     }
 }
 
-fn parse_chmod(s: &str) -> Result<u32, CopyError> {
+pub fn parse_chmod(s: &str) -> Result<u32, CopyError> {
     match u32::from_str_radix(s, 8) {
         Ok(m) if m <= 0o7777 => Ok(m),
         _ => Err(CopyError::Chmod(s.to_string())),

@@ -63,14 +63,14 @@ fn entries_of(out: &[u8]) -> Vec<Entry> {
             let mut e = e.unwrap();
             let h = e.header().clone();
             let path = e.path().unwrap().to_string_lossy().into_owned();
-            let mut body = String::new();
-            if let Some(l) = e.link_name().unwrap() {
-                body = l.to_string_lossy().into_owned();
-            } else {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
-                body = String::from_utf8_lossy(&bytes).into_owned();
-            }
+            let body = match e.link_name().unwrap() {
+                Some(l) => l.to_string_lossy().into_owned(),
+                None => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+            };
             let kind = match h.entry_type() {
                 tar::EntryType::Directory => 'd',
                 tar::EntryType::Symlink => 'l',

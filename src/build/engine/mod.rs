@@ -303,7 +303,8 @@ impl Engine<'_> {
                 self.finish(key, state)
             }
             Instruction::Copy(c) if c.from.is_some() => {
-                Err(at(step.line, "COPY --from is not supported yet"))
+                vm.take();
+                self.copy_from_step(step, c, current, shown)
             }
             Instruction::Copy(_) | Instruction::Add(_) => {
                 vm.take();
@@ -356,6 +357,7 @@ impl Engine<'_> {
     ) -> anyhow::Result<ImageState> {
         if vm.is_none() {
             let layers = state.layer_paths(self.store)?;
+            shown.note(&format!("starting a build VM on {} layers", layers.len()));
             *vm = Some(
                 BuildVm::start(self.root, &layers, self.req.network)
                     .map_err(|e| at(step.line, format!("starting the build VM: {e:#}")))?,
@@ -451,6 +453,94 @@ impl Engine<'_> {
         );
         self.finish(key, state)
     }
+}
+
+impl Engine<'_> {
+    /// `COPY --from=stage|image`: the source image's files, copied out
+    /// in a build VM on that image (the host never reads image content).
+    fn copy_from_step(
+        &mut self,
+        step: &ResolvedStep,
+        copy: &super::dockerfile::Copy,
+        current: StageResult,
+        shown: &Step,
+    ) -> anyhow::Result<StageResult> {
+        let source = match &step.copy_from {
+            Some(Base::Stage { index }) => self.results.get(index).cloned(),
+            Some(Base::Image { reference }) => match self.bases.get(reference) {
+                Some((image, _)) => Some(StageResult {
+                    state: ImageState::from_image(self.store, image)
+                        .map_err(|e| at(step.line, e))?,
+                    key: format!("image:{}", image.id()),
+                }),
+                None => None,
+            },
+            _ => None,
+        }
+        .ok_or_else(|| at(step.line, "COPY --from: the source was not built"))?;
+        let instruction = serde_json::to_string(&step.instruction).unwrap_or_default();
+        let key = cache::key(&current.key, &instruction, &source.key);
+        if let Some(hit) = self.cached(&key, shown) {
+            return Ok(hit);
+        }
+        let sources = from_sources(copy, &current.state.workdir())
+            .map_err(|e| at(step.line, format!("COPY: {e}")))?;
+        let owner = copy.chown.as_deref().map(context::parse_chown).transpose();
+        let mode = copy.chmod.as_deref().map(context::parse_chmod).transpose();
+        let (owner, mode) = match (owner, mode) {
+            (Ok(o), Ok(m)) => (o, m),
+            (Err(e), _) | (_, Err(e)) => return Err(at(step.line, format!("COPY: {e}"))),
+        };
+        let layers = source.state.layer_paths(self.store)?;
+        shown.note(&format!(
+            "starting a build VM on the source's {} layers",
+            layers.len()
+        ));
+        let mut vm = BuildVm::start(self.root, &layers, NetworkMode::None)
+            .map_err(|e| at(step.line, format!("starting the build VM: {e:#}")))?;
+        let (offset, len) = vm
+            .copy_out(sources, owner, mode)
+            .map_err(|e| at(step.line, format!("COPY --from: {e:#}")))?;
+        let (layer, diff_id) = blobs::store_layer(self.store, vm.layer(offset, len)?)?;
+        drop(vm);
+        let mut state = current.state;
+        state.add_layer(layer, diff_id.as_ref());
+        state.add_history(
+            &images::time::now_rfc3339(),
+            format!("{} # buildkit", one_line(&step.instruction.to_string())),
+            false,
+        );
+        self.finish(key, state)
+    }
+}
+
+/// The sources of a `COPY --from` for the agent: paths in the source
+/// image, destinations under WORKDIR, Docker's rule for several sources.
+fn from_sources(
+    copy: &super::dockerfile::Copy,
+    workdir: &str,
+) -> Result<Vec<agent_protocol::protocol::CopySource>, context::CopyError> {
+    if let Some(p) = copy.sources.iter().find(|s| s.contains(['*', '?', '['])) {
+        let _ = p;
+        return Err(context::CopyError::Unsupported("a wildcard in COPY --from"));
+    }
+    if !copy.heredocs.is_empty() {
+        return Err(context::CopyError::Unsupported("a heredoc in COPY --from"));
+    }
+    let dest_is_dir = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == ".";
+    if copy.sources.len() > 1 && !dest_is_dir {
+        return Err(context::CopyError::DestNotDir);
+    }
+    let dest = state::join_workdir(workdir, &copy.dest);
+    Ok(copy
+        .sources
+        .iter()
+        .map(|s| agent_protocol::protocol::CopySource {
+            path: state::clean_absolute(s),
+            dest: dest.trim_start_matches('/').to_string(),
+            dest_is_dir,
+        })
+        .collect())
 }
 
 fn keyword(i: &Instruction) -> &'static str {

@@ -18,7 +18,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_protocol::protocol::{ExecSpec, Request, Response, WindowRange};
+use agent_protocol::protocol::{CopySource, ExecSpec, Request, Response, WindowRange};
 
 use crate::container::engine::{self, mount};
 use crate::guest::agent_client::{AgentClient, ProcessRole};
@@ -97,7 +97,10 @@ impl BuildVm {
             .map_err(|e| e.context("preparing the root filesystem of the step"))?;
         let work = root.join("build");
         std::fs::create_dir_all(&work)?;
-        let dir = tempfile::Builder::new().prefix("vm-").tempdir_in(&work)?;
+        remove_stale(&work);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vm-{}-", std::process::id()))
+            .tempdir_in(&work)?;
         let scratch = dir.path().join("scratch.ext4");
         rootfs::mkfs(&scratch, SCRATCH_BYTES, "hull-build")?;
         let output = dir.path().join("layers.out");
@@ -209,16 +212,46 @@ impl BuildVm {
             output: self.output,
             offset,
         };
-        let len = match self.client()?.call(&request)? {
-            Response::Written { bytes } => bytes,
-            Response::Error { message } if message.contains("full") => {
-                return Err(RunnerError::WindowFull(OUTPUT_BYTES >> 30).into())
-            }
-            Response::Error { message } => return Err(RunnerError::Agent(message).into()),
-            other => return Err(RunnerError::Agent(format!("unexpected answer {other:?}")).into()),
-        };
+        let len = self.written(&request)?;
         self.next_offset = (offset + len).next_multiple_of(4096);
         Ok(StepResult::Layer { offset, len })
+    }
+
+    /// `COPY --from` out of this VM's image (not its steps' changes):
+    /// `sources` as a layer tar in the output window; returns its offset
+    /// and length.
+    pub fn copy_out(
+        &mut self,
+        sources: Vec<CopySource>,
+        owner: Option<(u64, u64)>,
+        mode: Option<u32>,
+    ) -> anyhow::Result<(u64, u64)> {
+        let offset = self.next_offset;
+        let request = Request::CopyOut {
+            root: LOWER.into(),
+            sources,
+            owner,
+            mode,
+            output: self.output,
+            offset,
+        };
+        let len = self.written(&request)?;
+        self.next_offset = (offset + len).next_multiple_of(4096);
+        Ok((offset, len))
+    }
+
+    /// The length of the tar a `WriteLayer` or `CopyOut` wrote.
+    fn written(&mut self, request: &Request) -> anyhow::Result<u64> {
+        match self.client()?.call(request)? {
+            Response::Written { bytes } => Ok(bytes),
+            Response::Error { message }
+                if message.contains("window") && message.contains("full") =>
+            {
+                Err(RunnerError::WindowFull(OUTPUT_BYTES >> 30).into())
+            }
+            Response::Error { message } => Err(RunnerError::Agent(message).into()),
+            other => Err(RunnerError::Agent(format!("unexpected answer {other:?}")).into()),
+        }
     }
 
     /// Mounts step `k`'s root (an overlay over the earlier steps' upper
@@ -279,6 +312,28 @@ impl BuildVm {
         let mut f = std::fs::File::open(self.dir.path().join("layers.out"))?;
         f.seek(SeekFrom::Start(offset))?;
         Ok(std::io::BufReader::with_capacity(1 << 20, f.take(len)))
+    }
+}
+
+/// Removes the directories of build VMs whose hull process is gone (a
+/// build killed by a signal cannot clean up after itself).
+fn remove_stale(work: &Path) {
+    let Ok(dir) = std::fs::read_dir(work) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("vm-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::debug!("removing {} of a build that ended", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
