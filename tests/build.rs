@@ -82,6 +82,7 @@ echo "hi $NAME $WHO" > run.txt
 ln run.txt hard.txt
 rm /etc/greeting
 mkdir -p /data && rm -rf /data/* && touch /data/new
+chmod 1777 /tmp
 EOF
 RUN echo second >> /work/sub/run.txt
 USER 1000
@@ -231,6 +232,76 @@ fn bad_input_fails_at_its_line_and_leaves_nothing() {
     assert!(!images.contains("bad"), "{images}");
     let (ps, _) = ok(&hull(root).args(["ps", "-aq"]).output().unwrap());
     assert_eq!(ps, "", "a build leaves no container");
+}
+
+/// A one-shot HTTP server on loopback serving `body` at any path.
+fn serve_once(body: &'static [u8]) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 2048];
+        let _ = s.read(&mut req);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(body);
+    });
+    port
+}
+
+/// `ADD <url>`: the host fetches it (mode 0600, the server's mtime);
+/// `--checksum` is verified, a mismatch fails the step; COPY of a URL is
+/// refused. Needs no network beyond loopback.
+#[test]
+fn add_fetches_urls_on_the_host() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let sum = "d4e4877bac978b7952f0d544fc52ebff5411d351d129f1f056fa43f11da9af2b";
+    let dockerfile = format!(
+        "FROM busybox:test\nADD http://127.0.0.1:{}/files/data.bin?x=1 /opt/\nADD --checksum=sha256:{sum} http://127.0.0.1:{}/other /checked\n",
+        serve_once(b"payload\n"),
+        serve_once(b"payload\n"),
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    ok(&build(root, "fetched", ctx.path(), &[]));
+    let (stdout, _) = ok(&hull(root)
+        .args([
+            "run",
+            "--rm",
+            "fetched",
+            "sh",
+            "-c",
+            "cat /opt/data.bin /checked; stat -c '%a %Y' /opt/data.bin",
+        ])
+        .output()
+        .unwrap());
+    assert_eq!(stdout, "payload\npayload\n600 1445412480\n");
+
+    let bad = format!(
+        "FROM busybox:test\nADD --checksum=sha256:{} http://127.0.0.1:{}/f /f\n",
+        "0".repeat(64),
+        serve_once(b"payload\n")
+    );
+    let ctx = context(&[("Dockerfile", &bad)]);
+    let (_, stderr) = text(&build(root, "bad", ctx.path(), &[]));
+    assert!(
+        stderr.contains("Dockerfile:2: ADD:") && stderr.contains("checksum mismatch"),
+        "{stderr}"
+    );
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test\nCOPY http://127.0.0.1:1/x /x\n",
+    )]);
+    let (_, stderr) = text(&build(root, "bad", ctx.path(), &[]));
+    assert!(
+        stderr.contains("Dockerfile:2: COPY:") && stderr.contains("not supported"),
+        "{stderr}"
+    );
 }
 
 /// The python base image, made once per test process.

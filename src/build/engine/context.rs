@@ -66,6 +66,9 @@ pub struct CopySpec<'a> {
     pub chmod: Option<&'a str>,
     /// ADD: local tar archives are extracted.
     pub extract_archives: bool,
+    /// ADD: files fetched from the URLs among the sources (which are
+    /// not in `sources`).
+    pub remote: &'a [super::remote::Fetched],
 }
 
 /// Ownership and mode forced on every entry.
@@ -91,18 +94,21 @@ pub fn write_copy_layer(
         || spec.dest.ends_with("/.")
         || spec.dest == "."
         || spec.dest == "..";
-    if let Some(url) = spec
+    if spec.sources.iter().any(|s| super::remote::is_url(s)) {
+        return Err(CopyError::Unsupported("a URL in COPY (ADD fetches URLs)"));
+    }
+    if spec
         .sources
         .iter()
-        .find(|s| s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@"))
+        .any(|s| s.starts_with("git@") || s.ends_with(".git"))
     {
-        let _ = url;
-        return Err(CopyError::Unsupported("a URL or git source"));
+        return Err(CopyError::Unsupported("a git source"));
     }
     let dest = join_workdir(spec.workdir, spec.dest);
     let matches = select_sources(entries, spec.sources)?;
-    if matches.len() + spec.heredocs.len() > 1 && !dest_is_dir {
-        let many_from_one = spec.sources.len() == 1 && spec.heredocs.is_empty();
+    let inline = spec.heredocs.len() + spec.remote.len();
+    if matches.len() + inline > 1 && !dest_is_dir {
+        let many_from_one = spec.sources.len() == 1 && inline == 0;
         // One wildcard that matched several: Docker's same rule.
         if !many_from_one || matches.len() > 1 {
             return Err(CopyError::DestNotDir);
@@ -116,6 +122,10 @@ pub fn write_copy_layer(
     for heredoc in spec.heredocs {
         let target = file_target(&dest, dest_is_dir, &heredoc.name);
         w.inline_file(&target, heredoc.content.as_bytes())?;
+    }
+    for fetched in spec.remote {
+        let target = file_target(&dest, dest_is_dir, &fetched.name);
+        w.fetched_file(&target, fetched)?;
     }
     for m in &matches {
         let kind = m.kind;
@@ -345,6 +355,28 @@ impl<W: Write> TarOut<W> {
         let name = target.trim_start_matches('/');
         self.tar
             .append_data(&mut h, name, content)
+            .map_err(Self::io(Path::new(target)))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// An `ADD <url>` file: mode 0600, the server's mtime.
+    fn fetched_file(
+        &mut self,
+        target: &str,
+        fetched: &super::remote::Fetched,
+    ) -> Result<(), CopyError> {
+        use std::io::Seek;
+        let io = Self::io(Path::new(target));
+        let mut f = fetched
+            .file
+            .try_clone()
+            .map_err(Self::io(Path::new(target)))?;
+        f.rewind().map_err(io)?;
+        let mut h = self.header(tar::EntryType::Regular, 0o600, fetched.mtime, fetched.len);
+        let name = target.trim_start_matches('/');
+        self.tar
+            .append_data(&mut h, name, BufReader::new(f).take(fetched.len))
             .map_err(Self::io(Path::new(target)))?;
         self.count += 1;
         Ok(())

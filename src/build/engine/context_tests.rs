@@ -30,6 +30,7 @@ fn spec<'a>(sources: &'a [String], dest: &'a str) -> CopySpec<'a> {
         chown: None,
         chmod: None,
         extract_archives: false,
+        remote: &[],
     }
 }
 
@@ -226,6 +227,8 @@ fn heredocs_are_inline_files_and_urls_are_refused() {
         [("etc/motd".into(), 'f', 0o644, 0, 0, "hello\n".into())]
     );
     let url = strings(&["https://example.com/x"]);
+    // COPY of a URL; ADD fetches them before (and takes them out of
+    // the sources).
     assert!(matches!(
         copy(ctx.path(), &spec(&url, "/")),
         Err(CopyError::Unsupported(_))

@@ -14,6 +14,7 @@ pub mod blobs;
 pub mod cache;
 pub mod context;
 pub mod output;
+pub mod remote;
 pub mod runner;
 pub mod state;
 
@@ -286,6 +287,9 @@ impl Engine<'_> {
         cmd_set: &mut bool,
         shown: &Step,
     ) -> anyhow::Result<StageResult> {
+        if let Some(what) = unsupported(&step.instruction, self.req.network) {
+            return Err(at(step.line, format!("{what} is not supported yet")));
+        }
         let instruction = serde_json::to_string(&step.instruction).unwrap_or_default();
         match &step.instruction {
             Instruction::Run {
@@ -423,12 +427,14 @@ impl Engine<'_> {
         shown: &Step,
     ) -> anyhow::Result<StageResult> {
         let workdir = current.state.workdir();
-        let spec = copy_spec(&step.instruction, &workdir);
+        let dir = self.root.join("build");
+        std::fs::create_dir_all(&dir)?;
+        let (sources, fetched) = fetch_remote(&step.instruction, &dir)
+            .map_err(|e| at(step.line, format!("{}: {e}", keyword(&step.instruction))))?;
+        let spec = copy_spec(&step.instruction, &workdir, &sources, &fetched);
         let Some(spec) = spec else {
             unreachable!("called for COPY and ADD only");
         };
-        let dir = self.root.join("build");
-        std::fs::create_dir_all(&dir)?;
         let mut tmp = tempfile::tempfile_in(&dir)?;
         let mut hashing = images::digest::HashingWriter::new(std::io::BufWriter::new(&mut tmp));
         context::write_copy_layer(&self.req.context, &self.entries, &spec, &mut hashing)
@@ -543,6 +549,39 @@ fn from_sources(
         .collect())
 }
 
+/// A flag the frontend records that the engine does not implement: an
+/// error rather than a build that silently differs from Docker's.
+/// (`--link` needs nothing: every layer here is made on its own.)
+fn unsupported(i: &Instruction, network: NetworkMode) -> Option<String> {
+    match i {
+        Instruction::Run {
+            mounts,
+            network: step_network,
+            security,
+            ..
+        } => {
+            if !mounts.is_empty() {
+                return Some("RUN --mount".into());
+            }
+            if security.is_some() {
+                return Some("RUN --security".into());
+            }
+            match step_network.as_deref() {
+                Some(n) if NetworkMode::parse(n).ok() != Some(network) => Some(format!(
+                    "RUN --network={n} in a build on --network {}",
+                    network.name()
+                )),
+                _ => None,
+            }
+        }
+        Instruction::Copy(c) if c.parents => Some("COPY --parents".into()),
+        Instruction::Copy(c) if !c.exclude.is_empty() => Some("COPY --exclude".into()),
+        Instruction::Add(a) if !a.exclude.is_empty() => Some("ADD --exclude".into()),
+        Instruction::Add(a) if a.keep_git_dir => Some("ADD --keep-git-dir".into()),
+        _ => None,
+    }
+}
+
 fn keyword(i: &Instruction) -> &'static str {
     match i {
         Instruction::Add(_) => "ADD",
@@ -551,27 +590,59 @@ fn keyword(i: &Instruction) -> &'static str {
 }
 
 /// The context-copy part of a COPY or ADD instruction.
-fn copy_spec<'a>(i: &'a Instruction, workdir: &'a str) -> Option<context::CopySpec<'a>> {
+fn copy_spec<'a>(
+    i: &'a Instruction,
+    workdir: &'a str,
+    sources: &'a [String],
+    remote: &'a [remote::Fetched],
+) -> Option<context::CopySpec<'a>> {
     match i {
         Instruction::Copy(c) => Some(context::CopySpec {
-            sources: &c.sources,
+            sources,
             heredocs: &c.heredocs,
             dest: &c.dest,
             workdir,
             chown: c.chown.as_deref(),
             chmod: c.chmod.as_deref(),
             extract_archives: false,
+            remote,
         }),
         Instruction::Add(a) => Some(context::CopySpec {
-            sources: &a.sources,
+            sources,
             heredocs: &a.heredocs,
             dest: &a.dest,
             workdir,
             chown: a.chown.as_deref(),
             chmod: a.chmod.as_deref(),
             extract_archives: true,
+            remote,
         }),
         _ => None,
+    }
+}
+
+/// ADD's URL sources fetched (the rest of the sources returned), COPY's
+/// sources as they are.
+fn fetch_remote(
+    i: &Instruction,
+    dir: &Path,
+) -> Result<(Vec<String>, Vec<remote::Fetched>), String> {
+    match i {
+        Instruction::Add(a) => {
+            let (urls, local): (Vec<String>, Vec<String>) =
+                a.sources.iter().cloned().partition(|s| remote::is_url(s));
+            if a.checksum.is_some() && (urls.len() != 1 || !local.is_empty()) {
+                return Err("--checksum needs exactly one URL source".into());
+            }
+            let fetched = urls
+                .iter()
+                .map(|u| remote::fetch(u, dir, a.checksum.as_deref()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            Ok((local, fetched))
+        }
+        Instruction::Copy(c) => Ok((c.sources.clone(), Vec::new())),
+        _ => Ok((Vec::new(), Vec::new())),
     }
 }
 
