@@ -18,7 +18,9 @@ pub mod debug_run;
 pub mod exit;
 pub mod image;
 pub mod info;
+pub mod output;
 pub mod system;
+pub mod template;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -99,6 +101,7 @@ impl Cli {
     pub fn failure_code(&self) -> u8 {
         match self.command {
             Command::Container(container::ContainerCommand::Run(_)) => exit::HULL_FAILED,
+            Command::Container(container::ContainerCommand::Create(_)) => exit::HULL_FAILED,
             // A bad Dockerfile fails as `docker build` does.
             Command::Debug {
                 command: DebugCommand::Dockerfile(_),

@@ -25,18 +25,10 @@ pub use run::RunArgs;
 pub enum ContainerCommand {
     /// Run a command in a new container, in its own microVM.
     Run(RunArgs),
+    /// Create a container without starting it (`hull start` runs it).
+    Create(RunArgs),
     /// List containers.
-    Ps {
-        /// Show all containers (default: running only).
-        #[arg(short = 'a', long)]
-        all: bool,
-        /// Only IDs.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        /// Output format: table or json.
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
+    Ps(ps::PsArgs),
     /// Show a container's output.
     Logs {
         /// Keep following new output.
@@ -139,6 +131,10 @@ pub enum ContainerCommand {
     },
     /// Show containers' configuration and state as JSON.
     Inspect {
+        /// Print each container through a Go template (`{{.State.Pid}}`)
+        /// or `json`.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -180,7 +176,8 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
     let store = ContainerStore::new(root);
     match cmd {
         ContainerCommand::Run(args) => run::run(args, root, &store),
-        ContainerCommand::Ps { all, quiet, format } => ps::ps(&store, all, quiet, &format),
+        ContainerCommand::Create(args) => run::create(args, root, &store),
+        ContainerCommand::Ps(args) => ps::ps(&store, &args),
         ContainerCommand::Logs {
             follow,
             tail,
@@ -228,7 +225,9 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
         ContainerCommand::Port { container, port } => {
             inspect::port(&store, &container, port.as_deref())
         }
-        ContainerCommand::Inspect { containers } => inspect::inspect(root, &store, &containers),
+        ContainerCommand::Inspect { format, containers } => {
+            inspect::inspect(root, &store, &containers, format.as_deref())
+        }
         ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
     }
 }

@@ -69,6 +69,9 @@ pub struct RunArgs {
     /// or `none` (loopback only).
     #[arg(long = "network", alias = "net", default_value = "default")]
     pub network: String,
+    /// Set a label on the container (KEY=VALUE, or KEY for an empty value).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -78,21 +81,8 @@ pub struct RunArgs {
 
 /// Runs `hull run`; returns the container's exit code (0 when detached).
 pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
-    let mem_mib = check_flags(&args)?;
-    let ports = args
-        .publish
-        .iter()
-        .map(|p| ports::spec::parse(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let images = images::Store::open(root)?;
-    let image = images.image(&args.image)?;
-    let ports = with_exposed_ports(&args, &image, ports)?;
-    // A port in use is an error before anything is created; the VMM binds
-    // again (and would report a port taken in between).
-    drop(ports::PortForwarder::bind(&ports)?);
-    let config = container_config(&args, store, &image, mem_mib, ports)?;
+    let (config, dir) = create_container(&args, root, store, true)?;
     let id = config.id.clone();
-    let dir = store.create(&config)?;
     if args.detach {
         let c = store.find(&id)?;
         lifecycle::start_detached(root, &c)?;
@@ -111,6 +101,42 @@ pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result
         store.remove(&dir)?;
     }
     Ok(exit_code(result?))
+}
+
+/// Runs `hull create`: the container as `run` would make it, not started;
+/// prints its ID.
+pub fn create(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
+    let (config, _) = create_container(&args, root, store, false)?;
+    println!("{}", config.id);
+    Ok(0)
+}
+
+/// Checks the flags, resolves the image and writes the container's
+/// configuration; `bind_ports` checks now that the published ports are
+/// free (`run`), `create` leaves that to `start`.
+fn create_container(
+    args: &RunArgs,
+    root: &Path,
+    store: &ContainerStore,
+    bind_ports: bool,
+) -> anyhow::Result<(ContainerConfig, PathBuf)> {
+    let mem_mib = check_flags(args)?;
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| ports::spec::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let images = images::Store::open(root)?;
+    let image = images.image(&args.image)?;
+    let ports = with_exposed_ports(args, &image, ports)?;
+    if bind_ports {
+        // A port in use is an error before anything is created; the VMM
+        // binds again (and would report a port taken in between).
+        drop(ports::PortForwarder::bind(&ports)?);
+    }
+    let config = container_config(args, store, &image, mem_mib, ports)?;
+    let dir = store.create(&config)?;
+    Ok((config, dir))
 }
 
 /// Checks the flags that need no image; returns the memory size in MiB.
@@ -246,5 +272,19 @@ fn container_config(
         tty: args.tty,
         network: crate::network::NetworkMode::parse(&args.network)?,
         created: now_rfc3339(),
+        labels: labels(cfg.labels().clone().unwrap_or_default(), &args.label),
     })
+}
+
+/// The image's labels with `--label KEY=VALUE` (or `KEY`: empty) over them.
+fn labels(
+    image: std::collections::HashMap<String, String>,
+    flags: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels: std::collections::BTreeMap<String, String> = image.into_iter().collect();
+    for f in flags {
+        let (k, v) = f.split_once('=').unwrap_or((f, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    labels
 }

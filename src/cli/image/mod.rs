@@ -124,6 +124,9 @@ pub enum ImageCommand {
 pub enum ImageSubcommand {
     /// Show details of images as JSON.
     Inspect {
+        /// Print each image through a Go template (`{{.Id}}`) or `json`.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
         /// Images.
         #[arg(required = true)]
         images: Vec<String>,
@@ -153,9 +156,13 @@ pub struct ListArgs {
     /// Show digests.
     #[arg(long)]
     digests: bool,
-    /// Output format: `table` or `json` (one JSON object per line).
-    #[arg(long, default_value = "table")]
-    format: String,
+    /// `table`, `table TEMPLATE`, `json` or a Go template
+    /// (`{{.Repository}}:{{.Tag}}`).
+    #[arg(long)]
+    format: Option<String>,
+    /// Show full image IDs.
+    #[arg(long)]
+    no_trunc: bool,
     /// Only images of this repository (`busybox`, `busybox:1.36`).
     repository: Option<String>,
 }
@@ -230,7 +237,9 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
         } => registry::login(root, &server, username, password, password_stdin, registry),
         ImageCommand::Logout { server } => registry::logout(root, &server),
         ImageCommand::Image { command } => match command {
-            ImageSubcommand::Inspect { images } => inspect::inspect(&store()?, &images),
+            ImageSubcommand::Inspect { format, images } => {
+                inspect::inspect(&store()?, &images, format.as_deref())
+            }
             ImageSubcommand::Prune { force: _ } => {
                 remove::prune(&store()?, &remove::image_users(root)?)
             }
