@@ -19,6 +19,8 @@ pub mod exit;
 pub mod image;
 pub mod info;
 pub mod output;
+pub mod progress_view;
+pub mod stats;
 pub mod system;
 pub mod template;
 pub mod version;
@@ -74,12 +76,25 @@ enum Command {
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...
     #[command(flatten)]
     Image(image::ImageCommand),
+    /// Manage containers (`hull container ls|rm|inspect|prune|...`).
+    #[command(name = "container")]
+    ContainerManage {
+        #[command(subcommand)]
+        command: container::ContainerManageCommand,
+    },
+    /// Show resource usage of running containers' VMs (CPU, memory).
+    Stats(stats::StatsArgs),
 }
 
 #[derive(Subcommand, Debug)]
 enum SystemCommand {
-    /// Remove the fast-start VM snapshots (made again on the next run).
-    Prune,
+    /// Remove stopped containers, dangling images (with -a every image no
+    /// container uses) and the fast-start VM snapshots (made again on the
+    /// next run).
+    Prune(system::PruneArgs),
+    /// Show the disk space images, containers, snapshots and prepared
+    /// root filesystems use.
+    Df,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,8 +115,10 @@ impl Cli {
     /// for every other command.
     pub fn failure_code(&self) -> u8 {
         match self.command {
-            Command::Container(container::ContainerCommand::Run(_)) => exit::HULL_FAILED,
-            Command::Container(container::ContainerCommand::Create(_)) => exit::HULL_FAILED,
+            Command::Container(ref c) if container::is_run_or_create(c) => exit::HULL_FAILED,
+            Command::ContainerManage {
+                command: container::ContainerManageCommand::Command(ref c),
+            } if container::is_run_or_create(c) => exit::HULL_FAILED,
             // A bad Dockerfile fails as `docker build` does.
             Command::Debug {
                 command: DebugCommand::Dockerfile(_),
@@ -129,10 +146,15 @@ impl Cli {
                 command: DebugCommand::Dockerfile(args),
             } => debug_dockerfile::run(args),
             Command::System {
-                command: SystemCommand::Prune,
-            } => system::prune(root),
+                command: SystemCommand::Prune(args),
+            } => system::prune(root, &args),
+            Command::System {
+                command: SystemCommand::Df,
+            } => system::df(root),
             Command::Image(cmd) => image::run(cmd, root),
             Command::Container(cmd) => container::run(cmd, root),
+            Command::ContainerManage { command } => container::manage(command, root),
+            Command::Stats(args) => stats::run(&args, root),
         }
     }
 }

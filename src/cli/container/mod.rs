@@ -5,6 +5,7 @@
 //! [`inspect`], `logs` in [`logs`]. The containers themselves are in
 //! `crate::container`.
 
+mod auto_pull;
 mod exec;
 mod inspect;
 mod lifecycle;
@@ -147,6 +148,24 @@ pub enum ContainerCommand {
     },
 }
 
+/// `hull container ...`: Docker's management form of the container
+/// commands (`hull container ls` is `hull ps`), plus `prune`.
+#[derive(Subcommand, Debug)]
+pub enum ContainerManageCommand {
+    /// List containers (same as `hull ps`).
+    #[command(alias = "list")]
+    Ls(ps::PsArgs),
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not ask for confirmation (hull never asks).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// The container commands under their own names (`hull container rm`).
+    #[command(flatten)]
+    Command(Box<ContainerCommand>),
+}
+
 /// Errors of container commands.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -230,6 +249,49 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
         }
         ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
     }
+}
+
+/// Runs `hull container ...`; returns the exit code.
+pub fn manage(cmd: ContainerManageCommand, root: &Path) -> anyhow::Result<u8> {
+    match cmd {
+        ContainerManageCommand::Ls(args) => ps::ps(&ContainerStore::new(root), &args),
+        ContainerManageCommand::Prune { force: _ } => {
+            let (ids, _) = prune(root)?;
+            if !ids.is_empty() {
+                println!("Deleted Containers:");
+                for id in &ids {
+                    println!("{id}");
+                }
+                println!();
+            }
+            println!("Total reclaimed space: 0B");
+            Ok(0)
+        }
+        ContainerManageCommand::Command(cmd) => run(*cmd, root),
+    }
+}
+
+/// Removes every container that is not running (`container prune`,
+/// `system prune`); returns their IDs and the bytes their directories held.
+pub fn prune(root: &Path) -> anyhow::Result<(Vec<String>, u64)> {
+    use crate::container::state::Status;
+    let store = ContainerStore::new(root);
+    let mut ids = Vec::new();
+    let mut bytes = 0;
+    for c in store.list()? {
+        if c.state.status == Status::Running {
+            continue;
+        }
+        bytes += crate::guest::fast_start::disk_usage(&c.dir);
+        store.remove(&c.dir)?;
+        ids.push(c.config.id);
+    }
+    Ok((ids, bytes))
+}
+
+/// Whether `cmd` is `run` or `create` (Docker's 125 when hull fails).
+pub fn is_run_or_create(cmd: &ContainerCommand) -> bool {
+    matches!(cmd, ContainerCommand::Run(_) | ContainerCommand::Create(_))
 }
 
 /// `-i -t` needs our stdin to be a terminal; `-t` alone does not (the

@@ -69,6 +69,16 @@ pub struct RunArgs {
     /// or `none` (loopback only).
     #[arg(long = "network", alias = "net", default_value = "default")]
     pub network: String,
+    /// Pull the image: `missing` (when the store lacks it), `always`, `never`.
+    #[arg(long, value_enum, default_value_t)]
+    pub pull: super::auto_pull::PullPolicy,
+    /// Print nothing about pulling the image or preparing it.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// How to show a first start's stages on stderr: `auto` (live on a
+    /// terminal, else nothing), `tty`, `plain` (a line per stage), `quiet`.
+    #[arg(long, value_enum, default_value_t)]
+    pub progress: crate::cli::progress_view::ProgressMode,
     /// Set a label on the container (KEY=VALUE, or KEY for an empty value).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub label: Vec<String>,
@@ -89,13 +99,15 @@ pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result
         println!("{id}");
         return Ok(0);
     }
-    let result = engine::run(
+    let view = crate::cli::progress_view::StageView::new(args.progress, args.quiet);
+    let result = engine::run_with_progress(
         root,
         &dir,
         &config,
         Attach::Terminal {
             stdin: args.interactive,
         },
+        &view,
     );
     if args.rm {
         store.remove(&dir)?;
@@ -127,7 +139,7 @@ fn create_container(
         .map(|p| ports::spec::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
     let images = images::Store::open(root)?;
-    let image = images.image(&args.image)?;
+    let image = super::auto_pull::image(&images, root, &args.image, args.pull, args.quiet)?;
     let ports = with_exposed_ports(args, &image, ports)?;
     if bind_ports {
         // A port in use is an error before anything is created; the VMM

@@ -5,7 +5,7 @@
 //! `image prune` in [`remove`]; `image inspect` and `history` in [`inspect`].
 
 mod archive;
-mod format;
+pub(crate) mod format;
 mod inspect;
 mod list;
 mod registry;
@@ -17,6 +17,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use images::archive::Format;
 use images::{Reference, Store};
+
+pub(crate) use remove::image_users;
 
 /// Image subcommands, flattened into hull's top-level commands.
 #[derive(Subcommand, Debug)]
