@@ -123,6 +123,28 @@ fn run_pulls_a_missing_image_then_runs_it() {
         .0,
         format!("true {image}\n")
     );
+    // Its VMM's memory in stats, against the guest's 256 MiB.
+    let stats = text(&out(
+        &root,
+        &[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.Name}} {{.MemUsage}} {{.PIDs}}",
+        ],
+    ))
+    .0;
+    let fields: Vec<&str> = stats.split_whitespace().collect();
+    assert_eq!(
+        (fields[0], fields[2], fields[3]),
+        ("up", "/", "256.0MiB"),
+        "{stats}"
+    );
+    let rss: f64 = fields[1].trim_end_matches("MiB").parse().unwrap();
+    assert!(
+        rss > 1.0 && fields[4].parse::<u32>().unwrap() > 1,
+        "{stats}"
+    );
     assert!(out(&root, &["rm", "-f", "up"]).status.success());
 
     // `create -q` pulls silently; `--pull always` asks the registry again.

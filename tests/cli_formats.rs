@@ -253,6 +253,10 @@ fn inspect_and_images_templates() {
     assert_eq!(doc[0]["State"]["Error"], "");
     assert_eq!(doc[0]["State"]["StartedAt"], "0001-01-01T00:00:00Z");
     fails(root, &["inspect", "-f", "{{.State.Pid", "web"]);
+    // `inspect` of a name no container has looks for an image, as Docker's.
+    assert_eq!(f("{{.RootFS.Type}}", "busybox:test"), "layers\n");
+    let out = fails(root, &["inspect", "ghost"]);
+    assert_eq!(text(&out).1, "hull: No such container: ghost\n");
 
     // Images.
     let id = ok(root, &["images", "-q"]);

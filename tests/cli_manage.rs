@@ -34,7 +34,13 @@ fn management_forms_df_prune_and_stats() {
         &["container", "create", "--name", "web", "busybox:test"],
     );
     assert_eq!(web.trim().len(), 64);
-    ok(root, &["create", "--name", "db", "busybox:test"]);
+    // `create -it` needs no terminal (`start -a` will).
+    let out = hull(root)
+        .args(["create", "-it", "--name", "db", "busybox:test"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
 
     // The management forms are the same commands.
     assert_eq!(

@@ -5,9 +5,12 @@
 //!   per family of commands);
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
-//! - [`info`], [`version`], [`completion`], [`system`], [`debug_boot`],
-//!   [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]: the rest;
-//! - [`exit`]: Docker's exit codes.
+//! - [`info`], [`version`], [`completion`], [`system`], [`stats`],
+//!   [`debug_boot`], [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]:
+//!   the rest;
+//! - [`exit`]: Docker's exit codes; [`template`] and [`output`]: Docker's
+//!   `--format` (Go templates, `table`, `json`); [`progress_view`]: how a
+//!   first start's stages show on stderr.
 
 pub mod completion;
 pub mod container;

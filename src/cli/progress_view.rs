@@ -59,14 +59,15 @@ impl StageView {
     }
 }
 
-/// `Booting the template VM: 1 layer, 2.0 MB (14.2s)`, or `failed`.
+/// `Preparing the image's filesystem: 1 layer, 2.0 MB (1.5s)`,
+/// `Booting the template VM (14.2s)` or `...: failed (3.0s)`.
 fn end_line(stage: Stage, took: Duration, ok: bool, detail: Option<&str>) -> String {
     let what = match (ok, detail) {
-        (false, _) => "failed".to_string(),
-        (true, Some(d)) => d.to_string(),
-        (true, None) => "done".to_string(),
+        (false, _) => ": failed".to_string(),
+        (true, Some(d)) => format!(": {d}"),
+        (true, None) => String::new(),
     };
-    format!("{}: {what} ({:.1}s)", stage.describe(), took.as_secs_f64())
+    format!("{}{what} ({:.1}s)", stage.describe(), took.as_secs_f64())
 }
 
 impl Progress for StageView {
@@ -120,6 +121,10 @@ mod tests {
         assert_eq!(
             end_line(Stage::BootTemplate, Duration::from_secs(14), false, None),
             "Booting the template VM: failed (14.0s)"
+        );
+        assert_eq!(
+            end_line(Stage::SaveSnapshot, Duration::from_millis(260), true, None),
+            "Saving the VM snapshot (0.3s)"
         );
         let quiet = StageView::new(ProgressMode::Plain, true);
         assert!(!quiet.plain && quiet.live.is_none());

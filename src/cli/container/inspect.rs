@@ -6,7 +6,7 @@ use std::path::Path;
 use super::CommandError;
 use crate::container::engine;
 use crate::container::state::Status;
-use crate::container::store::{Container, ContainerStore};
+use crate::container::store::{Container, ContainerStore, StoreError};
 use crate::ports;
 
 /// Runs `hull port`.
@@ -25,8 +25,15 @@ pub fn inspect(
 ) -> anyhow::Result<u8> {
     let mut out = Vec::new();
     for name in containers {
-        let c = store.find(name)?;
-        out.push(inspect_json(root, &c));
+        match store.find(name) {
+            Ok(c) => out.push(inspect_json(root, &c)),
+            // As `docker inspect`: an image of that name, if there is one.
+            Err(e @ StoreError::NotFound(_)) => match images::Store::open(root)?.image(name) {
+                Ok(image) => out.push(crate::cli::image::image_json(&image)?),
+                Err(_) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
     }
     crate::cli::output::print_inspected(&out, format)?;
     Ok(0)

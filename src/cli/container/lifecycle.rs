@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{exit_code, CommandError};
 use crate::cli::exit;
+use crate::cli::progress_view::{ProgressMode, StageView};
 use crate::container::engine::{self, Attach};
 use crate::container::state::{now_rfc3339, pid_alive, Status};
 use crate::container::store::{self, Container, ContainerStore};
@@ -98,11 +99,14 @@ pub fn start(
             continue;
         }
         if attach {
-            return Ok(exit_code(engine::run(
+            // A created container's first start can be as slow as a run's.
+            let view = StageView::new(ProgressMode::Auto, false);
+            return Ok(exit_code(engine::run_with_progress(
                 root,
                 &c.dir,
                 &c.config,
                 Attach::Terminal { stdin: false },
+                &view,
             )?));
         }
         start_detached(root, &c)?;

@@ -124,15 +124,15 @@ pub fn create(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Res
 }
 
 /// Checks the flags, resolves the image and writes the container's
-/// configuration; `bind_ports` checks now that the published ports are
-/// free (`run`), `create` leaves that to `start`.
+/// configuration. `starting` (`run`) checks now that the published ports
+/// are free and that `-it` has a terminal; `create` leaves that to `start`.
 fn create_container(
     args: &RunArgs,
     root: &Path,
     store: &ContainerStore,
-    bind_ports: bool,
+    starting: bool,
 ) -> anyhow::Result<(ContainerConfig, PathBuf)> {
-    let mem_mib = check_flags(args)?;
+    let mem_mib = check_flags(args, starting)?;
     let ports = args
         .publish
         .iter()
@@ -141,7 +141,7 @@ fn create_container(
     let images = images::Store::open(root)?;
     let image = super::auto_pull::image(&images, root, &args.image, args.pull, args.quiet)?;
     let ports = with_exposed_ports(args, &image, ports)?;
-    if bind_ports {
+    if starting {
         // A port in use is an error before anything is created; the VMM
         // binds again (and would report a port taken in between).
         drop(ports::PortForwarder::bind(&ports)?);
@@ -152,8 +152,9 @@ fn create_container(
 }
 
 /// Checks the flags that need no image; returns the memory size in MiB.
-fn check_flags(args: &RunArgs) -> anyhow::Result<u64> {
-    if !args.detach {
+fn check_flags(args: &RunArgs, starting: bool) -> anyhow::Result<u64> {
+    // `create -it` needs no terminal until `start -a`.
+    if starting && !args.detach {
         check_tty_input(args.interactive, args.tty)?;
     }
     // Docker's minimum is 6MB; a microVM's kernel needs more.

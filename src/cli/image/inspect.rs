@@ -9,9 +9,16 @@ use super::format;
 pub fn inspect(store: &Store, names: &[String], format: Option<&str>) -> anyhow::Result<u8> {
     let mut out = Vec::new();
     for n in names {
-        let i = store.image(n)?;
-        let config: serde_json::Value = serde_json::to_value(&i.config)?;
-        out.push(serde_json::json!({
+        out.push(image_json(&store.image(n)?)?);
+    }
+    crate::cli::output::print_inspected(&out, format)?;
+    Ok(0)
+}
+
+/// An image as Docker's `image inspect` shows it.
+pub fn image_json(i: &Image) -> anyhow::Result<serde_json::Value> {
+    let config: serde_json::Value = serde_json::to_value(&i.config)?;
+    Ok(serde_json::json!({
             "Id": i.id().to_string(),
             "Digest": i.digest.to_string(),
             "ManifestDigest": i.manifest_digest.to_string(),
@@ -28,10 +35,7 @@ pub fn inspect(store: &Store, names: &[String], format: Option<&str>) -> anyhow:
                 "MediaType": l.media_type,
                 "Size": l.size,
             })).collect::<Vec<_>>(),
-        }));
-    }
-    crate::cli::output::print_inspected(&out, format)?;
-    Ok(0)
+    }))
 }
 
 /// Docker's RootFS keys (`Type`, `Layers`) for the config's `rootfs`

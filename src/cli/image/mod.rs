@@ -18,6 +18,7 @@ use clap::{Args, Subcommand};
 use images::archive::Format;
 use images::{Reference, Store};
 
+pub(crate) use inspect::image_json;
 pub(crate) use remove::image_users;
 
 /// Image subcommands, flattened into hull's top-level commands.
