@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 /// A stage of starting a container's VM that can take a while.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stage {
     /// The helper VM turns the image's layers into its root filesystem.
     PrepareRootfs,

@@ -1,7 +1,8 @@
 //! A first run's stages on stderr: live lines when stderr is a terminal
 //! (each stage named, each ending with ✓ and its time), nothing on a pipe
 //! (Docker's rule), one plain line per stage with `--progress plain`, and
-//! never anything on stdout, which is the container's. Each case uses a
+//! never anything on stdout, which is the container's; `run -d` shows
+//! what its detached VMM process does. Each case uses a
 //! fresh hull root so the image's filesystem and warm snapshot are made
 //! again (the template snapshots are shared with the other tests).
 
@@ -120,4 +121,18 @@ fn first_run_stages_live_on_a_terminal_plain_on_request_none_on_a_pipe() {
         .output()
         .unwrap();
     assert_eq!(text(&out).1, "");
+
+    // `run -d`: the detached VMM does the work; the command waiting for
+    // it shows the stages, then prints the ID.
+    let root = fresh_root();
+    let mut cmd = hull(root.path());
+    cmd.args(["run", "-d", "--name", "bg", "busybox:test", "sleep", "60"]);
+    let (code, stdout, tty) = with_stderr_on_pty(cmd);
+    assert_eq!(code, Some(0), "terminal showed: {tty}");
+    assert_eq!(stdout.trim().len(), 64, "{stdout}");
+    for done in [format!("✓ {PREPARE}: 1 layer, "), format!("✓ {WARM} (")] {
+        assert!(tty.contains(&done), "{done:?} missing from {tty:?}");
+    }
+    let out = hull(root.path()).args(["rm", "-f", "bg"]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
 }

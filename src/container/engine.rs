@@ -61,20 +61,10 @@ fn update(dir: &Path, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
 }
 
 /// Runs the container to completion; returns its exit code. State is
-/// `running` from boot until the process exits, then `exited`.
+/// `running` from boot until the process exits, then `exited`. The slow
+/// stages of a first start (preparing the image's filesystem, booting the
+/// template VM, saving snapshots) are told to `progress`.
 pub fn run(
-    root: &Path,
-    dir: &Path,
-    config: &ContainerConfig,
-    attach: Attach,
-) -> anyhow::Result<i32> {
-    run_with_progress(root, dir, config, attach, &crate::progress::Silent)
-}
-
-/// [`run`], telling `progress` about the slow stages of a first start
-/// (preparing the image's filesystem, booting the template VM, saving
-/// snapshots).
-pub fn run_with_progress(
     root: &Path,
     dir: &Path,
     config: &ContainerConfig,

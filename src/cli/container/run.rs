@@ -93,14 +93,14 @@ pub struct RunArgs {
 pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
     let (config, dir) = create_container(&args, root, store, true)?;
     let id = config.id.clone();
+    let view = crate::cli::progress_view::StageView::new(args.progress, args.quiet);
     if args.detach {
         let c = store.find(&id)?;
-        lifecycle::start_detached(root, &c)?;
+        lifecycle::start_detached(root, &c, &view)?;
         println!("{id}");
         return Ok(0);
     }
-    let view = crate::cli::progress_view::StageView::new(args.progress, args.quiet);
-    let result = engine::run_with_progress(
+    let result = engine::run(
         root,
         &dir,
         &config,
