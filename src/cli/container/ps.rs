@@ -46,6 +46,9 @@ pub struct PsArgs {
 #[derive(Debug, PartialEq)]
 enum Filter {
     Status(Status),
+    /// A state of Docker's that hull containers are never in (`paused`,
+    /// `restarting`, `removing`, `dead`): matches nothing.
+    NoSuchState,
     Name(String),
     Label(String, Option<String>),
     Ancestor(String),
@@ -62,6 +65,7 @@ impl Filter {
                 "created" => Status::Created,
                 "running" => Status::Running,
                 "exited" => Status::Exited,
+                "paused" | "restarting" | "removing" | "dead" => return Ok(Filter::NoSuchState),
                 _ => {
                     return Err(CommandError::Invalid(
                         "filter",
@@ -84,6 +88,7 @@ impl Filter {
     fn matches(&self, c: &Container) -> bool {
         match self {
             Filter::Status(s) => c.state.status == *s,
+            Filter::NoSuchState => false,
             // Docker matches a regular expression; a substring covers how
             // names are filtered in practice.
             Filter::Name(n) => c.config.name.contains(n.as_str()),
@@ -126,7 +131,11 @@ pub fn ps(store: &ContainerStore, a: &PsArgs) -> anyhow::Result<u8> {
     };
     let limit = if a.latest { Some(1) } else { a.last };
     // A status filter, -n and -l look at every container, as in Docker.
-    let all = a.all || limit.is_some() || filters.iter().any(|f| matches!(f, Filter::Status(_)));
+    let all = a.all
+        || limit.is_some()
+        || filters
+            .iter()
+            .any(|f| matches!(f, Filter::Status(_) | Filter::NoSuchState));
     let list: Vec<Container> = store
         .list()?
         .into_iter()
@@ -283,6 +292,7 @@ mod tests {
             Filter::Label("a".into(), None)
         );
         assert!(Filter::parse("status=sleeping").is_err());
+        assert_eq!(Filter::parse("status=dead").unwrap(), Filter::NoSuchState);
         assert!(Filter::parse("colour=red").is_err());
         assert!(Filter::parse("name").is_err());
     }
