@@ -68,7 +68,7 @@ enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
-    /// Housekeeping of hull's caches.
+    /// Disk usage and housekeeping: `hull system df`, `hull system prune`.
     System {
         #[command(subcommand)]
         command: SystemCommand,

@@ -130,7 +130,7 @@ pub enum ContainerCommand {
         /// Container port (`80` or `80/tcp`).
         port: Option<String>,
     },
-    /// Show containers' configuration and state as JSON.
+    /// Show containers' configuration and state (or images' details) as JSON.
     Inspect {
         /// Print each container through a Go template (`{{.State.Pid}}`)
         /// or `json`.

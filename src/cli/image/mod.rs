@@ -26,6 +26,43 @@ pub(crate) use remove::image_users;
 pub enum ImageCommand {
     /// List images.
     Images(ListArgs),
+    /// pull, push, load, save, import, tag, history (also under `hull image`).
+    #[command(flatten)]
+    Verb(ImageVerb),
+    /// Remove images.
+    Rmi(RmiArgs),
+    /// Log in to a registry (credentials stored 0600 under the hull root).
+    Login {
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password.
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Registry host (`localhost:5000`).
+        server: String,
+    },
+    /// Forget a registry's credentials.
+    Logout {
+        /// Registry host.
+        server: String,
+    },
+    /// Manage images (`hull image ls|rm|inspect|prune|pull|tag|...`).
+    Image {
+        #[command(subcommand)]
+        command: ImageSubcommand,
+    },
+}
+
+/// The image commands Docker has both at the top level and under
+/// `docker image` (`hull pull` is `hull image pull`).
+#[derive(Subcommand, Debug)]
+pub enum ImageVerb {
     /// Pull an image from a registry.
     Pull {
         /// Platform to pick from a multi-platform image (os/arch[/variant]).
@@ -84,8 +121,6 @@ pub enum ImageCommand {
         /// New name.
         target: String,
     },
-    /// Remove images.
-    Rmi(RmiArgs),
     /// Show the history of an image.
     History {
         /// Do not truncate output.
@@ -93,32 +128,6 @@ pub enum ImageCommand {
         no_trunc: bool,
         /// Image.
         image: String,
-    },
-    /// Log in to a registry (credentials stored 0600 under the hull root).
-    Login {
-        /// User name.
-        #[arg(short, long)]
-        username: Option<String>,
-        /// Password.
-        #[arg(short, long)]
-        password: Option<String>,
-        /// Read the password from stdin.
-        #[arg(long)]
-        password_stdin: bool,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        /// Registry host (`localhost:5000`).
-        server: String,
-    },
-    /// Forget a registry's credentials.
-    Logout {
-        /// Registry host.
-        server: String,
-    },
-    /// Manage images (`hull image inspect`, `hull image prune`, ...).
-    Image {
-        #[command(subcommand)]
-        command: ImageSubcommand,
     },
 }
 
@@ -145,6 +154,9 @@ pub enum ImageSubcommand {
     Ls(ListArgs),
     /// Remove images.
     Rm(RmiArgs),
+    /// pull, push, load, save, import, tag, history.
+    #[command(flatten)]
+    Verb(ImageVerb),
 }
 
 /// Arguments of `hull images`.
@@ -198,39 +210,8 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
     let store = || Store::open(root).context("cannot open the image store");
     match cmd {
         ImageCommand::Images(a) => list::list(&store()?, &a),
-        ImageCommand::Pull {
-            platform,
-            registry,
-            quiet,
-            reference,
-        } => registry::pull(
-            &store()?,
-            root,
-            &reference,
-            platform.as_deref(),
-            registry,
-            quiet,
-        ),
-        ImageCommand::Push {
-            registry,
-            reference,
-        } => registry::push(&store()?, root, &reference, registry),
-        ImageCommand::Load { input, quiet } => archive::load(&store()?, input.as_deref(), quiet),
-        ImageCommand::Save {
-            output,
-            format,
-            images,
-        } => archive::save(&store()?, &images, output.as_deref(), format),
-        ImageCommand::Import {
-            changes,
-            file,
-            reference,
-        } => archive::import(&store()?, &file, reference.as_deref(), &changes),
-        ImageCommand::Tag { source, target } => tag(&store()?, &source, &target),
+        ImageCommand::Verb(v) => run_verb(v, root),
         ImageCommand::Rmi(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
-        ImageCommand::History { no_trunc, image } => {
-            inspect::history(&store()?.image(&image)?, no_trunc)
-        }
         ImageCommand::Login {
             username,
             password,
@@ -248,7 +229,47 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
             }
             ImageSubcommand::Ls(a) => list::list(&store()?, &a),
             ImageSubcommand::Rm(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
+            ImageSubcommand::Verb(v) => run_verb(v, root),
         },
+    }
+}
+
+/// Runs an image verb, from the top level or under `hull image`.
+fn run_verb(cmd: ImageVerb, root: &Path) -> anyhow::Result<u8> {
+    let store = || Store::open(root).context("cannot open the image store");
+    match cmd {
+        ImageVerb::Pull {
+            platform,
+            registry,
+            quiet,
+            reference,
+        } => registry::pull(
+            &store()?,
+            root,
+            &reference,
+            platform.as_deref(),
+            registry,
+            quiet,
+        ),
+        ImageVerb::Push {
+            registry,
+            reference,
+        } => registry::push(&store()?, root, &reference, registry),
+        ImageVerb::Load { input, quiet } => archive::load(&store()?, input.as_deref(), quiet),
+        ImageVerb::Save {
+            output,
+            format,
+            images,
+        } => archive::save(&store()?, &images, output.as_deref(), format),
+        ImageVerb::Import {
+            changes,
+            file,
+            reference,
+        } => archive::import(&store()?, &file, reference.as_deref(), &changes),
+        ImageVerb::Tag { source, target } => tag(&store()?, &source, &target),
+        ImageVerb::History { no_trunc, image } => {
+            inspect::history(&store()?.image(&image)?, no_trunc)
+        }
     }
 }
 
