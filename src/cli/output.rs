@@ -219,6 +219,11 @@ mod tests {
         // A header through a function stays the header.
         let t = Format::parse("table {{json .Names}}", "").unwrap();
         assert_eq!(t.render(&headers, &rows[..1]).unwrap(), "NAMES\n\"web\"\n");
+        let t = Format::parse("table {{printf \"%-6s|\" .ID}}", "").unwrap();
+        assert_eq!(
+            t.render(&headers, &rows[..1]).unwrap(),
+            "CONTAINER ID|\nabc   |\n"
+        );
         let bad = Format::parse("{{.Nmes}}", "").unwrap();
         assert!(bad.render(&headers, &rows).is_err());
     }

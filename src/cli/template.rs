@@ -484,6 +484,11 @@ fn matching_close(tokens: &[Token], open: usize) -> Result<usize> {
     parse_err("unclosed left paren")
 }
 
+/// The functions Docker adds to Go's.
+const DOCKER_FUNCS: [&str; 8] = [
+    "json", "join", "split", "upper", "lower", "title", "truncate", "pad",
+];
+
 /// The state of one rendering.
 struct Exec {
     /// Variables in scope, innermost last.
@@ -591,7 +596,9 @@ impl Exec {
                 .map(|o| self.operand(o, dot))
                 .collect::<Result<Vec<_>>>()?;
             args.extend(piped);
-            if self.header {
+            // Docker's own functions give a header its title unchanged;
+            // Go's (`printf`, `index`, ...) work on it as on a row.
+            if self.header && DOCKER_FUNCS.contains(&name.as_str()) {
                 return Ok(args.into_iter().next().unwrap_or(Value::Null));
             }
             return call(name, &args);
