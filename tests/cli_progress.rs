@@ -2,7 +2,8 @@
 //! (each stage named, each ending with ✓ and its time), nothing on a pipe
 //! (Docker's rule), one plain line per stage with `--progress plain`, and
 //! never anything on stdout, which is the container's; `run -d` shows
-//! what its detached VMM process does. Each case uses a
+//! what its detached VMM process does, `start -a` of a created container
+//! what its first start does. Each case uses a
 //! fresh hull root so the image's filesystem and warm snapshot are made
 //! again (the template snapshots are shared with the other tests).
 
@@ -135,4 +136,35 @@ fn first_run_stages_live_on_a_terminal_plain_on_request_none_on_a_pipe() {
     }
     let out = hull(root.path()).args(["rm", "-f", "bg"]).output().unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
+
+    // `create` then `start -a`: the first start shows its stages and runs
+    // the created container's command.
+    let root = fresh_root();
+    let out = hull(root.path())
+        .args([
+            "create",
+            "--name",
+            "later",
+            "busybox:test",
+            "echo",
+            "started later",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mut cmd = hull(root.path());
+    cmd.args(["start", "-a", "later"]);
+    let (code, stdout, tty) = with_stderr_on_pty(cmd);
+    assert_eq!(code, Some(0), "terminal showed: {tty}");
+    assert_eq!(stdout, "started later\n");
+    assert!(tty.contains(&format!("✓ {PREPARE}: 1 layer, ")), "{tty:?}");
+    let status = hull(root.path())
+        .args(["ps", "-a", "--format", "{{.Status}}"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&status).0.starts_with("Exited (0) "),
+        "{:?}",
+        text(&status)
+    );
 }
