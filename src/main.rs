@@ -12,6 +12,7 @@ mod file_lock;
 mod guest;
 mod network;
 mod ports;
+mod progress;
 mod units;
 
 use std::path::PathBuf;

@@ -61,12 +61,15 @@ fn update(dir: &Path, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
 }
 
 /// Runs the container to completion; returns its exit code. State is
-/// `running` from boot until the process exits, then `exited`.
+/// `running` from boot until the process exits, then `exited`. The slow
+/// stages of a first start (preparing the image's filesystem, booting the
+/// template VM, saving snapshots) are told to `progress`.
 pub fn run(
     root: &Path,
     dir: &Path,
     config: &ContainerConfig,
     attach: Attach,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<i32> {
     update(dir, |s| {
         s.status = Status::Running;
@@ -77,7 +80,7 @@ pub fn run(
         s.exit_code = None;
         s.error = None;
     })?;
-    let result = run_inner(root, dir, config, attach);
+    let result = run_inner(root, dir, config, attach, progress);
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
@@ -102,6 +105,7 @@ fn run_inner(
     dir: &Path,
     config: &ContainerConfig,
     attach: Attach,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<i32> {
     let main_process = Arc::new(AtomicU32::new(0));
     let attached = matches!(attach, Attach::Terminal { .. });
@@ -119,12 +123,12 @@ fn run_inner(
     // (listeners closed) before `run` records the exit.
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
-    let disks = container_disks(root, dir, config)?;
+    let disks = container_disks(root, dir, config, progress)?;
     // Dropped (passt killed and reaped) when the container ends; passt
     // also ends on its own if this process dies.
     let (_passt, net) = network_device(dir, config)?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, config, disks, net)?;
+    let (vm, mut client) = start_vm(root, config, disks, net, progress)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     ports.start(&vm.uds)?;
 
@@ -166,8 +170,10 @@ fn container_disks(
     root: &Path,
     dir: &Path,
     config: &ContainerConfig,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<Vec<vmm::DiskConfig>> {
     let (image_disk, _) = RootfsCache::new(root)
+        .with_progress(progress)
         .get_or_prepare(root, &config.layers)
         .map_err(|e| e.context("preparing the image's root filesystem"))?;
     let upper = dir.join("upper.ext4");
@@ -206,6 +212,7 @@ fn start_vm(
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
     net: Option<vmm::virtio::net::NetConfig>,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
@@ -217,6 +224,7 @@ fn start_vm(
         net,
         windows: Vec::new(),
         extra_cmdline: "",
+        progress: Some(progress),
     };
     std::fs::create_dir_all(root.join("run"))?;
     fast_start::start(

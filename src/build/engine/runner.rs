@@ -121,6 +121,7 @@ impl BuildVm {
                 writable: true,
             }],
             extra_cmdline: "",
+            progress: None,
         };
         let disks = vec![
             vmm::DiskConfig {
