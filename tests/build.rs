@@ -79,7 +79,7 @@ COPY --chown=1000:1000 --chmod=600 secret.txt /owned/
 ADD bundle.tar /opt/
 RUN <<EOF
 echo "hi $NAME $WHO" > run.txt
-ln run.txt hard.txt
+echo kept > keep.txt && ln keep.txt hard.txt
 rm /etc/greeting
 mkdir -p /data && rm -rf /data/* && touch /data/new
 chmod 1777 /tmp
@@ -95,7 +95,7 @@ CMD ["sh", "-c", "cat run.txt hello.txt /opt/in/bundled /tmp/uid.txt; ls /etc/gr
 fn bundle_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
-    h.set_size(12);
+    h.set_size(11);
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_uid(0);

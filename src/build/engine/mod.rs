@@ -78,7 +78,7 @@ struct StageResult {
 pub fn build(root: &Path, req: &BuildRequest) -> anyhow::Result<images::digest::Digest> {
     let dockerfile = Dockerfile::parse(&req.dockerfile).map_err(|e| anyhow::anyhow!(e.report()))?;
     let store = images::Store::open(root)?;
-    let bases = base_images(&dockerfile, &req.options, &store)?;
+    let bases = base_images(&dockerfile, req, &store, root)?;
     let build = dockerfile
         .resolve(&req.options, &|r| {
             bases.get(r).map(|(_, env)| env.clone()).unwrap_or_default()
@@ -129,15 +129,18 @@ pub fn build(root: &Path, req: &BuildRequest) -> anyhow::Result<images::digest::
 }
 
 /// The images the Dockerfile starts from or copies from, found in the
-/// store, by the reference as written after meta-arg substitution, with
-/// their env (which ENV and ARG resolution need).
+/// store or pulled when missing (as `docker build` does), by the
+/// reference as written after meta-arg substitution, with their env
+/// (which ENV and ARG resolution need).
 fn base_images(
     dockerfile: &Dockerfile,
-    opts: &BuildOptions,
+    req: &BuildRequest,
     store: &images::Store,
+    root: &Path,
 ) -> anyhow::Result<HashMap<String, (images::Image, Vars)>> {
+    use crate::cli::container::auto_pull::{self, PullPolicy};
     let first = dockerfile
-        .resolve(opts, &|_| Vars::new())
+        .resolve(&req.options, &|_| Vars::new())
         .map_err(|e| anyhow::anyhow!(e.report()))?;
     let mut out = HashMap::new();
     for stage in &first.stages {
@@ -154,9 +157,8 @@ fn base_images(
             if out.contains_key(reference) {
                 continue;
             }
-            let image = store
-                .image(reference)
-                .map_err(|e| at(line, format!("{reference}: {e} (hull pull it first)")))?;
+            let image = auto_pull::image(store, root, reference, PullPolicy::Missing, req.quiet)
+                .map_err(|e| at(line, format!("{reference}: {e}")))?;
             let env: Vars = image
                 .config
                 .config()

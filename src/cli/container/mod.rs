@@ -5,7 +5,7 @@
 //! [`inspect`], `logs` in [`logs`]. The containers themselves are in
 //! `crate::container`.
 
-mod auto_pull;
+pub mod auto_pull;
 mod exec;
 mod inspect;
 mod lifecycle;
