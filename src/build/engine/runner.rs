@@ -144,7 +144,13 @@ impl BuildVm {
             None,
             |c| {
                 c.call(&mount("/dev/vda", LOWER, "erofs", true, ""))?;
-                c.call(&mount("/dev/vdb", SCRATCH, "ext4", false, ""))?;
+                c.call(&mount(
+                    "/dev/vdb",
+                    SCRATCH,
+                    "ext4",
+                    false,
+                    engine::SCRATCH_EXT4_OPTIONS,
+                ))?;
                 c.set_hostname(&id[..12])?;
                 if network == NetworkMode::Default {
                     c.call(&network::configure_request(&id))?;
