@@ -61,13 +61,17 @@ fn update(dir: &Path, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
 }
 
 /// Runs the container to completion; returns its exit code. State is
-/// `running` from boot until the process exits, then `exited`.
+/// `running` from boot until the process exits, then `exited`. A
+/// container-mode container runs through `crate::oci::engine` instead.
 pub fn run(
     root: &Path,
     dir: &Path,
     config: &ContainerConfig,
     attach: Attach,
 ) -> anyhow::Result<i32> {
+    if config.isolation == crate::oci::Isolation::Container {
+        return crate::oci::engine::run(root, dir, config, attach);
+    }
     update(dir, |s| {
         s.status = Status::Running;
         s.vmm_pid = Some(std::process::id() as i32);

@@ -56,6 +56,14 @@ pub struct ContainerConfig {
     pub network: crate::network::NetworkMode,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// Its own microVM, or a namespaced container on the host kernel
+    /// (`--isolation`); containers made before it existed are VMs.
+    #[serde(default)]
+    pub isolation: crate::oci::Isolation,
+    /// The OCI runtime of a container-mode container (`--runtime`; none:
+    /// crun, else runc).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 /// Docker's default PATH for images whose config sets none.

@@ -21,6 +21,12 @@ pub fn exec(
         return Err(CommandError::NotRunning(container.to_string()).into());
     }
     check_tty_input(opts.stdin, opts.tty)?;
+    if let (crate::oci::Isolation::Container, Some(pid)) = (c.config.isolation, c.state.process_id)
+    {
+        return Ok(exit_code(crate::oci::engine::exec(
+            root, &c.config, pid, opts,
+        )?));
+    }
     Ok(exit_code(engine::exec(root, &c.config, opts)?))
 }
 

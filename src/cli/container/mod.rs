@@ -24,7 +24,7 @@ pub use run::RunArgs;
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// Run a command in a new container, in its own microVM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers.
     Ps {
         /// Show all containers (default: running only).
@@ -179,7 +179,7 @@ pub enum CommandError {
 pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
     let store = ContainerStore::new(root);
     match cmd {
-        ContainerCommand::Run(args) => run::run(args, root, &store),
+        ContainerCommand::Run(args) => run::run(*args, root, &store),
         ContainerCommand::Ps { all, quiet, format } => ps::ps(&store, all, quiet, &format),
         ContainerCommand::Logs {
             follow,

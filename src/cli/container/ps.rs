@@ -31,6 +31,7 @@ pub fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyho
                     "Status": status_text(c),
                     "Names": c.config.name,
                     "ExitCode": c.state.exit_code,
+                    "Isolation": c.config.isolation.as_str(),
                 });
                 println!("{v}");
             }
@@ -43,8 +44,8 @@ pub fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyho
                 .unwrap_or(0)
                 .max(8);
             println!(
-                "{:<14}{:<24}{:<24}{:<40}{:<ports_width$}NAMES",
-                "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "PORTS"
+                "{:<14}{:<24}{:<24}{:<40}{:<ports_width$}{:<11}NAMES",
+                "CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "PORTS", "ISOLATION"
             );
             for c in &list {
                 let mut cmd = format!("\"{}\"", c.config.argv.join(" "));
@@ -55,12 +56,13 @@ pub fn ps(store: &ContainerStore, all: bool, quiet: bool, format: &str) -> anyho
                     );
                 }
                 println!(
-                    "{:<14}{:<24}{:<24}{:<40}{:<ports_width$}{}",
+                    "{:<14}{:<24}{:<24}{:<40}{:<ports_width$}{:<11}{}",
                     store::short(&c.config.id),
                     c.config.image,
                     cmd,
                     status_text(c),
                     ports_text(c),
+                    c.config.isolation.as_str(),
                     c.config.name
                 );
             }

@@ -11,6 +11,7 @@ use crate::container::engine::{self, Attach};
 use crate::container::spec::{self, ContainerConfig};
 use crate::container::state::now_rfc3339;
 use crate::container::store::{self, ContainerStore};
+use crate::oci::Isolation;
 use crate::{ports, units};
 
 /// Options of `hull run`.
@@ -69,6 +70,15 @@ pub struct RunArgs {
     /// or `none` (loopback only).
     #[arg(long = "network", alias = "net", default_value = "default")]
     pub network: String,
+    /// Isolation: `vm` (its own microVM) or `container` (namespaces on
+    /// the host kernel, through an OCI runtime). Default: the hull root's
+    /// `isolation` file, else vm.
+    #[arg(long, env = "HULL_ISOLATION")]
+    pub isolation: Option<String>,
+    /// OCI runtime for `--isolation container`: crun, runc or a path to
+    /// one (default: crun, else runc).
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -79,6 +89,11 @@ pub struct RunArgs {
 /// Runs `hull run`; returns the container's exit code (0 when detached).
 pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
     let mem_mib = check_flags(&args)?;
+    let isolation = isolation_of(&args, root)?;
+    if isolation == Isolation::Container {
+        // A missing runtime is an error before anything is created.
+        crate::oci::runtime::Runtime::find(args.runtime.as_deref())?;
+    }
     let ports = args
         .publish
         .iter()
@@ -90,7 +105,12 @@ pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result
     // A port in use is an error before anything is created; the VMM binds
     // again (and would report a port taken in between).
     drop(ports::PortForwarder::bind(&ports)?);
-    let config = container_config(&args, store, &image, mem_mib, ports)?;
+    let mut config = container_config(&args, store, &image, mem_mib, ports)?;
+    config.isolation = isolation;
+    config.runtime = args
+        .runtime
+        .clone()
+        .filter(|_| isolation == Isolation::Container);
     let id = config.id.clone();
     let dir = store.create(&config)?;
     if args.detach {
@@ -111,6 +131,16 @@ pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result
         store.remove(&dir)?;
     }
     Ok(exit_code(result?))
+}
+
+/// `--isolation`, else the root's default (`<root>/isolation` holding
+/// `vm` or `container`), else vm.
+fn isolation_of(args: &RunArgs, root: &Path) -> anyhow::Result<Isolation> {
+    let from_root = || std::fs::read_to_string(root.join("isolation")).ok();
+    match args.isolation.clone().or_else(from_root) {
+        Some(s) => Ok(Isolation::parse(s.trim())?),
+        None => Ok(Isolation::Vm),
+    }
 }
 
 /// Checks the flags that need no image; returns the memory size in MiB.
@@ -246,5 +276,7 @@ fn container_config(
         tty: args.tty,
         network: crate::network::NetworkMode::parse(&args.network)?,
         created: now_rfc3339(),
+        isolation: Isolation::Vm,
+        runtime: None,
     })
 }
