@@ -37,12 +37,15 @@ fn run(root: &Path, isolation: &str, flags: &[&str], cmd: &[&str], stdin: Option
 }
 
 /// The cases both modes must agree on: flags, command, stdin.
-fn cases() -> Vec<(
+/// A case: name, flags, command, stdin.
+type Case = (
     &'static str,
     Vec<&'static str>,
     Vec<&'static str>,
     Option<&'static str>,
-)> {
+);
+
+fn cases() -> Vec<Case> {
     vec![
         ("true", vec![], vec!["true"], None),
         ("exit code", vec![], vec!["sh", "-c", "exit 7"], None),

@@ -5,6 +5,7 @@
 //! [`inspect`], `logs` in [`logs`]. The containers themselves are in
 //! `crate::container`.
 
+mod compare;
 mod exec;
 mod inspect;
 mod lifecycle;
@@ -143,6 +144,9 @@ pub enum ContainerCommand {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Run a workload as a microVM and as a namespaced container, and
+    /// compare latency, memory, kernel and host visibility.
+    Compare(compare::CompareArgs),
     /// (internal) Run a detached container's VMM.
     #[command(name = "__container-vmm", hide = true)]
     Vmm {
@@ -229,6 +233,7 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             inspect::port(&store, &container, port.as_deref())
         }
         ContainerCommand::Inspect { containers } => inspect::inspect(root, &store, &containers),
+        ContainerCommand::Compare(args) => compare::compare(args, root),
         ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
     }
 }
