@@ -94,6 +94,12 @@ fn cases() -> Vec<Case> {
             None,
         ),
         ("missing program", vec![], vec!["nosuchcmd"], None),
+        (
+            "-t",
+            vec!["-t"],
+            vec!["sh", "-c", "tty; echo x; exit 4"],
+            None,
+        ),
     ]
 }
 

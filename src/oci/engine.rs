@@ -144,8 +144,21 @@ fn run_inner(
     update(dir, |s| s.ports = ports.bindings())?;
     ports.start_in_netns(&ns)?;
     parts.runtime = Some(runtime.clone());
-    let child = spawn_runtime(root, &runtime, &bundle_dir, config, attach)?;
-    let code = supervise(child, dir, attached, &container_pid, &runtime)?;
+    let stdin = matches!(attach, Attach::Terminal { stdin: true });
+    let (child, master) = spawn_runtime(root, &runtime, &bundle_dir, config, attach)?;
+    // Raw from the moment the process runs until we return (-i -t).
+    let raw = master.as_ref().and_then(|_| raw_stdin(stdin));
+    let code = supervise(
+        child,
+        master,
+        stdin,
+        dir,
+        attached,
+        &container_pid,
+        &runtime,
+    );
+    drop(raw);
+    let code = code?;
     drop(ports);
     Ok(code)
 }
@@ -333,11 +346,12 @@ fn spawn_runtime(
     bundle_dir: &Path,
     config: &ContainerConfig,
     attach: Attach,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<(Child, Option<std::fs::File>)> {
     let stdin = match attach {
         Attach::Terminal { stdin: true } => Stdio::piped(),
         _ => Stdio::null(),
     };
+    let attached = matches!(attach, Attach::Terminal { .. });
     let _ = std::fs::remove_file(bundle_dir.join("container.pid"));
     let mut cmd = runtime.command(root);
     // The runtime's own errors to a file, apart from the container's
@@ -353,14 +367,30 @@ fn spawn_runtime(
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    cmd.spawn()
-        .with_context(|| format!("starting {}", runtime.path.display()))
+    let pty = if config.tty {
+        let size = crate::container::terminal::size_source()
+            .filter(|_| attached)
+            .and_then(crate::container::terminal::window_size);
+        let pty = super::tty::open(size)?;
+        pty.attach(&mut cmd)?;
+        Some(pty)
+    } else {
+        None
+    };
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", runtime.path.display()))?;
+    // Our copy of the slave goes now: reads of the master end (EIO) once
+    // the runtime and the container have closed theirs.
+    Ok((child, pty.map(super::tty::Pty::close_slave)))
 }
 
 /// Copies the runtime's stdio, records the container's PID once the
 /// runtime wrote it, and waits; returns the container's exit code.
 fn supervise(
     mut child: Child,
+    master: Option<std::fs::File>,
+    stdin: bool,
     dir: &Path,
     attached: bool,
     container_pid: &AtomicU32,
@@ -380,6 +410,20 @@ fn supervise(
             let _ = std::io::copy(&mut std::io::stdin(), &mut i);
         });
     }
+    // -t: everything comes through the terminal, as one stream (stdout).
+    let pty_out = match master {
+        Some(m) => {
+            if stdin {
+                let mut to = m.try_clone()?;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut to);
+                });
+            }
+            let w = LogWriter::new(log.clone(), "stdout", attached.then(std::io::stdout));
+            Some(copy_thread(m, w))
+        }
+        None => None,
+    };
     let pid_file = dir.join("bundle").join("container.pid");
     let status = loop {
         if container_pid.load(Ordering::Acquire) == 0 {
@@ -393,7 +437,7 @@ fn supervise(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    for t in [out, err].into_iter().flatten() {
+    for t in [out, err, pty_out].into_iter().flatten() {
         let _ = t.join();
     }
     let code = exit_code(status);
@@ -444,6 +488,17 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255)
+}
+
+/// Raw mode for our stdin when it is a terminal the container's PTY
+/// takes over (`-i -t`, as in the VM mode).
+fn raw_stdin(wanted: bool) -> Option<crate::container::terminal::RawMode> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if !wanted || !stdin.is_terminal() {
+        return None;
+    }
+    crate::container::terminal::RawMode::enable(std::os::fd::AsRawFd::as_raw_fd(&stdin)).ok()
 }
 
 fn read_pid(p: &Path) -> Option<u32> {

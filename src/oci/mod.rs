@@ -14,6 +14,7 @@ pub mod engine;
 pub mod lower;
 pub mod netns;
 pub mod runtime;
+pub mod tty;
 pub mod user;
 
 use serde::{Deserialize, Serialize};
