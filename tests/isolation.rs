@@ -473,3 +473,91 @@ fn hostile_layers_in_container_mode() {
     );
     let _ = std::fs::remove_dir_all(&canary);
 }
+
+/// `hull compare --format json`: every field, with plausible values.
+#[test]
+fn compare_json_has_every_field() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = hull(root)
+        .args([
+            "compare",
+            "busybox:test",
+            "true",
+            "-n",
+            "2",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["n"], 2);
+    assert_eq!(r["command"][0], "true");
+    assert!(r["machine"]["cpus"].as_u64().unwrap() >= 1);
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    for mode in ["vm", "container"] {
+        let m = &r[mode];
+        assert_eq!(m["isolation"], mode);
+        let l = &m["latency_s"];
+        let (min, med, max) = (
+            l["min"].as_f64().unwrap(),
+            l["median"].as_f64().unwrap(),
+            l["max"].as_f64().unwrap(),
+        );
+        assert!(
+            0.0 < min && min <= med && med <= max && max < 600.0,
+            "{mode}: {l}"
+        );
+        assert!(m["first_start_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(m["prepared_before"], false, "{mode}: a fresh root");
+        assert_eq!(m["exit_code"], 0);
+        // An idle instance costs the host something, and less than 1 GiB.
+        let pss = m["idle_pss_kib"].as_u64().unwrap();
+        assert!(100 < pss && pss < 1 << 20, "{mode}: {pss} KiB");
+        assert!(!m["uname_r"].as_str().unwrap().is_empty());
+        let p = &m["probes"];
+        assert!(p["visible_pids"].as_u64().unwrap() >= 1);
+        assert!(p["mounts"].as_u64().unwrap() >= 1);
+        for k in [
+            "kernel_modules",
+            "kallsyms_lines",
+            "cpu_model",
+            "host_paths_in_mounts",
+            "seccomp",
+        ] {
+            assert!(!p[k].is_null(), "{mode}: probes.{k}");
+        }
+    }
+    assert_eq!(r["container"]["uname_r"].as_str().unwrap(), host.trim());
+    assert_ne!(r["vm"]["uname_r"].as_str().unwrap(), host.trim());
+    // The container mode's overlay names the hull root; the VM's mounts
+    // are the guest's own.
+    assert!(
+        r["container"]["probes"]["host_paths_in_mounts"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(r["vm"]["probes"]["host_paths_in_mounts"], 0);
+    let rows: Vec<&str> = r["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[0].as_str().unwrap())
+        .collect();
+    for row in [
+        "latency",
+        "idle memory",
+        "kernel",
+        "host visibility",
+        "attack surface",
+        "first start",
+    ] {
+        assert!(rows.contains(&row), "{rows:?}");
+    }
+}

@@ -30,8 +30,9 @@ pub struct CompareArgs {
     pub runtime: Option<String>,
     /// Image to run.
     pub image: String,
-    /// Workload (default: the image's command).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Workload (default: the image's command). Options after the image
+    /// are still compare's (`busybox true -n 20`): put a command that has
+    /// options of its own after `--` (`busybox -- sh -c 'exit 0'`).
     pub command: Vec<String>,
 }
 

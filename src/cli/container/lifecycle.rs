@@ -63,6 +63,11 @@ pub fn rm(
             }
             kill_vmm(root, c);
         }
+        if c.config.isolation == crate::oci::Isolation::Container {
+            // A monitor killed with -9 leaves its container running: the
+            // runtime ends whatever it still knows of it.
+            crate::oci::engine::force_end(root, &c.config, None);
+        }
         // A VMM killed with -9 could not remove its socket.
         let _ = std::fs::remove_file(engine::socket_path(root, &c.config.id));
         store.remove(&c.dir)?;
