@@ -102,6 +102,9 @@ pub struct ModeReport {
     /// Proportional set size of an idle instance's whole process tree
     /// (monitor/VMM, runtime, container processes, passt/pasta), KiB.
     pub idle_pss_kib: u64,
+    /// The part of it that is the network stack process (passt for the
+    /// VM, pasta for the container), KiB.
+    pub idle_pss_network_kib: u64,
     /// `uname -r` inside.
     pub uname_r: String,
     /// Host visibility.
@@ -218,7 +221,7 @@ fn measure(root: &Path, args: &CompareArgs, iso: Isolation) -> anyhow::Result<Mo
         .trim()
         .to_string();
     let probes = parse_probes(&run_once(root, args, iso, &sh(&probe_script(root)))?.2);
-    let idle_pss_kib = idle_pss(root, args, iso)?;
+    let (idle_pss_kib, idle_pss_network_kib) = idle_pss(root, args, iso)?;
     Ok(ModeReport {
         isolation: iso.as_str(),
         first_start_s,
@@ -230,6 +233,7 @@ fn measure(root: &Path, args: &CompareArgs, iso: Isolation) -> anyhow::Result<Mo
         }),
         exit_code,
         idle_pss_kib,
+        idle_pss_network_kib,
         uname_r,
         probes,
     })
@@ -298,8 +302,9 @@ fn parse_probes(out: &str) -> Probes {
 }
 
 /// Starts one detached idle instance (`sleep`), lets it settle, sums the
-/// PSS of its whole process tree on the host, and removes it.
-fn idle_pss(root: &Path, args: &CompareArgs, iso: Isolation) -> anyhow::Result<u64> {
+/// PSS of its whole process tree on the host (and of its passt/pasta
+/// part), and removes it.
+fn idle_pss(root: &Path, args: &CompareArgs, iso: Isolation) -> anyhow::Result<(u64, u64)> {
     let mut c = hull(root)?;
     c.args(["run", "-d", "--isolation", iso.as_str()]);
     if let (Isolation::Container, Some(rt)) = (iso, &args.runtime) {
@@ -321,7 +326,7 @@ fn idle_pss(root: &Path, args: &CompareArgs, iso: Isolation) -> anyhow::Result<u
         .find(&id)
         .ok()
         .and_then(|c| c.state.vmm_pid)
-        .map_or(0, |pid| tree_pss_kib(pid as u32));
+        .map_or((0, 0), |pid| tree_pss_kib(pid as u32));
     let _ = hull(root)?
         .args(["rm", "-f", &id])
         .stdout(Stdio::null())
@@ -329,8 +334,9 @@ fn idle_pss(root: &Path, args: &CompareArgs, iso: Isolation) -> anyhow::Result<u
     Ok(pss)
 }
 
-/// PSS (KiB) of `pid` and all its descendants.
-pub fn tree_pss_kib(pid: u32) -> u64 {
+/// PSS (KiB) of `pid` and all its descendants, and of those of them that
+/// are passt or pasta.
+pub fn tree_pss_kib(pid: u32) -> (u64, u64) {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -357,7 +363,17 @@ pub fn tree_pss_kib(pid: u32) -> u64 {
         );
         i += 1;
     }
-    tree.iter().map(|p| pss_kib(*p)).sum()
+    let is_net = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/comm"))
+            .is_ok_and(|c| c.starts_with("passt") || c.starts_with("pasta"))
+    };
+    let total = tree.iter().map(|p| pss_kib(*p)).sum();
+    let net = tree
+        .iter()
+        .filter(|p| is_net(**p))
+        .map(|p| pss_kib(*p))
+        .sum();
+    (total, net)
 }
 
 fn pss_kib(pid: u32) -> u64 {
@@ -409,15 +425,7 @@ fn verdicts(vm: &ModeReport, ct: &ModeReport) -> Vec<(String, String)> {
                 vm.latency_s.median
             ),
         ),
-        (
-            "idle memory".to_string(),
-            format!(
-                "container {:.0}x smaller ({} KiB vs {} KiB PSS)",
-                ratio(vm.idle_pss_kib as f64, ct.idle_pss_kib as f64),
-                ct.idle_pss_kib,
-                vm.idle_pss_kib
-            ),
-        ),
+        ("idle memory".to_string(), memory_verdict(vm, ct)),
         (
             "kernel".to_string(),
             if vm.uname_r != ct.uname_r {
@@ -429,8 +437,8 @@ fn verdicts(vm: &ModeReport, ct: &ModeReport) -> Vec<(String, String)> {
         (
             "host visibility".to_string(),
             format!(
-                "VM: {} kernel modules, {} mounts naming host paths; container: {} host modules, {} mounts naming host paths, host kernel shared",
-                vm.probes.kernel_modules, vm.probes.host_paths_in_mounts, ct.probes.kernel_modules, ct.probes.host_paths_in_mounts
+                "VM: {} PIDs, all the guest's, {} mounts naming host paths, kallsyms of the guest kernel. Container: {} PIDs (its own), {} mounts naming host paths, the host kernel's {} kallsyms lines and {} modules readable",
+                vm.probes.visible_pids, vm.probes.host_paths_in_mounts, ct.probes.visible_pids, ct.probes.host_paths_in_mounts, ct.probes.kallsyms_lines, ct.probes.kernel_modules
             ),
         ),
     ];
@@ -454,9 +462,38 @@ fn verdicts(vm: &ModeReport, ct: &ModeReport) -> Vec<(String, String)> {
     v
 }
 
+/// Which instance costs the host less memory, with and without its
+/// user-mode network stack (passt/pasta: the same kind of process either
+/// way, and the largest part of a small container).
+fn memory_verdict(vm: &ModeReport, ct: &ModeReport) -> String {
+    let (v, c) = (vm.idle_pss_kib as f64, ct.idle_pss_kib as f64);
+    let (vn, cn) = (
+        vm.idle_pss_kib.saturating_sub(vm.idle_pss_network_kib) as f64,
+        ct.idle_pss_kib.saturating_sub(ct.idle_pss_network_kib) as f64,
+    );
+    let cmp = |a: f64, b: f64| {
+        if a > b * 1.1 {
+            format!("container {:.1}x smaller", a / b.max(1.0))
+        } else if b > a * 1.1 {
+            format!("VM {:.1}x smaller", b / a.max(1.0))
+        } else {
+            "about equal".to_string()
+        }
+    };
+    format!(
+        "{} in all ({} vs {} KiB PSS); without passt/pasta {} ({} vs {} KiB)",
+        cmp(v, c),
+        ct.idle_pss_kib,
+        vm.idle_pss_kib,
+        cmp(vn, cn),
+        cn,
+        vn
+    )
+}
+
 /// The report as an aligned table.
 fn table(r: &Report) -> String {
-    let row = |name: &str, vm: String, ct: String| format!("{name:<26}{vm:<34}{ct}\n");
+    let row = |name: &str, vm: String, ct: String| format!("{name:<30}{vm:<30}{ct}\n");
     let spread = |s: &Spread| format!("{:.3} ({:.3}–{:.3})", s.median, s.min, s.max);
     let (vm, ct) = (&r.vm, &r.container);
     let mut out = format!(
@@ -481,9 +518,9 @@ fn table(r: &Report) -> String {
         format!("{:.2}", ct.first_start_s),
     );
     out += &row(
-        "idle PSS KiB",
-        vm.idle_pss_kib.to_string(),
-        ct.idle_pss_kib.to_string(),
+        "idle PSS KiB (passt/pasta)",
+        format!("{} ({})", vm.idle_pss_kib, vm.idle_pss_network_kib),
+        format!("{} ({})", ct.idle_pss_kib, ct.idle_pss_network_kib),
     );
     out += &row(
         "exit code",
@@ -544,6 +581,7 @@ mod tests {
 
     #[test]
     fn our_own_process_tree_has_a_pss() {
-        assert!(tree_pss_kib(std::process::id()) > 0);
+        let (total, net) = tree_pss_kib(std::process::id());
+        assert!(total > 0 && net <= total);
     }
 }
