@@ -34,6 +34,81 @@ pub const DEFAULT_CAPS: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
+/// System calls a container process gets `EPERM` for: those Docker's
+/// default profile leaves out of its allow list (kernel modules and
+/// keyrings, mounts and namespaces, clocks, kexec/reboot, BPF and perf,
+/// NUMA policy, handle-based opens, cross-process memory access). hull
+/// blocks them with a deny list over "allow the rest", so an image built
+/// for newer system calls than this list knows still runs.
+pub const DENIED_SYSCALLS: [&str; 44] = [
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+    "unshare",
+];
+
+/// The container's seccomp filter: [`DENIED_SYSCALLS`] fail with EPERM,
+/// everything else is allowed.
+pub fn seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, OciError> {
+    use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+    let denied = LinuxSyscallBuilder::default()
+        .names(DENIED_SYSCALLS.map(String::from).to_vec())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::EPERM as u32)
+        .build()
+        .map_err(err)?;
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(vec![denied])
+        .build()
+        .map_err(err)
+}
+
 /// What the spec needs besides the container's configuration.
 pub struct BundleInput<'a> {
     /// The container's configuration.
@@ -193,6 +268,7 @@ fn linux(input: &BundleInput<'_>) -> Result<oci_spec::runtime::Linux, OciError> 
     LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(err)?)
+        .seccomp(seccomp()?)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
         .build()
@@ -241,6 +317,14 @@ mod tests {
         let net = ns.iter().find(|n| n["type"] == "network").unwrap();
         assert_eq!(net["path"], "/n");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let denied = &v["linux"]["seccomp"]["syscalls"][0];
+        assert_eq!(denied["action"], "SCMP_ACT_ERRNO");
+        assert!(denied["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "unshare"));
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 200_000);
         let rl = &v["process"]["rlimits"][0];
         assert!(rl["hard"].as_u64().unwrap() >= rl["soft"].as_u64().unwrap());

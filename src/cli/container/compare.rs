@@ -445,7 +445,8 @@ fn verdicts(vm: &ModeReport, ct: &ModeReport) -> Vec<(String, String)> {
     v.push((
         "attack surface".to_string(),
         format!(
-            "container: every host syscall (seccomp mode {}: hull sets no filter); VM: guest syscalls reach only the guest kernel, the host sees KVM exits and the VMM's syscalls",
+            "container: every host syscall but {} (seccomp mode {}: hull's deny list); VM: guest syscalls reach only the guest kernel, the host sees KVM exits and the VMM's syscalls",
+            crate::oci::bundle::DENIED_SYSCALLS.len(),
             ct.probes.seccomp
         ),
     ));

@@ -36,6 +36,13 @@ pub fn top(root: &Path, store: &ContainerStore, container: &str) -> anyhow::Resu
     if c.state.status != Status::Running {
         return Err(CommandError::NotRunning(container.to_string()).into());
     }
+    if c.config.isolation == crate::oci::Isolation::Container {
+        return Err(CommandError::Invalid(
+            "container for top",
+            format!("{container} runs with --isolation container (not supported yet)"),
+        )
+        .into());
+    }
     let procs = AgentClient::connect(&engine::socket_path(root, &c.config.id))?.processes()?;
     print!("{}", crate::container::top::table(&procs));
     Ok(0)
