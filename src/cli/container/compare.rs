@@ -28,6 +28,9 @@ pub struct CompareArgs {
     /// OCI runtime for the container mode (default: crun, else runc).
     #[arg(long)]
     pub runtime: Option<String>,
+    /// Also draw the latency and memory rows as an SVG chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
     /// Image to run.
     pub image: String,
     /// Workload (default: the image's command). Options after the image
@@ -153,6 +156,9 @@ pub fn compare(args: CompareArgs, root: &Path) -> anyhow::Result<u8> {
         container,
         verdicts,
     };
+    if let Some(path) = &args.plot {
+        super::compare_plot::plot(&report, path)?;
+    }
     if args.format == "json" {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -6,6 +6,7 @@
 //! `crate::container`.
 
 mod compare;
+mod compare_plot;
 mod exec;
 mod inspect;
 mod lifecycle;
