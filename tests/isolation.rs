@@ -491,6 +491,8 @@ fn compare_json_has_every_field() {
             "--format",
             "json",
         ])
+        .arg("--plot")
+        .arg(root.join("chart.svg"))
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -550,6 +552,11 @@ fn compare_json_has_every_field() {
         .iter()
         .map(|v| v[0].as_str().unwrap())
         .collect();
+    let svg = std::fs::read_to_string(root.join("chart.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("container"),
+        "--plot wrote a chart"
+    );
     for row in [
         "latency",
         "idle memory",
