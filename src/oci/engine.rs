@@ -65,7 +65,10 @@ pub fn run(
         match &result {
             Ok(code) => s.exit_code = Some(*code),
             Err(e) => {
-                s.exit_code = Some(125);
+                // As the VM mode records it: 127/126 for a program that
+                // could not be executed, 125 for any other failure.
+                s.exit_code =
+                    Some(crate::guest::agent_client::exec_exit_code(e).map_or(125, i32::from));
                 s.error = Some(format!("{e:#}"));
             }
         }
@@ -443,7 +446,15 @@ fn supervise(
     let code = exit_code(status);
     if code != 0 {
         if let Some(e) = runtime_error(&dir.join("bundle").join("runtime.log"), runtime) {
-            return Err(e);
+            if !attached {
+                return Err(e);
+            }
+            // The runtime printed its message on the container's stderr,
+            // which is ours: one line is enough. The state records it, and
+            // the exit code says what kind of failure it was (127/126/125).
+            let code = crate::guest::agent_client::exec_exit_code(&e).map_or(125, i32::from);
+            let _ = update(dir, |s| s.error = Some(format!("{e:#}")));
+            return Ok(code);
         }
     }
     Ok(code)
