@@ -14,6 +14,7 @@ mod guest;
 mod network;
 mod oci;
 mod ports;
+mod progress;
 mod units;
 
 use std::path::PathBuf;

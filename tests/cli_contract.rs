@@ -48,8 +48,9 @@ fn run_failures_before_a_vm_exit_125() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
+    // (A missing image is pulled first: see tests/cli_auto_pull.rs.)
     assert_fails(
-        &run(root, &["run", "nosuch:1"]),
+        &run(root, &["run", "--pull", "never", "nosuch:1"]),
         125,
         "No such image: nosuch:1",
     );

@@ -36,7 +36,7 @@ fn loads_skopeo_docker_archive_and_oci_archive() {
     assert_eq!(out.trim(), "Loaded image: example.com/app:1");
     let i = inspect(&root, "example.com/app:1");
     let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
-    assert_eq!(i["RootFS"]["diff_ids"], serde_json::json!(diff_ids));
+    assert_eq!(i["RootFS"]["Layers"], serde_json::json!(diff_ids));
     assert_eq!(
         i["Config"]["Cmd"],
         serde_json::json!(["/bin/busybox", "sh"])

@@ -52,7 +52,7 @@ fn import_busybox_then_list_inspect_history() {
     let layer = &i["Layers"][0];
     // A plain tar is stored as given: its digest is the diff ID, and the
     // bytes on disk are the input file.
-    assert_eq!(layer["Digest"], i["RootFS"]["diff_ids"][0]);
+    assert_eq!(layer["Digest"], i["RootFS"]["Layers"][0]);
     assert_eq!(
         layer["Digest"].as_str().unwrap(),
         sha256(&fs::read(&tar).unwrap())
@@ -85,7 +85,7 @@ fn gzip_rootfs_is_imported_as_gzip_layer() {
     );
     // The diff ID is the digest of the uncompressed tar.
     assert_eq!(
-        i["RootFS"]["diff_ids"][0].as_str().unwrap(),
+        i["RootFS"]["Layers"][0].as_str().unwrap(),
         sha256(&fs::read(&tar).unwrap())
     );
 }
@@ -105,7 +105,7 @@ fn zstd_rootfs_is_imported_as_zstd_layer() {
         "application/vnd.oci.image.layer.v1.tar+zstd"
     );
     assert_eq!(
-        i["RootFS"]["diff_ids"][0].as_str().unwrap(),
+        i["RootFS"]["Layers"][0].as_str().unwrap(),
         sha256(&fs::read(&tar).unwrap())
     );
 }

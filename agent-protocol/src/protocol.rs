@@ -25,14 +25,16 @@
 //! snapshots); 0.5 added `StartFailed` (why a program could not be
 //! executed, for Docker's exit codes 126 and 127); 0.6 moved image
 //! preparation to memory windows (`UnpackRequest` names windows, the
-//! agent writes an EROFS image).
+//! agent writes an EROFS image); 0.7 added `WriteLayer` (a writable
+//! layer written as a layer tar into a window, for `hull build`) and
+//! `CopyOut` (`COPY --from`).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.6.0";
+pub const VERSION: &str = "0.7.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -244,6 +246,50 @@ pub enum Request {
         /// Default gateway.
         gateway: std::net::Ipv4Addr,
     },
+    /// Writes an overlayfs upper directory as an uncompressed OCI layer
+    /// tar (whiteouts, opaque directories, hardlinks kept) into a writable
+    /// memory window from `offset` on: the guest's user space writes it,
+    /// the host reads the file behind the window. Answered `Written`.
+    WriteLayer {
+        /// The upper directory.
+        upper: String,
+        /// Paths (as in the container: `/etc/hosts`) left out.
+        exclude: Vec<String>,
+        /// The window.
+        output: WindowRange,
+        /// Where in the window the tar starts.
+        offset: u64,
+    },
+    /// `COPY --from`: paths of the image mounted at `root` (resolved
+    /// inside it) written as a layer tar under new names into a writable
+    /// memory window from `offset` on. Answered `Written`.
+    CopyOut {
+        /// The image's root in the guest.
+        root: String,
+        /// What to copy, in order.
+        sources: Vec<CopySource>,
+        /// Owner (uid, gid) of every entry, if forced.
+        owner: Option<(u64, u64)>,
+        /// Permission bits of every file and directory, if forced.
+        mode: Option<u32>,
+        /// The window.
+        output: WindowRange,
+        /// Where in the window the tar starts.
+        offset: u64,
+    },
+}
+
+/// One source of a [`Request::CopyOut`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopySource {
+    /// Path in the image.
+    pub path: String,
+    /// Where it goes (no leading `/`): a directory's contents go under
+    /// it; anything else goes to `dest/<its name>` if `dest_is_dir`, else
+    /// to `dest`.
+    pub dest: String,
+    /// `dest` names a directory (it ended in `/`, or several sources).
+    pub dest_is_dir: bool,
 }
 
 /// One guest process, as `hull top` shows it.
@@ -296,6 +342,11 @@ pub enum Response {
     },
     /// Done.
     Ok,
+    /// `WriteLayer` done: the tar's length in the window.
+    Written {
+        /// Bytes of tar, end-of-archive blocks included.
+        bytes: u64,
+    },
     /// `Start` failed because the program could not be executed; the
     /// host tells the cases apart by `failure`, never by the message.
     StartFailed {
@@ -595,6 +646,7 @@ mod tests {
         assert!(!compatible(VERSION, "0.3.0"));
         assert!(!compatible(VERSION, "0.4.0"));
         assert!(!compatible(VERSION, "0.5.0"));
+        assert!(!compatible(VERSION, "0.6.0"));
     }
 
     #[test]

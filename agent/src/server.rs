@@ -127,6 +127,41 @@ impl Agent {
                 || format!("read files under {root}"),
             ),
             Request::KillAll => self.kill_all(),
+            Request::WriteLayer {
+                upper,
+                exclude,
+                output,
+                offset,
+            } => match agent::layer_out::write_to_window(&upper, &exclude, output, offset) {
+                Ok(bytes) => Response::Written { bytes },
+                Err(e) => error(format!("writing the layer of {upper}: {e}")),
+            },
+            Request::CopyOut {
+                root,
+                sources,
+                owner,
+                mode,
+                output,
+                offset,
+            } => {
+                let sources: Vec<agent::layer_out::CopySource> = sources
+                    .into_iter()
+                    .map(|s| agent::layer_out::CopySource {
+                        path: s.path,
+                        dest: s.dest,
+                        dest_is_dir: s.dest_is_dir,
+                    })
+                    .collect();
+                let opts = agent::layer_out::LayerOptions {
+                    owner,
+                    mode,
+                    ..Default::default()
+                };
+                match agent::layer_out::copy_to_window(&root, &sources, &opts, output, offset) {
+                    Ok(bytes) => Response::Written { bytes },
+                    Err(e) => error(e.to_string()),
+                }
+            }
             // Powering off waits for the answer to reach the host: see
             // `serve_control`.
             Request::Shutdown => Response::Ok,

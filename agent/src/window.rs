@@ -196,6 +196,38 @@ impl Drop for ChunkedWindow {
     }
 }
 
+/// A window written front to back as a stream, from `offset` on (a layer
+/// tar: its length is known only at its end).
+#[derive(Debug)]
+pub struct WindowWriter {
+    window: ChunkedWindow,
+    offset: u64,
+}
+
+impl WindowWriter {
+    /// Writes into `window` from `offset`.
+    pub fn new(window: ChunkedWindow, offset: u64) -> Self {
+        Self { window, offset }
+    }
+
+    /// Where the next byte goes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl io::Write for WindowWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::unpack::Output::write_at(&mut self.window, self.offset, buf)?;
+        self.offset += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl crate::unpack::Output for ChunkedWindow {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         ChunkedWindow::write_at(self, offset, data).map_err(|e| match e {

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod dockerfile;
+pub mod engine;
 pub mod ignore;
 pub mod lexer;
 pub mod resolve;

@@ -14,18 +14,41 @@ pub fn run(shell: Shell) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The command line without its hidden commands: clap_complete would
-/// offer them (`__container-vmm`), and they are not for users.
+/// The command line without its hidden commands, at every level
+/// (`hull container` has them too): clap_complete would offer them
+/// (`__container-vmm`), and they are not for users.
 fn without_hidden(cmd: Command) -> Command {
-    let visible: Vec<Command> = cmd
+    let hidden: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| s.is_hide_set())
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let names: Vec<String> = cmd
         .get_subcommands()
         .filter(|s| !s.is_hide_set())
-        .cloned()
+        .map(|s| s.get_name().to_string())
         .collect();
-    Command::new("hull")
-        .version(env!("CARGO_PKG_VERSION"))
+    let mut cmd = cmd;
+    for name in hidden {
+        cmd = cmd.mut_subcommand(&name, |s| s.hide(true));
+    }
+    // Hidden subcommands stay defined (clap has no removal) but are
+    // rebuilt without: only visible ones are kept, each cleaned in turn.
+    let visible: Vec<Command> = names
+        .iter()
+        .filter_map(|n| cmd.find_subcommand(n).cloned())
+        .map(without_hidden)
+        .collect();
+    let mut out = Command::new(cmd.get_name().to_string())
         .args(cmd.get_arguments().cloned())
-        .subcommands(visible)
+        .subcommands(visible);
+    if let Some(v) = cmd.get_version() {
+        out = out.version(v.to_string());
+    }
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    out
 }
 
 #[cfg(test)]

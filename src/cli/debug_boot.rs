@@ -43,6 +43,7 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         net: None,
         windows: Vec::new(),
         extra_cmdline: "",
+        progress: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     if let Some(extra) = &args.append {

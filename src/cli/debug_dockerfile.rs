@@ -74,7 +74,7 @@ pub fn run(args: DebugDockerfileArgs) -> anyhow::Result<u8> {
 
 /// `--build-arg` values as `(name, value)`; `NAME` alone takes the
 /// environment's value and is dropped when it has none, as in Docker.
-fn build_args(given: &[String]) -> Vec<(String, String)> {
+pub fn build_args(given: &[String]) -> Vec<(String, String)> {
     given
         .iter()
         .filter_map(|arg| match arg.split_once('=') {

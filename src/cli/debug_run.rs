@@ -101,6 +101,7 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         net: None,
         windows: Vec::new(),
         extra_cmdline: "",
+        progress: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
     let run_dir = root.join("run");

@@ -5,10 +5,15 @@
 //!   per family of commands);
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
-//! - [`info`], [`version`], [`completion`], [`system`], [`debug_boot`],
-//!   [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]: the rest;
-//! - [`exit`]: Docker's exit codes.
+//! - [`build`]: `hull build`;
+//! - [`info`], [`version`], [`completion`], [`system`], [`stats`],
+//!   [`debug_boot`], [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]:
+//!   the rest;
+//! - [`exit`]: Docker's exit codes; [`template`] and [`output`]: Docker's
+//!   `--format` (Go templates, `table`, `json`); [`progress_view`]: how a
+//!   first start's stages show on stderr.
 
+pub mod build;
 pub mod completion;
 pub mod container;
 pub mod debug_boot;
@@ -18,7 +23,11 @@ pub mod debug_run;
 pub mod exit;
 pub mod image;
 pub mod info;
+pub mod output;
+pub mod progress_view;
+pub mod stats;
 pub mod system;
+pub mod template;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +56,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build an image from a Dockerfile; RUN steps run in microVMs.
+    Build(build::BuildArgs),
     /// Show the host's hypervisor, the guest kernel and agent hull uses.
     Info,
     /// Show the versions of hull, the guest kernel and agent, and the hypervisor.
@@ -61,7 +72,7 @@ enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
-    /// Housekeeping of hull's caches.
+    /// Disk usage and housekeeping: `hull system df`, `hull system prune`.
     System {
         #[command(subcommand)]
         command: SystemCommand,
@@ -72,12 +83,25 @@ enum Command {
     /// Image commands: images, pull, push, load, save, import, tag, rmi, ...
     #[command(flatten)]
     Image(image::ImageCommand),
+    /// Manage containers (`hull container ls|rm|inspect|prune|...`).
+    #[command(name = "container")]
+    ContainerManage {
+        #[command(subcommand)]
+        command: container::ContainerManageCommand,
+    },
+    /// Show resource usage of running containers' VMs (CPU, memory).
+    Stats(stats::StatsArgs),
 }
 
 #[derive(Subcommand, Debug)]
 enum SystemCommand {
-    /// Remove the fast-start VM snapshots (made again on the next run).
-    Prune,
+    /// Remove stopped containers, dangling images (with -a every image no
+    /// container uses) and the fast-start VM snapshots (made again on the
+    /// next run).
+    Prune(system::PruneArgs),
+    /// Show the disk space images, containers, snapshots and prepared
+    /// root filesystems use.
+    Df,
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,7 +122,10 @@ impl Cli {
     /// for every other command.
     pub fn failure_code(&self) -> u8 {
         match self.command {
-            Command::Container(container::ContainerCommand::Run(_)) => exit::HULL_FAILED,
+            Command::Container(ref c) if container::is_run_or_create(c) => exit::HULL_FAILED,
+            Command::ContainerManage {
+                command: container::ContainerManageCommand::Command(ref c),
+            } if container::is_run_or_create(c) => exit::HULL_FAILED,
             // A bad Dockerfile fails as `docker build` does.
             Command::Debug {
                 command: DebugCommand::Dockerfile(_),
@@ -110,6 +137,7 @@ impl Cli {
     /// Runs the command; returns the process exit code.
     pub fn run(self, root: &Path) -> anyhow::Result<u8> {
         match self.command {
+            Command::Build(args) => build::run(args, root),
             Command::Info => info::run(root),
             Command::Version => version::run(root),
             Command::Completion { shell } => completion::run(shell),
@@ -126,10 +154,15 @@ impl Cli {
                 command: DebugCommand::Dockerfile(args),
             } => debug_dockerfile::run(args),
             Command::System {
-                command: SystemCommand::Prune,
-            } => system::prune(root),
+                command: SystemCommand::Prune(args),
+            } => system::prune(root, &args),
+            Command::System {
+                command: SystemCommand::Df,
+            } => system::df(root),
             Command::Image(cmd) => image::run(cmd, root),
             Command::Container(cmd) => container::run(cmd, root),
+            Command::ContainerManage { command } => container::manage(command, root),
+            Command::Stats(args) => stats::run(&args, root),
         }
     }
 }

@@ -61,13 +61,16 @@ fn update(dir: &Path, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
 }
 
 /// Runs the container to completion; returns its exit code. State is
-/// `running` from boot until the process exits, then `exited`. A
+/// `running` from boot until the process exits, then `exited`. The slow
+/// stages of a first start (preparing the image's filesystem, booting the
+/// template VM, saving snapshots) are told to `progress`. A
 /// container-mode container runs through `crate::oci::engine` instead.
 pub fn run(
     root: &Path,
     dir: &Path,
     config: &ContainerConfig,
     attach: Attach,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<i32> {
     if config.isolation == crate::oci::Isolation::Container {
         return crate::oci::engine::run(root, dir, config, attach);
@@ -81,7 +84,7 @@ pub fn run(
         s.exit_code = None;
         s.error = None;
     })?;
-    let result = run_inner(root, dir, config, attach);
+    let result = run_inner(root, dir, config, attach, progress);
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
@@ -106,6 +109,7 @@ fn run_inner(
     dir: &Path,
     config: &ContainerConfig,
     attach: Attach,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<i32> {
     let main_process = Arc::new(AtomicU32::new(0));
     let attached = matches!(attach, Attach::Terminal { .. });
@@ -123,12 +127,12 @@ fn run_inner(
     // (listeners closed) before `run` records the exit.
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
-    let disks = container_disks(root, dir, config)?;
+    let disks = container_disks(root, dir, config, progress)?;
     // Dropped (passt killed and reaped) when the container ends; passt
     // also ends on its own if this process dies.
     let (_passt, net) = network_device(dir, config)?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, config, disks, net)?;
+    let (vm, mut client) = start_vm(root, config, disks, net, progress)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     ports.start(&vm.uds)?;
 
@@ -170,8 +174,10 @@ fn container_disks(
     root: &Path,
     dir: &Path,
     config: &ContainerConfig,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<Vec<vmm::DiskConfig>> {
     let (image_disk, _) = RootfsCache::new(root)
+        .with_progress(progress)
         .get_or_prepare(root, &config.layers)
         .map_err(|e| e.context("preparing the image's root filesystem"))?;
     let upper = dir.join("upper.ext4");
@@ -210,6 +216,7 @@ fn start_vm(
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
     net: Option<vmm::virtio::net::NetConfig>,
+    progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
@@ -221,6 +228,7 @@ fn start_vm(
         net,
         windows: Vec::new(),
         extra_cmdline: "",
+        progress: Some(progress),
     };
     std::fs::create_dir_all(root.join("run"))?;
     fast_start::start(
@@ -282,18 +290,7 @@ fn network_device(
     dir: &Path,
     config: &ContainerConfig,
 ) -> anyhow::Result<(Option<Passt>, Option<vmm::virtio::net::NetConfig>)> {
-    match config.network {
-        NetworkMode::None => Ok((None, None)),
-        NetworkMode::Default => {
-            let (passt, sock) = Passt::spawn(Some(&dir.join("passt.log")))?;
-            tracing::debug!("container network through passt {}", passt.pid());
-            let net = vmm::virtio::net::NetConfig {
-                mac: network::mac_for(&config.id),
-                backend: Some(Arc::new(sock)),
-            };
-            Ok((Some(passt), Some(net)))
-        }
-    }
+    network::attach(config.network, &config.id, Some(&dir.join("passt.log")))
 }
 
 /// Our stdin as the process's input, if forwarded (`-i`).
@@ -336,7 +333,7 @@ fn image_warmup(auto_remove: bool) -> fast_start::Warmup {
     }
 }
 
-fn mount(source: &str, target: &str, fstype: &str, read_only: bool, options: &str) -> Request {
+pub fn mount(source: &str, target: &str, fstype: &str, read_only: bool, options: &str) -> Request {
     Request::Mount {
         source: source.into(),
         target: target.into(),
@@ -357,7 +354,7 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
     let options = format!(
         "lowerdir={GUEST_LOWER},upperdir={GUEST_SCRATCH}/upper,workdir={GUEST_SCRATCH}/work"
     );
-    vec![
+    [
         scratch,
         Request::Mkdir {
             path: format!("{GUEST_SCRATCH}/upper"),
@@ -366,12 +363,22 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
             path: format!("{GUEST_SCRATCH}/work"),
         },
         mount("overlay", GUEST_ROOT, "overlay", false, &options),
-        mount("proc", &format!("{GUEST_ROOT}/proc"), "proc", false, ""),
-        mount("sysfs", &format!("{GUEST_ROOT}/sys"), "sysfs", true, ""),
-        mount("/dev", &format!("{GUEST_ROOT}/dev"), "bind", false, ""),
+    ]
+    .into_iter()
+    .chain(pseudo_mounts(GUEST_ROOT))
+    .collect()
+}
+
+/// What every container root has mounted in it: /proc, /sys (read-only),
+/// the guest's /dev, its own /dev/shm and terminals.
+pub fn pseudo_mounts(root: &str) -> Vec<Request> {
+    vec![
+        mount("proc", &format!("{root}/proc"), "proc", false, ""),
+        mount("sysfs", &format!("{root}/sys"), "sysfs", true, ""),
+        mount("/dev", &format!("{root}/dev"), "bind", false, ""),
         mount(
             "shm",
-            &format!("{GUEST_ROOT}/dev/shm"),
+            &format!("{root}/dev/shm"),
             "tmpfs",
             false,
             "mode=1777",
@@ -381,7 +388,7 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
         // terminals are /dev/pts/N inside.
         mount(
             "devpts",
-            &format!("{GUEST_ROOT}/dev/pts"),
+            &format!("{root}/dev/pts"),
             "devpts",
             false,
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
@@ -428,7 +435,7 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
 
 /// The host's resolv.conf without loopback nameservers (unreachable from
 /// the guest), falling back to public resolvers as Docker does.
-fn resolv_conf() -> String {
+pub fn resolv_conf() -> String {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let kept: Vec<&str> = host
         .lines()

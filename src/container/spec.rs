@@ -56,6 +56,9 @@ pub struct ContainerConfig {
     pub network: crate::network::NetworkMode,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// Labels: the image's, then `--label` (later wins), as in Docker.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Its own microVM, or a namespaced container on the host kernel
     /// (`--isolation`); containers made before it existed are VMs.
     #[serde(default)]

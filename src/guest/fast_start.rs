@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::guest::agent_client::{AgentClient, AgentError};
 use crate::guest::serial_watch::SeenStatus;
 use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
+use crate::progress::{self, Stage};
 
 /// Set to `0`/`off`/`false` to boot every container cold.
 pub const ENABLE_ENV: &str = "HULL_FAST_START";
@@ -289,11 +290,13 @@ fn snapshot_for<'w>(
         Some(w) => {
             let dir = store.join(derived_key(&base_key, config, w)?);
             if !dir.join(vmm::snapshot::STATE_FILE).exists() {
-                if let Err(e) = make_derived(
+                let stage = progress::begin(opts.progress(), Stage::WarmSnapshot);
+                match make_derived(
                     root, opts, &base, &base_key, &meta, config, w, &dir, timeout,
                 ) {
+                    Ok(()) => stage.done(),
                     // The base snapshot still works: start from it.
-                    tracing::warn!("no warm snapshot for this image: {e:#}");
+                    Err(e) => tracing::warn!("no warm snapshot for this image: {e:#}"),
                 }
             }
             dir.join(vmm::snapshot::STATE_FILE)
@@ -392,10 +395,12 @@ fn make(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     save(root, opts, config, 0, dir, meta.clone(), |vm, seen, uds| {
+        let stage = progress::begin(opts.progress(), Stage::BootTemplate);
         let vm = vmm::Vm::new(vm)?;
         let snapshot = vm.snapshot_handle();
         let running = RunningVm::spawn(vm, uds)?;
         guest_vm::wait_ready(seen, || running.is_done(), timeout)?;
+        stage.done();
         Ok((running, snapshot))
     })
 }
@@ -460,10 +465,15 @@ fn save(
         std::fs::create_dir_all(&run).map_err(io(&run))?;
         vm.vsock_uds = Some(uds.clone());
         let (running, snapshot) = bring_up(vm, &seen, uds.clone())?;
+        // A warm snapshot's save is part of its own stage.
+        let stage = (fixed == 0).then(|| progress::begin(opts.progress(), Stage::SaveSnapshot));
         snapshot.snapshot(&tmp);
         match running.wait(Duration::from_secs(120))? {
             vmm::VmExit::Snapshotted => {}
             other => return Err(FastStartError::NoSnapshot(format!("{other:?}")).into()),
+        }
+        if let Some(stage) = stage {
+            stage.done();
         }
         for i in fixed..config.disks.len() {
             let _ = std::fs::remove_file(tmp.join(format!("placeholder{i}")));

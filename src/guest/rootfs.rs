@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::guest::agent_client::{self, AgentClient};
 use crate::guest::vm::{GuestOptions, RunningVm};
+use crate::progress::{self, Progress, Silent, Stage};
 
 /// Errors preparing a root filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +86,10 @@ pub struct PrepareStats {
 }
 
 /// The cache of prepared root filesystems under `<root>/rootfs`.
-pub struct RootfsCache {
+pub struct RootfsCache<'p> {
     dir: PathBuf,
+    /// Told when a preparation starts and ends.
+    progress: &'p dyn Progress,
 }
 
 /// The cache key of an image's root filesystem: its layer chain.
@@ -145,11 +148,23 @@ pub fn mkfs(path: &Path, size: u64, label: &str) -> Result<(), RootfsError> {
     Ok(())
 }
 
-impl RootfsCache {
+impl RootfsCache<'static> {
     /// The cache of hull root `root`.
     pub fn new(root: &Path) -> Self {
         Self {
             dir: root.join("rootfs"),
+            progress: &Silent,
+        }
+    }
+}
+
+impl<'p> RootfsCache<'p> {
+    /// The same cache, reporting preparations (and the helper VM's first
+    /// boot) to `progress`.
+    pub fn with_progress(self, progress: &dyn Progress) -> RootfsCache<'_> {
+        RootfsCache {
+            dir: self.dir,
+            progress,
         }
     }
 
@@ -196,9 +211,11 @@ impl RootfsCache {
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         // A cache of an older hull held ext4 disks under the same key.
         let _ = std::fs::remove_file(self.dir.join(format!("{key}.ext4")));
-        let result = prepare(root, layers, &tmp);
+        let stage = progress::begin(self.progress, Stage::PrepareRootfs);
+        let result = prepare(root, layers, &tmp, self.progress);
         match result {
             Ok(stats) => {
+                stage.done_with(Some(&stats_line(layers.len(), &stats)));
                 std::fs::rename(&tmp, &path)?;
                 let mut meta = File::create(self.dir.join(format!("{key}.json")))?;
                 meta.write_all(&serde_json::to_vec_pretty(&stats)?)?;
@@ -212,6 +229,15 @@ impl RootfsCache {
     }
 }
 
+/// `1 layer, 2.1 MB`: what a preparation applied.
+fn stats_line(layers: usize, stats: &PrepareStats) -> String {
+    let s = if layers == 1 { "" } else { "s" };
+    format!(
+        "{layers} layer{s}, {:.1} MB",
+        stats.tar_bytes as f64 / 1_000_000.0
+    )
+}
+
 /// Guest memory of the helper VM. The image builder keeps only metadata in
 /// guest memory: every byte of layers and image is in a window.
 const HELPER_MEMORY: &str = "256m";
@@ -222,6 +248,7 @@ fn start_helper(
     root: &Path,
     layers: &[(String, PathBuf)],
     output: &Path,
+    progress: &dyn Progress,
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let mut windows: Vec<vmm::window::WindowConfig> = layers
         .iter()
@@ -245,6 +272,7 @@ fn start_helper(
         // Its own snapshot, whose agent has a warm heap (the agent's
         // `warm_heap`).
         extra_cmdline: "hull.prepare",
+        progress: Some(progress),
     };
     let run_dir = root.join("run");
     std::fs::create_dir_all(&run_dir)?;
@@ -285,7 +313,12 @@ fn unpack_request(sizes: &[u64], output_len: u64) -> anyhow::Result<UnpackReques
 }
 
 /// Has a helper VM build the EROFS image of `layers` into `disk`.
-fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Result<PrepareStats> {
+fn prepare(
+    root: &Path,
+    layers: &[(String, PathBuf)],
+    disk: &Path,
+    progress: &dyn Progress,
+) -> anyhow::Result<PrepareStats> {
     let start = Instant::now();
     let mut sizes = Vec::new();
     for (_, p) in layers {
@@ -302,7 +335,7 @@ fn prepare(root: &Path, layers: &[(String, PathBuf)], disk: &Path) -> anyhow::Re
     f.set_len(output_len)
         .map_err(|e| RootfsError::Disk(disk.into(), e))?;
     let request = unpack_request(&sizes, output_len)?;
-    let (vm, client) = start_helper(root, layers, disk)?;
+    let (vm, client) = start_helper(root, layers, disk, progress)?;
     let mut stream =
         agent_client::connect_port(&vm.uds, UNPACK_PORT).map_err(RootfsError::from_agent)?;
     protocol::send(&mut stream, &request).map_err(|e| RootfsError::from_wire(e, None))?;

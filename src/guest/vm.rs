@@ -58,6 +58,15 @@ pub struct GuestOptions<'a> {
     pub windows: Vec<vmm::window::WindowConfig>,
     /// Words added to the kernel command line (part of the snapshot key).
     pub extra_cmdline: &'a str,
+    /// Told when a template VM boots or a snapshot is saved (None: nobody).
+    pub progress: Option<&'a dyn crate::progress::Progress>,
+}
+
+impl GuestOptions<'_> {
+    /// Where to report the stages of a first start.
+    pub fn progress(&self) -> &dyn crate::progress::Progress {
+        self.progress.unwrap_or(&crate::progress::Silent)
+    }
 }
 
 /// A VM configuration with hull's kernel and agent, and the handle on the

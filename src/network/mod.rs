@@ -147,6 +147,28 @@ pub fn configure_request(id: &str) -> agent_protocol::protocol::Request {
     }
 }
 
+/// The network device of a VM on `mode` (whose container id gives the
+/// MAC) and the passt behind it, none for `none`. Dropping the passt
+/// kills and reaps it; passt also ends on its own if this process dies.
+pub fn attach(
+    mode: NetworkMode,
+    id: &str,
+    log: Option<&std::path::Path>,
+) -> anyhow::Result<(Option<passt::Passt>, Option<vmm::virtio::net::NetConfig>)> {
+    match mode {
+        NetworkMode::None => Ok((None, None)),
+        NetworkMode::Default => {
+            let (passt, sock) = passt::Passt::spawn(log)?;
+            tracing::debug!("network through passt {}", passt.pid());
+            let net = vmm::virtio::net::NetConfig {
+                mac: mac_for(id),
+                backend: Some(std::sync::Arc::new(sock)),
+            };
+            Ok((Some(passt), Some(net)))
+        }
+    }
+}
+
 /// The container's /etc/resolv.conf on the default network.
 pub fn resolv_conf() -> String {
     format!("nameserver {}\n", DefaultNetwork::DNS)

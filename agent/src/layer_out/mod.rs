@@ -11,8 +11,11 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+mod copy_out;
 mod tar_header;
 mod walk;
+
+pub use copy_out::{copy_to_window, resolve_in_root, write_copy, CopySource};
 
 #[cfg(test)]
 mod overlay_tests;
@@ -71,6 +74,10 @@ pub struct LayerOptions {
     /// Mtimes later than this (seconds since the epoch) are written as
     /// this, without fraction (reproducible builds).
     pub mtime_clamp: Option<i64>,
+    /// Owner (uid, gid) of every entry (`COPY --chown`).
+    pub owner: Option<(u64, u64)>,
+    /// Permission bits of every file and directory (`COPY --chmod`).
+    pub mode: Option<u32>,
 }
 
 /// What went into the layer.
@@ -136,18 +143,28 @@ pub fn write_layer(
     opts: &LayerOptions,
 ) -> Result<LayerStats, Error> {
     let exclude = walk::relative_paths(&opts.exclude);
-    let mut w = LayerWriter {
-        out,
-        stage: Vec::with_capacity(CHUNK + 4 * BLOCK),
-        first_link: HashMap::new(),
-        mtime_clamp: opts.mtime_clamp,
-        stats: LayerStats::default(),
-    };
+    let mut w = LayerWriter::new(out, opts);
     walk::walk(upper, &exclude, &mut |e, path| w.entry(e, path))?;
-    w.stage.clear();
-    w.stage.resize(2 * BLOCK, 0);
-    w.flush()?;
-    Ok(w.stats)
+    w.finish()
+}
+
+/// [`write_layer`] of `upper` into the memory window `output` from
+/// `offset` on (`hull build`'s RUN steps); returns the tar's length.
+pub fn write_to_window(
+    upper: &str,
+    exclude: &[String],
+    output: agent_protocol::protocol::WindowRange,
+    offset: u64,
+) -> Result<u64, Error> {
+    let window = crate::window::ChunkedWindow::new(output.guest_addr, output.len)
+        .map_err(|e| Error::Write(io::Error::other(e)))?;
+    let mut out = crate::window::WindowWriter::new(window, offset);
+    let opts = LayerOptions {
+        exclude: exclude.iter().map(PathBuf::from).collect(),
+        ..LayerOptions::default()
+    };
+    write_layer(Path::new(upper), &mut out, &opts)?;
+    Ok(out.offset() - offset)
 }
 
 /// `docker diff` of the upper directory, in the layer's entry order:
@@ -187,19 +204,48 @@ struct LayerWriter<W: Write> {
     /// (dev, ino) of multiply-linked entries -> the first path written.
     first_link: HashMap<(u64, u64), Vec<u8>>,
     mtime_clamp: Option<i64>,
+    owner: Option<(u64, u64)>,
+    mode: Option<u32>,
     stats: LayerStats,
 }
 
 impl<W: Write> LayerWriter<W> {
+    fn new(out: W, opts: &LayerOptions) -> Self {
+        LayerWriter {
+            out,
+            stage: Vec::with_capacity(CHUNK + 4 * BLOCK),
+            first_link: HashMap::new(),
+            mtime_clamp: opts.mtime_clamp,
+            owner: opts.owner,
+            mode: opts.mode,
+            stats: LayerStats::default(),
+        }
+    }
+
+    /// Ends the archive (two zero blocks).
+    fn finish(mut self) -> Result<LayerStats, Error> {
+        self.stage.clear();
+        self.stage.resize(2 * BLOCK, 0);
+        self.flush()?;
+        Ok(self.stats)
+    }
+
     fn entry(&mut self, e: &Entry, path: &Path) -> Result<(), Error> {
         let m = &e.meta;
         let (mtime, mtime_nsec) = self.clamp(m.mtime(), m.mtime_nsec() as u32);
+        let (uid, gid) = self
+            .owner
+            .unwrap_or((u64::from(m.uid()), u64::from(m.gid())));
+        let mode = match (self.mode, &e.kind) {
+            (Some(mode), Kind::File | Kind::Dir { .. }) => mode,
+            _ => m.mode() & 0o7777,
+        };
         let mut h = Header {
             name: &e.rel,
             typeflag: b'0',
-            mode: m.mode() & 0o7777,
-            uid: u64::from(m.uid()),
-            gid: u64::from(m.gid()),
+            mode,
+            uid,
+            gid,
             size: 0,
             mtime,
             mtime_nsec,

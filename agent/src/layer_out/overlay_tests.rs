@@ -267,6 +267,7 @@ fn round_trip(mount_options: &str, opaque_xattr: &str) {
     let opts = LayerOptions {
         exclude: vec!["/etc/hosts".into()],
         mtime_clamp: None,
+        ..LayerOptions::default()
     };
     let mut upper_tar = Vec::new();
     let stats = write_layer(&upper, &mut upper_tar, &opts).unwrap();

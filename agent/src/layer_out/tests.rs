@@ -345,6 +345,7 @@ fn excluded_paths_and_clamped_mtimes() {
         .map(PathBuf::from)
         .collect(),
         mtime_clamp: Some(1_500_000_000),
+        ..LayerOptions::default()
     };
     let (tar, _) = layer(root, &opts);
     assert_eq!(names(&tar), ["etc/", "etc/passwd"]);
@@ -355,6 +356,7 @@ fn excluded_paths_and_clamped_mtimes() {
     let opts = LayerOptions {
         exclude: Vec::new(),
         mtime_clamp: Some(1_500_000_000),
+        ..LayerOptions::default()
     };
     let (tar, _) = layer(root, &opts);
     assert_eq!(pax_of(&tar, "etc/hosts"), b"24 mtime=1000.000000007\n");
@@ -363,6 +365,7 @@ fn excluded_paths_and_clamped_mtimes() {
         &LayerOptions {
             exclude: vec!["/etc/skel".into()],
             mtime_clamp: None,
+            ..LayerOptions::default()
         },
         &|_| true,
     )

@@ -89,7 +89,8 @@ pub(super) fn walk(
     walk_dir(upper, b"", exclude, visit)
 }
 
-fn walk_dir(
+/// [`walk`] of what is under `dir`, the entries named `rel/...`.
+pub(super) fn walk_dir(
     dir: &Path,
     rel: &[u8],
     exclude: &[Vec<u8>],
@@ -121,7 +122,7 @@ fn walk_dir(
 }
 
 /// `lstat`, xattrs and classification of one entry.
-fn read_entry(path: &Path, rel: Vec<u8>) -> Result<Entry, Error> {
+pub(super) fn read_entry(path: &Path, rel: Vec<u8>) -> Result<Entry, Error> {
     let meta = fs::symlink_metadata(path).map_err(io_err(&rel, "lstat"))?;
     let all = read_xattrs(path).map_err(io_err(&rel, "read xattrs"))?;
     let mut overlay = Vec::new();

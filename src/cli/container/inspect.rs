@@ -6,7 +6,7 @@ use std::path::Path;
 use super::CommandError;
 use crate::container::engine;
 use crate::container::state::Status;
-use crate::container::store::{Container, ContainerStore};
+use crate::container::store::{Container, ContainerStore, StoreError};
 use crate::ports;
 
 /// Runs `hull port`.
@@ -15,14 +15,27 @@ pub fn port(store: &ContainerStore, container: &str, query: Option<&str>) -> any
     print_ports(&c, query)
 }
 
-/// Runs `hull inspect`: one JSON array for all the containers.
-pub fn inspect(root: &Path, store: &ContainerStore, containers: &[String]) -> anyhow::Result<u8> {
+/// Runs `hull inspect`: one JSON array for all the containers, or each
+/// through `--format`.
+pub fn inspect(
+    root: &Path,
+    store: &ContainerStore,
+    containers: &[String],
+    format: Option<&str>,
+) -> anyhow::Result<u8> {
     let mut out = Vec::new();
     for name in containers {
-        let c = store.find(name)?;
-        out.push(inspect_json(root, &c));
+        match store.find(name) {
+            Ok(c) => out.push(inspect_json(root, &c)),
+            // As `docker inspect`: an image of that name, if there is one.
+            Err(e @ StoreError::NotFound(_)) => match images::Store::open(root)?.image(name) {
+                Ok(image) => out.push(crate::cli::image::image_json(&image)?),
+                Err(_) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::cli::output::print_inspected(&out, format)?;
     Ok(0)
 }
 
@@ -84,6 +97,23 @@ fn network_settings(c: &Container, ports: serde_json::Value) -> serde_json::Valu
     v
 }
 
+/// Docker's State: zero values (0, "", year 1) where nothing happened yet,
+/// never null, so scripts and templates read numbers and strings.
+fn state_json(c: &Container) -> serde_json::Value {
+    const NEVER: &str = "0001-01-01T00:00:00Z";
+    let running = c.state.status == Status::Running;
+    serde_json::json!({
+        "Status": c.state.status,
+        "Running": running,
+        "Paused": false,
+        "Pid": if running { c.state.vmm_pid.unwrap_or(0) } else { 0 },
+        "ExitCode": c.state.exit_code.unwrap_or(0),
+        "Error": c.state.error.clone().unwrap_or_default(),
+        "StartedAt": c.state.started_at.as_deref().unwrap_or(NEVER),
+        "FinishedAt": c.state.finished_at.as_deref().unwrap_or(NEVER),
+    })
+}
+
 fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
     // Exposed ports without a binding show as null while running, as in Docker.
     let mut live = port_map(
@@ -125,16 +155,9 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "User": c.config.user,
             "Hostname": c.config.hostname,
             "ExposedPorts": exposed,
+            "Labels": c.config.labels,
         },
-        "State": {
-            "Status": c.state.status,
-            "Running": c.state.status == Status::Running,
-            "Pid": c.state.vmm_pid,
-            "ExitCode": c.state.exit_code,
-            "Error": c.state.error,
-            "StartedAt": c.state.started_at,
-            "FinishedAt": c.state.finished_at,
-        },
+        "State": state_json(c),
         "HostConfig": {
             "AutoRemove": c.config.auto_remove,
             "ReadonlyRootfs": c.config.read_only,

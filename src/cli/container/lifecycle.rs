@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use super::{exit_code, CommandError};
 use crate::cli::exit;
+use crate::cli::progress_view::{ProgressMode, StageFile, StageFileReader, StageView};
 use crate::container::engine::{self, Attach};
 use crate::container::state::{now_rfc3339, pid_alive, Status};
 use crate::container::store::{self, Container, ContainerStore};
 use crate::container::State;
 use crate::guest::agent_client::AgentError;
+use crate::progress::Progress;
 
 /// `hull stop`.
 pub fn stop_all(
@@ -34,7 +36,11 @@ pub fn restart(
 ) -> anyhow::Result<u8> {
     each(store, containers, |name, c| {
         stop(root, c, Duration::from_secs(time))?;
-        start_detached(root, &store.find(name)?)
+        start_detached(
+            root,
+            &store.find(name)?,
+            &StageView::new(ProgressMode::Auto, false),
+        )
     })
 }
 
@@ -103,14 +109,17 @@ pub fn start(
             continue;
         }
         if attach {
+            // A created container's first start can be as slow as a run's.
+            let view = StageView::new(ProgressMode::Auto, false);
             return Ok(exit_code(engine::run(
                 root,
                 &c.dir,
                 &c.config,
                 Attach::Terminal { stdin: false },
+                &view,
             )?));
         }
-        start_detached(root, &c)?;
+        start_detached(root, &c, &StageView::new(ProgressMode::Auto, false))?;
         println!("{name}");
     }
     Ok(0)
@@ -135,16 +144,32 @@ pub fn wait(store: &ContainerStore, containers: &[String]) -> anyhow::Result<u8>
 /// `hull __container-vmm <id>`: the detached container's VMM process.
 pub fn vmm(root: &Path, store: &ContainerStore, id: &str) -> anyhow::Result<u8> {
     let c = store.find(id)?;
-    let code = engine::run(root, &c.dir, &c.config, Attach::Detached)?;
+    // Our stderr is a log file: the stages go where `start_detached`
+    // reads them.
+    let progress = StageFile::open(&c.dir.join(PROGRESS_FILE))?;
+    let code = engine::run(root, &c.dir, &c.config, Attach::Detached, &progress)?;
     if c.config.auto_remove {
         store.remove(&c.dir)?;
     }
     Ok(exit_code(code))
 }
 
+/// Where a detached container's VMM process records the stages of its
+/// start (in the container's directory).
+const PROGRESS_FILE: &str = "start-progress.jsonl";
+
 /// Starts the container's VMM as a background hull process and waits until
-/// the container's process runs (or failed).
-pub fn start_detached(root: &Path, c: &Container) -> anyhow::Result<()> {
+/// the container's process runs (or failed), showing the stages of its
+/// start on `progress`.
+pub fn start_detached(root: &Path, c: &Container, progress: &dyn Progress) -> anyhow::Result<()> {
+    let mut stages = StageFileReader::create(&c.dir.join(PROGRESS_FILE))?;
+    let result = wait_started(spawn_vmm(root, c)?, c, &mut stages, progress);
+    stages.replay(progress);
+    result
+}
+
+/// Spawns `hull __container-vmm ID`, detached from our session.
+fn spawn_vmm(root: &Path, c: &Container) -> anyhow::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
@@ -162,9 +187,20 @@ pub fn start_detached(root: &Path, c: &Container) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    Ok(cmd.spawn()?)
+}
+
+/// Waits until the VMM process `child` runs the container's process, or
+/// ended, replaying its stages meanwhile.
+fn wait_started(
+    mut child: std::process::Child,
+    c: &Container,
+    stages: &mut StageFileReader,
+    progress: &dyn Progress,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
+        stages.replay(progress);
         if let Ok(Some(status)) = child.try_wait() {
             // It ended already: finished quickly, or failed.
             let s = State::load(&c.dir).ok();

@@ -5,6 +5,7 @@
 //! [`inspect`], `logs` in [`logs`]. The containers themselves are in
 //! `crate::container`.
 
+pub mod auto_pull;
 mod compare;
 mod compare_plot;
 mod exec;
@@ -27,18 +28,10 @@ pub use run::RunArgs;
 pub enum ContainerCommand {
     /// Run a command in a new container, in its own microVM.
     Run(Box<RunArgs>),
+    /// Create a container without starting it (`hull start` runs it).
+    Create(Box<RunArgs>),
     /// List containers.
-    Ps {
-        /// Show all containers (default: running only).
-        #[arg(short = 'a', long)]
-        all: bool,
-        /// Only IDs.
-        #[arg(short = 'q', long)]
-        quiet: bool,
-        /// Output format: table or json.
-        #[arg(long, default_value = "table")]
-        format: String,
-    },
+    Ps(ps::PsArgs),
     /// Show a container's output.
     Logs {
         /// Keep following new output.
@@ -139,8 +132,12 @@ pub enum ContainerCommand {
         /// Container port (`80` or `80/tcp`).
         port: Option<String>,
     },
-    /// Show containers' configuration and state as JSON.
+    /// Show containers' configuration and state (or images' details) as JSON.
     Inspect {
+        /// Print each container through a Go template (`{{.State.Pid}}`)
+        /// or `json`.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -154,6 +151,24 @@ pub enum ContainerCommand {
         /// Container ID.
         id: String,
     },
+}
+
+/// `hull container ...`: Docker's management form of the container
+/// commands (`hull container ls` is `hull ps`), plus `prune`.
+#[derive(Subcommand, Debug)]
+pub enum ContainerManageCommand {
+    /// List containers (same as `hull ps`).
+    #[command(alias = "list")]
+    Ls(ps::PsArgs),
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not ask for confirmation (hull never asks).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// The container commands under their own names (`hull container rm`).
+    #[command(flatten)]
+    Command(Box<ContainerCommand>),
 }
 
 /// Errors of container commands.
@@ -185,7 +200,8 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
     let store = ContainerStore::new(root);
     match cmd {
         ContainerCommand::Run(args) => run::run(*args, root, &store),
-        ContainerCommand::Ps { all, quiet, format } => ps::ps(&store, all, quiet, &format),
+        ContainerCommand::Create(args) => run::create(*args, root, &store),
+        ContainerCommand::Ps(args) => ps::ps(&store, &args),
         ContainerCommand::Logs {
             follow,
             tail,
@@ -233,10 +249,55 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
         ContainerCommand::Port { container, port } => {
             inspect::port(&store, &container, port.as_deref())
         }
-        ContainerCommand::Inspect { containers } => inspect::inspect(root, &store, &containers),
+        ContainerCommand::Inspect { format, containers } => {
+            inspect::inspect(root, &store, &containers, format.as_deref())
+        }
         ContainerCommand::Compare(args) => compare::compare(args, root),
         ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
     }
+}
+
+/// Runs `hull container ...`; returns the exit code.
+pub fn manage(cmd: ContainerManageCommand, root: &Path) -> anyhow::Result<u8> {
+    match cmd {
+        ContainerManageCommand::Ls(args) => ps::ps(&ContainerStore::new(root), &args),
+        ContainerManageCommand::Prune { force: _ } => {
+            let (ids, _) = prune(root)?;
+            if !ids.is_empty() {
+                println!("Deleted Containers:");
+                for id in &ids {
+                    println!("{id}");
+                }
+                println!();
+            }
+            println!("Total reclaimed space: 0B");
+            Ok(0)
+        }
+        ContainerManageCommand::Command(cmd) => run(*cmd, root),
+    }
+}
+
+/// Removes every container that is not running (`container prune`,
+/// `system prune`); returns their IDs and the bytes their directories held.
+pub fn prune(root: &Path) -> anyhow::Result<(Vec<String>, u64)> {
+    use crate::container::state::Status;
+    let store = ContainerStore::new(root);
+    let mut ids = Vec::new();
+    let mut bytes = 0;
+    for c in store.list()? {
+        if c.state.status == Status::Running {
+            continue;
+        }
+        bytes += crate::guest::fast_start::disk_usage(&c.dir);
+        store.remove(&c.dir)?;
+        ids.push(c.config.id);
+    }
+    Ok((ids, bytes))
+}
+
+/// Whether `cmd` is `run` or `create` (Docker's 125 when hull fails).
+pub fn is_run_or_create(cmd: &ContainerCommand) -> bool {
+    matches!(cmd, ContainerCommand::Run(_) | ContainerCommand::Create(_))
 }
 
 /// `-i -t` needs our stdin to be a terminal; `-t` alone does not (the

@@ -70,6 +70,19 @@ pub struct RunArgs {
     /// or `none` (loopback only).
     #[arg(long = "network", alias = "net", default_value = "default")]
     pub network: String,
+    /// Pull the image: `missing` (when the store lacks it), `always`, `never`.
+    #[arg(long, value_enum, default_value_t)]
+    pub pull: super::auto_pull::PullPolicy,
+    /// Print nothing about pulling the image or preparing it.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// How to show a first start's stages on stderr: `auto` (live on a
+    /// terminal, else nothing), `tty`, `plain` (a line per stage), `quiet`.
+    #[arg(long, value_enum, default_value_t)]
+    pub progress: crate::cli::progress_view::ProgressMode,
+    /// Set a label on the container (KEY=VALUE, or KEY for an empty value).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
     /// Isolation: `vm` (its own microVM) or `container` (namespaces on
     /// the host kernel, through an OCI runtime). Default: the hull root's
     /// `isolation` file, else vm.
@@ -88,34 +101,12 @@ pub struct RunArgs {
 
 /// Runs `hull run`; returns the container's exit code (0 when detached).
 pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
-    let mem_mib = check_flags(&args)?;
-    let isolation = isolation_of(&args, root)?;
-    if isolation == Isolation::Container {
-        // A missing runtime is an error before anything is created.
-        crate::oci::runtime::Runtime::find(args.runtime.as_deref())?;
-    }
-    let ports = args
-        .publish
-        .iter()
-        .map(|p| ports::spec::parse(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let images = images::Store::open(root)?;
-    let image = images.image(&args.image)?;
-    let ports = with_exposed_ports(&args, &image, ports)?;
-    // A port in use is an error before anything is created; the VMM binds
-    // again (and would report a port taken in between).
-    drop(ports::PortForwarder::bind(&ports)?);
-    let mut config = container_config(&args, store, &image, mem_mib, ports)?;
-    config.isolation = isolation;
-    config.runtime = args
-        .runtime
-        .clone()
-        .filter(|_| isolation == Isolation::Container);
+    let (config, dir) = create_container(&args, root, store, true)?;
     let id = config.id.clone();
-    let dir = store.create(&config)?;
+    let view = crate::cli::progress_view::StageView::new(args.progress, args.quiet);
     if args.detach {
         let c = store.find(&id)?;
-        lifecycle::start_detached(root, &c)?;
+        lifecycle::start_detached(root, &c, &view)?;
         println!("{id}");
         return Ok(0);
     }
@@ -126,11 +117,58 @@ pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result
         Attach::Terminal {
             stdin: args.interactive,
         },
+        &view,
     );
     if args.rm {
         store.remove(&dir)?;
     }
     Ok(exit_code(result?))
+}
+
+/// Runs `hull create`: the container as `run` would make it, not started;
+/// prints its ID.
+pub fn create(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result<u8> {
+    let (config, _) = create_container(&args, root, store, false)?;
+    println!("{}", config.id);
+    Ok(0)
+}
+
+/// Checks the flags, resolves the image and writes the container's
+/// configuration. `starting` (`run`) checks now that the published ports
+/// are free and that `-it` has a terminal; `create` leaves that to `start`.
+fn create_container(
+    args: &RunArgs,
+    root: &Path,
+    store: &ContainerStore,
+    starting: bool,
+) -> anyhow::Result<(ContainerConfig, PathBuf)> {
+    let mem_mib = check_flags(args, starting)?;
+    let isolation = isolation_of(args, root)?;
+    if isolation == Isolation::Container {
+        // A missing runtime is an error before anything is created.
+        crate::oci::runtime::Runtime::find(args.runtime.as_deref())?;
+    }
+    let ports = args
+        .publish
+        .iter()
+        .map(|p| ports::spec::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let images = images::Store::open(root)?;
+    let image = super::auto_pull::image(&images, root, &args.image, args.pull, args.quiet)?;
+    let ports = with_exposed_ports(args, &image, ports)?;
+    if starting {
+        // A port in use is an error before anything is created; the VMM
+        // binds again (and would report a port taken in between).
+        drop(ports::PortForwarder::bind(&ports)?);
+    }
+    let mut config = container_config(args, store, &image, mem_mib, ports)?;
+    config.isolation = isolation;
+    config.runtime = args
+        .runtime
+        .clone()
+        .filter(|_| isolation == Isolation::Container);
+    let dir = store.create(&config)?;
+    Ok((config, dir))
 }
 
 /// `--isolation`, else the root's default (`<root>/isolation` holding
@@ -144,8 +182,9 @@ fn isolation_of(args: &RunArgs, root: &Path) -> anyhow::Result<Isolation> {
 }
 
 /// Checks the flags that need no image; returns the memory size in MiB.
-fn check_flags(args: &RunArgs) -> anyhow::Result<u64> {
-    if !args.detach {
+fn check_flags(args: &RunArgs, starting: bool) -> anyhow::Result<u64> {
+    // `create -it` needs no terminal until `start -a`.
+    if starting && !args.detach {
         check_tty_input(args.interactive, args.tty)?;
     }
     // Docker's minimum is 6MB; a microVM's kernel needs more.
@@ -276,7 +315,21 @@ fn container_config(
         tty: args.tty,
         network: crate::network::NetworkMode::parse(&args.network)?,
         created: now_rfc3339(),
+        labels: labels(cfg.labels().clone().unwrap_or_default(), &args.label),
         isolation: Isolation::Vm,
         runtime: None,
     })
+}
+
+/// The image's labels with `--label KEY=VALUE` (or `KEY`: empty) over them.
+fn labels(
+    image: std::collections::HashMap<String, String>,
+    flags: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels: std::collections::BTreeMap<String, String> = image.into_iter().collect();
+    for f in flags {
+        let (k, v) = f.split_once('=').unwrap_or((f, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    labels
 }

@@ -20,22 +20,9 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-/// `5 minutes ago`.
+/// `5 minutes ago`, as Docker's `history` shows it.
 pub fn ago(secs: u64) -> String {
-    let (n, unit) = match secs {
-        0..=59 => return "Less than a minute ago".into(),
-        60..=3599 => (secs / 60, "minute"),
-        3600..=86_399 => (secs / 3600, "hour"),
-        86_400..=1_209_599 => (secs / 86_400, "day"),
-        1_209_600..=5_183_999 => (secs / 604_800, "week"),
-        5_184_000..=31_535_999 => (secs / 2_592_000, "month"),
-        _ => (secs / 31_536_000, "year"),
-    };
-    if n == 1 {
-        format!("{} {unit} ago", if unit == "hour" { "An" } else { "1" })
-    } else {
-        format!("{n} {unit}s ago")
-    }
+    format!("{} ago", crate::cli::output::human_duration(secs))
 }
 
 /// Prints rows with columns padded to their widest cell, three spaces apart.
@@ -71,8 +58,8 @@ mod tests {
         assert_eq!(size(999), "999B");
         assert_eq!(size(4_260_000), "4.26MB");
         assert_eq!(size(1_000_000), "1MB");
-        assert_eq!(ago(30), "Less than a minute ago");
+        assert_eq!(ago(30), "30 seconds ago");
         assert_eq!(ago(7200), "2 hours ago");
-        assert_eq!(ago(3600), "An hour ago");
+        assert_eq!(ago(3600), "About an hour ago");
     }
 }

@@ -6,12 +6,19 @@ use images::Store;
 use super::format;
 
 /// Runs `hull image inspect`.
-pub fn inspect(store: &Store, names: &[String]) -> anyhow::Result<u8> {
+pub fn inspect(store: &Store, names: &[String], format: Option<&str>) -> anyhow::Result<u8> {
     let mut out = Vec::new();
     for n in names {
-        let i = store.image(n)?;
-        let config: serde_json::Value = serde_json::to_value(&i.config)?;
-        out.push(serde_json::json!({
+        out.push(image_json(&store.image(n)?)?);
+    }
+    crate::cli::output::print_inspected(&out, format)?;
+    Ok(0)
+}
+
+/// An image as Docker's `image inspect` shows it.
+pub fn image_json(i: &Image) -> anyhow::Result<serde_json::Value> {
+    let config: serde_json::Value = serde_json::to_value(&i.config)?;
+    Ok(serde_json::json!({
             "Id": i.id().to_string(),
             "Digest": i.digest.to_string(),
             "ManifestDigest": i.manifest_digest.to_string(),
@@ -22,16 +29,24 @@ pub fn inspect(store: &Store, names: &[String]) -> anyhow::Result<u8> {
             "Os": i.config.os().to_string(),
             "Size": i.size(),
             "Config": config.get("config").cloned().unwrap_or(serde_json::Value::Null),
-            "RootFS": config.get("rootfs").cloned().unwrap_or(serde_json::Value::Null),
+            "RootFS": root_fs(&config),
             "Layers": i.layers.iter().map(|l| serde_json::json!({
                 "Digest": l.digest.to_string(),
                 "MediaType": l.media_type,
                 "Size": l.size,
             })).collect::<Vec<_>>(),
-        }));
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(0)
+    }))
+}
+
+/// Docker's RootFS keys (`Type`, `Layers`) for the config's `rootfs`
+/// (`type`, `diff_ids`).
+fn root_fs(config: &serde_json::Value) -> serde_json::Value {
+    let rootfs = config.get("rootfs");
+    let field = |k: &str| rootfs.and_then(|r| r.get(k)).cloned();
+    serde_json::json!({
+        "Type": field("type").unwrap_or_else(|| "layers".into()),
+        "Layers": field("diff_ids").unwrap_or_else(|| serde_json::json!([])),
+    })
 }
 
 /// Runs `hull history`: the image's history as a table, newest first.

@@ -2,11 +2,11 @@
 
 use std::collections::HashSet;
 
-use anyhow::bail;
 use images::store::Image;
 use images::{ImageSummary, Reference, Store};
 
 use super::{format, ListArgs};
+use crate::cli::output::{self, Format};
 
 /// Runs `hull images`: a table, JSON lines or only the IDs.
 pub fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
@@ -25,66 +25,68 @@ pub fn list(store: &Store, a: &ListArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    let now = images::time::parse_unix(&images::time::now_rfc3339()).unwrap_or(0);
-    let created = |i: &Image| {
-        i.config
-            .created()
-            .as_deref()
-            .and_then(images::time::parse_unix)
-            .map(|t| format::ago(now.saturating_sub(t)))
-            .unwrap_or_else(|| "N/A".into())
+    let table = if a.digests {
+        DIGESTS_TABLE
+    } else {
+        DEFAULT_TABLE
     };
-    let name_of = |row: &ImageSummary| match &row.name {
+    let format = Format::parse(a.format.as_deref().unwrap_or("table"), table)?;
+    let rows: Vec<serde_json::Value> = rows.iter().map(|r| row(r, a.no_trunc)).collect();
+    format.print(&headers(), &rows)?;
+    Ok(0)
+}
+
+/// The columns of `hull images`, as Docker's.
+const DEFAULT_TABLE: &str = "{{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}";
+/// The columns of `hull images --digests`.
+const DIGESTS_TABLE: &str =
+    "{{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}";
+
+/// The column titles of every field a row has.
+fn headers() -> serde_json::Value {
+    serde_json::json!({
+        "Repository": "REPOSITORY",
+        "Tag": "TAG",
+        "ID": "IMAGE ID",
+        "Digest": "DIGEST",
+        "CreatedAt": "CREATED AT",
+        "CreatedSince": "CREATED",
+        "Size": "SIZE",
+        "VirtualSize": "SIZE",
+        "Containers": "CONTAINERS",
+    })
+}
+
+/// One image as Docker's `images` template context.
+fn row(row: &ImageSummary, no_trunc: bool) -> serde_json::Value {
+    let (repo, tag) = match &row.name {
         Some(n) => (
             n.familiar_repository(),
             n.tag().unwrap_or("<none>").to_owned(),
         ),
         None => ("<none>".to_owned(), "<none>".to_owned()),
     };
-    match a.format.as_str() {
-        "json" => {
-            for row in &rows {
-                let (repo, tag) = name_of(row);
-                let v = serde_json::json!({
-                    "Repository": repo,
-                    "Tag": tag,
-                    "ID": row.image.short_id(),
-                    "Digest": row.image.digest.to_string(),
-                    "CreatedAt": row.image.config.created(),
-                    "CreatedSince": created(&row.image),
-                    "Size": format::size(row.image.size()),
-                    "VirtualSize": row.image.size(),
-                });
-                println!("{v}");
-            }
-        }
-        "table" => {
-            let mut table = vec![{
-                let mut h = vec!["REPOSITORY", "TAG"];
-                if a.digests {
-                    h.push("DIGEST");
-                }
-                h.extend(["IMAGE ID", "CREATED", "SIZE"]);
-                h.into_iter().map(String::from).collect::<Vec<_>>()
-            }];
-            for row in &rows {
-                let (repo, tag) = name_of(row);
-                let mut r = vec![repo, tag];
-                if a.digests {
-                    r.push(row.image.digest.to_string());
-                }
-                r.extend([
-                    row.image.short_id(),
-                    created(&row.image),
-                    format::size(row.image.size()),
-                ]);
-                table.push(r);
-            }
-            format::print_table(&table);
-        }
-        other => bail!("unknown --format {other:?} (table, json)"),
-    }
-    Ok(0)
+    let image: &Image = &row.image;
+    let created = image.config.created().clone().unwrap_or_default();
+    let since = images::time::parse_unix(&created)
+        .map(|_| {
+            format!(
+                "{} ago",
+                output::human_duration(output::secs_since(&created))
+            )
+        })
+        .unwrap_or_else(|| "N/A".into());
+    serde_json::json!({
+        "Repository": repo,
+        "Tag": tag,
+        "ID": if no_trunc { image.id().to_string() } else { image.short_id() },
+        "Digest": image.digest.to_string(),
+        "CreatedAt": created,
+        "CreatedSince": since,
+        "Size": format::size(image.size()),
+        "VirtualSize": format::size(image.size()),
+        "Containers": "N/A",
+    })
 }
 
 /// Keeps the rows of `filter`: `REPO` matches every tag of it; `REPO:TAG`

@@ -5,7 +5,7 @@
 //! `image prune` in [`remove`]; `image inspect` and `history` in [`inspect`].
 
 mod archive;
-mod format;
+pub(crate) mod format;
 mod inspect;
 mod list;
 mod registry;
@@ -18,11 +18,51 @@ use clap::{Args, Subcommand};
 use images::archive::Format;
 use images::{Reference, Store};
 
+pub(crate) use inspect::image_json;
+pub(crate) use remove::image_users;
+
 /// Image subcommands, flattened into hull's top-level commands.
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
     /// List images.
     Images(ListArgs),
+    /// pull, push, load, save, import, tag, history (also under `hull image`).
+    #[command(flatten)]
+    Verb(ImageVerb),
+    /// Remove images.
+    Rmi(RmiArgs),
+    /// Log in to a registry (credentials stored 0600 under the hull root).
+    Login {
+        /// User name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password.
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Registry host (`localhost:5000`).
+        server: String,
+    },
+    /// Forget a registry's credentials.
+    Logout {
+        /// Registry host.
+        server: String,
+    },
+    /// Manage images (`hull image ls|rm|inspect|prune|pull|tag|...`).
+    Image {
+        #[command(subcommand)]
+        command: ImageSubcommand,
+    },
+}
+
+/// The image commands Docker has both at the top level and under
+/// `docker image` (`hull pull` is `hull image pull`).
+#[derive(Subcommand, Debug)]
+pub enum ImageVerb {
     /// Pull an image from a registry.
     Pull {
         /// Platform to pick from a multi-platform image (os/arch[/variant]).
@@ -81,8 +121,6 @@ pub enum ImageCommand {
         /// New name.
         target: String,
     },
-    /// Remove images.
-    Rmi(RmiArgs),
     /// Show the history of an image.
     History {
         /// Do not truncate output.
@@ -91,32 +129,6 @@ pub enum ImageCommand {
         /// Image.
         image: String,
     },
-    /// Log in to a registry (credentials stored 0600 under the hull root).
-    Login {
-        /// User name.
-        #[arg(short, long)]
-        username: Option<String>,
-        /// Password.
-        #[arg(short, long)]
-        password: Option<String>,
-        /// Read the password from stdin.
-        #[arg(long)]
-        password_stdin: bool,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        /// Registry host (`localhost:5000`).
-        server: String,
-    },
-    /// Forget a registry's credentials.
-    Logout {
-        /// Registry host.
-        server: String,
-    },
-    /// Manage images (`hull image inspect`, `hull image prune`, ...).
-    Image {
-        #[command(subcommand)]
-        command: ImageSubcommand,
-    },
 }
 
 /// `hull image ...`.
@@ -124,6 +136,9 @@ pub enum ImageCommand {
 pub enum ImageSubcommand {
     /// Show details of images as JSON.
     Inspect {
+        /// Print each image through a Go template (`{{.Id}}`) or `json`.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
         /// Images.
         #[arg(required = true)]
         images: Vec<String>,
@@ -139,6 +154,9 @@ pub enum ImageSubcommand {
     Ls(ListArgs),
     /// Remove images.
     Rm(RmiArgs),
+    /// pull, push, load, save, import, tag, history.
+    #[command(flatten)]
+    Verb(ImageVerb),
 }
 
 /// Arguments of `hull images`.
@@ -153,9 +171,13 @@ pub struct ListArgs {
     /// Show digests.
     #[arg(long)]
     digests: bool,
-    /// Output format: `table` or `json` (one JSON object per line).
-    #[arg(long, default_value = "table")]
-    format: String,
+    /// `table`, `table TEMPLATE`, `json` or a Go template
+    /// (`{{.Repository}}:{{.Tag}}`).
+    #[arg(long)]
+    format: Option<String>,
+    /// Show full image IDs.
+    #[arg(long)]
+    no_trunc: bool,
     /// Only images of this repository (`busybox`, `busybox:1.36`).
     repository: Option<String>,
 }
@@ -188,7 +210,35 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
     let store = || Store::open(root).context("cannot open the image store");
     match cmd {
         ImageCommand::Images(a) => list::list(&store()?, &a),
-        ImageCommand::Pull {
+        ImageCommand::Verb(v) => run_verb(v, root),
+        ImageCommand::Rmi(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
+        ImageCommand::Login {
+            username,
+            password,
+            password_stdin,
+            registry,
+            server,
+        } => registry::login(root, &server, username, password, password_stdin, registry),
+        ImageCommand::Logout { server } => registry::logout(root, &server),
+        ImageCommand::Image { command } => match command {
+            ImageSubcommand::Inspect { format, images } => {
+                inspect::inspect(&store()?, &images, format.as_deref())
+            }
+            ImageSubcommand::Prune { force: _ } => {
+                remove::prune(&store()?, &remove::image_users(root)?)
+            }
+            ImageSubcommand::Ls(a) => list::list(&store()?, &a),
+            ImageSubcommand::Rm(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
+            ImageSubcommand::Verb(v) => run_verb(v, root),
+        },
+    }
+}
+
+/// Runs an image verb, from the top level or under `hull image`.
+fn run_verb(cmd: ImageVerb, root: &Path) -> anyhow::Result<u8> {
+    let store = || Store::open(root).context("cannot open the image store");
+    match cmd {
+        ImageVerb::Pull {
             platform,
             registry,
             quiet,
@@ -201,42 +251,25 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
             registry,
             quiet,
         ),
-        ImageCommand::Push {
+        ImageVerb::Push {
             registry,
             reference,
         } => registry::push(&store()?, root, &reference, registry),
-        ImageCommand::Load { input, quiet } => archive::load(&store()?, input.as_deref(), quiet),
-        ImageCommand::Save {
+        ImageVerb::Load { input, quiet } => archive::load(&store()?, input.as_deref(), quiet),
+        ImageVerb::Save {
             output,
             format,
             images,
         } => archive::save(&store()?, &images, output.as_deref(), format),
-        ImageCommand::Import {
+        ImageVerb::Import {
             changes,
             file,
             reference,
         } => archive::import(&store()?, &file, reference.as_deref(), &changes),
-        ImageCommand::Tag { source, target } => tag(&store()?, &source, &target),
-        ImageCommand::Rmi(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
-        ImageCommand::History { no_trunc, image } => {
+        ImageVerb::Tag { source, target } => tag(&store()?, &source, &target),
+        ImageVerb::History { no_trunc, image } => {
             inspect::history(&store()?.image(&image)?, no_trunc)
         }
-        ImageCommand::Login {
-            username,
-            password,
-            password_stdin,
-            registry,
-            server,
-        } => registry::login(root, &server, username, password, password_stdin, registry),
-        ImageCommand::Logout { server } => registry::logout(root, &server),
-        ImageCommand::Image { command } => match command {
-            ImageSubcommand::Inspect { images } => inspect::inspect(&store()?, &images),
-            ImageSubcommand::Prune { force: _ } => {
-                remove::prune(&store()?, &remove::image_users(root)?)
-            }
-            ImageSubcommand::Ls(a) => list::list(&store()?, &a),
-            ImageSubcommand::Rm(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
-        },
     }
 }
 
