@@ -3,7 +3,8 @@
 //! `cli` parses the command line and holds one handler per command;
 //! `container` keeps containers' state and runs one (`container::engine`);
 //! `guest` starts the microVM a container runs in and talks to its agent;
-//! `ports` forwards published ports.
+//! `ports` forwards published ports; `oci` runs the same images as plain
+//! namespaced containers through crun/runc (`--isolation container`).
 
 mod build;
 mod cli;
@@ -11,6 +12,7 @@ mod container;
 mod file_lock;
 mod guest;
 mod network;
+mod oci;
 mod ports;
 mod progress;
 mod units;

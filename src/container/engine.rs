@@ -65,7 +65,8 @@ fn update(dir: &Path, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
 /// Runs the container to completion; returns its exit code. State is
 /// `running` from boot until the process exits, then `exited`. The slow
 /// stages of a first start (preparing the image's filesystem, booting the
-/// template VM, saving snapshots) are told to `progress`.
+/// template VM, saving snapshots) are told to `progress`. A
+/// container-mode container runs through `crate::oci::engine` instead.
 pub fn run(
     root: &Path,
     dir: &Path,
@@ -73,6 +74,9 @@ pub fn run(
     attach: Attach,
     progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<i32> {
+    if config.isolation == crate::oci::Isolation::Container {
+        return crate::oci::engine::run(root, dir, config, attach);
+    }
     update(dir, |s| {
         s.status = Status::Running;
         s.vmm_pid = Some(std::process::id() as i32);

@@ -59,6 +59,14 @@ pub struct ContainerConfig {
     /// Labels: the image's, then `--label` (later wins), as in Docker.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Its own microVM, or a namespaced container on the host kernel
+    /// (`--isolation`); containers made before it existed are VMs.
+    #[serde(default)]
+    pub isolation: crate::oci::Isolation,
+    /// The OCI runtime of a container-mode container (`--runtime`; none:
+    /// crun, else runc).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 /// Docker's default PATH for images whose config sets none.

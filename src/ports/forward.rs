@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -228,14 +228,30 @@ impl PortForwarder {
     /// Starts accepting: each connection is carried to the guest agent
     /// through the VM's hybrid vsock socket `uds`.
     pub fn start(&mut self, uds: &Path) -> Result<(), ForwardError> {
+        let uds = uds.to_path_buf();
+        self.start_with(Arc::new(move |client, port| forward(client, &uds, port)))
+    }
+
+    /// Starts accepting for a container-mode container: each connection
+    /// is dialled from inside the network namespace bound at `netns`, to
+    /// the container port on loopback (so, as in the VM mode, a server
+    /// listening only on 127.0.0.1 in the container answers too).
+    pub fn start_in_netns(&mut self, netns: &Path) -> Result<(), ForwardError> {
+        let netns = netns.to_path_buf();
+        self.start_with(Arc::new(move |client, port| {
+            forward_in_netns(client, &netns, port)
+        }))
+    }
+
+    fn start_with(&mut self, dial: Arc<Dial>) -> Result<(), ForwardError> {
         for l in &self.listeners {
             let socket = l.socket.clone();
             let stopping = self.stopping.clone();
-            let uds = uds.to_path_buf();
+            let dial = dial.clone();
             let port = l.binding.container_port;
             let t = std::thread::Builder::new()
                 .name(format!("port-{}", l.binding.host_port))
-                .spawn(move || accept_loop(&socket, &stopping, &uds, port))
+                .spawn(move || accept_loop(&socket, &stopping, &dial, port))
                 .map_err(ForwardError::Thread)?;
             self.threads.push(t);
         }
@@ -260,7 +276,11 @@ impl Drop for PortForwarder {
     }
 }
 
-fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, uds: &Path, port: u16) {
+/// Carries one accepted connection to container port `port`; runs on a
+/// thread of its own.
+type Dial = dyn Fn(TcpStream, u16) + Send + Sync;
+
+fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, dial: &Arc<Dial>, port: u16) {
     loop {
         let client = match listener.accept() {
             Ok((c, _)) => c,
@@ -273,11 +293,11 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, uds: &Path, port: 
                 continue;
             }
         };
-        let uds: PathBuf = uds.to_path_buf();
+        let dial = dial.clone();
         let spawned = std::thread::Builder::new()
             .name("port-conn".into())
             .stack_size(RELAY_STACK)
-            .spawn(move || forward(client, &uds, port));
+            .spawn(move || dial(client, port));
         if let Err(e) = spawned {
             // The client is dropped (closed) with the closure.
             tracing::warn!("ports: cannot start a connection thread: {e}");
@@ -286,6 +306,30 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, uds: &Path, port: 
 }
 
 /// Carries one client connection to container port `port`.
+/// One connection into a container-mode container's network namespace
+/// (this thread enters it; the thread is the connection's own).
+fn forward_in_netns(client: TcpStream, netns: &Path, port: u16) {
+    let _ = client.set_nodelay(true);
+    let inner = match crate::oci::netns::connect_in(netns, port) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("ports: container port {port}: {e}");
+            client.shut(Shutdown::Both);
+            return;
+        }
+    };
+    let _ = inner.set_nodelay(true);
+    std::thread::scope(|s| {
+        let up = std::thread::Builder::new()
+            .name("port-up".into())
+            .stack_size(RELAY_STACK)
+            .spawn_scoped(s, || pump(&client, &inner));
+        if up.is_ok() {
+            pump(&inner, &client);
+        }
+    });
+}
+
 fn forward(client: TcpStream, uds: &Path, port: u16) {
     // Bytes are passed on as they come (see the agent's side).
     let _ = client.set_nodelay(true);
@@ -336,6 +380,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
 
     fn spec(ip: Option<&str>, host_port: u16, container_port: u16) -> PortSpec {
         PortSpec {

@@ -21,6 +21,12 @@ pub fn exec(
         return Err(CommandError::NotRunning(container.to_string()).into());
     }
     check_tty_input(opts.stdin, opts.tty)?;
+    if let (crate::oci::Isolation::Container, Some(pid)) = (c.config.isolation, c.state.process_id)
+    {
+        return Ok(exit_code(crate::oci::engine::exec(
+            root, &c.config, pid, opts,
+        )?));
+    }
     Ok(exit_code(engine::exec(root, &c.config, opts)?))
 }
 
@@ -29,6 +35,13 @@ pub fn top(root: &Path, store: &ContainerStore, container: &str) -> anyhow::Resu
     let c = store.find(container)?;
     if c.state.status != Status::Running {
         return Err(CommandError::NotRunning(container.to_string()).into());
+    }
+    if c.config.isolation == crate::oci::Isolation::Container {
+        return Err(CommandError::Invalid(
+            "container for top",
+            format!("{container} runs with --isolation container (not supported yet)"),
+        )
+        .into());
     }
     let procs = AgentClient::connect(&engine::socket_path(root, &c.config.id))?.processes()?;
     print!("{}", crate::container::top::table(&procs));

@@ -163,8 +163,16 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "ReadonlyRootfs": c.config.read_only,
             "PortBindings": requested,
             "PublishAllPorts": c.config.publish_all,
+            "Isolation": c.config.isolation.as_str(),
+            "Runtime": c.config.runtime,
         },
         "NetworkSettings": network_settings(c, serde_json::Value::Object(live)),
+        "Container": (c.config.isolation == crate::oci::Isolation::Container).then(|| serde_json::json!({
+            "Pid": c.state.process_id,
+            "Runtime": crate::oci::runtime::Runtime::find(c.config.runtime.as_deref()).ok().map(|r| r.path),
+            "Bundle": c.dir.join("bundle"),
+            "LowerDir": crate::oci::lower::LowerCache::new(root).dir().join(crate::oci::lower::chain_key(&c.config.layers)),
+        })),
         "VM": {
             "VCPUs": c.config.cpus,
             "MemoryMiB": c.config.mem_mib,

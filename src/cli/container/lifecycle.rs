@@ -67,7 +67,12 @@ pub fn rm(
             if !force {
                 return Err(CommandError::Running(name.to_owned()).into());
             }
-            kill_vmm(c);
+            kill_vmm(root, c);
+        }
+        if c.config.isolation == crate::oci::Isolation::Container {
+            // A monitor killed with -9 leaves its container running: the
+            // runtime ends whatever it still knows of it.
+            crate::oci::engine::force_end(root, &c.config, None);
         }
         // A VMM killed with -9 could not remove its socket.
         let _ = std::fs::remove_file(engine::socket_path(root, &c.config.id));
@@ -233,6 +238,14 @@ fn signal_main(root: &Path, c: &Container, sig: i32) -> anyhow::Result<()> {
     else {
         return Err(CommandError::NotRunning(c.config.name.clone()).into());
     };
+    if c.config.isolation == crate::oci::Isolation::Container {
+        // The recorded PID is the container's init on the host.
+        // SAFETY: kill(2) with a PID and a signal number.
+        if unsafe { libc::kill(pid as i32, sig) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        return Ok(());
+    }
     crate::guest::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
         .signal(pid, sig)?;
     Ok(())
@@ -261,12 +274,16 @@ fn stop(root: &Path, c: &Container, grace: Duration) -> anyhow::Result<()> {
     if signal_main(root, c, libc::SIGKILL).is_ok() && wait_exited(c, Duration::from_secs(30)) {
         return Ok(());
     }
-    kill_vmm(c);
+    kill_vmm(root, c);
     Ok(())
 }
 
 /// Ends the VMM process at once and records the container as exited.
-fn kill_vmm(c: &Container) {
+fn kill_vmm(root: &Path, c: &Container) {
+    if c.config.isolation == crate::oci::Isolation::Container {
+        // Its process is not the monitor's child to die with it.
+        crate::oci::engine::force_end(root, &c.config, c.state.process_id);
+    }
     if let Some(pid) = c.state.vmm_pid.filter(|p| pid_alive(*p)) {
         // SAFETY: kill(2) of the VMM process recorded in the state.
         unsafe { libc::kill(pid, libc::SIGKILL) };

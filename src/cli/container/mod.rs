@@ -6,6 +6,8 @@
 //! `crate::container`.
 
 pub mod auto_pull;
+mod compare;
+mod compare_plot;
 mod exec;
 mod inspect;
 mod lifecycle;
@@ -25,9 +27,9 @@ pub use run::RunArgs;
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// Run a command in a new container, in its own microVM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a container without starting it (`hull start` runs it).
-    Create(RunArgs),
+    Create(Box<RunArgs>),
     /// List containers.
     Ps(ps::PsArgs),
     /// Show a container's output.
@@ -140,6 +142,9 @@ pub enum ContainerCommand {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Run a workload as a microVM and as a namespaced container, and
+    /// compare latency, memory, kernel and host visibility.
+    Compare(compare::CompareArgs),
     /// (internal) Run a detached container's VMM.
     #[command(name = "__container-vmm", hide = true)]
     Vmm {
@@ -194,8 +199,8 @@ pub enum CommandError {
 pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
     let store = ContainerStore::new(root);
     match cmd {
-        ContainerCommand::Run(args) => run::run(args, root, &store),
-        ContainerCommand::Create(args) => run::create(args, root, &store),
+        ContainerCommand::Run(args) => run::run(*args, root, &store),
+        ContainerCommand::Create(args) => run::create(*args, root, &store),
         ContainerCommand::Ps(args) => ps::ps(&store, &args),
         ContainerCommand::Logs {
             follow,
@@ -247,6 +252,7 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
         ContainerCommand::Inspect { format, containers } => {
             inspect::inspect(root, &store, &containers, format.as_deref())
         }
+        ContainerCommand::Compare(args) => compare::compare(args, root),
         ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
     }
 }

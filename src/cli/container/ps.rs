@@ -15,6 +15,10 @@ use crate::ports;
 const DEFAULT_TABLE: &str =
     "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
 
+/// The default columns when a listed container runs with `--isolation
+/// container`: Docker's, and how each one is isolated.
+const ISOLATION_TABLE: &str = "{{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Isolation}}\t{{.Names}}";
+
 /// Options of `hull ps`.
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -125,10 +129,11 @@ pub fn ps(store: &ContainerStore, a: &PsArgs) -> anyhow::Result<u8> {
         .iter()
         .map(|f| Filter::parse(f))
         .collect::<Result<Vec<_>, _>>()?;
-    let format = match &a.format {
-        Some(f) if !a.quiet => Format::parse(f, DEFAULT_TABLE)?,
-        _ => Format::parse("table", DEFAULT_TABLE)?,
-    };
+    // Checked before listing; parsed again below with the default that
+    // fits the list.
+    if let Some(f) = a.format.as_ref().filter(|_| !a.quiet) {
+        Format::parse(f, DEFAULT_TABLE)?;
+    }
     let limit = if a.latest { Some(1) } else { a.last };
     // A status filter, -n and -l look at every container, as in Docker.
     let all = a.all
@@ -149,6 +154,18 @@ pub fn ps(store: &ContainerStore, a: &PsArgs) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
+    let default = if list
+        .iter()
+        .any(|c| c.config.isolation == crate::oci::Isolation::Container)
+    {
+        ISOLATION_TABLE
+    } else {
+        DEFAULT_TABLE
+    };
+    let format = match &a.format {
+        Some(f) => Format::parse(f, default)?,
+        None => Format::parse("table", default)?,
+    };
     let rows: Vec<Value> = list.iter().map(|c| row(c, a.no_trunc)).collect();
     format.print(&headers(), &rows)?;
     Ok(0)
@@ -179,6 +196,7 @@ fn headers() -> Value {
         "Mounts": "MOUNTS",
         "Networks": "NETWORKS",
         "ExitCode": "EXIT CODE",
+        "Isolation": "ISOLATION",
     })
 }
 
@@ -206,6 +224,7 @@ fn row(c: &Container, no_trunc: bool) -> Value {
         "Mounts": "",
         "Networks": serde_json::to_value(c.config.network).unwrap_or_default(),
         "ExitCode": c.state.exit_code.unwrap_or(0),
+        "Isolation": c.config.isolation.as_str(),
     })
 }
 

@@ -11,6 +11,7 @@ use crate::container::engine::{self, Attach};
 use crate::container::spec::{self, ContainerConfig};
 use crate::container::state::now_rfc3339;
 use crate::container::store::{self, ContainerStore};
+use crate::oci::Isolation;
 use crate::{ports, units};
 
 /// Options of `hull run`.
@@ -82,6 +83,15 @@ pub struct RunArgs {
     /// Set a label on the container (KEY=VALUE, or KEY for an empty value).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// Isolation: `vm` (its own microVM) or `container` (namespaces on
+    /// the host kernel, through an OCI runtime). Default: the hull root's
+    /// `isolation` file, else vm.
+    #[arg(long, env = "HULL_ISOLATION")]
+    pub isolation: Option<String>,
+    /// OCI runtime for `--isolation container`: crun, runc or a path to
+    /// one (default: crun, else runc).
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -133,6 +143,11 @@ fn create_container(
     starting: bool,
 ) -> anyhow::Result<(ContainerConfig, PathBuf)> {
     let mem_mib = check_flags(args, starting)?;
+    let isolation = isolation_of(args, root)?;
+    if isolation == Isolation::Container {
+        // A missing runtime is an error before anything is created.
+        crate::oci::runtime::Runtime::find(args.runtime.as_deref())?;
+    }
     let ports = args
         .publish
         .iter()
@@ -146,9 +161,24 @@ fn create_container(
         // binds again (and would report a port taken in between).
         drop(ports::PortForwarder::bind(&ports)?);
     }
-    let config = container_config(args, store, &image, mem_mib, ports)?;
+    let mut config = container_config(args, store, &image, mem_mib, ports)?;
+    config.isolation = isolation;
+    config.runtime = args
+        .runtime
+        .clone()
+        .filter(|_| isolation == Isolation::Container);
     let dir = store.create(&config)?;
     Ok((config, dir))
+}
+
+/// `--isolation`, else the root's default (`<root>/isolation` holding
+/// `vm` or `container`), else vm.
+fn isolation_of(args: &RunArgs, root: &Path) -> anyhow::Result<Isolation> {
+    let from_root = || std::fs::read_to_string(root.join("isolation")).ok();
+    match args.isolation.clone().or_else(from_root) {
+        Some(s) => Ok(Isolation::parse(s.trim())?),
+        None => Ok(Isolation::Vm),
+    }
 }
 
 /// Checks the flags that need no image; returns the memory size in MiB.
@@ -286,6 +316,8 @@ fn container_config(
         network: crate::network::NetworkMode::parse(&args.network)?,
         created: now_rfc3339(),
         labels: labels(cfg.labels().clone().unwrap_or_default(), &args.label),
+        isolation: Isolation::Vm,
+        runtime: None,
     })
 }
 

@@ -1,0 +1,636 @@
+//! Running one container-mode container, in this process (the monitor,
+//! the counterpart of the VM engine's VMM process): the image's cached
+//! lower directory under a per-container overlay, a network namespace,
+//! the bundle, then `<runtime> run` with its stdio copied to the log (and
+//! to our terminal when attached), the state recorded as the VM mode
+//! records it. Mounts live in this process's private mount namespace, so
+//! a monitor that dies leaves none behind on the host.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::bundle::{self, BundleInput};
+use super::lower::LowerCache;
+use super::runtime::Runtime;
+use super::{netns, user, OciError};
+use crate::container::engine::Attach;
+use crate::container::logs::{self, LogWriter};
+use crate::container::state::{now_rfc3339, State, Status};
+use crate::container::ContainerConfig;
+use crate::network::NetworkMode;
+use crate::ports::PortForwarder;
+
+/// Signals an attached run passes on to the container's process.
+const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+fn update(dir: &Path, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
+    let mut s = State::load(dir).unwrap_or_else(|_| State::created());
+    f(&mut s);
+    s.save(dir)
+}
+
+/// Runs the container to completion; returns its exit code. Must be
+/// called while this process has a single thread (it unshares its mount
+/// namespace first).
+pub fn run(
+    root: &Path,
+    dir: &Path,
+    config: &ContainerConfig,
+    attach: Attach,
+) -> anyhow::Result<i32> {
+    update(dir, |s| {
+        s.status = Status::Running;
+        s.vmm_pid = Some(std::process::id() as i32);
+        s.process_id = None;
+        s.started_at = Some(now_rfc3339());
+        s.finished_at = None;
+        s.exit_code = None;
+        s.error = None;
+    })?;
+    let mut parts = Parts::default();
+    let result = run_inner(root, dir, config, attach, &mut parts);
+    parts.clean_up(root, &config.id);
+    update(dir, |s| {
+        s.status = Status::Exited;
+        s.vmm_pid = None;
+        s.process_id = None;
+        s.ports.clear();
+        s.finished_at = Some(now_rfc3339());
+        match &result {
+            Ok(code) => s.exit_code = Some(*code),
+            Err(e) => {
+                // As the VM mode records it: 127/126 for a program that
+                // could not be executed, 125 for any other failure.
+                s.exit_code =
+                    Some(crate::guest::agent_client::exec_exit_code(e).map_or(125, i32::from));
+                s.error = Some(format!("{e:#}"));
+            }
+        }
+    })?;
+    result
+}
+
+/// What a run set up, undone in reverse whatever happened.
+#[derive(Default)]
+struct Parts {
+    runtime: Option<Runtime>,
+    rootfs: Option<PathBuf>,
+    netns: Option<PathBuf>,
+    pasta: Option<Child>,
+}
+
+impl Parts {
+    fn clean_up(&mut self, root: &Path, id: &str) {
+        if let Some(rt) = &self.runtime {
+            // Normally `run` deleted it already; after a failed start the
+            // runtime may still hold a half-made container.
+            rt.delete(root, id);
+        }
+        if let Some(mut p) = self.pasta.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        if let Some(n) = self.netns.take() {
+            netns::remove(&n);
+        }
+        if let Some(r) = self.rootfs.take() {
+            unmount(&r);
+        }
+    }
+}
+
+fn unmount(path: &Path) {
+    if let Ok(p) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        // SAFETY: umount2(2) of a path we mounted.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn run_inner(
+    root: &Path,
+    dir: &Path,
+    config: &ContainerConfig,
+    attach: Attach,
+    parts: &mut Parts,
+) -> anyhow::Result<i32> {
+    // First, while we have one thread.
+    netns::private_mounts()?;
+    let attached = matches!(attach, Attach::Terminal { .. });
+    let container_pid = Arc::new(AtomicU32::new(0));
+    if attached {
+        forward_signals(container_pid.clone())?;
+    }
+    let runtime = Runtime::find(config.runtime.as_deref())?;
+    if runtime.name == "crun" {
+        hide_hybrid_cgroup2();
+    }
+    let lower = LowerCache::new(root)
+        .get_or_unpack(&config.layers)
+        .context("preparing the image's root filesystem on the host")?;
+    let rootfs = mount_overlay(dir, &lower)?;
+    parts.rootfs = Some(rootfs.clone());
+    let ns = dir.join("netns");
+    netns::create(&ns)?;
+    parts.netns = Some(ns.clone());
+    if config.network == NetworkMode::Default {
+        parts.pasta = Some(spawn_pasta(&ns, dir)?);
+    }
+    let ids = user::resolve(&rootfs, &config.user)?;
+    let bundle_dir = write_bundle(dir, config, &rootfs, ids, &ns)?;
+    let mut ports = PortForwarder::bind(&config.ports)?;
+    update(dir, |s| s.ports = ports.bindings())?;
+    ports.start_in_netns(&ns)?;
+    parts.runtime = Some(runtime.clone());
+    let stdin = matches!(attach, Attach::Terminal { stdin: true });
+    let (child, master) = spawn_runtime(root, &runtime, &bundle_dir, config, attach)?;
+    // Raw from the moment the process runs until we return (-i -t).
+    let raw = master.as_ref().and_then(|_| raw_stdin(stdin));
+    let code = supervise(
+        child,
+        master,
+        stdin,
+        dir,
+        attached,
+        &container_pid,
+        &runtime,
+    );
+    drop(raw);
+    let code = code?;
+    drop(ports);
+    Ok(code)
+}
+
+/// crun refuses a "hybrid" cgroup host (v1 controllers plus a cgroup2
+/// mount that has controllers of its own, as this project's machines
+/// are). Hiding the cgroup2 mount from our private mount namespace makes
+/// it a plain v1 host for crun; the host's mounts are untouched.
+fn hide_hybrid_cgroup2() {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let controllers = std::fs::read_to_string(unified.join("cgroup.controllers"));
+    if controllers.is_ok_and(|c| !c.trim().is_empty()) {
+        unmount(unified);
+    }
+}
+
+/// `dir/rootfs`: the lower directory under this container's upper and
+/// work directories (kept across restarts until `rm`). `nodev`: device
+/// nodes a layer carried open nothing.
+fn mount_overlay(dir: &Path, lower: &Path) -> Result<PathBuf, OciError> {
+    let rootfs = dir.join("rootfs");
+    for d in ["upper", "work", "rootfs"] {
+        std::fs::create_dir_all(dir.join(d)).map_err(OciError::io(format!("creating {d}")))?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    );
+    let c = |s: &str| std::ffi::CString::new(s).map_err(std::io::Error::other);
+    let mount = || -> std::io::Result<()> {
+        let (src, target, fstype, data) = (
+            c("overlay")?,
+            c(&rootfs.to_string_lossy())?,
+            c("overlay")?,
+            c(&opts)?,
+        );
+        // SAFETY: mount(2) with valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NODEV,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    mount().map_err(OciError::io("mounting the container's overlay"))?;
+    Ok(rootfs)
+}
+
+/// pasta attached to the container's namespace: outbound TCP/UDP/ICMP
+/// through the host's stack, the host's addresses and routes copied in,
+/// no inbound ports (published ports go through hull's proxy).
+fn spawn_pasta(ns: &Path, dir: &Path) -> Result<Child, OciError> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(dir.join("pasta.log")).map_err(OciError::io("pasta log"))?;
+    let mut cmd = Command::new("pasta");
+    // As root pasta would drop to nobody and then be unable to enter the
+    // namespace (it belongs to the host's user namespace): it stays root,
+    // unlike the VM mode's passt. See docs/vm-vs-container.md.
+    cmd.args([
+        "--config-net",
+        "--foreground",
+        "--quiet",
+        "--runas",
+        "0",
+        "--netns",
+    ])
+    .arg(ns)
+    .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
+    // SAFETY: prctl is async-signal-safe; pasta dies with its monitor.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(OciError::io("starting pasta (Debian package passt)"))?;
+    // pasta sets up the namespace's interface before it serves: wait for
+    // a default route so the process never starts without its network.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && !has_default_route(ns) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
+/// Whether the namespace bound at `ns` has an interface besides `lo`.
+fn has_default_route(ns: &Path) -> bool {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        let Ok(f) = std::fs::File::open(&ns) else {
+            return false;
+        };
+        // SAFETY: setns(2) of this short-lived thread only.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0 {
+            return false;
+        }
+        std::fs::read_to_string("/proc/thread-self/net/route").is_ok_and(|r| {
+            r.lines()
+                .skip(1)
+                .any(|l| l.split('\t').nth(1) == Some("00000000"))
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// Writes `dir/bundle/config.json` and the container's /etc files.
+fn write_bundle(
+    dir: &Path,
+    config: &ContainerConfig,
+    rootfs: &Path,
+    ids: user::Ids,
+    ns: &Path,
+) -> anyhow::Result<PathBuf> {
+    let bundle_dir = dir.join("bundle");
+    std::fs::create_dir_all(&bundle_dir)?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        config.hostname
+    );
+    let files = [
+        ("hosts", hosts, "/etc/hosts"),
+        (
+            "hostname",
+            format!("{}\n", config.hostname),
+            "/etc/hostname",
+        ),
+        (
+            "resolv.conf",
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            "/etc/resolv.conf",
+        ),
+    ];
+    let mut etc_files = Vec::new();
+    for (name, text, target) in files {
+        let p = bundle_dir.join(name);
+        std::fs::write(&p, text)?;
+        etc_files.push((p, target));
+    }
+    let spec = bundle::spec(&BundleInput {
+        config,
+        rootfs,
+        ids,
+        netns: ns,
+        etc_files,
+        limits: limits_allowed(),
+    })?;
+    let tmp = bundle_dir.join(".config.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&spec)?)?;
+    std::fs::rename(&tmp, bundle_dir.join("config.json"))?;
+    Ok(bundle_dir)
+}
+
+/// Whether the runtime can put the container in a memory and cpu cgroup
+/// of its own: a writable memory controller, v2 or v1.
+fn limits_allowed() -> bool {
+    let writable = |p: &str| {
+        let c = std::ffi::CString::new(p).unwrap_or_default();
+        // SAFETY: access(2) reads a valid path.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+    };
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+    (v2 && writable("/sys/fs/cgroup"))
+        || (writable("/sys/fs/cgroup/memory") && writable("/sys/fs/cgroup/cpu"))
+}
+
+fn spawn_runtime(
+    root: &Path,
+    runtime: &Runtime,
+    bundle_dir: &Path,
+    config: &ContainerConfig,
+    attach: Attach,
+) -> anyhow::Result<(Child, Option<std::fs::File>)> {
+    let stdin = match attach {
+        Attach::Terminal { stdin: true } => Stdio::piped(),
+        _ => Stdio::null(),
+    };
+    let attached = matches!(attach, Attach::Terminal { .. });
+    let _ = std::fs::remove_file(bundle_dir.join("container.pid"));
+    let mut cmd = runtime.command(root);
+    // The runtime's own errors to a file, apart from the container's
+    // stderr: reported as hull's one error line, never mixed with output.
+    cmd.arg("--log").arg(bundle_dir.join("runtime.log"));
+    let _ = std::fs::remove_file(bundle_dir.join("runtime.log"));
+    cmd.arg("run")
+        .arg("--bundle")
+        .arg(bundle_dir)
+        .arg("--pid-file")
+        .arg(bundle_dir.join("container.pid"))
+        .arg(&config.id)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let pty = if config.tty {
+        let size = crate::container::terminal::size_source()
+            .filter(|_| attached)
+            .and_then(crate::container::terminal::window_size);
+        let pty = super::tty::open(size)?;
+        pty.attach(&mut cmd)?;
+        Some(pty)
+    } else {
+        None
+    };
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", runtime.path.display()))?;
+    // Our copy of the slave goes now: reads of the master end (EIO) once
+    // the runtime and the container have closed theirs.
+    Ok((child, pty.map(super::tty::Pty::close_slave)))
+}
+
+/// Copies the runtime's stdio, records the container's PID once the
+/// runtime wrote it, and waits; returns the container's exit code.
+fn supervise(
+    mut child: Child,
+    master: Option<std::fs::File>,
+    stdin: bool,
+    dir: &Path,
+    attached: bool,
+    container_pid: &AtomicU32,
+    runtime: &Runtime,
+) -> anyhow::Result<i32> {
+    let log = logs::open(dir)?;
+    let out = child.stdout.take().map(|o| {
+        let w = LogWriter::new(log.clone(), "stdout", attached.then(std::io::stdout));
+        copy_thread(o, w)
+    });
+    let err = child.stderr.take().map(|e| {
+        let w = LogWriter::new(log.clone(), "stderr", attached.then(std::io::stderr));
+        copy_thread(e, w)
+    });
+    if let Some(mut i) = child.stdin.take() {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut i);
+        });
+    }
+    // -t: everything comes through the terminal, as one stream (stdout).
+    let pty_out = match master {
+        Some(m) => {
+            if stdin {
+                let mut to = m.try_clone()?;
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut to);
+                });
+            }
+            let w = LogWriter::new(log.clone(), "stdout", attached.then(std::io::stdout));
+            Some(copy_thread(m, w))
+        }
+        None => None,
+    };
+    let pid_file = dir.join("bundle").join("container.pid");
+    let status = loop {
+        if container_pid.load(Ordering::Acquire) == 0 {
+            if let Some(pid) = read_pid(&pid_file) {
+                container_pid.store(pid, Ordering::Release);
+                let _ = update(dir, |s| s.process_id = Some(pid));
+            }
+        }
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    for t in [out, err, pty_out].into_iter().flatten() {
+        let _ = t.join();
+    }
+    let code = exit_code(status);
+    if code != 0 {
+        if let Some(e) = runtime_error(&dir.join("bundle").join("runtime.log"), runtime) {
+            if !attached {
+                return Err(e);
+            }
+            // The runtime printed its message on the container's stderr,
+            // which is ours: one line is enough. The state records it, and
+            // the exit code says what kind of failure it was (127/126/125).
+            let code = crate::guest::agent_client::exec_exit_code(&e).map_or(125, i32::from);
+            let _ = update(dir, |s| s.error = Some(format!("{e:#}")));
+            return Ok(code);
+        }
+    }
+    Ok(code)
+}
+
+/// The runtime's own failure, from its log: a program that could not be
+/// executed is reported as the VM mode reports it (exit 127 or 126),
+/// anything else as the runtime's error (125).
+fn runtime_error(log: &Path, runtime: &Runtime) -> Option<anyhow::Error> {
+    use crate::guest::agent_client::AgentError;
+    use agent_protocol::protocol::ExecFailure;
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| runtime.name != "runc" || l.contains("level=error"))?;
+    // runc's logfmt: the message is in msg="...".
+    let msg = line
+        .split_once("msg=\"")
+        .map_or(line, |(_, m)| m.trim_end_matches('"'))
+        .trim()
+        .to_string();
+    let lower = msg.to_ascii_lowercase();
+    let failure = if lower.contains("executable file") || lower.contains("no such file") {
+        Some(ExecFailure::NotFound)
+    } else if lower.contains("permission denied") || lower.contains("exec format") {
+        Some(ExecFailure::CannotInvoke)
+    } else {
+        None
+    };
+    Some(match failure {
+        Some(f) => AgentError::Exec(f, msg).into(),
+        None => OciError::Runtime(runtime.name.clone(), msg).into(),
+    })
+}
+
+/// The runtime's exit status as Docker reports the container's: its code,
+/// or 128+signal.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
+}
+
+/// Raw mode for our stdin when it is a terminal the container's PTY
+/// takes over (`-i -t`, as in the VM mode).
+fn raw_stdin(wanted: bool) -> Option<crate::container::terminal::RawMode> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if !wanted || !stdin.is_terminal() {
+        return None;
+    }
+    crate::container::terminal::RawMode::enable(std::os::fd::AsRawFd::as_raw_fd(&stdin)).ok()
+}
+
+fn read_pid(p: &Path) -> Option<u32> {
+    std::fs::read_to_string(p)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+}
+
+fn copy_thread<R: Read + Send + 'static, W: Write + Send + 'static>(
+    mut r: R,
+    mut w: W,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut r, &mut w);
+        let _ = w.flush();
+    })
+}
+
+/// Blocks the forwarded signals in this (single) thread, so every thread
+/// made later inherits the mask, and sends each one that arrives to the
+/// container's process once its PID is known.
+fn forward_signals(pid: Arc<AtomicU32>) -> std::io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for these calls.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in FORWARDED {
+        // SAFETY: as above, with valid signal numbers.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: blocking signals in the calling thread with a valid set.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: sigwait on the set blocked above.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            let p = pid.load(Ordering::Acquire);
+            if p != 0 {
+                // SAFETY: kill(2) of the container's init, a host PID.
+                unsafe { libc::kill(p as i32, sig) };
+            }
+        })?;
+    Ok(())
+}
+
+/// What `hull exec` runs in a container-mode container.
+pub fn exec(
+    root: &Path,
+    config: &ContainerConfig,
+    pid: u32,
+    opts: crate::container::engine::ExecOptions,
+) -> anyhow::Result<i32> {
+    let runtime = Runtime::find(config.runtime.as_deref())?;
+    // The container's root as the host sees it through its init process.
+    let ids = user::resolve(
+        Path::new(&format!("/proc/{pid}/root")),
+        opts.user.as_deref().unwrap_or(&config.user),
+    )?;
+    let mut env = config.env.clone();
+    for e in opts.env {
+        let key = e.split('=').next().unwrap_or_default().to_string();
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(e);
+    }
+    let process = oci_spec::runtime::ProcessBuilder::default()
+        .terminal(opts.tty)
+        .args(opts.argv)
+        .env(env)
+        .cwd(opts.cwd.unwrap_or_else(|| config.cwd.clone()))
+        .capabilities(bundle::capabilities()?)
+        .user(
+            oci_spec::runtime::UserBuilder::default()
+                .uid(ids.uid)
+                .gid(ids.gid)
+                .additional_gids(ids.additional)
+                .build()
+                .map_err(OciError::Spec)?,
+        )
+        .build()
+        .map_err(OciError::Spec)?;
+    let file = tempfile_in(root)?;
+    std::fs::write(&file, serde_json::to_vec(&process)?)?;
+    let mut cmd = runtime.command(root);
+    cmd.args(["exec", "--process"]).arg(&file);
+    if opts.tty {
+        cmd.arg("--tty");
+    }
+    cmd.arg(&config.id);
+    if !opts.stdin {
+        cmd.stdin(Stdio::null());
+    }
+    let status = cmd.status();
+    let _ = std::fs::remove_file(&file);
+    Ok(exit_code(status?))
+}
+
+fn tempfile_in(root: &Path) -> std::io::Result<PathBuf> {
+    let d = root.join("oci").join("tmp");
+    std::fs::create_dir_all(&d)?;
+    Ok(d.join(format!("process-{}.json", std::process::id())))
+}
+
+/// Ends a container-mode container whose monitor is being killed: its
+/// process first (it is not the monitor's to take down with it), then
+/// whatever the runtime still holds.
+pub fn force_end(root: &Path, config: &ContainerConfig, pid: Option<u32>) {
+    if let Some(p) = pid {
+        // SAFETY: kill(2) of the container's recorded init PID.
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
+    if let Ok(rt) = Runtime::find(config.runtime.as_deref()) {
+        rt.delete(root, &config.id);
+    }
+}
