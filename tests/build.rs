@@ -512,11 +512,12 @@ fn seed_example_installs_flask_from_pypi() {
             "my-image",
             "sh",
             "-c",
-            "ls /usr/local/lib/python3*/dist-packages",
+            "echo /usr/local/lib/python3*/dist-packages/*",
         ])
         .output()
         .unwrap());
-    assert!(stdout.contains("flask"), "{stdout}");
+    // The image has no coreutils: the shell's glob lists the directory.
+    assert!(stdout.contains("/flask"), "{stdout}");
 }
 
 /// Seed section 6.1: the same program built in one stage and in two; the
