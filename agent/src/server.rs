@@ -98,22 +98,7 @@ impl Agent {
                 address,
                 prefix_len,
                 gateway,
-            } => {
-                let Some(mac) = crate::net::parse_mac(&mac) else {
-                    return error(format!("bad MAC address {mac:?}"));
-                };
-                let link = crate::net::LinkConfig {
-                    interface,
-                    mac,
-                    address,
-                    prefix_len,
-                    gateway,
-                };
-                match crate::net::configure(&link) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => error(format!("network: {e}: {}", source_of(&e))),
-                }
-            }
+            } => configure_network(interface, &mac, address, prefix_len, gateway),
             Request::ListProcesses => Response::Processes {
                 // Without the agent (PID 1): it is the VM, not the container.
                 processes: crate::procs::list(
@@ -127,41 +112,7 @@ impl Agent {
                 || format!("read files under {root}"),
             ),
             Request::KillAll => self.kill_all(),
-            Request::WriteLayer {
-                upper,
-                exclude,
-                output,
-                offset,
-            } => match agent::layer_out::write_to_window(&upper, &exclude, output, offset) {
-                Ok(bytes) => Response::Written { bytes },
-                Err(e) => error(format!("writing the layer of {upper}: {e}")),
-            },
-            Request::CopyOut {
-                root,
-                sources,
-                owner,
-                mode,
-                output,
-                offset,
-            } => {
-                let sources: Vec<agent::layer_out::CopySource> = sources
-                    .into_iter()
-                    .map(|s| agent::layer_out::CopySource {
-                        path: s.path,
-                        dest: s.dest,
-                        dest_is_dir: s.dest_is_dir,
-                    })
-                    .collect();
-                let opts = agent::layer_out::LayerOptions {
-                    owner,
-                    mode,
-                    ..Default::default()
-                };
-                match agent::layer_out::copy_to_window(&root, &sources, &opts, output, offset) {
-                    Ok(bytes) => Response::Written { bytes },
-                    Err(e) => error(e.to_string()),
-                }
-            }
+            req @ (Request::WriteLayer { .. } | Request::CopyOut { .. }) => layer_request(req),
             // Powering off waits for the answer to reach the host: see
             // `serve_control`.
             Request::Shutdown => Response::Ok,
@@ -428,6 +379,73 @@ impl Agent {
 }
 
 /// `Ok`, or an error naming what failed (`what`) and why.
+/// `ConfigureNetwork`: the interface's MAC, address and default route.
+fn configure_network(
+    interface: String,
+    mac: &str,
+    address: std::net::Ipv4Addr,
+    prefix_len: u8,
+    gateway: std::net::Ipv4Addr,
+) -> Response {
+    let Some(mac) = crate::net::parse_mac(mac) else {
+        return error(format!("bad MAC address {mac:?}"));
+    };
+    let link = crate::net::LinkConfig {
+        interface,
+        mac,
+        address,
+        prefix_len,
+        gateway,
+    };
+    match crate::net::configure(&link) {
+        Ok(()) => Response::Ok,
+        Err(e) => error(format!("network: {e}: {}", source_of(&e))),
+    }
+}
+
+/// `WriteLayer` and `CopyOut` (`hull build`): a layer tar into a memory
+/// window, answered with its length.
+fn layer_request(req: Request) -> Response {
+    let written = match req {
+        Request::WriteLayer {
+            upper,
+            exclude,
+            output,
+            offset,
+        } => agent::layer_out::write_to_window(&upper, &exclude, output, offset)
+            .map_err(|e| format!("writing the layer of {upper}: {e}")),
+        Request::CopyOut {
+            root,
+            sources,
+            owner,
+            mode,
+            output,
+            offset,
+        } => {
+            let sources: Vec<agent::layer_out::CopySource> = sources
+                .into_iter()
+                .map(|s| agent::layer_out::CopySource {
+                    path: s.path,
+                    dest: s.dest,
+                    dest_is_dir: s.dest_is_dir,
+                })
+                .collect();
+            let opts = agent::layer_out::LayerOptions {
+                owner,
+                mode,
+                ..Default::default()
+            };
+            agent::layer_out::copy_to_window(&root, &sources, &opts, output, offset)
+                .map_err(|e| e.to_string())
+        }
+        _ => Err("not a layer request".to_string()),
+    };
+    match written {
+        Ok(bytes) => Response::Written { bytes },
+        Err(message) => error(message),
+    }
+}
+
 fn answer<E: std::fmt::Display>(result: Result<(), E>, what: impl FnOnce() -> String) -> Response {
     match result {
         Ok(()) => Response::Ok,
