@@ -176,8 +176,74 @@ pub fn populate(root: &str, path: &str, to: &str) -> Result<(), Error> {
     let unpacked = unpack_into(to, reader, path);
     let written = writing
         .join()
-        .unwrap_or_else(|_| Err(crate::layer_out::Error::Changed { path: source }));
+        .unwrap_or(Err(crate::layer_out::Error::Changed { path: source }));
     unpacked?;
     written?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, content: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    #[test]
+    fn diff_lines_are_docker_s_sorted_by_path() {
+        let lower = tempfile::tempdir().unwrap();
+        let upper = tempfile::tempdir().unwrap();
+        write(&lower.path().join("etc/motd"), "old");
+        write(&lower.path().join("etc/gone"), "x");
+        write(&upper.path().join("etc/motd"), "new");
+        write(&upper.path().join("etc/hosts"), "per container");
+        write(&upper.path().join("a/new"), "x");
+        let gone =
+            std::ffi::CString::new(upper.path().join("etc/gone").to_string_lossy().as_bytes())
+                .unwrap();
+        // SAFETY: a valid path; an overlay whiteout is a 0/0 char device.
+        assert_eq!(unsafe { libc::mknod(gone.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        let lines = diff_lines(
+            &upper.path().to_string_lossy(),
+            &lower.path().to_string_lossy(),
+            &["/etc/hosts".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            lines,
+            ["A /a", "A /a/new", "C /etc", "D /etc/gone", "C /etc/motd"]
+        );
+    }
+
+    #[test]
+    fn a_fresh_volume_is_filled_from_the_image_once() {
+        let image = tempfile::tempdir().unwrap();
+        let volume = tempfile::tempdir().unwrap();
+        write(&image.path().join("srv/www/index.html"), "hello");
+        std::os::unix::fs::symlink("index.html", image.path().join("srv/www/link")).unwrap();
+        std::fs::create_dir(volume.path().join("lost+found")).unwrap();
+        let (root, to) = (
+            image.path().to_string_lossy(),
+            volume.path().to_string_lossy(),
+        );
+        populate(&root, "/srv/www", &to).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(volume.path().join("index.html")).unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            std::fs::read_link(volume.path().join("link")).unwrap(),
+            Path::new("index.html")
+        );
+        assert!(!volume.path().join("lost+found").exists());
+        // Not again once it holds files; nothing for a path the image lacks.
+        write(&image.path().join("srv/www/later"), "x");
+        populate(&root, "/srv/www", &to).unwrap();
+        assert!(!volume.path().join("later").exists());
+        let empty = tempfile::tempdir().unwrap();
+        populate(&root, "/nonexistent", &empty.path().to_string_lossy()).unwrap();
+        assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    }
 }

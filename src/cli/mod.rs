@@ -29,6 +29,7 @@ pub mod stats;
 pub mod system;
 pub mod template;
 pub mod version;
+pub mod volume;
 
 use std::path::{Path, PathBuf};
 
@@ -91,6 +92,11 @@ enum Command {
     },
     /// Show resource usage of running containers' VMs (CPU, memory).
     Stats(stats::StatsArgs),
+    /// Manage volumes (`hull volume create|ls|inspect|rm|prune`).
+    Volume {
+        #[command(subcommand)]
+        command: volume::VolumeCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +169,7 @@ impl Cli {
             Command::Container(cmd) => container::run(cmd, root),
             Command::ContainerManage { command } => container::manage(command, root),
             Command::Stats(args) => stats::run(&args, root),
+            Command::Volume { command } => volume::run(command, root),
         }
     }
 }

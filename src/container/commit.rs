@@ -66,7 +66,7 @@ pub fn commit(root: &Path, c: &Container, opts: &CommitOptions) -> anyhow::Resul
     let (layer, diff_id) = blobs::store_layer(&store, vm.output(len)?)?;
     vm.finish()?;
     let now = images::time::now_rfc3339();
-    state.add_layer(layer, &diff_id.to_string());
+    state.add_layer(layer, diff_id.as_ref());
     add_history(&mut state, &now, c, opts);
     state.set_created(&now);
     if let (Some(author), Some(top)) = (&opts.author, state.config.as_object_mut()) {

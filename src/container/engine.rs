@@ -191,10 +191,11 @@ fn run_inner(
     // The container's process is gone: refuse new connections now.
     drop(ports);
     tracing::debug!("process exited at {:?}", t0.elapsed());
-    if config.auto_remove {
+    if config.auto_remove && config.mounts.iter().all(|m| m.read_only) {
         // Nothing of a --rm container's VM outlives it (its writable layer
         // is guest tmpfs, its image disk read-only): end it without the
-        // guest's shutdown work.
+        // guest's shutdown work. A volume it writes needs that work: its
+        // file system unmounted clean.
         drop(vm);
     } else {
         AgentClient::connect(&vm.uds)?.shutdown()?;
@@ -514,13 +515,15 @@ fn volume_mounts(config: &ContainerConfig, volumes: &[Volume]) -> Vec<Request> {
     for (i, (m, v)) in config.mounts.iter().zip(volumes).enumerate() {
         let device = format!("/dev/vd{}", (b'c' + i as u8) as char);
         let staging = format!("/run/hull/volumes/{i}");
-        requests.push(mount(
-            &device,
-            &staging,
-            "ext4",
-            m.read_only,
-            SCRATCH_EXT4_OPTIONS,
-        ));
+        // Read-only: the disk is attached read-only too, so a journal
+        // left by a writer that was killed cannot be replayed; it is
+        // skipped (`noload`) instead of failing the mount.
+        let options = if m.read_only {
+            "noload,noinit_itable"
+        } else {
+            SCRATCH_EXT4_OPTIONS
+        };
+        requests.push(mount(&device, &staging, "ext4", m.read_only, options));
         if !v.meta.populated && !m.read_only {
             requests.push(Request::Populate {
                 root: GUEST_LOWER.into(),

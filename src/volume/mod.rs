@@ -229,6 +229,7 @@ fn mkfs(path: &Path, size: u64, label: &str) -> Result<(), VolumeError> {
 }
 
 /// A volume attached to a running container: its lock, held until drop.
+#[derive(Debug)]
 pub struct Attached {
     _lock: File,
     /// The holder file a writer wrote (removed while still locked).
@@ -317,7 +318,7 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| !n.starts_with(".lock"))
             .collect();
-        assert_eq!(names, [anon.meta.name.clone()]);
+        assert_eq!(names, vec![anon.meta.name]);
     }
 
     #[test]
