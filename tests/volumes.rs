@@ -251,7 +251,7 @@ fn anonymous_volumes_and_bad_input() {
         assert_one_line_error(&run(root, &all), needle);
     }
     let out = hull(root)
-        .args(["volume", "create", "--opt", "size=1k", "tiny"])
+        .args(["volume", "create", "--opt", "size=8m", "tiny"])
         .output()
         .unwrap();
     assert_one_line_error(&out, "minimum is 16m");

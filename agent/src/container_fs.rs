@@ -83,8 +83,9 @@ pub fn diff_lines(upper: &str, lower: &str, exclude: &[String]) -> Result<Vec<St
     Ok(changes.iter().map(ToString::to_string).collect())
 }
 
-/// Unpacks the tar of `len` bytes at the start of `input` into the
-/// container root `root` as `docker cp` does: into `dest` when it is a
+/// Unpacks the tar of `len` bytes at the start of `input` (a helper VM's
+/// input window, or a running container's mailbox) into the container
+/// root `root` as `docker cp` does: into `dest` when it is a
 /// directory; otherwise the tar's one top-level entry becomes `dest`
 /// (unpacked beside it first, then renamed). Paths are resolved inside
 /// `root` (its symlinks never lead out), and the unpacker resolves every
@@ -99,9 +100,9 @@ pub fn apply_tar(root: &str, dest: &str, input: WindowRange, len: u64) -> Result
         Ok(_) => Err(Error::NotADirectory(dest.to_string())),
         Err(_) => unpack_as(root, dest, tar),
     };
-    // Unmapping costs as much as mapping did; the window is small and
-    // this helper VM ends after the request.
-    window.keep_mapped();
+    // Unmapped (dropped) again: a running container's agent serves many
+    // copies through the same window.
+    drop(window);
     result
 }
 

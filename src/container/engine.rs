@@ -43,6 +43,11 @@ pub const UPPER_DISK_BYTES: u64 = 4 << 30;
 /// (each such snapshot's memory file grows by what is read; the rest of a
 /// larger image is read from disk as containers use it).
 const WARM_BYTES: u64 = 64 << 20;
+/// The mailbox file in a container's directory, its size (sparse: only
+/// what a `cp` writes takes space) and the lock its writer holds.
+pub const MAILBOX: &str = "mailbox";
+pub const MAILBOX_BYTES: u64 = 1 << 30;
+pub const MAILBOX_LOCK: &str = "mailbox.lock";
 /// Mount options of a writable-layer ext4 disk (see `root_mounts`).
 pub const SCRATCH_EXT4_OPTIONS: &str = "noinit_itable";
 /// Size of the unused second disk of a `--rm` container.
@@ -159,7 +164,7 @@ fn run_inner(
     // also ends on its own if this process dies.
     let (_passt, net) = network_device(dir, config)?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, config, disks, net, progress, &volumes)?;
+    let (vm, mut client) = start_vm(root, dir, config, disks, net, progress, &volumes)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     // Filled from the image in `setup_root` (read-write mounts only).
     for (v, _) in volumes
@@ -249,6 +254,7 @@ fn container_disks(
 /// its root filesystem through the agent.
 fn start_vm(
     root: &Path,
+    dir: &Path,
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
     net: Option<vmm::virtio::net::NetConfig>,
@@ -263,7 +269,10 @@ fn start_vm(
         echo: false,
         kernel: None,
         net,
-        windows: Vec::new(),
+        windows: vec![vmm::window::WindowConfig {
+            path: mailbox(dir)?,
+            writable: false,
+        }],
         extra_cmdline: "",
         progress: Some(progress),
     };
@@ -488,6 +497,32 @@ fn setup_root(
         client.remount_read_only(GUEST_ROOT)?;
     }
     Ok(())
+}
+
+/// The container's mailbox: a sparse host file every container VM has
+/// as a read-only memory window, through which `hull cp` hands a running
+/// container's agent a tar (the guest reads it in place, no copy over
+/// vsock). Only hull writes it, only while holding [`MAILBOX_LOCK`].
+fn mailbox(dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join(MAILBOX);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    if f.metadata()?.len() != MAILBOX_BYTES {
+        f.set_len(MAILBOX_BYTES)?;
+    }
+    Ok(path)
+}
+
+/// Where a running container's mailbox window is in its guest's memory.
+pub fn mailbox_window(config: &ContainerConfig) -> agent_protocol::protocol::WindowRange {
+    let place = vmm::window::places(config.mem_mib, &[MAILBOX_BYTES])[0];
+    agent_protocol::protocol::WindowRange {
+        guest_addr: place.guest_addr,
+        len: place.len,
+    }
 }
 
 /// The container's volumes with their locks (one writer or many

@@ -40,9 +40,16 @@ pub enum FsVmError {
     /// A container-mode container (its layer is a host directory).
     #[error("container {0} runs with --isolation container: not supported for it yet")]
     ContainerMode(String),
-    /// Writing into a running container.
-    #[error("container {0} is running: copying into a running container is not supported yet (stop it first)")]
+    /// Writing into a running container through a helper VM (its own
+    /// agent does that: [`copy_into_running`]).
+    #[error("container {0} is running: its own VM writes its disk")]
     RunningWrite(String),
+    /// A running container started before containers had a mailbox.
+    #[error("container {0} was started by an older hull: restart it to copy files into it")]
+    NoMailbox(String),
+    /// A tar larger than the mailbox.
+    #[error("{0} bytes do not fit a running container's {1} MiB mailbox: copy less, or stop the container first")]
+    TooLarge(u64, u64),
     /// The agent refused a request.
     #[error("{0}")]
     Agent(String),
@@ -82,6 +89,41 @@ pub struct FsVm {
     dir: tempfile::TempDir,
     output: WindowRange,
     input: Option<(WindowRange, u64)>,
+}
+
+/// Whether `c`'s VM is running (its VMM holds the disk lock).
+pub fn is_running(c: &Container) -> std::io::Result<bool> {
+    Ok(crate::file_lock::try_lock_exclusive(&c.dir.join(DISK_LOCK))?.is_none())
+}
+
+/// `hull cp` into a running container: the tar goes into the container's
+/// mailbox file (a read-only memory window of its VM), and the
+/// container's own agent unpacks it into its live root, so its processes
+/// see the files at once. No bytes cross vsock.
+pub fn copy_into_running(root: &Path, c: &Container, tar: &Path, dest: &str) -> anyhow::Result<()> {
+    let id = c.config.id[..12].to_string();
+    let mailbox = c.dir.join(engine::MAILBOX);
+    if !mailbox.exists() {
+        return Err(FsVmError::NoMailbox(id).into());
+    }
+    let len = std::fs::metadata(tar)?.len();
+    if len > engine::MAILBOX_BYTES {
+        return Err(FsVmError::TooLarge(len, engine::MAILBOX_BYTES >> 20).into());
+    }
+    let _writer = crate::file_lock::lock_exclusive(&c.dir.join(engine::MAILBOX_LOCK))?;
+    {
+        // Written in place, never truncated: the VMM maps this file.
+        let mut out = std::fs::OpenOptions::new().write(true).open(&mailbox)?;
+        std::io::copy(&mut File::open(tar)?, &mut out)?;
+    }
+    let mut client = AgentClient::connect(&engine::socket_path(root, &c.config.id))?;
+    client.call(&Request::ApplyTar {
+        root: GUEST_ROOT.into(),
+        dest: dest.into(),
+        input: engine::mailbox_window(&c.config),
+        len,
+    })?;
+    Ok(())
 }
 
 /// Takes the lock a container's VMM holds for its whole run (blocking

@@ -8,7 +8,7 @@ use agent_protocol::protocol::CopySource;
 use anyhow::Context;
 
 use crate::container::commit::{self, CommitOptions};
-use crate::container::fs_vm::{Access, FsVm};
+use crate::container::fs_vm::{self, Access, FsVm};
 use crate::container::store::ContainerStore;
 
 /// Errors of the file-system commands that are the user's input.
@@ -251,6 +251,10 @@ fn cp_in(
         host_tar(src, &base_name(host), &mut tar_file)?;
     }
     tar_file.flush()?;
+    if c.config.isolation == crate::oci::Isolation::Vm && fs_vm::is_running(&c)? {
+        fs_vm::copy_into_running(root, &c, tar_file.path(), path)?;
+        return Ok(0);
+    }
     let mut vm = FsVm::open(root, &c, Access::Write(tar_file.path().to_path_buf()))?;
     vm.apply_tar(path)?;
     vm.finish()?;

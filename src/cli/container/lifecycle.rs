@@ -296,6 +296,14 @@ fn kill_vmm(root: &Path, c: &Container) {
         while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The leader shows as a zombie while its other threads still
+        // exit; the process's locks (disk, volumes) go with the last one.
+        let disk = c.dir.join(crate::container::fs_vm::DISK_LOCK);
+        while start.elapsed() < Duration::from_secs(10)
+            && matches!(crate::file_lock::try_lock_exclusive(&disk), Ok(None))
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let _ = State::load(&c.dir).map(|mut s| {
         s.status = Status::Exited;
