@@ -6,6 +6,7 @@
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
 //! - [`build`]: `hull build`;
+//! - [`network`]: `hull network create|ls|inspect|rm|prune`;
 //! - [`info`], [`version`], [`completion`], [`system`], [`stats`],
 //!   [`debug_boot`], [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]:
 //!   the rest;
@@ -23,6 +24,7 @@ pub mod debug_run;
 pub mod exit;
 pub mod image;
 pub mod info;
+pub mod network;
 pub mod output;
 pub mod progress_view;
 pub mod stats;
@@ -91,6 +93,11 @@ enum Command {
     },
     /// Show resource usage of running containers' VMs (CPU, memory).
     Stats(stats::StatsArgs),
+    /// User networks: create, ls, inspect, rm, prune.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +170,7 @@ impl Cli {
             Command::Container(cmd) => container::run(cmd, root),
             Command::ContainerManage { command } => container::manage(command, root),
             Command::Stats(args) => stats::run(&args, root),
+            Command::Network { command } => network::run(command, root),
         }
     }
 }

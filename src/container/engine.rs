@@ -20,7 +20,7 @@ use crate::guest::agent_client::{self, AgentClient, AgentError, ProcessRole};
 use crate::guest::fast_start;
 use crate::guest::rootfs::{self, RootfsCache};
 use crate::guest::vm::{GuestOptions, RunningVm};
-use crate::network::{self, passt::Passt, NetworkMode};
+use crate::network::{self, GuestNetwork};
 use crate::ports::PortForwarder;
 
 /// Where the container's root is assembled inside the guest.
@@ -87,6 +87,11 @@ pub fn run(
         s.error = None;
     })?;
     let result = run_inner(root, dir, config, attach, progress);
+    // Off its user network: the address is free and the name stops
+    // resolving once the container has stopped.
+    if let Err(e) = network::detach(root, &config.network, &config.id) {
+        tracing::warn!("{e:#}");
+    }
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
@@ -130,11 +135,17 @@ fn run_inner(
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
     let disks = container_disks(root, dir, config, progress)?;
-    // Dropped (passt killed and reaped) when the container ends; passt
-    // also ends on its own if this process dies.
-    let (_passt, net) = network_device(dir, config)?;
+    // Dropped (passt killed and reaped, the tap closed) when the
+    // container ends; passt also ends on its own if this process dies.
+    let network = network::attach(
+        root,
+        &config.network,
+        &config.id,
+        (&config.name, &config.network_aliases),
+        Some(&dir.join("passt.log")),
+    )?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, config, disks, net, progress)?;
+    let (vm, mut client) = start_vm(root, config, disks, &network, progress)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     ports.start(&vm.uds)?;
 
@@ -217,7 +228,7 @@ fn start_vm(
     root: &Path,
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
-    net: Option<vmm::virtio::net::NetConfig>,
+    network: &network::Attachment,
     progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
@@ -227,7 +238,7 @@ fn start_vm(
         console: false,
         echo: false,
         kernel: None,
-        net,
+        net: network.device.clone(),
         windows: Vec::new(),
         extra_cmdline: "",
         progress: Some(progress),
@@ -240,7 +251,7 @@ fn start_vm(
         socket_path(root, &config.id),
         Duration::from_secs(600),
         Some(&image_warmup(config.auto_remove)),
-        |client| setup_root(client, config),
+        |client| setup_root(client, config, network.guest.as_ref()),
     )
     .context("starting the container's VM and root filesystem")
 }
@@ -284,15 +295,6 @@ fn run_main(
         )?,
     };
     Ok(code)
-}
-
-/// The container's network device and the passt behind it (none for
-/// `--network none`).
-fn network_device(
-    dir: &Path,
-    config: &ContainerConfig,
-) -> anyhow::Result<(Option<Passt>, Option<vmm::virtio::net::NetConfig>)> {
-    network::attach(config.network, &config.id, Some(&dir.join("passt.log")))
 }
 
 /// Our stdin as the process's input, if forwarded (`-i`).
@@ -410,15 +412,19 @@ pub fn pseudo_mounts(root: &str) -> Vec<Request> {
 /// Queues (into the caller's batch) what is the container's own, after
 /// [`image_warmup`]: the root's mounts unless the warm-up did them, then
 /// hostname, /etc/hosts, /etc/hostname, /etc/resolv.conf, a read-only root.
-fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), AgentError> {
+fn setup_root(
+    client: &mut AgentClient,
+    config: &ContainerConfig,
+    network: Option<&GuestNetwork>,
+) -> Result<(), AgentError> {
     if !config.auto_remove {
         for req in root_mounts(false) {
             client.call(&req)?;
         }
     }
     client.set_hostname(&config.hostname)?;
-    if config.network == NetworkMode::Default {
-        client.call(&network::configure_request(&config.id))?;
+    if let Some(net) = network {
+        client.call(&net.configure_request())?;
     }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
@@ -432,10 +438,7 @@ fn setup_root(client: &mut AgentClient, config: &ContainerConfig) -> Result<(), 
     )?;
     client.write_file(
         &format!("{GUEST_ROOT}/etc/resolv.conf"),
-        &match config.network {
-            NetworkMode::Default => network::resolv_conf(),
-            NetworkMode::None => resolv_conf(),
-        },
+        &network.map_or_else(resolv_conf, GuestNetwork::resolv_conf),
         0o644,
     )?;
     if config.read_only {

@@ -32,7 +32,6 @@ pub mod stream;
 mod tests;
 
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -46,6 +45,7 @@ use super::{
     device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
+pub use stream::Backend;
 use stream::{QemuStream, StreamError};
 
 /// Size of each queue.
@@ -72,9 +72,10 @@ pub enum NetError {
 pub struct NetConfig {
     /// The MAC address the guest reads from the config space.
     pub mac: [u8; 6],
-    /// A connected stream socket speaking the qemu protocol, or `None` for
-    /// a device with no link (frames the guest sends are dropped).
-    pub backend: Option<Arc<UnixStream>>,
+    /// A connected stream socket speaking the qemu protocol or a tap, or
+    /// `None` for a device with no link (frames the guest sends are
+    /// dropped).
+    pub backend: Option<Backend>,
 }
 
 /// Formats a MAC as `02:00:00:00:00:01`.

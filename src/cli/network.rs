@@ -1,0 +1,203 @@
+//! `hull network create|ls|inspect|rm|prune|connect|disconnect`: user
+//! networks (see `crate::network::store` and docs/networking.md).
+
+use std::path::Path;
+
+use clap::Subcommand;
+
+use crate::container::store::ContainerStore;
+use crate::network::store::{NetworkStore, UserNetwork};
+use crate::network::subnet::Subnet;
+use crate::network::NetworkMode;
+
+/// Network commands.
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network: a bridge in a network namespace of hull's, with
+    /// names served on its gateway address.
+    Create {
+        /// IPv4 subnet in CIDR form (default: the next free 10.89.N.0/24).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Only `bridge` (Docker's default driver) is supported.
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        /// The network's name.
+        name: String,
+    },
+    /// List networks (the built-in `default` and `none` too).
+    #[command(alias = "list")]
+    Ls {
+        /// Only the IDs of user networks.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show networks as JSON, with the containers running on them.
+    Inspect {
+        /// Names or IDs.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks no container uses.
+    #[command(alias = "remove")]
+    Rm {
+        /// Names or IDs.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove every user network no container uses.
+    Prune {
+        /// Do not ask (hull never asks; accepted for Docker's scripts).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Connect a container to a network (not supported yet).
+    Connect {
+        /// The network.
+        network: String,
+        /// The container.
+        container: String,
+    },
+    /// Disconnect a container from a network (not supported yet).
+    Disconnect {
+        /// The network.
+        network: String,
+        /// The container.
+        container: String,
+    },
+}
+
+/// Errors of the network commands that are not the store's.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkCommandError {
+    /// A driver other than bridge.
+    #[error("network driver {0:?} is not supported (only bridge)")]
+    Driver(String),
+    /// connect/disconnect.
+    #[error("hull network {0} is not supported yet: a container VM has one network interface, chosen by hull run --network")]
+    Unsupported(&'static str),
+}
+
+/// Runs a network command.
+pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
+    let store = NetworkStore::new(root);
+    match cmd {
+        NetworkCommand::Create {
+            subnet,
+            driver,
+            name,
+        } => {
+            if driver != "bridge" {
+                return Err(NetworkCommandError::Driver(driver).into());
+            }
+            let subnet = subnet.as_deref().map(Subnet::parse).transpose()?;
+            let net = store.create(&name, subnet)?;
+            println!("{}", net.id);
+        }
+        NetworkCommand::Ls { quiet } => list(&store, quiet)?,
+        NetworkCommand::Inspect { networks } => inspect(&store, &networks)?,
+        NetworkCommand::Rm { networks } => {
+            for key in &networks {
+                let net = store.get(key)?;
+                let users = users_of(root, &net.name)?;
+                store.remove(&net.name, &users)?;
+                println!("{key}");
+            }
+        }
+        NetworkCommand::Prune { force: _ } => {
+            let mut removed = Vec::new();
+            for net in store.list()? {
+                if users_of(root, &net.name)?.is_empty() {
+                    removed.push(store.remove(&net.name, &[])?);
+                }
+            }
+            if !removed.is_empty() {
+                println!("Deleted Networks:\n{}", removed.join("\n"));
+            }
+        }
+        NetworkCommand::Connect { .. } => {
+            return Err(NetworkCommandError::Unsupported("connect").into())
+        }
+        NetworkCommand::Disconnect { .. } => {
+            return Err(NetworkCommandError::Unsupported("disconnect").into())
+        }
+    }
+    Ok(0)
+}
+
+/// The containers (any state) configured on network `name`, by name.
+fn users_of(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
+    let mode = NetworkMode::User(name.to_string());
+    Ok(ContainerStore::new(root)
+        .list()?
+        .into_iter()
+        .filter(|c| c.config.network == mode)
+        .map(|c| c.config.name)
+        .collect())
+}
+
+/// Docker's `network ls` table, the built-in networks first.
+fn list(store: &NetworkStore, quiet: bool) -> anyhow::Result<()> {
+    let nets = store.list()?;
+    if quiet {
+        for n in &nets {
+            println!("{}", &n.id[..12]);
+        }
+        return Ok(());
+    }
+    println!("{:<14}{:<20}{:<10}{:<20}SCOPE", "NETWORK ID", "NAME", "DRIVER", "SUBNET");
+    for (name, driver) in [("default", "passt"), ("none", "null")] {
+        println!("{:<14}{name:<20}{driver:<10}{:<20}local", "-", "-");
+    }
+    for n in &nets {
+        println!(
+            "{:<14}{:<20}{:<10}{:<20}local",
+            &n.id[..12],
+            n.name,
+            "bridge",
+            n.subnet.to_string()
+        );
+    }
+    Ok(())
+}
+
+/// Docker's shape of `network inspect`.
+fn inspect_json(net: &UserNetwork) -> serde_json::Value {
+    let containers: serde_json::Map<String, serde_json::Value> = net
+        .endpoints
+        .iter()
+        .map(|(id, ep)| {
+            (
+                id.clone(),
+                serde_json::json!({
+                    "Name": ep.name,
+                    "Aliases": ep.aliases,
+                    "MacAddress": ep.mac,
+                    "IPv4Address": format!("{}/{}", ep.ip, net.subnet.prefix),
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Scope": "local",
+        "Driver": "bridge",
+        "IPAM": {
+            "Driver": "default",
+            "Config": [{"Subnet": net.subnet.to_string(), "Gateway": net.gateway.to_string()}],
+        },
+        "Internal": true,
+        "Containers": containers,
+    })
+}
+
+fn inspect(store: &NetworkStore, keys: &[String]) -> anyhow::Result<()> {
+    let out = keys
+        .iter()
+        .map(|k| store.get(k).map(|n| inspect_json(&n)))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
