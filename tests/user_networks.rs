@@ -59,7 +59,14 @@ fn client(root: &Path, network: &str, script: &str) -> String {
     hull_ok(
         root,
         &[
-            "run", "--rm", "--network", network, "busybox:test", "sh", "-c", script,
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "busybox:test",
+            "sh",
+            "-c",
+            script,
         ],
     )
 }
@@ -85,7 +92,10 @@ fn network_mistakes_are_one_line_and_change_nothing() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
-    hull_ok(root, &["network", "create", "--subnet", "10.97.0.0/16", "wide"]);
+    hull_ok(
+        root,
+        &["network", "create", "--subnet", "10.97.0.0/16", "wide"],
+    );
     let before = hull_ok(root, &["network", "ls"]);
     let fails = |args: &[&str], needle: &str| {
         let out = hull(root).args(args).output().unwrap();
@@ -100,9 +110,15 @@ fn network_mistakes_are_one_line_and_change_nothing() {
         &["network", "create", "--subnet", "10.98.0.1/24", "x"],
         "host bits are set",
     );
-    fails(&["network", "create", "--subnet", "nonsense", "x"], "invalid subnet");
+    fails(
+        &["network", "create", "--subnet", "nonsense", "x"],
+        "invalid subnet",
+    );
     fails(&["network", "create", "none"], "built-in network");
-    fails(&["network", "rm", "nosuchnet"], "network nosuchnet not found");
+    fails(
+        &["network", "rm", "nosuchnet"],
+        "network nosuchnet not found",
+    );
     fails(&["network", "connect", "wide", "c"], "not supported yet");
     fails(
         &["run", "--network", "nosuchnet", "busybox:test", "true"],
@@ -125,7 +141,10 @@ fn network_mistakes_are_one_line_and_change_nothing() {
     let dns_dir = root.join("networks/wide/dns");
     let needle = dns_dir.to_string_lossy().to_string();
     assert!(process_running("aardvark-dns", &needle));
-    assert_eq!(hull_ok(root, &["network", "prune", "-f"]), "Deleted Networks:\nwide\n");
+    assert_eq!(
+        hull_ok(root, &["network", "prune", "-f"]),
+        "Deleted Networks:\nwide\n"
+    );
     assert!(!root.join("networks/wide").exists());
     assert!(!process_running("aardvark-dns", &needle));
 }
@@ -140,7 +159,10 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
     let root = root.path();
     import_busybox(root);
     hull_ok(root, &["network", "create", "front"]);
-    hull_ok(root, &["network", "create", "--subnet", "10.91.0.0/24", "back"]);
+    hull_ok(
+        root,
+        &["network", "create", "--subnet", "10.91.0.0/24", "back"],
+    );
 
     hull_ok(
         root,
@@ -170,7 +192,14 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
     let id = v["Id"].as_str().unwrap();
     assert_eq!(
         ns["MacAddress"].as_str().unwrap(),
-        format!("02:{}:{}:{}:{}:{}", &id[0..2], &id[2..4], &id[4..6], &id[6..8], &id[8..10])
+        format!(
+            "02:{}:{}:{}:{}:{}",
+            &id[0..2],
+            &id[2..4],
+            &id[4..6],
+            &id[6..8],
+            &id[8..10]
+        )
     );
     let net = json(root, &["network", "inspect", "front"]);
     assert_eq!(net["Containers"][id]["Name"], "web");
@@ -202,7 +231,10 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
     assert_eq!(out, "unresolved\nunreached\n");
 
     // In use: refused, naming the container; nothing changes.
-    let out = hull(root).args(["network", "rm", "front"]).output().unwrap();
+    let out = hull(root)
+        .args(["network", "rm", "front"])
+        .output()
+        .unwrap();
     assert_one_line_error(&out, "in use by container(s) web");
     assert!(hull_ok(root, &["network", "ls"]).contains("front"));
 

@@ -145,7 +145,10 @@ fn list(store: &NetworkStore, quiet: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!("{:<14}{:<20}{:<10}{:<20}SCOPE", "NETWORK ID", "NAME", "DRIVER", "SUBNET");
+    println!(
+        "{:<14}{:<20}{:<10}{:<20}SCOPE",
+        "NETWORK ID", "NAME", "DRIVER", "SUBNET"
+    );
     for (name, driver) in [("default", "passt"), ("none", "null")] {
         println!("{:<14}{name:<20}{driver:<10}{:<20}local", "-", "-");
     }

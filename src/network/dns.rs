@@ -23,7 +23,6 @@ const DEFAULT_BINARY: &str = "/usr/lib/podman/aardvark-dns";
 /// The file aardvark-dns writes its PID to, in its configuration directory.
 const PID_FILE: &str = "aardvark.pid";
 
-
 /// Errors of a network's DNS responder.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {

@@ -210,7 +210,12 @@ impl GuestNetwork {
         format!("nameserver {}\n", self.dns)
     }
 
-    fn settings(&self, mode: &NetworkMode, network_id: &str, aliases: &[String]) -> NetworkSettings {
+    fn settings(
+        &self,
+        mode: &NetworkMode,
+        network_id: &str,
+        aliases: &[String],
+    ) -> NetworkSettings {
         let endpoint = EndpointSettings {
             network_id: network_id.to_string(),
             aliases: aliases.to_vec(),
@@ -319,7 +324,13 @@ fn attach_user(
 ) -> anyhow::Result<Attachment> {
     let store = store::NetworkStore::new(root);
     let mac = mac_for(id);
-    let (net, ep) = store.join(network, id, name, aliases, &vmm::virtio::net::format_mac(&mac))?;
+    let (net, ep) = store.join(
+        network,
+        id,
+        name,
+        aliases,
+        &vmm::virtio::net::format_mac(&mac),
+    )?;
     let tap = netns::open_tap(&store.netns_path(network), &tap_name(id));
     let tap = match tap {
         Ok(t) => t,
@@ -392,7 +403,10 @@ mod tests {
         assert_eq!(s.ip_address, "10.0.2.15");
         assert_eq!(s.mac_address, "02:01:23:45:67:89");
         assert_eq!(s.gateway, "10.0.2.2");
-        assert_eq!(settings(root, &NetworkMode::Default, id, false).ip_address, "");
+        assert_eq!(
+            settings(root, &NetworkMode::Default, id, false).ip_address,
+            ""
+        );
         assert_eq!(settings(root, &NetworkMode::None, id, true).ip_address, "");
         let unknown = NetworkMode::User("gone".into());
         assert_eq!(settings(root, &unknown, id, true).network_mode, "gone");

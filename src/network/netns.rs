@@ -41,7 +41,7 @@ pub enum NetnsError {
     Sys(&'static str, PathBuf, #[source] std::io::Error),
     /// A netlink request failed.
     #[error("netlink: {0}")]
-    Netlink(String, #[source] rtnetlink::Error),
+    Netlink(String, #[source] Box<rtnetlink::Error>),
     /// The netlink connection could not be made.
     #[error("Cannot open a netlink socket")]
     Connection(#[source] std::io::Error),
@@ -216,11 +216,16 @@ where
 }
 
 fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetnsError + '_ {
-    move |e| NetnsError::Netlink(what.to_string(), e)
+    move |e| NetnsError::Netlink(what.to_string(), Box::new(e))
 }
 
 async fn link_index(h: &rtnetlink::Handle, name: &str) -> Result<u32, NetnsError> {
-    let mut links = h.clone().link().get().match_name(name.to_string()).execute();
+    let mut links = h
+        .clone()
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute();
     match links.try_next().await {
         Ok(Some(m)) => Ok(m.header.index),
         _ => Err(NetnsError::NoLink(name.to_string())),
@@ -244,7 +249,12 @@ async fn set_up_bridge(h: rtnetlink::Handle, subnet: Subnet) -> Result<(), Netns
         .execute()
         .await
         .map_err(nl("bridge address"))?;
-    h.link().set(br).up().execute().await.map_err(nl("bridge up"))
+    h.link()
+        .set(br)
+        .up()
+        .execute()
+        .await
+        .map_err(nl("bridge up"))
 }
 
 async fn plug_into_bridge(h: rtnetlink::Handle, tap: String) -> Result<(), NetnsError> {

@@ -193,7 +193,8 @@ impl NetworkStore {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let tmp = dir.join(".network.json.tmp");
         let path = dir.join("network.json");
-        let bytes = serde_json::to_vec_pretty(net).map_err(|e| StoreError::Corrupt(path.clone(), e))?;
+        let bytes =
+            serde_json::to_vec_pretty(net).map_err(|e| StoreError::Corrupt(path.clone(), e))?;
         std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }

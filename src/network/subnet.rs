@@ -162,7 +162,10 @@ mod tests {
 
     #[test]
     fn default_subnets_avoid_used_ones() {
-        assert_eq!(Subnet::next_default(&[]).unwrap().to_string(), "10.89.0.0/24");
+        assert_eq!(
+            Subnet::next_default(&[]).unwrap().to_string(),
+            "10.89.0.0/24"
+        );
         let used = [
             Subnet::parse("10.89.0.0/24").unwrap(),
             Subnet::parse("10.89.1.0/25").unwrap(),

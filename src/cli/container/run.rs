@@ -204,7 +204,10 @@ fn network_of(
     if user && isolation == Isolation::Container {
         return Err(CommandError::Invalid(
             "--network",
-            format!("{}: user networks are not supported with --isolation container yet", args.network),
+            format!(
+                "{}: user networks are not supported with --isolation container yet",
+                args.network
+            ),
         )
         .into());
     }

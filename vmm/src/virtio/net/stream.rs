@@ -198,7 +198,11 @@ impl QemuStream {
 
     /// Whether the in buffer has room to read into.
     pub fn wants_read(&self) -> bool {
-        let room = if self.is_tap() { LEN_BYTES + MAX_FRAME } else { 1 };
+        let room = if self.is_tap() {
+            LEN_BYTES + MAX_FRAME
+        } else {
+            1
+        };
         self.inb.len() - self.in_head + room <= IN_CAP
     }
 
@@ -290,7 +294,8 @@ mod tests {
     fn tap_pair() -> (QemuStream, UnixStream) {
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two new descriptors into `fds`.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
         assert_eq!(rc, 0);
         use std::os::fd::FromRawFd;
         // SAFETY: both descriptors are new and owned by nothing else.
