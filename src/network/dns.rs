@@ -88,8 +88,11 @@ pub fn running_pid(dir: &Path) -> Option<libc::pid_t> {
         .trim()
         .parse()
         .ok()?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    comm.trim().starts_with("aardvark").then_some(pid)
+    // "PID (COMM) STATE ...": a zombie has exited already.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (comm, rest) = stat.rsplit_once(')')?;
+    let alive = comm.contains("(aardvark") && !rest.trim_start().starts_with('Z');
+    alive.then_some(pid)
 }
 
 /// Starts aardvark-dns in the namespace; returns once it listens (its
@@ -139,13 +142,21 @@ fn log_file(dir: &Path) -> Stdio {
         .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
-/// Stops the responder of the configuration directory `dir`, if any.
+/// Stops the responder of the configuration directory `dir`, if any, and
+/// waits (up to 2 s) until it is gone, so a new one can take its place.
 pub fn stop(dir: &Path) {
-    if let Some(pid) = running_pid(dir) {
-        // SAFETY: kill sends a signal to a PID; no memory is involved.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
+    let Some(pid) = running_pid(dir) else {
+        return;
+    };
+    // SAFETY: kill sends a signal to a PID; no memory is involved.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    for _ in 0..100 {
+        if running_pid(dir).is_none() {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

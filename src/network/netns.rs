@@ -79,10 +79,10 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 /// Makes the namespace at `path` with its bridge for `subnet` unless it
-/// is already there.
-pub fn ensure(path: &Path, subnet: Subnet) -> Result<(), NetnsError> {
+/// is already there; returns whether it made one.
+pub fn ensure(path: &Path, subnet: Subnet) -> Result<bool, NetnsError> {
     if is_mounted(path) {
-        return Ok(());
+        return Ok(false);
     }
     let path_owned = path.to_path_buf();
     on_thread(move || {
@@ -92,7 +92,8 @@ pub fn ensure(path: &Path, subnet: Subnet) -> Result<(), NetnsError> {
             .map_err(sys("Cannot create a network namespace", &path_owned))?;
         bind_namespace(&path_owned)?;
         netlink(|h| set_up_bridge(h, subnet))
-    })
+    })?;
+    Ok(true)
 }
 
 /// Keeps this thread's namespace alive by bind-mounting its file at `path`.
@@ -281,9 +282,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("netns");
         let subnet = Subnet::parse("10.77.0.0/24").unwrap();
-        ensure(&path, subnet).unwrap();
+        assert!(ensure(&path, subnet).unwrap(), "made");
         assert!(is_mounted(&path));
-        ensure(&path, subnet).unwrap(); // again: nothing to do
+        assert!(!ensure(&path, subnet).unwrap(), "again: nothing to do");
         let tap = open_tap(&path, "htest0").unwrap();
         assert!(tap.as_raw_fd() >= 0);
         // The tap is not in our own namespace.

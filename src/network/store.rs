@@ -231,7 +231,7 @@ impl NetworkStore {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let made = netns::ensure(&self.netns_path(name), subnet)
             .map_err(StoreError::from)
-            .and_then(|()| self.write_dns(&net))
+            .and_then(|_| self.write_dns(&net))
             .and_then(|()| self.save(&net));
         if let Err(e) = made {
             self.destroy(name);
@@ -286,7 +286,11 @@ impl NetworkStore {
     ) -> Result<(UserNetwork, Endpoint), StoreError> {
         let _lock = self.lock()?;
         let mut net = self.get(name)?;
-        netns::ensure(&self.netns_path(name), net.subnet)?;
+        if netns::ensure(&self.netns_path(name), net.subnet)? {
+            // A new namespace (the old one went with a reboot or an
+            // unmount): a responder left in the old one answers nobody.
+            dns::stop(&self.dns_dir(name));
+        }
         net.endpoints.remove(id);
         let taken: Vec<Ipv4Addr> = net.endpoints.values().map(|e| e.ip).collect();
         let ep = Endpoint {
@@ -321,6 +325,55 @@ impl NetworkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A network whose namespace and responder are gone (as after a
+    /// reboot) gets both again when a container joins; addresses are
+    /// handed out in order and freed on leave; rm takes it all away.
+    /// Needs root and aardvark-dns.
+    #[test]
+    fn join_remakes_a_lost_namespace_and_addresses_come_and_go() {
+        let root = tempfile::tempdir().unwrap();
+        let store = NetworkStore::new(root.path());
+        let net = store
+            .create("lost", Some(Subnet::parse("10.78.0.0/24").unwrap()))
+            .unwrap();
+        assert_eq!(net.gateway, Ipv4Addr::new(10, 78, 0, 1));
+        let ns = store.netns_path("lost");
+        let dns_dir = store.dns_dir("lost");
+        assert!(netns::is_mounted(&ns) && dns::running_pid(&dns_dir).is_some());
+        // What a reboot leaves: the files, no mount, no process.
+        dns::stop(&dns_dir);
+        netns::remove(&ns).unwrap();
+        std::fs::write(&ns, b"").unwrap();
+        let (_, a) = store
+            .join("lost", "c1", "one", &[], "02:00:00:00:00:01")
+            .unwrap();
+        assert!(netns::is_mounted(&ns) && dns::running_pid(&dns_dir).is_some());
+        let (_, b) = store
+            .join("lost", "c2", "two", &["alias".into()], "02:00:00:00:00:02")
+            .unwrap();
+        assert_eq!(
+            (a.ip, b.ip),
+            (Ipv4Addr::new(10, 78, 0, 2), Ipv4Addr::new(10, 78, 0, 3))
+        );
+        let conf = std::fs::read_to_string(dns_dir.join("lost")).unwrap();
+        assert_eq!(
+            conf,
+            "10.78.0.1\nc1 10.78.0.2  one\nc2 10.78.0.3  two,alias\n"
+        );
+        store.leave("lost", "c1").unwrap();
+        let (_, c) = store
+            .join("lost", "c3", "three", &[], "02:00:00:00:00:03")
+            .unwrap();
+        assert_eq!(
+            c.ip,
+            Ipv4Addr::new(10, 78, 0, 2),
+            "c1's address is free again"
+        );
+        assert_eq!(store.remove("lost", &[]).unwrap(), "lost");
+        assert!(!netns::is_mounted(&ns) && dns::running_pid(&dns_dir).is_none());
+        assert!(matches!(store.get("lost"), Err(StoreError::NotFound(_))));
+    }
 
     #[test]
     fn names_follow_docker_rules_and_builtins_are_reserved() {
