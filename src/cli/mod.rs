@@ -102,9 +102,9 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum SystemCommand {
-    /// Remove stopped containers, dangling images (with -a every image no
-    /// container uses) and the fast-start VM snapshots (made again on the
-    /// next run).
+    /// Remove stopped containers, unused user networks, dangling images
+    /// (with -a every image no container uses) and the fast-start VM
+    /// snapshots (made again on the next run).
     Prune(system::PruneArgs),
     /// Show the disk space images, containers, snapshots and prepared
     /// root filesystems use.

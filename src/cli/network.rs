@@ -105,12 +105,7 @@ pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
             }
         }
         NetworkCommand::Prune { force: _ } => {
-            let mut removed = Vec::new();
-            for net in store.list()? {
-                if users_of(root, &net.name)?.is_empty() {
-                    removed.push(store.remove(&net.name, &[])?);
-                }
-            }
+            let removed = prune(root)?;
             if !removed.is_empty() {
                 println!("Deleted Networks:\n{}", removed.join("\n"));
             }
@@ -123,6 +118,19 @@ pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Removes every user network no container is configured on (`network
+/// prune`, `system prune`); returns their names.
+pub fn prune(root: &Path) -> anyhow::Result<Vec<String>> {
+    let store = NetworkStore::new(root);
+    let mut removed = Vec::new();
+    for net in store.list()? {
+        if users_of(root, &net.name)?.is_empty() {
+            removed.push(store.remove(&net.name, &[])?);
+        }
+    }
+    Ok(removed)
 }
 
 /// The containers (any state) configured on network `name`, by name.
