@@ -86,7 +86,7 @@ fn process_running(comm: &str, needle: &str) -> bool {
 /// Mistakes are one line, exit non-zero and change nothing: a duplicate
 /// name, an overlapping subnet, a bad subnet, a built-in name, an
 /// unknown network for run and rm, `--network host`, an alias without a
-/// user network, connect (not supported).
+/// user network; connect and disconnect of a stopped container.
 #[test]
 fn network_mistakes_are_one_line_and_change_nothing() {
     let root = tempfile::tempdir().unwrap();
@@ -119,7 +119,10 @@ fn network_mistakes_are_one_line_and_change_nothing() {
         &["network", "rm", "nosuchnet"],
         "network nosuchnet not found",
     );
-    fails(&["network", "connect", "wide", "c"], "not supported yet");
+    fails(
+        &["network", "connect", "wide", "nosuchcontainer"],
+        "nosuchcontainer",
+    );
     fails(
         &["run", "--network", "nosuchnet", "busybox:test", "true"],
         "network nosuchnet not found",
@@ -134,6 +137,42 @@ fn network_mistakes_are_one_line_and_change_nothing() {
     );
     assert_eq!(hull_ok(root, &["network", "ls"]), before);
     assert_eq!(hull_ok(root, &["ps", "-a", "-q"]), "", "no container made");
+    // connect/disconnect change a stopped container's network for its
+    // next start; while it is configured there the network stays.
+    hull_ok(
+        root,
+        &[
+            "create",
+            "--name",
+            "c1",
+            "--network",
+            "none",
+            "busybox:test",
+            "true",
+        ],
+    );
+    hull_ok(
+        root,
+        &["network", "connect", "--alias", "one", "wide", "c1"],
+    );
+    let ns = &json(root, &["inspect", "c1"])["NetworkSettings"];
+    assert_eq!(ns["NetworkMode"], "wide");
+    fails(
+        &["network", "connect", "wide", "c1"],
+        "already on network wide",
+    );
+    fails(&["network", "rm", "wide"], "in use by container(s) c1");
+    fails(&["network", "disconnect", "wide", "c2"], "c2");
+    hull_ok(root, &["network", "disconnect", "wide", "c1"]);
+    assert_eq!(
+        json(root, &["inspect", "c1"])["NetworkSettings"]["NetworkMode"],
+        "none"
+    );
+    fails(
+        &["network", "disconnect", "wide", "c1"],
+        "not connected to network wide",
+    );
+    hull_ok(root, &["rm", "c1"]);
     // Listed, inspected, removed with its namespace and DNS responder.
     let net = json(root, &["network", "inspect", "wide"]);
     assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "10.97.0.0/16");
@@ -229,6 +268,13 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
         ),
     );
     assert_eq!(out, "unresolved\nunreached\n");
+
+    // A running VM's interface is fixed: connect is refused.
+    let out = hull(root)
+        .args(["network", "connect", "back", "web"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "container web is running");
 
     // In use: refused, naming the container; nothing changes.
     let out = hull(root)

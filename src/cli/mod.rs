@@ -6,7 +6,7 @@
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
 //! - [`build`]: `hull build`;
-//! - [`network`]: `hull network create|ls|inspect|rm|prune`;
+//! - [`network`]: `hull network create|ls|inspect|rm|prune|connect|disconnect`;
 //! - [`info`], [`version`], [`completion`], [`system`], [`stats`],
 //!   [`debug_boot`], [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]:
 //!   the rest;
@@ -93,7 +93,7 @@ enum Command {
     },
     /// Show resource usage of running containers' VMs (CPU, memory).
     Stats(stats::StatsArgs),
-    /// User networks: create, ls, inspect, rm, prune.
+    /// User networks: create, ls, inspect, rm, prune, connect, disconnect.
     Network {
         #[command(subcommand)]
         command: network::NetworkCommand,

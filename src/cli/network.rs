@@ -51,15 +51,23 @@ pub enum NetworkCommand {
         #[arg(short, long)]
         force: bool,
     },
-    /// Connect a container to a network (not supported yet).
+    /// Put a stopped container on a network for its next start (a
+    /// container VM has one network interface: this replaces `default` or
+    /// `none`; a running VM's interface cannot change).
     Connect {
+        /// More names of the container on the network.
+        #[arg(long = "alias", value_name = "NAME")]
+        aliases: Vec<String>,
         /// The network.
         network: String,
         /// The container.
         container: String,
     },
-    /// Disconnect a container from a network (not supported yet).
+    /// Take a stopped container off a network (it is on `none` after).
     Disconnect {
+        /// Accepted for Docker's scripts (the container must be stopped).
+        #[arg(short, long)]
+        force: bool,
         /// The network.
         network: String,
         /// The container.
@@ -73,9 +81,21 @@ pub enum NetworkCommandError {
     /// A driver other than bridge.
     #[error("network driver {0:?} is not supported (only bridge)")]
     Driver(String),
-    /// connect/disconnect.
-    #[error("hull network {0} is not supported yet: a container VM has one network interface, chosen by hull run --network")]
-    Unsupported(&'static str),
+    /// connect/disconnect of a running container.
+    #[error("container {0} is running: a VM's network interface cannot change while it runs (no hot-plug yet); stop it first")]
+    Running(String),
+    /// connect of a container already on a user network.
+    #[error("container {0} is already on network {1}: a container VM has one network interface (disconnect it first)")]
+    OneInterface(String, String),
+    /// disconnect of a container not on the network.
+    #[error("container {0} is not connected to network {1}")]
+    NotConnected(String, String),
+    /// An alias no DNS name can be.
+    #[error("invalid --alias {0:?} (allowed: [a-zA-Z0-9][a-zA-Z0-9_.-]*)")]
+    BadAlias(String),
+    /// A container-mode container.
+    #[error("container {0}: user networks are not supported with --isolation container yet")]
+    Isolation(String),
 }
 
 /// Runs a network command.
@@ -110,14 +130,70 @@ pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
                 println!("Deleted Networks:\n{}", removed.join("\n"));
             }
         }
-        NetworkCommand::Connect { .. } => {
-            return Err(NetworkCommandError::Unsupported("connect").into())
-        }
-        NetworkCommand::Disconnect { .. } => {
-            return Err(NetworkCommandError::Unsupported("disconnect").into())
-        }
+        NetworkCommand::Connect {
+            aliases,
+            network,
+            container,
+        } => connect(root, &network, &container, &aliases)?,
+        NetworkCommand::Disconnect {
+            force: _,
+            network,
+            container,
+        } => disconnect(root, &network, &container)?,
     }
     Ok(0)
+}
+
+/// A stopped VM container named `key`, or why it cannot change network.
+fn stopped_container(
+    store: &ContainerStore,
+    key: &str,
+) -> anyhow::Result<crate::container::store::Container> {
+    let c = store.find(key)?;
+    if c.state.status == crate::container::state::Status::Running {
+        return Err(NetworkCommandError::Running(key.to_string()).into());
+    }
+    if c.config.isolation == crate::oci::Isolation::Container {
+        return Err(NetworkCommandError::Isolation(key.to_string()).into());
+    }
+    Ok(c)
+}
+
+/// `network connect`: the stopped container starts on `network` next time.
+fn connect(root: &Path, network: &str, key: &str, aliases: &[String]) -> anyhow::Result<()> {
+    let net = NetworkStore::new(root).get(network)?;
+    if let Some(bad) = aliases
+        .iter()
+        .find(|a| !crate::container::spec::valid_name(a))
+    {
+        return Err(NetworkCommandError::BadAlias(bad.clone()).into());
+    }
+    let store = ContainerStore::new(root);
+    let c = stopped_container(&store, key)?;
+    if let NetworkMode::User(current) = &c.config.network {
+        return Err(NetworkCommandError::OneInterface(key.to_string(), current.clone()).into());
+    }
+    let mut config = c.config.clone();
+    config.network = NetworkMode::User(net.name);
+    config.network_aliases = aliases.to_vec();
+    store.save_config(&c.dir, &config)?;
+    Ok(())
+}
+
+/// `network disconnect`: the stopped container has no network after.
+fn disconnect(root: &Path, network: &str, key: &str) -> anyhow::Result<()> {
+    let net = NetworkStore::new(root).get(network)?;
+    let store = ContainerStore::new(root);
+    let c = store.find(key)?;
+    if c.config.network != NetworkMode::User(net.name.clone()) {
+        return Err(NetworkCommandError::NotConnected(key.to_string(), net.name).into());
+    }
+    let c = stopped_container(&store, key)?;
+    let mut config = c.config.clone();
+    config.network = NetworkMode::None;
+    config.network_aliases.clear();
+    store.save_config(&c.dir, &config)?;
+    Ok(())
 }
 
 /// Removes every user network no container is configured on (`network
