@@ -16,6 +16,7 @@ mod oci;
 mod ports;
 mod progress;
 mod units;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -27,14 +27,17 @@
 //! preparation to memory windows (`UnpackRequest` names windows, the
 //! agent writes an EROFS image); 0.7 added `WriteLayer` (a writable
 //! layer written as a layer tar into a window, for `hull build`) and
-//! `CopyOut` (`COPY --from`).
+//! `CopyOut` (`COPY --from`); 0.8 added `Freeze`/`Thaw` (a running
+//! container's writable layer held still while a helper VM reads it),
+//! `Diff` (`hull diff`), `ApplyTar` (`hull cp` into a container) and
+//! `Populate` (a fresh volume filled with the image's content).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.7.0";
+pub const VERSION: &str = "0.8.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -277,6 +280,56 @@ pub enum Request {
         /// Where in the window the tar starts.
         offset: u64,
     },
+    /// Freezes the file system mounted at `path` (FIFREEZE: dirty data
+    /// and the journal written out, writers blocked) so that another VM
+    /// can read its disk consistently. Thawed by `Thaw`, or when the
+    /// control connection that froze it closes (a host process killed
+    /// mid-way never leaves a container frozen).
+    Freeze {
+        /// Mount point.
+        path: String,
+    },
+    /// Thaws what `Freeze` froze on this connection.
+    Thaw {
+        /// Mount point.
+        path: String,
+    },
+    /// `docker diff` of an overlay upper directory against the lower
+    /// layers mounted at `lower`. Answered `Changes`.
+    Diff {
+        /// The upper directory.
+        upper: String,
+        /// The merged lower layers (an image root).
+        lower: String,
+        /// Paths (as in the container) left out.
+        exclude: Vec<String>,
+    },
+    /// Unpacks a tar (`len` bytes at the start of the read-only window
+    /// `input`) into the directory `dest` of the root `root` (`dest`
+    /// resolved inside `root`; entries never written outside it).
+    ApplyTar {
+        /// The container's root in the guest.
+        root: String,
+        /// Directory in the container.
+        dest: String,
+        /// The window holding the tar.
+        input: WindowRange,
+        /// Its length.
+        len: u64,
+    },
+    /// Fills a freshly made volume mounted at `to` with what the image
+    /// mounted at `root` has at `path` (resolved inside it), as Docker
+    /// does on a volume's first use: nothing when the image has nothing
+    /// there or the volume holds files already. The volume's empty
+    /// `lost+found` goes (mkfs made it; Docker volumes have none).
+    Populate {
+        /// The image's root in the guest.
+        root: String,
+        /// The volume's path in the container.
+        path: String,
+        /// Where the volume is mounted in the guest.
+        to: String,
+    },
 }
 
 /// One source of a [`Request::CopyOut`].
@@ -317,6 +370,11 @@ pub enum Response {
     Hello {
         /// The agent's protocol version.
         version: String,
+    },
+    /// The changes of a `Diff`, one `A|C|D /path` line each.
+    Changes {
+        /// The lines, sorted by path.
+        lines: Vec<String>,
     },
     /// A process was prepared.
     Created {
@@ -647,6 +705,7 @@ mod tests {
         assert!(!compatible(VERSION, "0.4.0"));
         assert!(!compatible(VERSION, "0.5.0"));
         assert!(!compatible(VERSION, "0.6.0"));
+        assert!(!compatible(VERSION, "0.7.0"));
     }
 
     #[test]

@@ -12,5 +12,9 @@ pub mod unpack;
 /// tar, and its `docker diff` (in the guest; host-testable).
 pub mod layer_out;
 
+/// Freezing a container's writable layer, its `docker diff`, and tars
+/// unpacked into it (`hull commit`, `diff`, `cp`).
+pub mod container_fs;
+
 /// Host files mapped into the agent as memory windows (`/dev/mem`).
 pub mod window;

@@ -8,6 +8,7 @@ use crate::console::Console;
 /// a power-off would only halt the CPU; `reboot=k` makes the reset write
 /// 0xfe to the i8042, which the VMM treats as the end of the VM.
 pub fn shutdown(console: &mut Console, code: i32) -> ! {
+    crate::mounts::unmount_container_mounts();
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     console.status(&Status::Shutdown { code });

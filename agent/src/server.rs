@@ -113,6 +113,32 @@ impl Agent {
             ),
             Request::KillAll => self.kill_all(),
             req @ (Request::WriteLayer { .. } | Request::CopyOut { .. }) => layer_request(req),
+            Request::Diff {
+                upper,
+                lower,
+                exclude,
+            } => match agent::container_fs::diff_lines(&upper, &lower, &exclude) {
+                Ok(lines) => Response::Changes { lines },
+                Err(e) => error(format!("diff of {upper}: {e}")),
+            },
+            Request::ApplyTar {
+                root,
+                dest,
+                input,
+                len,
+            } => answer(
+                agent::container_fs::apply_tar(&root, &dest, input, len),
+                || format!("copying into {dest}"),
+            ),
+            Request::Populate { root, path, to } => {
+                answer(agent::container_fs::populate(&root, &path, &to), || {
+                    format!("filling the volume at {path}")
+                })
+            }
+            // Only on a control connection, which tracks what it froze.
+            Request::Freeze { .. } | Request::Thaw { .. } => {
+                error("freeze and thaw are not allowed in a batch")
+            }
             // Powering off waits for the answer to reach the host: see
             // `serve_control`.
             Request::Shutdown => Response::Ok,
@@ -309,9 +335,18 @@ impl Agent {
                 return;
             }
         }
+        // What this connection froze: thawed when it closes, however it
+        // ends (a host process killed mid-commit must not leave the
+        // container's writes blocked).
+        let mut frozen = Frozen::default();
         while let Ok(req) = protocol::recv::<Request>(&mut conn) {
             let shutdown = req == Request::Shutdown;
-            let sent = protocol::send(&mut conn, &self.handle(req));
+            let answer = match req {
+                Request::Freeze { path } => frozen.freeze(path),
+                Request::Thaw { path } => frozen.thaw(&path),
+                req => self.handle(req),
+            };
+            let sent = protocol::send(&mut conn, &answer);
             if shutdown {
                 // Written is not delivered: the guest's vsock driver sends
                 // later, and a reset in between would leave the host with
@@ -403,6 +438,43 @@ fn configure_network(
     }
 }
 
+/// File systems frozen by one control connection.
+#[derive(Default)]
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn freeze(&mut self, path: String) -> Response {
+        if self.0.contains(&path) {
+            return Response::Ok;
+        }
+        match agent::container_fs::freeze(&path) {
+            Ok(()) => {
+                self.0.push(path);
+                Response::Ok
+            }
+            Err(e) => error(e.to_string()),
+        }
+    }
+
+    fn thaw(&mut self, path: &str) -> Response {
+        let Some(i) = self.0.iter().position(|p| p == path) else {
+            return error(format!("{path} is not frozen by this connection"));
+        };
+        self.0.remove(i);
+        answer(agent::container_fs::thaw(path), || format!("thaw {path}"))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for path in self.0.drain(..) {
+            if let Err(e) = agent::container_fs::thaw(&path) {
+                eprintln!("hull-agent: {e}");
+            }
+        }
+    }
+}
+
 /// `WriteLayer` and `CopyOut` (`hull build`): a layer tar into a memory
 /// window, answered with its length.
 fn layer_request(req: Request) -> Response {
@@ -487,7 +559,27 @@ fn mount(
     read_only: bool,
     options: &str,
 ) -> std::io::Result<()> {
-    if fstype != "remount" {
+    let file_bind = fstype == "bind" && std::path::Path::new(source).is_file();
+    if file_bind {
+        // A file mounted over a file (/etc/hosts): the mount point must
+        // be a regular file. A symlink is replaced (mount would follow it,
+        // out of the container's root if it is absolute); none is made
+        // only if the image has no such file.
+        match std::fs::symlink_metadata(target) {
+            Ok(m) if m.is_file() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::remove_file(target)?;
+                std::fs::File::create(target)?;
+            }
+            Ok(_) => return Err(std::io::Error::other("mount point is not a file")),
+            Err(_) => {
+                if let Some(parent) = std::path::Path::new(target).parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::File::create(target)?;
+            }
+        }
+    } else if fstype != "remount" {
         std::fs::create_dir_all(target)?;
     }
     let c = |s: &str| {

@@ -31,6 +31,7 @@ pub mod stats;
 pub mod system;
 pub mod template;
 pub mod version;
+pub mod volume;
 
 use std::path::{Path, PathBuf};
 
@@ -97,6 +98,11 @@ enum Command {
     Network {
         #[command(subcommand)]
         command: network::NetworkCommand,
+    },
+    /// Manage volumes (`hull volume create|ls|inspect|rm|prune`).
+    Volume {
+        #[command(subcommand)]
+        command: volume::VolumeCommand,
     },
 }
 
@@ -171,6 +177,7 @@ impl Cli {
             Command::ContainerManage { command } => container::manage(command, root),
             Command::Stats(args) => stats::run(&args, root),
             Command::Network { command } => network::run(command, root),
+            Command::Volume { command } => volume::run(command, root),
         }
     }
 }

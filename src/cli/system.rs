@@ -23,7 +23,7 @@ pub struct PruneArgs {
     /// Do not ask for confirmation (hull never asks).
     #[arg(short, long)]
     force: bool,
-    /// Accepted for Docker's scripts: hull has no volumes.
+    /// Remove anonymous volumes no container uses, too.
     #[arg(long)]
     volumes: bool,
 }
@@ -32,7 +32,7 @@ pub struct PruneArgs {
 /// user networks no container uses, then dangling images (all unused
 /// ones with `-a`).
 pub fn prune(root: &Path, args: &PruneArgs) -> anyhow::Result<u8> {
-    let _ = (args.force, args.volumes);
+    let _ = args.force;
     let snapshots = fast_start::snapshots_dir(root);
     let (count, snapshot_bytes) = fast_start::prune(&snapshots)
         .map_err(|e| anyhow::anyhow!("cannot prune {}: {e}", snapshots.display()))?;
@@ -67,9 +67,14 @@ pub fn prune(root: &Path, args: &PruneArgs) -> anyhow::Result<u8> {
         }
         println!();
     }
+    let volume_bytes = if args.volumes {
+        super::volume::prune_anonymous(root)?
+    } else {
+        0
+    };
     println!(
         "Total reclaimed space: {}",
-        format::size(snapshot_bytes + container_bytes + image_bytes)
+        format::size(snapshot_bytes + container_bytes + image_bytes + volume_bytes)
     );
     Ok(0)
 }
@@ -142,6 +147,8 @@ pub fn df(root: &Path) -> anyhow::Result<u8> {
         snapshot_bytes,
         snapshot_bytes,
     ));
+    let (volumes, used, size, unused) = super::volume::df_counts(root);
+    table.push(row("Local Volumes", volumes, used, size, unused));
     let rootfs_dir = root.join("rootfs");
     let prepared = std::fs::read_dir(&rootfs_dir)
         .map(|d| {

@@ -22,13 +22,23 @@ use crate::guest::rootfs::{self, RootfsCache};
 use crate::guest::vm::{GuestOptions, RunningVm};
 use crate::network::{self, GuestNetwork};
 use crate::ports::PortForwarder;
+use crate::volume::Volume;
 
 /// Where the container's root is assembled inside the guest.
 pub const GUEST_ROOT: &str = "/run/hull/root";
-const GUEST_LOWER: &str = "/run/hull/lower";
-const GUEST_SCRATCH: &str = "/run/hull/scratch";
+/// Where the image's disk is mounted in the guest.
+pub const GUEST_LOWER: &str = "/run/hull/lower";
+/// Where the writable layer's disk (or tmpfs) is mounted in the guest.
+pub const GUEST_SCRATCH: &str = "/run/hull/scratch";
+/// Where the container's own copies of [`PER_CONTAINER_FILES`] live in
+/// the guest (tmpfs, outside the writable layer).
+const GUEST_FILES: &str = "/run/hull/files";
+/// Files every container has of its own, bind-mounted over the image's:
+/// never part of its writable layer, so `diff`, `commit` and builds'
+/// layers leave them out.
+pub const PER_CONTAINER_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 /// Size of a container's writable layer disk (sparse).
-const UPPER_DISK_BYTES: u64 = 4 << 30;
+pub const UPPER_DISK_BYTES: u64 = 4 << 30;
 /// Most of an image's file bytes read into a warm snapshot's page cache
 /// (each such snapshot's memory file grows by what is read; the rest of a
 /// larger image is read from disk as containers use it).
@@ -77,6 +87,11 @@ pub fn run(
     if config.isolation == crate::oci::Isolation::Container {
         return crate::oci::engine::run(root, dir, config, attach);
     }
+    // Held while this VM may write the container's disk: a helper VM
+    // (`hull commit`, `cp`, ... of a stopped container) takes it too.
+    let _disk = super::fs_vm::lock_disk(dir)?;
+    // Held for the VM's life: one writer or many readers per volume.
+    let (volumes, _attached) = attach_volumes(root, config)?;
     update(dir, |s| {
         s.status = Status::Running;
         s.vmm_pid = Some(std::process::id() as i32);
@@ -86,7 +101,7 @@ pub fn run(
         s.exit_code = None;
         s.error = None;
     })?;
-    let result = run_inner(root, dir, config, attach, progress);
+    let result = run_inner(root, dir, config, attach, progress, volumes);
     // Off its user network: the address is free and the name stops
     // resolving once the container has stopped.
     if let Err(e) = network::detach(root, &config.network, &config.id) {
@@ -117,6 +132,7 @@ fn run_inner(
     config: &ContainerConfig,
     attach: Attach,
     progress: &dyn crate::progress::Progress,
+    mut volumes: Vec<Volume>,
 ) -> anyhow::Result<i32> {
     let main_process = Arc::new(AtomicU32::new(0));
     let attached = matches!(attach, Attach::Terminal { .. });
@@ -134,7 +150,16 @@ fn run_inner(
     // (listeners closed) before `run` records the exit.
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
-    let disks = container_disks(root, dir, config, progress)?;
+    let mut disks = container_disks(root, dir, config, progress)?;
+    disks.extend(
+        volumes
+            .iter()
+            .zip(&config.mounts)
+            .map(|(v, m)| vmm::DiskConfig {
+                path: v.disk(),
+                read_only: m.read_only,
+            }),
+    );
     // Dropped (passt killed and reaped, the tap closed) when the
     // container ends; passt also ends on its own if this process dies.
     let network = network::attach(
@@ -145,8 +170,16 @@ fn run_inner(
         Some(&dir.join("passt.log")),
     )?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, config, disks, &network, progress)?;
+    let (vm, mut client) = start_vm(root, config, disks, &network, progress, &volumes)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
+    // Filled from the image in `setup_root` (read-write mounts only).
+    for (v, _) in volumes
+        .iter_mut()
+        .zip(&config.mounts)
+        .filter(|(v, m)| !v.meta.populated && !m.read_only)
+    {
+        v.mark_populated()?;
+    }
     ports.start(&vm.uds)?;
 
     let spec = ExecSpec {
@@ -169,10 +202,11 @@ fn run_inner(
     // The container's process is gone: refuse new connections now.
     drop(ports);
     tracing::debug!("process exited at {:?}", t0.elapsed());
-    if config.auto_remove {
+    if config.auto_remove && config.mounts.iter().all(|m| m.read_only) {
         // Nothing of a --rm container's VM outlives it (its writable layer
         // is guest tmpfs, its image disk read-only): end it without the
-        // guest's shutdown work.
+        // guest's shutdown work. A volume it writes needs that work: its
+        // file system unmounted clean.
         drop(vm);
     } else {
         AgentClient::connect(&vm.uds)?.shutdown()?;
@@ -230,6 +264,7 @@ fn start_vm(
     disks: Vec<vmm::DiskConfig>,
     network: &network::Attachment,
     progress: &dyn crate::progress::Progress,
+    volumes: &[Volume],
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
@@ -251,7 +286,7 @@ fn start_vm(
         socket_path(root, &config.id),
         Duration::from_secs(600),
         Some(&image_warmup(config.auto_remove)),
-        |client| setup_root(client, config, network.guest.as_ref()),
+        |client| setup_root(client, config, network.guest.as_ref(), volumes),
     )
     .context("starting the container's VM and root filesystem")
 }
@@ -416,11 +451,15 @@ fn setup_root(
     client: &mut AgentClient,
     config: &ContainerConfig,
     network: Option<&GuestNetwork>,
+    volumes: &[Volume],
 ) -> Result<(), AgentError> {
     if !config.auto_remove {
         for req in root_mounts(false) {
             client.call(&req)?;
         }
+    }
+    for req in volume_mounts(config, volumes) {
+        client.call(&req)?;
     }
     client.set_hostname(&config.hostname)?;
     if let Some(net) = network {
@@ -430,21 +469,77 @@ fn setup_root(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         config.hostname
     );
-    client.write_file(&format!("{GUEST_ROOT}/etc/hosts"), &hosts, 0o644)?;
-    client.write_file(
-        &format!("{GUEST_ROOT}/etc/hostname"),
-        &format!("{}\n", config.hostname),
-        0o644,
-    )?;
-    client.write_file(
-        &format!("{GUEST_ROOT}/etc/resolv.conf"),
-        &network.map_or_else(resolv_conf, GuestNetwork::resolv_conf),
-        0o644,
-    )?;
+    let resolv = network.map_or_else(resolv_conf, GuestNetwork::resolv_conf);
+    let files = [hosts, format!("{}\n", config.hostname), resolv];
+    for (path, content) in PER_CONTAINER_FILES.iter().zip(files) {
+        // Kept outside the writable layer and bind-mounted, as Docker
+        // does: they never show in `diff` or `commit`.
+        let own = format!("{GUEST_FILES}{path}");
+        client.write_file(&own, &content, 0o644)?;
+        client.call(&mount(
+            &own,
+            &format!("{GUEST_ROOT}{path}"),
+            "bind",
+            false,
+            "",
+        ))?;
+    }
     if config.read_only {
         client.remount_read_only(GUEST_ROOT)?;
     }
     Ok(())
+}
+
+/// The container's volumes with their locks (one writer or many
+/// readers), in the order of `config.mounts`.
+fn attach_volumes(
+    root: &Path,
+    config: &ContainerConfig,
+) -> anyhow::Result<(Vec<Volume>, Vec<crate::volume::Attached>)> {
+    let store = crate::volume::VolumeStore::new(root);
+    let mut volumes = Vec::new();
+    let mut attached = Vec::new();
+    for m in &config.mounts {
+        let v = store.get(&m.name)?;
+        attached.push(crate::volume::attach(&v, &config.name, m.read_only)?);
+        volumes.push(v);
+    }
+    Ok((volumes, attached))
+}
+
+/// Mounts each volume (disks /dev/vdc on, after the image and the
+/// writable layer) in the guest, fills a fresh one from the image, and
+/// binds it at its path in the container.
+fn volume_mounts(config: &ContainerConfig, volumes: &[Volume]) -> Vec<Request> {
+    let mut requests = Vec::new();
+    for (i, (m, v)) in config.mounts.iter().zip(volumes).enumerate() {
+        let device = format!("/dev/vd{}", (b'c' + i as u8) as char);
+        let staging = format!("/run/hull/volumes/{i}");
+        // Read-only: the disk is attached read-only too, so a journal
+        // left by a writer that was killed cannot be replayed; it is
+        // skipped (`noload`) instead of failing the mount.
+        let options = if m.read_only {
+            "noload,noinit_itable"
+        } else {
+            SCRATCH_EXT4_OPTIONS
+        };
+        requests.push(mount(&device, &staging, "ext4", m.read_only, options));
+        if !v.meta.populated && !m.read_only {
+            requests.push(Request::Populate {
+                root: GUEST_LOWER.into(),
+                path: m.target.clone(),
+                to: staging.clone(),
+            });
+        }
+        requests.push(mount(
+            &staging,
+            &format!("{GUEST_ROOT}{}", m.target),
+            "bind",
+            false,
+            "",
+        ));
+    }
+    requests
 }
 
 /// The host's resolv.conf without loopback nameservers (unreachable from

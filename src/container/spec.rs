@@ -70,6 +70,10 @@ pub struct ContainerConfig {
     /// crun, else runc).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// Volumes mounted in it (`-v`, `--mount`, the image's VOLUMEs), in
+    /// the order of their disks.
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::spec::VolumeMount>,
 }
 
 /// Docker's default PATH for images whose config sets none.

@@ -48,9 +48,6 @@ const SCRATCH_BYTES: u64 = 16 << 30;
 /// The window the layer tars are written into, one after another
 /// (sparse: only what is written takes disk space).
 const OUTPUT_BYTES: u64 = 16 << 30;
-/// Files a step sees but its layer leaves out: they are the build VM's,
-/// as Docker bind-mounts them into build containers.
-const PER_VM_FILES: [&str; 3] = ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 
 /// What a RUN step runs.
 #[derive(Debug, Clone)]
@@ -218,7 +215,10 @@ impl BuildVm {
         let offset = self.next_offset;
         let request = Request::WriteLayer {
             upper: format!("{SCRATCH}/{k}/upper"),
-            exclude: PER_VM_FILES.iter().map(|s| s.to_string()).collect(),
+            exclude: engine::PER_CONTAINER_FILES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             output: self.output,
             offset,
         };
@@ -325,9 +325,10 @@ impl BuildVm {
     }
 }
 
-/// Removes the directories of build VMs whose hull process is gone (a
-/// build killed by a signal cannot clean up after itself).
-fn remove_stale(work: &Path) {
+/// Removes the `vm-<pid>-*` directories under `work` whose hull process
+/// is gone (a build or helper VM killed by a signal cannot clean up after
+/// itself).
+pub fn remove_stale(work: &Path) {
     let Ok(dir) = std::fs::read_dir(work) else {
         return;
     };
@@ -342,7 +343,10 @@ fn remove_stale(work: &Path) {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             tracing::debug!("removing {} of a build that ended", entry.path().display());
-            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
         }
     }
 }

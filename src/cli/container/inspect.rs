@@ -167,6 +167,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "Runtime": c.config.runtime,
         },
         "NetworkSettings": network_settings(root, c, serde_json::Value::Object(live)),
+        "Mounts": mounts(root, c),
         "Container": (c.config.isolation == crate::oci::Isolation::Container).then(|| serde_json::json!({
             "Pid": c.state.process_id,
             "Runtime": crate::oci::runtime::Runtime::find(c.config.runtime.as_deref()).ok().map(|r| r.path),
@@ -186,4 +187,25 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             },
         },
     })
+}
+
+/// Docker's `Mounts`: the container's volumes, with hull's disk files as
+/// their sources.
+fn mounts(root: &Path, c: &Container) -> serde_json::Value {
+    let volumes = crate::volume::VolumeStore::new(root);
+    c.config
+        .mounts
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "Type": "volume",
+                "Name": m.name,
+                "Source": volumes.get(&m.name).map(|v| v.disk()).unwrap_or_default(),
+                "Destination": m.target,
+                "Driver": "local",
+                "Mode": if m.read_only { "ro" } else { "" },
+                "RW": !m.read_only,
+            })
+        })
+        .collect()
 }

@@ -60,6 +60,7 @@ pub fn rm(
     root: &Path,
     store: &ContainerStore,
     force: bool,
+    volumes: bool,
     containers: &[String],
 ) -> anyhow::Result<u8> {
     each(store, containers, |name, c| {
@@ -79,6 +80,9 @@ pub fn rm(
         let _ = std::fs::remove_file(engine::socket_path(root, &c.config.id));
         crate::network::detach(root, &c.config.network, &c.config.id)?;
         store.remove(&c.dir)?;
+        if volumes {
+            super::volumes::remove_anonymous(root, &c.config);
+        }
         Ok(())
     })
 }
@@ -152,6 +156,7 @@ pub fn vmm(root: &Path, store: &ContainerStore, id: &str) -> anyhow::Result<u8> 
     let code = engine::run(root, &c.dir, &c.config, Attach::Detached, &progress)?;
     if c.config.auto_remove {
         store.remove(&c.dir)?;
+        super::volumes::remove_anonymous(root, &c.config);
     }
     Ok(exit_code(code))
 }

@@ -9,11 +9,13 @@ pub mod auto_pull;
 mod compare;
 mod compare_plot;
 mod exec;
+mod fs;
 mod inspect;
 mod lifecycle;
 mod logs;
 mod ps;
 mod run;
+pub mod volumes;
 
 use std::path::Path;
 
@@ -78,6 +80,9 @@ pub enum ContainerCommand {
         /// Stop running containers first.
         #[arg(short = 'f', long)]
         force: bool,
+        /// Remove their anonymous volumes too.
+        #[arg(short = 'v', long = "volumes")]
+        volumes: bool,
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -145,6 +150,48 @@ pub enum ContainerCommand {
     /// Run a workload as a microVM and as a namespaced container, and
     /// compare latency, memory, kernel and host visibility.
     Compare(compare::CompareArgs),
+    /// Create a new image from a container's changes.
+    Commit {
+        /// Commit message (the history entry's comment).
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Author (`Name <email>`).
+        #[arg(short = 'a', long)]
+        author: Option<String>,
+        /// Apply a Dockerfile instruction to the image's config
+        /// (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, VOLUME, WORKDIR...).
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+        /// Hold the container's writes while committing (always done: a
+        /// running container's writable layer is frozen while it is read).
+        #[arg(short = 'p', long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+        pause: bool,
+        /// Container.
+        container: String,
+        /// Image name (`NAME[:TAG]`).
+        reference: Option<String>,
+    },
+    /// Show the files a container changed, added (A) or deleted (D).
+    Diff {
+        /// Container.
+        container: String,
+    },
+    /// Export a container's file system as a tar archive.
+    Export {
+        /// Write to a file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+        /// Container.
+        container: String,
+    },
+    /// Copy files between a container and the host
+    /// (`hull cp CONTAINER:SRC DEST`, `hull cp SRC CONTAINER:DEST`; `-` is a tar on stdin/stdout).
+    Cp {
+        /// Source.
+        src: String,
+        /// Destination.
+        dest: String,
+    },
     /// (internal) Run a detached container's VMM.
     #[command(name = "__container-vmm", hide = true)]
     Vmm {
@@ -217,9 +264,11 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
         ContainerCommand::Kill { signal, containers } => {
             lifecycle::kill(root, &store, &signal, &containers)
         }
-        ContainerCommand::Rm { force, containers } => {
-            lifecycle::rm(root, &store, force, &containers)
-        }
+        ContainerCommand::Rm {
+            force,
+            volumes,
+            containers,
+        } => lifecycle::rm(root, &store, force, volumes, &containers),
         ContainerCommand::Start { attach, containers } => {
             lifecycle::start(root, &store, attach, &containers)
         }
@@ -253,6 +302,29 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             inspect::inspect(root, &store, &containers, format.as_deref())
         }
         ContainerCommand::Compare(args) => compare::compare(args, root),
+        ContainerCommand::Commit {
+            message,
+            author,
+            changes,
+            pause: _,
+            container,
+            reference,
+        } => fs::commit(
+            root,
+            &store,
+            &container,
+            &crate::container::commit::CommitOptions {
+                message,
+                author,
+                changes,
+                reference,
+            },
+        ),
+        ContainerCommand::Diff { container } => fs::diff(root, &store, &container),
+        ContainerCommand::Export { output, container } => {
+            fs::export(root, &store, &container, output.as_deref())
+        }
+        ContainerCommand::Cp { src, dest } => fs::cp(root, &store, &src, &dest),
         ContainerCommand::Vmm { id } => lifecycle::vmm(root, &store, &id),
     }
 }

@@ -95,6 +95,16 @@ pub struct RunArgs {
     /// one (default: crun, else runc).
     #[arg(long)]
     pub runtime: Option<String>,
+    /// Mount a volume: `NAME:/path[:ro]` (made if missing), or `/path`
+    /// for a new anonymous one.
+    #[arg(short = 'v', long = "volume", value_name = "NAME:PATH[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a volume: `type=volume,source=NAME,target=/path[,readonly]`.
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Mount the volumes of another container (`NAME[:ro]`).
+    #[arg(long = "volumes-from", value_name = "CONTAINER")]
+    pub volumes_from: Vec<String>,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -124,6 +134,7 @@ pub fn run(args: RunArgs, root: &Path, store: &ContainerStore) -> anyhow::Result
     );
     if args.rm {
         store.remove(&dir)?;
+        super::volumes::remove_anonymous(root, &config);
     }
     Ok(exit_code(result?))
 }
@@ -165,6 +176,14 @@ fn create_container(
         // binds again (and would report a port taken in between).
         drop(ports::PortForwarder::bind(&ports)?);
     }
+    let mounts = super::volumes::requested(args, &image, store)?;
+    if isolation == Isolation::Container && !mounts.is_empty() {
+        return Err(CommandError::Invalid(
+            "--volume",
+            "volumes are not supported with --isolation container yet".into(),
+        )
+        .into());
+    }
     let mut config = container_config(args, store, &image, mem_mib, ports)?;
     config.network = network;
     config.network_aliases = args.network_alias.clone();
@@ -173,8 +192,14 @@ fn create_container(
         .runtime
         .clone()
         .filter(|_| isolation == Isolation::Container);
-    let dir = store.create(&config)?;
-    Ok((config, dir))
+    config.mounts = super::volumes::create(root, mounts)?;
+    match store.create(&config) {
+        Ok(dir) => Ok((config, dir)),
+        Err(e) => {
+            super::volumes::remove_anonymous(root, &config);
+            Err(e.into())
+        }
+    }
 }
 
 /// `--network` (a user network must exist) and `--network-alias` (only
@@ -361,6 +386,7 @@ fn container_config(
         labels: labels(cfg.labels().clone().unwrap_or_default(), &args.label),
         isolation: Isolation::Vm,
         runtime: None,
+        mounts: Vec::new(),
     })
 }
 

@@ -25,6 +25,12 @@ pub fn image_json(i: &Image) -> anyhow::Result<serde_json::Value> {
             "MediaType": i.manifest_media_type,
             "RepoTags": i.names.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
             "Created": i.config.created(),
+            "Author": i.config.author().clone().unwrap_or_default(),
+            // Docker shows the last history entry's comment (`commit -m`).
+            "Comment": i.config.history().as_ref()
+                .and_then(|h| h.last())
+                .and_then(|h| h.comment().clone())
+                .unwrap_or_default(),
             "Architecture": i.config.architecture().to_string(),
             "Os": i.config.os().to_string(),
             "Size": i.size(),

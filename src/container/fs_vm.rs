@@ -1,0 +1,380 @@
+//! A short-lived helper microVM on a container's disks: what `hull
+//! commit`, `diff`, `export` and `cp` run in. The host never mounts or
+//! parses a container's disk; this VM's agent does, and writes what the
+//! host asked for (a layer tar, a rootfs tar, the diff lines) into a memory
+//! window backed by a host file, or unpacks a tar the host put in one.
+//!
+//! It starts from the same fast-start snapshot as containers and build
+//! VMs (the image's EROFS disk read-only, a writable ext4 disk), with the
+//! container's writable-layer disk as the second disk:
+//! - a stopped container: its disk-lock is taken (so it cannot start
+//!   meanwhile), and its disk is mounted read-write (a VM killed mid-write
+//!   leaves a journal to replay);
+//! - a running container: its own agent freezes the writable layer
+//!   (FIFREEZE writes dirty data and the journal out and blocks writers;
+//!   Docker pauses a container to commit it, too), and this VM mounts the
+//!   disk read-only without the journal. The freeze is undone when this
+//!   ends, or by the container's agent when our connection closes (a
+//!   `hull commit` killed mid-way never leaves a container frozen).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_protocol::protocol::{CopySource, Request, Response, WindowRange};
+
+use super::engine::{self, mount, GUEST_LOWER, GUEST_ROOT, GUEST_SCRATCH};
+use super::store::Container;
+use crate::guest::agent_client::AgentClient;
+use crate::guest::fast_start;
+use crate::guest::rootfs::{self, RootfsCache};
+use crate::guest::vm::{GuestOptions, RunningVm};
+
+/// Errors of the helper VM.
+#[derive(Debug, thiserror::Error)]
+pub enum FsVmError {
+    /// A container whose writable layer lives in its VM's memory.
+    #[error("container {0} was started with --rm: its writable layer is in its VM's memory, not on a disk hull can read")]
+    InMemoryLayer(String),
+    /// A container-mode container (its layer is a host directory).
+    #[error("container {0} runs with --isolation container: not supported for it yet")]
+    ContainerMode(String),
+    /// Writing into a running container.
+    #[error("container {0} is running: copying into a running container is not supported yet (stop it first)")]
+    RunningWrite(String),
+    /// The agent refused a request.
+    #[error("{0}")]
+    Agent(String),
+    /// The output does not fit the window.
+    #[error("the output does not fit the helper VM's {0} GiB window")]
+    WindowFull(u64),
+}
+
+/// Guest memory of the helper VM: `hull run`'s default shape, so it
+/// starts from the same snapshot.
+const MEMORY: &str = "256m";
+/// The window the output is written into (sparse).
+const OUTPUT_BYTES: u64 = 16 << 30;
+/// Name of the lock a container's VMM holds while it runs.
+pub const DISK_LOCK: &str = "disk.lock";
+
+/// What the helper VM is for.
+pub enum Access {
+    /// Reading: diff, commit, export, cp out.
+    Read,
+    /// Writing the tar file into a directory of the container (cp in).
+    Write(PathBuf),
+}
+
+/// A helper VM with the container's root mounted at [`GUEST_ROOT`]
+/// (read-only unless opened for writing).
+pub struct FsVm {
+    // Dropped in this order: the VM ends, then the freeze of a running
+    // container's layer is undone (its connection closes), then the lock.
+    vm: Option<RunningVm>,
+    client: Option<AgentClient>,
+    frozen: Option<AgentClient>,
+    _lock: Option<File>,
+    dir: tempfile::TempDir,
+    output: WindowRange,
+    input: Option<(WindowRange, u64)>,
+}
+
+/// Takes the lock a container's VMM holds for its whole run (blocking
+/// while a helper VM has the container's disk).
+pub fn lock_disk(dir: &Path) -> std::io::Result<File> {
+    crate::file_lock::lock_exclusive(&dir.join(DISK_LOCK))
+}
+
+impl FsVm {
+    /// Starts a helper VM on `c`'s disks.
+    pub fn open(root: &Path, c: &Container, access: Access) -> anyhow::Result<Self> {
+        let id = c.config.id[..12].to_string();
+        if c.config.isolation == crate::oci::Isolation::Container {
+            return Err(FsVmError::ContainerMode(id).into());
+        }
+        let lock = crate::file_lock::try_lock_exclusive(&c.dir.join(DISK_LOCK))?;
+        let running = lock.is_none();
+        if running && c.config.auto_remove {
+            return Err(FsVmError::InMemoryLayer(id).into());
+        }
+        if running && matches!(access, Access::Write(_)) {
+            return Err(FsVmError::RunningWrite(id).into());
+        }
+        let frozen = if running {
+            Some(freeze_layer(root, &c.config.id)?)
+        } else {
+            None
+        };
+        let upper = c.dir.join("upper.ext4");
+        if !upper.exists() {
+            // Never started: an empty writable layer, as its first start
+            // would make it.
+            let tmp = c.dir.join(".upper.ext4.tmp");
+            rootfs::mkfs(&tmp, engine::UPPER_DISK_BYTES, "hull-upper")?;
+            std::fs::rename(&tmp, &upper)?;
+        }
+        let (image_disk, _) = RootfsCache::new(root)
+            .get_or_prepare(root, &c.config.layers)
+            .map_err(|e| e.context("preparing the image's root filesystem"))?;
+        let work = root.join("fs-vm");
+        std::fs::create_dir_all(&work)?;
+        crate::build::engine::runner::remove_stale(&work);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vm-{}-", std::process::id()))
+            .tempdir_in(&work)?;
+        let mut vm = FsVm {
+            vm: None,
+            client: None,
+            frozen,
+            _lock: lock,
+            dir,
+            output: WindowRange {
+                guest_addr: 0,
+                len: 0,
+            },
+            input: None,
+        };
+        vm.boot(root, image_disk, upper, access, running)?;
+        Ok(vm)
+    }
+
+    /// Starts the VM with its windows and mounts the container's root.
+    fn boot(
+        &mut self,
+        root: &Path,
+        image_disk: PathBuf,
+        upper: PathBuf,
+        access: Access,
+        frozen: bool,
+    ) -> anyhow::Result<()> {
+        let output = self.dir.path().join("out");
+        File::create(&output)?.set_len(OUTPUT_BYTES)?;
+        let mut windows = vec![vmm::window::WindowConfig {
+            path: output,
+            writable: true,
+        }];
+        let mut lens = vec![OUTPUT_BYTES];
+        let writable = matches!(access, Access::Write(_));
+        if let Access::Write(tar) = access {
+            let len = std::fs::metadata(&tar)?.len();
+            lens.push(len.max(1));
+            windows.push(vmm::window::WindowConfig {
+                path: tar,
+                writable: false,
+            });
+        }
+        let mem_mib = crate::units::parse_mib(MEMORY)?;
+        let places = vmm::window::places(mem_mib, &lens);
+        self.output = WindowRange {
+            guest_addr: places[0].guest_addr,
+            len: places[0].len,
+        };
+        self.input = places.get(1).map(|p| {
+            let range = WindowRange {
+                guest_addr: p.guest_addr,
+                len: p.len,
+            };
+            (range, lens[1])
+        });
+        let opts = GuestOptions {
+            memory: MEMORY,
+            cpus: 1,
+            console: false,
+            echo: false,
+            kernel: None,
+            net: None,
+            windows,
+            extra_cmdline: "",
+            progress: None,
+        };
+        let disks = vec![
+            vmm::DiskConfig {
+                path: image_disk,
+                read_only: true,
+            },
+            vmm::DiskConfig {
+                path: upper,
+                read_only: false,
+            },
+        ];
+        std::fs::create_dir_all(root.join("run"))?;
+        let uds = engine::socket_path(root, &crate::container::store::new_id());
+        let (vm, client) = fast_start::start(
+            root,
+            &opts,
+            disks,
+            uds,
+            Duration::from_secs(600),
+            None,
+            |c| {
+                for req in root_requests(frozen, writable) {
+                    c.call(&req)?;
+                }
+                Ok(())
+            },
+        )?;
+        self.vm = Some(vm);
+        self.client = Some(client);
+        Ok(())
+    }
+
+    fn client(&mut self) -> anyhow::Result<&mut AgentClient> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("helper VM already ended"))
+    }
+
+    /// The container's writable layer as a layer tar (whiteouts, opaque
+    /// directories, hardlinks), without its per-container files; returns
+    /// the tar's length (read it with [`FsVm::output`]).
+    pub fn write_layer(&mut self) -> anyhow::Result<u64> {
+        let request = Request::WriteLayer {
+            upper: format!("{GUEST_SCRATCH}/upper"),
+            exclude: not_the_containers(),
+            output: self.output,
+            offset: 0,
+        };
+        self.written(&request)
+    }
+
+    /// `paths` of the container's root (resolved inside it) as a tar,
+    /// each under its `dest` name; returns the tar's length.
+    pub fn copy_out(&mut self, sources: Vec<CopySource>) -> anyhow::Result<u64> {
+        let request = Request::CopyOut {
+            root: GUEST_ROOT.into(),
+            sources,
+            owner: None,
+            mode: None,
+            output: self.output,
+            offset: 0,
+        };
+        self.written(&request)
+    }
+
+    /// `docker diff` lines, sorted by path.
+    pub fn diff(&mut self) -> anyhow::Result<Vec<String>> {
+        let request = Request::Diff {
+            upper: format!("{GUEST_SCRATCH}/upper"),
+            lower: GUEST_LOWER.into(),
+            exclude: not_the_containers(),
+        };
+        match self.client()?.call(&request)? {
+            Response::Changes { lines } => Ok(lines),
+            other => Err(FsVmError::Agent(format!("unexpected answer {other:?}")).into()),
+        }
+    }
+
+    /// Unpacks the input tar into directory `dest` of the container.
+    pub fn apply_tar(&mut self, dest: &str) -> anyhow::Result<()> {
+        let (input, len) = self
+            .input
+            .ok_or_else(|| anyhow::anyhow!("helper VM has no input"))?;
+        let request = Request::ApplyTar {
+            root: GUEST_ROOT.into(),
+            dest: dest.into(),
+            input,
+            len,
+        };
+        self.client()?.call(&request)?;
+        Ok(())
+    }
+
+    /// Ends the VM cleanly (its file systems written out), then undoes the
+    /// freeze of a running container's layer.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if let (Some(vm), Some(client)) = (self.vm.take(), self.client.take()) {
+            client.shutdown()?;
+            vm.wait(Duration::from_secs(120))?;
+        }
+        if let Some(mut frozen) = self.frozen.take() {
+            frozen.call(&Request::Thaw {
+                path: GUEST_SCRATCH.into(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn written(&mut self, request: &Request) -> anyhow::Result<u64> {
+        match self.client()?.call(request) {
+            Ok(Response::Written { bytes }) => Ok(bytes),
+            Ok(other) => Err(FsVmError::Agent(format!("unexpected answer {other:?}")).into()),
+            Err(crate::guest::agent_client::AgentError::Remote(m))
+                if m.contains("window") && m.contains("full") =>
+            {
+                Err(FsVmError::WindowFull(OUTPUT_BYTES >> 30).into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A reader of the first `len` bytes of the output window's file.
+    pub fn output(&self, len: u64) -> anyhow::Result<impl Read> {
+        let mut f = File::open(self.dir.path().join("out"))?;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(std::io::BufReader::with_capacity(1 << 20, f.take(len)))
+    }
+}
+
+impl Drop for FsVm {
+    fn drop(&mut self) {
+        self.client.take();
+        self.vm.take();
+        self.frozen.take();
+    }
+}
+
+/// What a container's writable layer holds that is not the container's
+/// changes: its own files (from older containers, which wrote them into
+/// the layer) and the mount points of /dev, /proc and /sys (whatever is
+/// under them is the guest's, never the layer's).
+fn not_the_containers() -> Vec<String> {
+    engine::PER_CONTAINER_FILES
+        .iter()
+        .chain(&["/dev", "/proc", "/sys"])
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Asks a running container's agent to freeze its writable layer; the
+/// connection returned keeps it frozen until it thaws or closes.
+fn freeze_layer(root: &Path, id: &str) -> anyhow::Result<AgentClient> {
+    let mut client = AgentClient::connect(&engine::socket_path(root, id))?;
+    client.call(&Request::Freeze {
+        path: GUEST_SCRATCH.into(),
+    })?;
+    Ok(client)
+}
+
+/// The container's root in the helper VM: the image disk, the writable
+/// layer's disk (read-only without its journal when a running container
+/// froze it), and an overlay of both at [`GUEST_ROOT`] — read-only (the
+/// upper directory as one more lower layer) unless `writable`.
+fn root_requests(frozen: bool, writable: bool) -> Vec<Request> {
+    let upper = format!("{GUEST_SCRATCH}/upper");
+    let work = format!("{GUEST_SCRATCH}/work");
+    let mut requests = vec![mount("/dev/vda", GUEST_LOWER, "erofs", true, "")];
+    if frozen {
+        requests.push(mount("/dev/vdb", GUEST_SCRATCH, "ext4", true, "noload"));
+    } else {
+        requests.push(mount(
+            "/dev/vdb",
+            GUEST_SCRATCH,
+            "ext4",
+            false,
+            engine::SCRATCH_EXT4_OPTIONS,
+        ));
+        requests.push(Request::Mkdir {
+            path: upper.clone(),
+        });
+        requests.push(Request::Mkdir { path: work.clone() });
+    }
+    let options = if writable {
+        format!("lowerdir={GUEST_LOWER},upperdir={upper},workdir={work}")
+    } else {
+        format!("lowerdir={upper}:{GUEST_LOWER}")
+    };
+    requests.push(mount("overlay", GUEST_ROOT, "overlay", !writable, &options));
+    requests
+}
