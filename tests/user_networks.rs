@@ -243,19 +243,20 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
     let net = json(root, &["network", "inspect", "front"]);
     assert_eq!(net["Containers"][id]["Name"], "web");
 
-    // Same network: by IP, container name and alias; the client's own
+    let short = &id[..12];
+    // Same network: by IP, container name, alias and short ID; the client's own
     // address is the next one, its resolver the gateway.
     let out = client(
         root,
         "front",
         &format!(
-            "for h in {ip} web site; do timeout 20 wget -q -O - http://$h/ || echo failed $h; done; \
+            "for h in {ip} web site {short}; do timeout 20 wget -q -O - http://$h/ || echo failed $h; done; \
              ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; cat /etc/resolv.conf"
         ),
     );
     assert_eq!(
         out,
-        "hello-from-web\nhello-from-web\nhello-from-web\ninet 10.89.0.3/24\nnameserver 10.89.0.1\n"
+        "hello-from-web\nhello-from-web\nhello-from-web\nhello-from-web\ninet 10.89.0.3/24\nnameserver 10.89.0.1\n"
     );
 
     // Another network: the name does not resolve, the address is not reached.
@@ -289,10 +290,15 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
     let out = client(
         root,
         "front",
-        "for h in web site; do nslookup $h >/dev/null 2>&1 && echo resolved $h || echo unresolved $h; done; \
-         ip -4 addr show eth0 | grep -o 'inet [0-9./]*'",
+        &format!(
+            "for h in web site {short}; do nslookup $h >/dev/null 2>&1 && echo resolved $h || echo unresolved $h; done; \
+             ip -4 addr show eth0 | grep -o 'inet [0-9./]*'"
+        ),
     );
-    assert_eq!(out, "unresolved web\nunresolved site\ninet 10.89.0.2/24\n");
+    assert_eq!(
+        out,
+        format!("unresolved web\nunresolved site\nunresolved {short}\ninet 10.89.0.2/24\n")
+    );
     let net = json(root, &["network", "inspect", "front"]);
     assert_eq!(net["Containers"], serde_json::json!({}));
 

@@ -51,8 +51,10 @@ pub fn config_text<'a>(
 ) -> String {
     let mut out = format!("{gateway}\n");
     for (id, ep) in endpoints {
+        // As Docker: the name, the aliases and the short ID resolve.
         let names: Vec<&str> = std::iter::once(ep.name.as_str())
             .chain(ep.aliases.iter().map(String::as_str))
+            .chain(id.get(..12))
             .collect();
         out.push_str(&format!("{id} {}  {}\n", ep.ip, names.join(",")));
     }
@@ -168,7 +170,7 @@ mod tests {
     fn config_lists_each_container_with_its_aliases() {
         let mut eps = std::collections::BTreeMap::new();
         eps.insert(
-            "abc".to_string(),
+            "0123456789abcdef".to_string(),
             Endpoint {
                 name: "web".into(),
                 aliases: vec!["www".into(), "site".into()],
@@ -177,6 +179,9 @@ mod tests {
             },
         );
         let text = config_text("10.89.0.1".parse().unwrap(), eps.iter());
-        assert_eq!(text, "10.89.0.1\nabc 10.89.0.2  web,www,site\n");
+        assert_eq!(
+            text,
+            "10.89.0.1\n0123456789abcdef 10.89.0.2  web,www,site,0123456789ab\n"
+        );
     }
 }
