@@ -14,7 +14,7 @@ busybox `wget -O /dev/null`:
     makes (hullbench-a/-b, veth between them), timed on the host.
 
 Both containers serve every run. Prints each run, the medians and the
-ratio (hull / veth). The namespaces, the network and the containers are
+ratio (hull / veth), and the average ping round trip of each pair. The namespaces, the network and the containers are
 removed at the end.
 
 Usage: bench/user_net_throughput.py [--runs 5] [--mib 4]
@@ -72,7 +72,18 @@ def hull_runs(root, mib, runs):
         a, b = map(float, hull(root, "exec", "cli", "sh", "-c", fetch).split())
         out.append(b - a)
         print(f"  hull run {i + 1}: {mib / (b - a):.2f} MiB/s ({b - a:.2f} s)", flush=True)
-    return out
+    rtt = ping_rtt(hull(root, "exec", "cli", "ping", "-q", "-c", str(PINGS), "srv"))
+    print(f"  hull ping srv: median of averages {rtt:.3f} ms", flush=True)
+    return out, rtt
+
+
+PINGS = 10
+
+
+def ping_rtt(out):
+    """busybox ping -q's average round trip (ms)."""
+    line = next(l for l in out.splitlines() if "round-trip" in l)
+    return float(line.split("=")[1].split("/")[1])
 
 
 def ns(*args):
@@ -103,7 +114,11 @@ def veth_runs(mib, runs):
                             "http://10.123.0.1/blob"], check=True)
             out.append(time.monotonic() - t)
             print(f"  veth run {i + 1}: {mib / out[-1]:.1f} MiB/s", flush=True)
-        return out
+        ping = subprocess.run(["ip", "netns", "exec", NS_B, BUSYBOX, "ping", "-q", "-c", str(PINGS),
+                               "10.123.0.1"], capture_output=True, text=True, check=True).stdout
+        rtt = ping_rtt(ping)
+        print(f"  veth ping: average {rtt:.3f} ms", flush=True)
+        return out, rtt
     finally:
         if server:
             server.kill()
@@ -122,15 +137,17 @@ def main():
     try:
         import_image(root)
         print(f"{a.mib} MiB over a hull user network, {a.runs} runs:", flush=True)
-        h = hull_runs(root, a.mib, a.runs)
+        h, h_rtt = hull_runs(root, a.mib, a.runs)
         print(f"{a.mib} MiB over veth between two namespaces, {a.runs} runs:", flush=True)
-        v = veth_runs(a.mib, a.runs)
+        v, v_rtt = veth_runs(a.mib, a.runs)
     finally:
         hull(root, "rm", "-f", "srv", "cli", check=False)
         hull(root, "network", "rm", "benchnet", check=False)
         shutil.rmtree(root, ignore_errors=True)
     hm, vm = a.mib / statistics.median(h), a.mib / statistics.median(v)
     print(f"median: hull user network {hm:.2f} MiB/s, veth {vm:.1f} MiB/s, ratio {hm / vm:.4f}")
+    print(f"round trip ({PINGS} pings): hull {h_rtt:.3f} ms, veth {v_rtt:.3f} ms, "
+          f"ratio {h_rtt / v_rtt:.0f}x")
 
 
 if __name__ == "__main__":
