@@ -73,7 +73,7 @@ def hull_runs(root, mib, runs):
         out.append(b - a)
         print(f"  hull run {i + 1}: {mib / (b - a):.2f} MiB/s ({b - a:.2f} s)", flush=True)
     rtt = ping_rtt(hull(root, "exec", "cli", "ping", "-q", "-c", str(PINGS), "srv"))
-    print(f"  hull ping srv: median of averages {rtt:.3f} ms", flush=True)
+    print(f"  hull ping srv: average {rtt:.3f} ms", flush=True)
     return out, rtt
 
 
