@@ -33,17 +33,7 @@ fn import_image(root: &Path, tag: &str) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
-    let tar = dir.path().join("rootfs.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    ok(hull(root).arg("import").arg(&tar).arg(tag));
+    common::import_rootfs(root, &rootfs, tag, &[]);
 }
 
 fn ok(cmd: &mut Command) -> String {

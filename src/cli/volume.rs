@@ -6,6 +6,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::container::volumes::users_of;
+use crate::container::fs_vm::{Access, FsVm};
 use crate::volume::{Volume, VolumeError, VolumeStore, DEFAULT_SIZE};
 
 /// Volume subcommands.
@@ -49,6 +50,22 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Write a volume's files as a tar archive (made in a helper microVM).
+    Export {
+        /// Write to a file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+        /// Volume.
+        name: String,
+    },
+    /// Unpack a tar archive (`-` for stdin) into a volume (made if missing),
+    /// in a helper microVM.
+    Import {
+        /// Volume.
+        name: String,
+        /// The tar archive.
+        file: String,
+    },
     /// Remove anonymous volumes no container uses (`-a`: every unused one).
     Prune {
         /// Named volumes too.
@@ -90,7 +107,60 @@ pub fn run(cmd: VolumeCommand, root: &Path) -> anyhow::Result<u8> {
             Ok(0)
         }
         VolumeCommand::Prune { all, force: _ } => prune(root, &store, all),
+        VolumeCommand::Export { output, name } => export(root, &store, &name, output.as_deref()),
+        VolumeCommand::Import { name, file } => import(root, &store, &name, &file),
     }
+}
+
+/// `volume export`: the volume's files as a tar, made by a helper VM
+/// that mounts it read-only (a running container may read it meanwhile,
+/// none may write it).
+fn export(
+    root: &Path,
+    store: &VolumeStore,
+    name: &str,
+    output: Option<&Path>,
+) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    if output.is_none() && std::io::stdout().is_terminal() {
+        return Err(super::container::FsCommandError::Terminal.into());
+    }
+    let v = store.get(name)?;
+    let mut vm = FsVm::open_volume(root, &v, Access::Read)?;
+    let len = vm.export_root()?;
+    super::container::write_output(vm.output(len)?, output)?;
+    vm.finish()?;
+    Ok(0)
+}
+
+/// `volume import`: a tar unpacked into the volume by a helper VM that is
+/// its only writer.
+fn import(root: &Path, store: &VolumeStore, name: &str, file: &str) -> anyhow::Result<u8> {
+    let mut tar = FsVm::input_file(root)?;
+    if file == "-" {
+        std::io::copy(&mut std::io::stdin().lock(), &mut tar)?;
+    } else {
+        let mut f =
+            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))?;
+        std::io::copy(&mut f, &mut tar)?;
+    }
+    let existed = store.get(name).is_ok();
+    let mut v = store.create(Some(name), DEFAULT_SIZE)?;
+    let unpacked =
+        FsVm::open_volume(root, &v, Access::Write(tar.path().to_path_buf())).and_then(|mut vm| {
+            vm.apply_tar("/")?;
+            vm.finish()
+        });
+    if let Err(e) = unpacked {
+        if !existed {
+            // A failed import leaves no volume it made.
+            let _ = store.remove(name, &[]);
+        }
+        return Err(e);
+    }
+    // Its content is the archive's: never filled from an image.
+    v.mark_populated()?;
+    Ok(0)
 }
 
 /// `--opt size=SIZE` (Docker units); the default otherwise.

@@ -76,6 +76,9 @@ pub struct FsVm {
     client: Option<AgentClient>,
     frozen: Option<AgentClient>,
     _lock: Option<File>,
+    /// What else must live as long as the VM (a volume's lock, a
+    /// placeholder disk).
+    _guards: Vec<Box<dyn std::any::Any>>,
     dir: tempfile::TempDir,
     output: WindowRange,
     input: Option<(WindowRange, u64)>,
@@ -118,17 +121,82 @@ impl FsVm {
         let (image_disk, _) = RootfsCache::new(root)
             .get_or_prepare(root, &c.config.layers)
             .map_err(|e| e.context("preparing the image's root filesystem"))?;
+        let writable = matches!(access, Access::Write(_));
+        let disks = [(image_disk, true), (upper, false)];
+        let requests = root_requests(running, writable);
+        Self::start(root, &disks, requests, access, (frozen, lock))
+    }
+
+    /// Starts a helper VM on volume `v`, mounted at [`GUEST_ROOT`]:
+    /// read-only (as the second reader it may be) to read it, read-write
+    /// (as its only writer) to write into it. The VM has the shape of the
+    /// container helper (a read-only disk, then a writable one), so both
+    /// start from one snapshot: the volume takes the slot its access needs
+    /// and an empty placeholder the other.
+    pub fn open_volume(
+        root: &Path,
+        v: &crate::volume::Volume,
+        access: Access,
+    ) -> anyhow::Result<Self> {
+        let writable = matches!(access, Access::Write(_));
+        let lock = crate::volume::attach(v, "(hull volume)", !writable)?;
+        let placeholder = tempfile::Builder::new()
+            .prefix(&format!("vm-{}-", std::process::id()))
+            .tempfile_in(Self::work_dir(root)?)?;
+        placeholder.as_file().set_len(1 << 20)?;
+        let (disks, device) = if writable {
+            (
+                [(placeholder.path().to_path_buf(), true), (v.disk(), false)],
+                "/dev/vdb",
+            )
+        } else {
+            (
+                [(v.disk(), true), (placeholder.path().to_path_buf(), false)],
+                "/dev/vda",
+            )
+        };
+        let options = if writable { "" } else { "noload" };
+        let requests = vec![mount(device, GUEST_ROOT, "ext4", !writable, options)];
+        let mut vm = Self::start(root, &disks, requests, access, (None, None))?;
+        vm._guards.push(Box::new(lock));
+        vm._guards.push(Box::new(placeholder));
+        Ok(vm)
+    }
+
+    /// A new file for a helper VM's input (a tar for `cp` or `volume
+    /// import`), named so that a later helper removes it if this process
+    /// is killed.
+    pub fn input_file(root: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+        Ok(tempfile::Builder::new()
+            .prefix(&format!("vm-{}-", std::process::id()))
+            .tempfile_in(Self::work_dir(root)?)?)
+    }
+
+    /// The helper VMs' directory, its leftovers of killed hull processes
+    /// removed.
+    fn work_dir(root: &Path) -> anyhow::Result<PathBuf> {
         let work = root.join("fs-vm");
         std::fs::create_dir_all(&work)?;
         crate::build::engine::runner::remove_stale(&work);
+        Ok(work)
+    }
+
+    fn start(
+        root: &Path,
+        disks: &[(PathBuf, bool)],
+        requests: Vec<Request>,
+        access: Access,
+        (frozen, lock): (Option<AgentClient>, Option<File>),
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("vm-{}-", std::process::id()))
-            .tempdir_in(&work)?;
+            .tempdir_in(Self::work_dir(root)?)?;
         let mut vm = FsVm {
             vm: None,
             client: None,
             frozen,
             _lock: lock,
+            _guards: Vec::new(),
             dir,
             output: WindowRange {
                 guest_addr: 0,
@@ -136,18 +204,25 @@ impl FsVm {
             },
             input: None,
         };
-        vm.boot(root, image_disk, upper, access, running)?;
+        let disks = disks
+            .iter()
+            .map(|(path, read_only)| vmm::DiskConfig {
+                path: path.clone(),
+                read_only: *read_only,
+            })
+            .collect();
+        vm.boot(root, disks, requests, access)?;
         Ok(vm)
     }
 
-    /// Starts the VM with its windows and mounts the container's root.
+    /// Starts the VM with `disks` and its windows, and sends `requests`
+    /// (the mounts).
     fn boot(
         &mut self,
         root: &Path,
-        image_disk: PathBuf,
-        upper: PathBuf,
+        disks: Vec<vmm::DiskConfig>,
+        requests: Vec<Request>,
         access: Access,
-        frozen: bool,
     ) -> anyhow::Result<()> {
         let output = self.dir.path().join("out");
         File::create(&output)?.set_len(OUTPUT_BYTES)?;
@@ -156,7 +231,6 @@ impl FsVm {
             writable: true,
         }];
         let mut lens = vec![OUTPUT_BYTES];
-        let writable = matches!(access, Access::Write(_));
         if let Access::Write(tar) = access {
             let len = std::fs::metadata(&tar)?.len();
             lens.push(len.max(1));
@@ -189,16 +263,6 @@ impl FsVm {
             extra_cmdline: "",
             progress: None,
         };
-        let disks = vec![
-            vmm::DiskConfig {
-                path: image_disk,
-                read_only: true,
-            },
-            vmm::DiskConfig {
-                path: upper,
-                read_only: false,
-            },
-        ];
         std::fs::create_dir_all(root.join("run"))?;
         let uds = engine::socket_path(root, &crate::container::store::new_id());
         let (vm, client) = fast_start::start(
@@ -209,8 +273,8 @@ impl FsVm {
             Duration::from_secs(600),
             None,
             |c| {
-                for req in root_requests(frozen, writable) {
-                    c.call(&req)?;
+                for req in &requests {
+                    c.call(req)?;
                 }
                 Ok(())
             },
@@ -237,6 +301,16 @@ impl FsVm {
             offset: 0,
         };
         self.written(&request)
+    }
+
+    /// The whole root as a tar (`export`, `volume export`); returns the
+    /// tar's length.
+    pub fn export_root(&mut self) -> anyhow::Result<u64> {
+        self.copy_out(vec![CopySource {
+            path: "/".into(),
+            dest: String::new(),
+            dest_is_dir: true,
+        }])
     }
 
     /// `paths` of the container's root (resolved inside it) as a tar,

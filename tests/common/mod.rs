@@ -185,3 +185,25 @@ pub fn import_busybox(root: &Path) {
         .unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
 }
+
+/// Tars `rootfs` and imports it as image `tag` (`changes`: `--change`
+/// values of `hull import`).
+pub fn import_rootfs(root: &Path, rootfs: &Path, tag: &str, changes: &[&str]) {
+    let tar = rootfs.with_extension("tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {:?}", text(&out));
+    let mut import = hull(root);
+    import.arg("import");
+    for c in changes {
+        import.args(["--change", c]);
+    }
+    let out = import.arg(&tar).arg(tag).output().unwrap();
+    assert!(out.status.success(), "hull import: {:?}", text(&out));
+}

@@ -70,18 +70,14 @@ pub fn export(
     }
     let c = store.find(container)?;
     let mut vm = FsVm::open(root, &c, Access::Read)?;
-    let len = vm.copy_out(vec![CopySource {
-        path: "/".into(),
-        dest: String::new(),
-        dest_is_dir: true,
-    }])?;
+    let len = vm.export_root()?;
     write_output(vm.output(len)?, output)?;
     vm.finish()?;
     Ok(0)
 }
 
 /// Writes `tar` to `path` (whole or not at all) or to stdout.
-fn write_output(mut tar: impl std::io::Read, path: Option<&Path>) -> anyhow::Result<()> {
+pub fn write_output(mut tar: impl std::io::Read, path: Option<&Path>) -> anyhow::Result<()> {
     let Some(path) = path else {
         std::io::copy(&mut tar, &mut std::io::stdout().lock())?;
         return Ok(());
@@ -244,13 +240,7 @@ fn cp_in(
 ) -> anyhow::Result<u8> {
     absolute(path)?;
     let c = store.find(name)?;
-    let work = root.join("fs-vm");
-    std::fs::create_dir_all(&work)?;
-    // Named like the helper VMs' directories, so that a later one removes
-    // it if this process is killed.
-    let mut tar_file = tempfile::Builder::new()
-        .prefix(&format!("vm-{}-", std::process::id()))
-        .tempfile_in(&work)?;
+    let mut tar_file = FsVm::input_file(root)?;
     if host == "-" {
         std::io::copy(&mut std::io::stdin().lock(), &mut tar_file)?;
     } else {

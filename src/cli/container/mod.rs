@@ -10,6 +10,7 @@ mod compare;
 mod compare_plot;
 mod exec;
 mod fs;
+pub use fs::{write_output, FsCommandError};
 mod inspect;
 mod lifecycle;
 mod logs;
