@@ -1,18 +1,20 @@
 //! virtio-net (virtio spec 1.x §5.1): one rx and one tx queue relayed to a
-//! backend stream of plain Ethernet frames ([`stream`], passt's "qemu"
-//! protocol).
+//! backend of plain Ethernet frames ([`stream`]): a stream socket in
+//! passt's "qemu" protocol (the default network) or a tap device (a user
+//! network's bridge).
 //!
 //! - [`frame`]: frames in and out of descriptor chains (header stripped or
 //!   added, a checksum left to the device finished here).
-//! - [`stream`]: the backend socket with bounded buffers both ways.
+//! - [`stream`]: the backend socket or tap with bounded buffers both ways.
 //! - this module: config space (the MAC), features, activation, and the
 //!   event-manager subscriber that moves frames.
 //!
 //! Features: VERSION_1, MAC, CSUM (the guest leaves TCP/UDP checksums to
 //! us: computing them natively is far cheaper than in a guest kernel that
 //! may be emulated, see PLATFORM.md), GUEST_CSUM (frames from the backend
-//! carry valid checksums, so the guest need not verify them) and
-//! EVENT_IDX. No segmentation offload: the qemu protocol carries frames of
+//! carry valid checksums, so the guest need not verify them: passt's do,
+//! and a tap without IFF_VNET_HDR gets frames the kernel or another of
+//! these devices finished) and EVENT_IDX. No segmentation offload: the qemu protocol carries frames of
 //! the link's MTU.
 //!
 //! Flow control: a guest tx chain is taken only while the out buffer has
