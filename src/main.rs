@@ -49,7 +49,13 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let root = cli.root.clone().unwrap_or_else(default_root);
-    let filter = if cli.debug { "debug" } else { "warn" };
+    // netlink-packet-route warns about every link attribute of a newer
+    // kernel than it knows (harmless: hull reads only names and indexes).
+    let filter = if cli.debug {
+        "debug,netlink_packet_route=error"
+    } else {
+        "warn,netlink_packet_route=error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

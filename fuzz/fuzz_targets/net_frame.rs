@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     peer.set_nonblocking(true).unwrap();
     let dev = Net::new(NetConfig {
         mac: [2, 0, 0, 0, 0, 1],
-        backend: Some(Arc::new(ours)),
+        backend: Some(vmm::virtio::net::Backend::Stream(Arc::new(ours))),
     })
     .unwrap();
     // Every feature the device offers, or the bare minimum.

@@ -6,6 +6,7 @@
 //! - [`image`]: `images`, `pull`, `push`, `load`, `save`, `import`, `tag`,
 //!   `rmi`, ...;
 //! - [`build`]: `hull build`;
+//! - [`network`]: `hull network create|ls|inspect|rm|prune|connect|disconnect`;
 //! - [`info`], [`version`], [`completion`], [`system`], [`stats`],
 //!   [`debug_boot`], [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]:
 //!   the rest;
@@ -23,6 +24,7 @@ pub mod debug_run;
 pub mod exit;
 pub mod image;
 pub mod info;
+pub mod network;
 pub mod output;
 pub mod progress_view;
 pub mod stats;
@@ -92,6 +94,11 @@ enum Command {
     },
     /// Show resource usage of running containers' VMs (CPU, memory).
     Stats(stats::StatsArgs),
+    /// User networks: create, ls, inspect, rm, prune, connect, disconnect.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
+    },
     /// Manage volumes (`hull volume create|ls|inspect|rm|prune`).
     Volume {
         #[command(subcommand)]
@@ -101,9 +108,9 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum SystemCommand {
-    /// Remove stopped containers, dangling images (with -a every image no
-    /// container uses) and the fast-start VM snapshots (made again on the
-    /// next run).
+    /// Remove stopped containers, unused user networks, dangling images
+    /// (with -a every image no container uses) and the fast-start VM
+    /// snapshots (made again on the next run).
     Prune(system::PruneArgs),
     /// Show the disk space images, containers, snapshots and prepared
     /// root filesystems use.
@@ -169,6 +176,7 @@ impl Cli {
             Command::Container(cmd) => container::run(cmd, root),
             Command::ContainerManage { command } => container::manage(command, root),
             Command::Stats(args) => stats::run(&args, root),
+            Command::Network { command } => network::run(command, root),
             Command::Volume { command } => volume::run(command, root),
         }
     }

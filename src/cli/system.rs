@@ -29,7 +29,8 @@ pub struct PruneArgs {
 }
 
 /// `hull system prune`: the VM snapshots, then stopped containers, then
-/// dangling images (all unused ones with `-a`).
+/// user networks no container uses, then dangling images (all unused
+/// ones with `-a`).
 pub fn prune(root: &Path, args: &PruneArgs) -> anyhow::Result<u8> {
     let _ = args.force;
     let snapshots = fast_start::snapshots_dir(root);
@@ -46,6 +47,10 @@ pub fn prune(root: &Path, args: &PruneArgs) -> anyhow::Result<u8> {
             println!("{id}");
         }
         println!();
+    }
+    let networks = super::network::prune(root)?;
+    if !networks.is_empty() {
+        println!("Deleted Networks:\n{}\n", networks.join("\n"));
     }
     let store = Store::open(root).context("cannot open the image store")?;
     let users = super::image::image_users(root)?;
@@ -97,6 +102,10 @@ fn remove_unused(
 /// `hull system df`: Docker's table, with hull's caches as rows of their
 /// own.
 pub fn df(root: &Path) -> anyhow::Result<u8> {
+    let networks = super::network::prune(root)?;
+    if !networks.is_empty() {
+        println!("Deleted Networks:\n{}\n", networks.join("\n"));
+    }
     let store = Store::open(root).context("cannot open the image store")?;
     let containers = ContainerStore::new(root).list()?;
     let mut table = vec![["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]

@@ -20,7 +20,7 @@ use crate::guest::agent_client::{self, AgentClient, AgentError, ProcessRole};
 use crate::guest::fast_start;
 use crate::guest::rootfs::{self, RootfsCache};
 use crate::guest::vm::{GuestOptions, RunningVm};
-use crate::network::{self, passt::Passt, NetworkMode};
+use crate::network::{self, GuestNetwork};
 use crate::ports::PortForwarder;
 use crate::volume::Volume;
 
@@ -107,6 +107,11 @@ pub fn run(
         s.error = None;
     })?;
     let result = run_inner(root, dir, config, attach, progress, volumes);
+    // Off its user network: the address is free and the name stops
+    // resolving once the container has stopped.
+    if let Err(e) = network::detach(root, &config.network, &config.id) {
+        tracing::warn!("{e:#}");
+    }
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
@@ -160,11 +165,17 @@ fn run_inner(
                 read_only: m.read_only,
             }),
     );
-    // Dropped (passt killed and reaped) when the container ends; passt
-    // also ends on its own if this process dies.
-    let (_passt, net) = network_device(dir, config)?;
+    // Dropped (passt killed and reaped, the tap closed) when the
+    // container ends; passt also ends on its own if this process dies.
+    let network = network::attach(
+        root,
+        &config.network,
+        &config.id,
+        (&config.name, &config.network_aliases),
+        Some(&dir.join("passt.log")),
+    )?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, dir, config, disks, net, progress, &volumes)?;
+    let (vm, mut client) = start_vm(root, dir, config, disks, &network, progress, &volumes)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     // Filled from the image in `setup_root` (read-write mounts only).
     for (v, _) in volumes
@@ -257,7 +268,7 @@ fn start_vm(
     dir: &Path,
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
-    net: Option<vmm::virtio::net::NetConfig>,
+    network: &network::Attachment,
     progress: &dyn crate::progress::Progress,
     volumes: &[Volume],
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
@@ -268,7 +279,7 @@ fn start_vm(
         console: false,
         echo: false,
         kernel: None,
-        net,
+        net: network.device.clone(),
         windows: vec![vmm::window::WindowConfig {
             path: mailbox(dir)?,
             writable: false,
@@ -284,7 +295,7 @@ fn start_vm(
         socket_path(root, &config.id),
         Duration::from_secs(600),
         Some(&image_warmup(config.auto_remove)),
-        |client| setup_root(client, config, volumes),
+        |client| setup_root(client, config, network.guest.as_ref(), volumes),
     )
     .context("starting the container's VM and root filesystem")
 }
@@ -328,15 +339,6 @@ fn run_main(
         )?,
     };
     Ok(code)
-}
-
-/// The container's network device and the passt behind it (none for
-/// `--network none`).
-fn network_device(
-    dir: &Path,
-    config: &ContainerConfig,
-) -> anyhow::Result<(Option<Passt>, Option<vmm::virtio::net::NetConfig>)> {
-    network::attach(config.network, &config.id, Some(&dir.join("passt.log")))
 }
 
 /// Our stdin as the process's input, if forwarded (`-i`).
@@ -457,6 +459,7 @@ pub fn pseudo_mounts(root: &str) -> Vec<Request> {
 fn setup_root(
     client: &mut AgentClient,
     config: &ContainerConfig,
+    network: Option<&GuestNetwork>,
     volumes: &[Volume],
 ) -> Result<(), AgentError> {
     if !config.auto_remove {
@@ -468,17 +471,14 @@ fn setup_root(
         client.call(&req)?;
     }
     client.set_hostname(&config.hostname)?;
-    if config.network == NetworkMode::Default {
-        client.call(&network::configure_request(&config.id))?;
+    if let Some(net) = network {
+        client.call(&net.configure_request())?;
     }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         config.hostname
     );
-    let resolv = match config.network {
-        NetworkMode::Default => network::resolv_conf(),
-        NetworkMode::None => resolv_conf(),
-    };
+    let resolv = network.map_or_else(resolv_conf, GuestNetwork::resolv_conf);
     let files = [hosts, format!("{}\n", config.hostname), resolv];
     for (path, content) in PER_CONTAINER_FILES.iter().zip(files) {
         // Kept outside the writable layer and bind-mounted, as Docker

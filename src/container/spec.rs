@@ -54,6 +54,9 @@ pub struct ContainerConfig {
     /// existed read as `none`.
     #[serde(default)]
     pub network: crate::network::NetworkMode,
+    /// `--network-alias`: more names for it on a user network.
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
     /// Creation time, RFC 3339.
     pub created: String,
     /// Labels: the image's, then `--label` (later wins), as in Docker.

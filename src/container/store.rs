@@ -133,6 +133,18 @@ impl ContainerStore {
         Ok(dir)
     }
 
+    /// Replaces the configuration of the container in `dir` (atomically,
+    /// under the lock): `hull network connect|disconnect` of a stopped one.
+    pub fn save_config(&self, dir: &Path, config: &ContainerConfig) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let tmp = dir.join(".config.json.tmp");
+        let bytes =
+            serde_json::to_vec_pretty(config).map_err(|e| self.io(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, dir.join("config.json")))
+            .map_err(|e| self.io(e))
+    }
+
     /// Removes a container's directory (disks, logs, socket, state).
     pub fn remove(&self, dir: &Path) -> Result<(), StoreError> {
         let _lock = self.lock()?;

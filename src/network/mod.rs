@@ -9,9 +9,18 @@
 //! (each VM has its own passt, so nothing is shared between them, as with
 //! QEMU's user networking); the agent configures the interface statically
 //! from [`DefaultNetwork`], which is fast and needs no DHCP client.
-//! See docs/networking.md.
+//!
+//! A user network (`hull network create`, [`store`]) is a bridge in a
+//! network namespace of hull's ([`netns`]) with a DNS responder on its
+//! gateway ([`dns`]); a container VM on it has a tap on that bridge as
+//! its device's backend instead of a passt, and an address from the
+//! network's subnet ([`subnet`]). See docs/networking.md.
 
+pub mod dns;
+pub mod netns;
 pub mod passt;
+pub mod store;
+pub mod subnet;
 
 use std::net::Ipv4Addr;
 
@@ -25,12 +34,12 @@ pub enum NetworkError {
     #[error("--network host is not supported: each container runs its own kernel in a microVM, so it cannot share the host's network stack (use -p to publish ports, or the default network for outbound access)")]
     HostUnsupported,
     /// A network name hull does not know.
-    #[error("network {0} not found (known: default, none)")]
+    #[error("network {0} not found (see hull network ls)")]
     Unknown(String),
 }
 
 /// The network a container is attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Only the loopback interface: no network device, no passt.
@@ -39,6 +48,8 @@ pub enum NetworkMode {
     None,
     /// Outbound access through the container's own passt.
     Default,
+    /// A user network (`hull network create`), by name.
+    User(String),
 }
 
 impl NetworkMode {
@@ -52,11 +63,24 @@ impl NetworkMode {
         }
     }
 
+    /// Parses `--network` where user networks are allowed too: a name
+    /// that is not built in must be a network of `root`'s store.
+    pub fn resolve(root: &std::path::Path, s: &str) -> Result<Self, NetworkError> {
+        match Self::parse(s) {
+            Err(NetworkError::Unknown(name)) => store::NetworkStore::new(root)
+                .get(&name)
+                .map(|n| Self::User(n.name))
+                .map_err(|_| NetworkError::Unknown(name)),
+            other => other,
+        }
+    }
+
     /// The name `inspect` shows.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Self::None => "none",
             Self::Default => "default",
+            Self::User(name) => name,
         }
     }
 }
@@ -101,7 +125,7 @@ pub const TEMPLATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0];
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct NetworkSettings {
-    /// The network (`default` or `none`).
+    /// The network (`default`, `none` or a user network's name).
     pub network_mode: String,
     /// The container's IPv4 address (empty unless running on a network).
     #[serde(rename = "IPAddress")]
@@ -116,62 +140,228 @@ pub struct NetworkSettings {
     /// The DNS server the container's resolv.conf names.
     #[serde(rename = "DNS")]
     pub dns: String,
+    /// The network the container is on, by name, as Docker lists them
+    /// (present while it runs).
+    pub networks: std::collections::BTreeMap<String, EndpointSettings>,
 }
 
-/// What `inspect` shows for a container on `mode`; addresses only while
-/// it runs, as Docker does.
-pub fn settings(mode: NetworkMode, id: &str, running: bool) -> NetworkSettings {
-    let mut s = NetworkSettings {
-        network_mode: mode.name().to_string(),
-        ..NetworkSettings::default()
-    };
-    if mode == NetworkMode::Default && running {
-        s.ip_address = DefaultNetwork::ADDRESS.to_string();
-        s.ip_prefix_len = DefaultNetwork::PREFIX_LEN;
-        s.gateway = DefaultNetwork::GATEWAY.to_string();
-        s.mac_address = vmm::virtio::net::format_mac(&mac_for(id));
-        s.dns = DefaultNetwork::DNS.to_string();
+/// One entry of `NetworkSettings.Networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSettings {
+    /// The network's ID (empty for the default network).
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// `--network-alias` names.
+    pub aliases: Vec<String>,
+    /// The address.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Its prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// The gateway.
+    pub gateway: String,
+    /// The MAC address.
+    pub mac_address: String,
+}
+
+/// How the guest's interface is configured (the agent's
+/// `ConfigureNetwork`) and which resolver its resolv.conf names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// Default gateway.
+    pub gateway: Ipv4Addr,
+    /// The resolver.
+    pub dns: Ipv4Addr,
+}
+
+impl GuestNetwork {
+    /// The default network's, for container `id`.
+    pub fn default_for(id: &str) -> Self {
+        Self {
+            mac: mac_for(id),
+            address: DefaultNetwork::ADDRESS,
+            prefix_len: DefaultNetwork::PREFIX_LEN,
+            gateway: DefaultNetwork::GATEWAY,
+            dns: DefaultNetwork::DNS,
+        }
     }
-    s
-}
 
-/// The agent request that gives the guest its address on the default
-/// network.
-pub fn configure_request(id: &str) -> agent_protocol::protocol::Request {
-    agent_protocol::protocol::Request::ConfigureNetwork {
-        interface: DefaultNetwork::INTERFACE.into(),
-        mac: vmm::virtio::net::format_mac(&mac_for(id)),
-        address: DefaultNetwork::ADDRESS,
-        prefix_len: DefaultNetwork::PREFIX_LEN,
-        gateway: DefaultNetwork::GATEWAY,
+    /// The agent request that gives the guest this address.
+    pub fn configure_request(&self) -> agent_protocol::protocol::Request {
+        agent_protocol::protocol::Request::ConfigureNetwork {
+            interface: DefaultNetwork::INTERFACE.into(),
+            mac: vmm::virtio::net::format_mac(&self.mac),
+            address: self.address,
+            prefix_len: self.prefix_len,
+            gateway: self.gateway,
+        }
     }
-}
 
-/// The network device of a VM on `mode` (whose container id gives the
-/// MAC) and the passt behind it, none for `none`. Dropping the passt
-/// kills and reaps it; passt also ends on its own if this process dies.
-pub fn attach(
-    mode: NetworkMode,
-    id: &str,
-    log: Option<&std::path::Path>,
-) -> anyhow::Result<(Option<passt::Passt>, Option<vmm::virtio::net::NetConfig>)> {
-    match mode {
-        NetworkMode::None => Ok((None, None)),
-        NetworkMode::Default => {
-            let (passt, sock) = passt::Passt::spawn(log)?;
-            tracing::debug!("network through passt {}", passt.pid());
-            let net = vmm::virtio::net::NetConfig {
-                mac: mac_for(id),
-                backend: Some(std::sync::Arc::new(sock)),
-            };
-            Ok((Some(passt), Some(net)))
+    /// The container's /etc/resolv.conf.
+    pub fn resolv_conf(&self) -> String {
+        format!("nameserver {}\n", self.dns)
+    }
+
+    fn settings(
+        &self,
+        mode: &NetworkMode,
+        network_id: &str,
+        aliases: &[String],
+    ) -> NetworkSettings {
+        let endpoint = EndpointSettings {
+            network_id: network_id.to_string(),
+            aliases: aliases.to_vec(),
+            ip_address: self.address.to_string(),
+            ip_prefix_len: self.prefix_len,
+            gateway: self.gateway.to_string(),
+            mac_address: vmm::virtio::net::format_mac(&self.mac),
+        };
+        NetworkSettings {
+            network_mode: mode.name().to_string(),
+            ip_address: endpoint.ip_address.clone(),
+            ip_prefix_len: self.prefix_len,
+            gateway: endpoint.gateway.clone(),
+            mac_address: endpoint.mac_address.clone(),
+            dns: self.dns.to_string(),
+            networks: [(mode.name().to_string(), endpoint)].into(),
         }
     }
 }
 
-/// The container's /etc/resolv.conf on the default network.
-pub fn resolv_conf() -> String {
-    format!("nameserver {}\n", DefaultNetwork::DNS)
+/// What `inspect` shows for a container on `mode`; addresses only while
+/// it runs, as Docker does (a user network's from its endpoint).
+pub fn settings(
+    root: &std::path::Path,
+    mode: &NetworkMode,
+    id: &str,
+    running: bool,
+) -> NetworkSettings {
+    let none = NetworkSettings {
+        network_mode: mode.name().to_string(),
+        ..NetworkSettings::default()
+    };
+    if !running {
+        return none;
+    }
+    match mode {
+        NetworkMode::None => none,
+        NetworkMode::Default => GuestNetwork::default_for(id).settings(mode, "", &[]),
+        NetworkMode::User(name) => match store::NetworkStore::new(root).get(name) {
+            Ok(net) => match net.endpoints.get(id) {
+                Some(ep) => user_guest(&net, ep, id).settings(mode, &net.id, &ep.aliases),
+                None => none,
+            },
+            Err(_) => none,
+        },
+    }
+}
+
+fn user_guest(net: &store::UserNetwork, ep: &store::Endpoint, id: &str) -> GuestNetwork {
+    GuestNetwork {
+        mac: mac_for(id),
+        address: ep.ip,
+        prefix_len: net.subnet.prefix,
+        gateway: net.gateway,
+        dns: net.gateway,
+    }
+}
+
+/// A container VM's network: its device, what keeps the backend alive
+/// (passt on the default network), and the guest's settings.
+#[derive(Debug, Default)]
+pub struct Attachment {
+    /// The default network's passt (killed and reaped when dropped).
+    pub passt: Option<passt::Passt>,
+    /// The network device, none for `none`.
+    pub device: Option<vmm::virtio::net::NetConfig>,
+    /// How the guest configures it.
+    pub guest: Option<GuestNetwork>,
+}
+
+/// Container `id`'s network device and backend on `mode`: its own passt
+/// on the default network, a tap on the bridge of a user network (where
+/// it joins as `name` and `aliases`: an address and its names in DNS,
+/// until [`detach`]). passt also ends on its own if this process dies.
+pub fn attach(
+    root: &std::path::Path,
+    mode: &NetworkMode,
+    id: &str,
+    names: (&str, &[String]),
+    log: Option<&std::path::Path>,
+) -> anyhow::Result<Attachment> {
+    match mode {
+        NetworkMode::None => Ok(Attachment::default()),
+        NetworkMode::Default => {
+            let (passt, sock) = passt::Passt::spawn(log)?;
+            tracing::debug!("network through passt {}", passt.pid());
+            let device = vmm::virtio::net::NetConfig {
+                mac: mac_for(id),
+                backend: Some(vmm::virtio::net::Backend::Stream(std::sync::Arc::new(sock))),
+            };
+            Ok(Attachment {
+                passt: Some(passt),
+                device: Some(device),
+                guest: Some(GuestNetwork::default_for(id)),
+            })
+        }
+        NetworkMode::User(name) => attach_user(root, name, id, names),
+    }
+}
+
+fn attach_user(
+    root: &std::path::Path,
+    network: &str,
+    id: &str,
+    (name, aliases): (&str, &[String]),
+) -> anyhow::Result<Attachment> {
+    let store = store::NetworkStore::new(root);
+    let mac = mac_for(id);
+    let (net, ep) = store.join(
+        network,
+        id,
+        name,
+        aliases,
+        &vmm::virtio::net::format_mac(&mac),
+    )?;
+    let tap = netns::open_tap(&store.netns_path(network), &tap_name(id));
+    let tap = match tap {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = store.leave(network, id);
+            return Err(e.into());
+        }
+    };
+    tracing::debug!("on network {network} as {} through a tap", ep.ip);
+    Ok(Attachment {
+        passt: None,
+        device: Some(vmm::virtio::net::NetConfig {
+            mac,
+            backend: Some(vmm::virtio::net::Backend::Tap(std::sync::Arc::new(tap))),
+        }),
+        guest: Some(user_guest(&net, &ep, id)),
+    })
+}
+
+/// Takes container `id` off `mode`'s user network (its address freed, its
+/// names out of DNS); nothing for the built-in networks.
+pub fn detach(root: &std::path::Path, mode: &NetworkMode, id: &str) -> anyhow::Result<()> {
+    if let NetworkMode::User(name) = mode {
+        store::NetworkStore::new(root).leave(name, id)?;
+    }
+    Ok(())
+}
+
+/// The tap of container `id` in its network's namespace (IFNAMSIZ: 15).
+fn tap_name(id: &str) -> String {
+    format!("h{}", &id[..12.min(id.len())])
 }
 
 #[cfg(test)]
@@ -208,14 +398,21 @@ mod tests {
     #[test]
     fn settings_show_addresses_only_while_running_on_a_network() {
         let id = "0123456789abcdef";
-        let s = settings(NetworkMode::Default, id, true);
+        let root = std::path::Path::new("/nonexistent");
+        let s = settings(root, &NetworkMode::Default, id, true);
         assert_eq!(s.ip_address, "10.0.2.15");
         assert_eq!(s.mac_address, "02:01:23:45:67:89");
         assert_eq!(s.gateway, "10.0.2.2");
-        assert_eq!(settings(NetworkMode::Default, id, false).ip_address, "");
-        assert_eq!(settings(NetworkMode::None, id, true).ip_address, "");
+        assert_eq!(
+            settings(root, &NetworkMode::Default, id, false).ip_address,
+            ""
+        );
+        assert_eq!(settings(root, &NetworkMode::None, id, true).ip_address, "");
+        let unknown = NetworkMode::User("gone".into());
+        assert_eq!(settings(root, &unknown, id, true).network_mode, "gone");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["IPAddress"], "10.0.2.15");
         assert_eq!(json["MacAddress"], "02:01:23:45:67:89");
+        assert_eq!(json["Networks"]["default"]["IPAddress"], "10.0.2.15");
     }
 }

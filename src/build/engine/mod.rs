@@ -289,7 +289,7 @@ impl Engine<'_> {
         cmd_set: &mut bool,
         shown: &Step,
     ) -> anyhow::Result<StageResult> {
-        if let Some(what) = unsupported(&step.instruction, self.req.network) {
+        if let Some(what) = unsupported(&step.instruction, &self.req.network) {
             return Err(at(step.line, format!("{what} is not supported yet")));
         }
         let instruction = serde_json::to_string(&step.instruction).unwrap_or_default();
@@ -365,7 +365,7 @@ impl Engine<'_> {
             let layers = state.layer_paths(self.store)?;
             shown.note(&format!("starting a build VM on {} layers", layers.len()));
             *vm = Some(
-                BuildVm::start(self.root, &layers, self.req.network)
+                BuildVm::start(self.root, &layers, self.req.network.clone())
                     .map_err(|e| at(step.line, format!("starting the build VM: {e:#}")))?,
             );
         }
@@ -554,7 +554,7 @@ fn from_sources(
 /// A flag the frontend records that the engine does not implement: an
 /// error rather than a build that silently differs from Docker's.
 /// (`--link` needs nothing: every layer here is made on its own.)
-fn unsupported(i: &Instruction, network: NetworkMode) -> Option<String> {
+fn unsupported(i: &Instruction, network: &NetworkMode) -> Option<String> {
     match i {
         Instruction::Run {
             mounts,
@@ -569,7 +569,7 @@ fn unsupported(i: &Instruction, network: NetworkMode) -> Option<String> {
                 return Some("RUN --security".into());
             }
             match step_network.as_deref() {
-                Some(n) if NetworkMode::parse(n).ok() != Some(network) => Some(format!(
+                Some(n) if NetworkMode::parse(n).ok().as_ref() != Some(network) => Some(format!(
                     "RUN --network={n} in a build on --network {}",
                     network.name()
                 )),

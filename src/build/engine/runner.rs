@@ -103,7 +103,10 @@ impl BuildVm {
         let output = dir.path().join("layers.out");
         std::fs::File::create(&output)?.set_len(OUTPUT_BYTES)?;
         let id = crate::container::store::new_id();
-        let (passt, net) = network::attach(network, &id, None)?;
+        // Builds run on the built-in networks only (`--network` of
+        // `hull build` is parsed without user networks).
+        let attachment = network::attach(root, &network, &id, ("", &[]), None)?;
+        let guest_net = attachment.guest.clone();
         let mem_mib = crate::units::parse_mib(MEMORY)?;
         let place = vmm::window::places(mem_mib, &[OUTPUT_BYTES])[0];
         let opts = GuestOptions {
@@ -112,7 +115,7 @@ impl BuildVm {
             console: false,
             echo: false,
             kernel: None,
-            net,
+            net: attachment.device,
             windows: vec![vmm::window::WindowConfig {
                 path: output,
                 writable: true,
@@ -149,8 +152,8 @@ impl BuildVm {
                     engine::SCRATCH_EXT4_OPTIONS,
                 ))?;
                 c.set_hostname(&id[..12])?;
-                if network == NetworkMode::Default {
-                    c.call(&network::configure_request(&id))?;
+                if let Some(g) = &guest_net {
+                    c.call(&g.configure_request())?;
                 }
                 Ok(())
             },
@@ -158,7 +161,7 @@ impl BuildVm {
         Ok(BuildVm {
             vm: Some(vm),
             client: Some(client),
-            _passt: passt,
+            _passt: attachment.passt,
             dir,
             output: WindowRange {
                 guest_addr: place.guest_addr,
@@ -287,8 +290,8 @@ impl BuildVm {
         ];
         batch.extend(engine::pseudo_mounts(&step_root));
         let resolv = match self.network {
-            NetworkMode::Default => network::resolv_conf(),
-            NetworkMode::None => engine::resolv_conf(),
+            NetworkMode::Default => network::GuestNetwork::default_for("").resolv_conf(),
+            NetworkMode::None | NetworkMode::User(_) => engine::resolv_conf(),
         };
         let hostname = "buildkitsandbox";
         for (path, content) in [

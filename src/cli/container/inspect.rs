@@ -87,9 +87,9 @@ fn port_map<'a>(
 }
 
 /// Docker's NetworkSettings: the published ports and the addresses.
-fn network_settings(c: &Container, ports: serde_json::Value) -> serde_json::Value {
+fn network_settings(root: &Path, c: &Container, ports: serde_json::Value) -> serde_json::Value {
     let running = c.state.status == Status::Running;
-    let settings = crate::network::settings(c.config.network, &c.config.id, running);
+    let settings = crate::network::settings(root, &c.config.network, &c.config.id, running);
     let mut v = serde_json::to_value(&settings).unwrap_or_default();
     if let Some(map) = v.as_object_mut() {
         map.insert("Ports".into(), ports);
@@ -166,7 +166,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "Isolation": c.config.isolation.as_str(),
             "Runtime": c.config.runtime,
         },
-        "NetworkSettings": network_settings(c, serde_json::Value::Object(live)),
+        "NetworkSettings": network_settings(root, c, serde_json::Value::Object(live)),
         "Mounts": mounts(root, c),
         "Container": (c.config.isolation == crate::oci::Isolation::Container).then(|| serde_json::json!({
             "Pid": c.state.process_id,

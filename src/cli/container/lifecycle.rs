@@ -75,8 +75,10 @@ pub fn rm(
             // runtime ends whatever it still knows of it.
             crate::oci::engine::force_end(root, &c.config, None);
         }
-        // A VMM killed with -9 could not remove its socket.
+        // A VMM killed with -9 could not remove its socket, nor take its
+        // name off its user network.
         let _ = std::fs::remove_file(engine::socket_path(root, &c.config.id));
+        crate::network::detach(root, &c.config.network, &c.config.id)?;
         store.remove(&c.dir)?;
         if volumes {
             super::volumes::remove_anonymous(root, &c.config);

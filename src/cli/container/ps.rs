@@ -222,7 +222,7 @@ fn row(c: &Container, no_trunc: bool) -> Value {
         "Names": c.config.name,
         "Labels": labels.join(","),
         "Mounts": "",
-        "Networks": serde_json::to_value(c.config.network).unwrap_or_default(),
+        "Networks": c.config.network.name(),
         "ExitCode": c.state.exit_code.unwrap_or(0),
         "Isolation": c.config.isolation.as_str(),
     })

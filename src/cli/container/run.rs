@@ -66,10 +66,13 @@ pub struct RunArgs {
     /// Publish every TCP port the image exposes on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     pub publish_all: bool,
-    /// Network: `default` (outbound through the container's own passt)
-    /// or `none` (loopback only).
+    /// Network: `default` (outbound through the container's own passt),
+    /// `none` (loopback only) or a user network (`hull network create`).
     #[arg(long = "network", alias = "net", default_value = "default")]
     pub network: String,
+    /// Another name of the container on its user network (repeatable).
+    #[arg(long = "network-alias", alias = "net-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
     /// Pull the image: `missing` (when the store lacks it), `always`, `never`.
     #[arg(long, value_enum, default_value_t)]
     pub pull: super::auto_pull::PullPolicy,
@@ -155,6 +158,7 @@ fn create_container(
 ) -> anyhow::Result<(ContainerConfig, PathBuf)> {
     let mem_mib = check_flags(args, starting)?;
     let isolation = isolation_of(args, root)?;
+    let network = network_of(args, root, isolation)?;
     if isolation == Isolation::Container {
         // A missing runtime is an error before anything is created.
         crate::oci::runtime::Runtime::find(args.runtime.as_deref())?;
@@ -181,6 +185,8 @@ fn create_container(
         .into());
     }
     let mut config = container_config(args, store, &image, mem_mib, ports)?;
+    config.network = network;
+    config.network_aliases = args.network_alias.clone();
     config.isolation = isolation;
     config.runtime = args
         .runtime
@@ -194,6 +200,43 @@ fn create_container(
             Err(e.into())
         }
     }
+}
+
+/// `--network` (a user network must exist) and `--network-alias` (only
+/// on a user network, as in Docker).
+fn network_of(
+    args: &RunArgs,
+    root: &Path,
+    isolation: Isolation,
+) -> anyhow::Result<crate::network::NetworkMode> {
+    use crate::network::NetworkMode;
+    let mode = NetworkMode::resolve(root, &args.network)?;
+    let user = matches!(mode, NetworkMode::User(_));
+    if !args.network_alias.is_empty() && !user {
+        return Err(CommandError::Invalid(
+            "--network-alias",
+            "network-scoped aliases are only supported on user networks".into(),
+        )
+        .into());
+    }
+    if let Some(bad) = args.network_alias.iter().find(|a| !spec::valid_name(a)) {
+        return Err(CommandError::Invalid(
+            "--network-alias",
+            format!("{bad:?} (allowed: [a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+        )
+        .into());
+    }
+    if user && isolation == Isolation::Container {
+        return Err(CommandError::Invalid(
+            "--network",
+            format!(
+                "{}: user networks are not supported with --isolation container yet",
+                args.network
+            ),
+        )
+        .into());
+    }
+    Ok(mode)
 }
 
 /// `--isolation`, else the root's default (`<root>/isolation` holding
@@ -241,7 +284,6 @@ fn check_flags(args: &RunArgs, starting: bool) -> anyhow::Result<u64> {
             .into());
         }
     }
-    crate::network::NetworkMode::parse(&args.network)?;
     Ok(mem_mib)
 }
 
@@ -338,7 +380,8 @@ fn container_config(
         publish_all: args.publish_all,
         exposed_ports: cfg.exposed_ports().clone().unwrap_or_default(),
         tty: args.tty,
-        network: crate::network::NetworkMode::parse(&args.network)?,
+        network: crate::network::NetworkMode::None,
+        network_aliases: Vec::new(),
         created: now_rfc3339(),
         labels: labels(cfg.labels().clone().unwrap_or_default(), &args.label),
         isolation: Isolation::Vm,

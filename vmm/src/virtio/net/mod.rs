@@ -1,18 +1,20 @@
 //! virtio-net (virtio spec 1.x §5.1): one rx and one tx queue relayed to a
-//! backend stream of plain Ethernet frames ([`stream`], passt's "qemu"
-//! protocol).
+//! backend of plain Ethernet frames ([`stream`]): a stream socket in
+//! passt's "qemu" protocol (the default network) or a tap device (a user
+//! network's bridge).
 //!
 //! - [`frame`]: frames in and out of descriptor chains (header stripped or
 //!   added, a checksum left to the device finished here).
-//! - [`stream`]: the backend socket with bounded buffers both ways.
+//! - [`stream`]: the backend socket or tap with bounded buffers both ways.
 //! - this module: config space (the MAC), features, activation, and the
 //!   event-manager subscriber that moves frames.
 //!
 //! Features: VERSION_1, MAC, CSUM (the guest leaves TCP/UDP checksums to
 //! us: computing them natively is far cheaper than in a guest kernel that
 //! may be emulated, see PLATFORM.md), GUEST_CSUM (frames from the backend
-//! carry valid checksums, so the guest need not verify them) and
-//! EVENT_IDX. No segmentation offload: the qemu protocol carries frames of
+//! carry valid checksums, so the guest need not verify them: passt's do,
+//! and a tap without IFF_VNET_HDR gets frames the kernel or another of
+//! these devices finished) and EVENT_IDX. No segmentation offload: the qemu protocol carries frames of
 //! the link's MTU.
 //!
 //! Flow control: a guest tx chain is taken only while the out buffer has
@@ -32,7 +34,6 @@ pub mod stream;
 mod tests;
 
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -46,6 +47,7 @@ use super::{
     device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
+pub use stream::Backend;
 use stream::{QemuStream, StreamError};
 
 /// Size of each queue.
@@ -72,9 +74,10 @@ pub enum NetError {
 pub struct NetConfig {
     /// The MAC address the guest reads from the config space.
     pub mac: [u8; 6],
-    /// A connected stream socket speaking the qemu protocol, or `None` for
-    /// a device with no link (frames the guest sends are dropped).
-    pub backend: Option<Arc<UnixStream>>,
+    /// A connected stream socket speaking the qemu protocol or a tap, or
+    /// `None` for a device with no link (frames the guest sends are
+    /// dropped).
+    pub backend: Option<Backend>,
 }
 
 /// Formats a MAC as `02:00:00:00:00:01`.

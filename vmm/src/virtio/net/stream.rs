@@ -1,7 +1,9 @@
 //! The backend link: a connected Unix stream socket speaking the "qemu"
 //! stream protocol of passt (and QEMU's `-netdev stream`, libkrun): each
 //! frame is a 4-byte big-endian length and the Ethernet frame, no virtio
-//! header.
+//! header; or a tap device (user networks), where each `read` and `write`
+//! is one whole frame. Frames from a tap are kept in the in buffer with
+//! the same length prefix, so both kinds share the buffering below.
 //!
 //! Both directions are bounded: frames for the backend wait in at most
 //! [`OUT_CAP`] bytes (the device stops taking guest tx chains beyond that,
@@ -11,6 +13,7 @@
 //! buffer fills and pushes back on it). The socket is non-blocking: the
 //! event loop never waits on it.
 
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -38,10 +41,43 @@ pub enum StreamError {
     BadLength(usize),
 }
 
-/// One end of a qemu-protocol stream with its bounded buffers.
+/// What the device's frames travel on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// A connected stream socket speaking the qemu protocol (passt).
+    Stream(Arc<UnixStream>),
+    /// A tap device opened with `IFF_TAP | IFF_NO_PI` (no virtio header):
+    /// one frame per `read`/`write`.
+    Tap(Arc<File>),
+}
+
+impl Backend {
+    fn fd(&self) -> RawFd {
+        match self {
+            Self::Stream(s) => s.as_raw_fd(),
+            Self::Tap(t) => t.as_raw_fd(),
+        }
+    }
+
+    fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Stream(s) => (&**s).read(buf),
+            Self::Tap(t) => (&**t).read(buf),
+        }
+    }
+
+    fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Stream(s) => (&**s).write(buf),
+            Self::Tap(t) => (&**t).write(buf),
+        }
+    }
+}
+
+/// One end of a qemu-protocol stream (or a tap) with its bounded buffers.
 #[derive(Debug)]
 pub struct QemuStream {
-    sock: Arc<UnixStream>,
+    sock: Backend,
     out: Vec<u8>,
     out_head: usize,
     inb: Vec<u8>,
@@ -49,9 +85,9 @@ pub struct QemuStream {
 }
 
 impl QemuStream {
-    /// Wraps a connected socket, making it non-blocking.
-    pub fn new(sock: Arc<UnixStream>) -> std::io::Result<Self> {
-        sock.set_nonblocking(true)?;
+    /// Wraps a connected socket or a tap, making it non-blocking.
+    pub fn new(sock: Backend) -> std::io::Result<Self> {
+        set_nonblocking(sock.fd())?;
         Ok(Self {
             sock,
             out: Vec::new(),
@@ -63,7 +99,11 @@ impl QemuStream {
 
     /// The socket, for epoll.
     pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.sock.fd()
+    }
+
+    fn is_tap(&self) -> bool {
+        matches!(self.sock, Backend::Tap(_))
     }
 
     /// Bytes queued for the backend.
@@ -91,8 +131,11 @@ impl QemuStream {
 
     /// Writes what the socket takes now.
     pub fn flush(&mut self) -> Result<(), StreamError> {
-        while self.out_head < self.out.len() {
-            match (&*self.sock).write(&self.out[self.out_head..]) {
+        if self.is_tap() {
+            self.flush_tap()?;
+        }
+        while !self.is_tap() && self.out_head < self.out.len() {
+            match self.sock.write(&self.out[self.out_head..]) {
                 Ok(0) => return Err(StreamError::Closed),
                 Ok(n) => self.out_head += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -111,9 +154,56 @@ impl QemuStream {
         Ok(())
     }
 
+    /// Writes whole frames to a tap, one `write` each, without their
+    /// length prefixes. A full tap queue (`WouldBlock`) keeps the rest.
+    fn flush_tap(&mut self) -> Result<(), StreamError> {
+        while let Some(len) = prefix_at(&self.out, self.out_head) {
+            let frame = &self.out[self.out_head + LEN_BYTES..self.out_head + LEN_BYTES + len];
+            match self.sock.write(frame) {
+                Ok(_) => self.out_head += LEN_BYTES + len,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(StreamError::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads frames from a tap into the in buffer, each behind the length
+    /// prefix a stream would have sent, while a largest frame fits.
+    fn fill_tap(&mut self) -> Result<(), StreamError> {
+        while self.inb.len() + LEN_BYTES + MAX_FRAME <= IN_CAP {
+            let start = self.inb.len();
+            self.inb.resize(start + LEN_BYTES + MAX_FRAME, 0);
+            let r = self.sock.read(&mut self.inb[start + LEN_BYTES..]);
+            match r {
+                Ok(n) if n >= MIN_FRAME => {
+                    self.inb[start..start + LEN_BYTES].copy_from_slice(&(n as u32).to_be_bytes());
+                    self.inb.truncate(start + LEN_BYTES + n);
+                }
+                // A runt cannot be an Ethernet frame: skip it.
+                Ok(_) => self.inb.truncate(start),
+                Err(e) => {
+                    self.inb.truncate(start);
+                    match e.kind() {
+                        ErrorKind::WouldBlock => return Ok(()),
+                        ErrorKind::Interrupted => continue,
+                        _ => return Err(StreamError::Io(e)),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the in buffer has room to read into.
     pub fn wants_read(&self) -> bool {
-        self.inb.len() - self.in_head < IN_CAP
+        let room = if self.is_tap() {
+            LEN_BYTES + MAX_FRAME
+        } else {
+            1
+        };
+        self.inb.len() - self.in_head + room <= IN_CAP
     }
 
     /// Reads what the socket has, up to the in buffer's room.
@@ -122,10 +212,13 @@ impl QemuStream {
             self.inb.drain(..self.in_head);
             self.in_head = 0;
         }
+        if self.is_tap() {
+            return self.fill_tap();
+        }
         while self.inb.len() < IN_CAP {
             let start = self.inb.len();
             self.inb.resize(IN_CAP, 0);
-            let r = (&*self.sock).read(&mut self.inb[start..]);
+            let r = self.sock.read(&mut self.inb[start..]);
             let got = match r {
                 Ok(n) => n,
                 Err(e) => {
@@ -170,13 +263,66 @@ impl QemuStream {
     }
 }
 
+/// The length in the prefix at `at` of `buf`, if a whole frame follows.
+fn prefix_at(buf: &[u8], at: usize) -> Option<usize> {
+    let b = buf.get(at..at + LEN_BYTES)?;
+    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    (buf.len() >= at + LEN_BYTES + len).then_some(len)
+}
+
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller's Backend keeps open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above; only O_NONBLOCK is added.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pair() -> (QemuStream, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
-        (QemuStream::new(Arc::new(a)).unwrap(), b)
+        (QemuStream::new(Backend::Stream(Arc::new(a))).unwrap(), b)
+    }
+
+    /// A tap behaves like a datagram socket: one frame per read and write.
+    /// A SOCK_SEQPACKET pair stands in for it here.
+    fn tap_pair() -> (QemuStream, UnixStream) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two new descriptors into `fds`.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        use std::os::fd::FromRawFd;
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let (a, b) = unsafe { (File::from_raw_fd(fds[0]), UnixStream::from_raw_fd(fds[1])) };
+        (QemuStream::new(Backend::Tap(Arc::new(a))).unwrap(), b)
+    }
+
+    #[test]
+    fn tap_frames_go_out_and_come_in_one_per_call() {
+        let (mut s, mut peer) = tap_pair();
+        s.queue(&[7u8; 20]);
+        s.queue(&[8u8; 14]);
+        s.flush().unwrap();
+        assert_eq!(s.out_pending(), 0);
+        let mut got = vec![0u8; 100];
+        assert_eq!(peer.read(&mut got).unwrap(), 20);
+        assert_eq!(&got[..20], &[7u8; 20]);
+        assert_eq!(peer.read(&mut got).unwrap(), 14);
+        peer.write_all(&[1u8; 16]).unwrap();
+        peer.write_all(&[3u8; 5]).unwrap(); // a runt: skipped
+        peer.write_all(&[2u8; 60]).unwrap();
+        s.fill().unwrap();
+        assert_eq!(s.peek_frame().unwrap(), Some(&[1u8; 16][..]));
+        s.consume();
+        assert_eq!(s.peek_frame().unwrap(), Some(&[2u8; 60][..]));
+        s.consume();
+        assert_eq!(s.peek_frame().unwrap(), None);
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Harness {
             .unwrap();
         let dev = Net::new(NetConfig {
             mac: MAC,
-            backend: with_backend.then(|| Arc::new(ours)),
+            backend: with_backend.then(|| Backend::Stream(Arc::new(ours))),
         })
         .unwrap();
         let dev = Arc::new(Mutex::new(dev));

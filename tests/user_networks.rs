@@ -1,0 +1,307 @@
+//! User networks end to end (`hull network`, `run --network NAME`,
+//! `--network-alias`): real microVMs with busybox on bridges in network
+//! namespaces hull makes. Restores are expensive on PVM hosts
+//! (PLATFORM.md), so one server container and three short clients carry
+//! all the checks. Traffic stays inside those namespaces.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_one_line_error, hull, import_busybox, require_kvm, text};
+
+/// Longest a hull command may take (the first of a root prepares the
+/// image and may make snapshots: minutes on a loaded PVM host).
+const COMMAND_LIMIT: Duration = Duration::from_secs(1200);
+
+/// Runs `cmd`, killing it (and failing) after `limit`.
+fn run_limited(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} still running after {limit:?}: {:?}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    stdout
+}
+
+fn hull_ok(root: &Path, args: &[&str]) -> String {
+    let mut cmd = hull(root);
+    cmd.args(args);
+    ok(&run_limited(cmd, COMMAND_LIMIT))
+}
+
+fn json(root: &Path, args: &[&str]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&hull_ok(root, args)).unwrap();
+    v[0].clone()
+}
+
+/// Runs `script` in a `--rm` busybox container on `network`; its stdout.
+fn client(root: &Path, network: &str, script: &str) -> String {
+    hull_ok(
+        root,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "busybox:test",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+}
+
+/// Whether a process named `comm` runs with `needle` in its command line.
+fn process_running(comm: &str, needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let c = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        c.trim() == comm
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+            && !state.contains(") Z")
+    })
+}
+
+/// Mistakes are one line, exit non-zero and change nothing: a duplicate
+/// name, an overlapping subnet, a bad subnet, a built-in name, an
+/// unknown network for run and rm, `--network host`, an alias without a
+/// user network; connect and disconnect of a stopped container.
+#[test]
+fn network_mistakes_are_one_line_and_change_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    hull_ok(
+        root,
+        &["network", "create", "--subnet", "10.97.0.0/16", "wide"],
+    );
+    let before = hull_ok(root, &["network", "ls"]);
+    let fails = |args: &[&str], needle: &str| {
+        let out = hull(root).args(args).output().unwrap();
+        assert_one_line_error(&out, needle);
+    };
+    fails(&["network", "create", "wide"], "already exists");
+    fails(
+        &["network", "create", "--subnet", "10.97.8.0/24", "narrow"],
+        "overlaps network wide",
+    );
+    fails(
+        &["network", "create", "--subnet", "10.98.0.1/24", "x"],
+        "host bits are set",
+    );
+    fails(
+        &["network", "create", "--subnet", "nonsense", "x"],
+        "invalid subnet",
+    );
+    fails(&["network", "create", "none"], "built-in network");
+    fails(
+        &["network", "rm", "nosuchnet"],
+        "network nosuchnet not found",
+    );
+    fails(
+        &["network", "connect", "wide", "nosuchcontainer"],
+        "nosuchcontainer",
+    );
+    fails(
+        &["run", "--network", "nosuchnet", "busybox:test", "true"],
+        "network nosuchnet not found",
+    );
+    fails(
+        &["run", "--network", "host", "busybox:test", "true"],
+        "cannot share the host's network stack",
+    );
+    fails(
+        &["run", "--network-alias", "a", "busybox:test", "true"],
+        "only supported on user networks",
+    );
+    assert_eq!(hull_ok(root, &["network", "ls"]), before);
+    assert_eq!(hull_ok(root, &["ps", "-a", "-q"]), "", "no container made");
+    // connect/disconnect change a stopped container's network for its
+    // next start; while it is configured there the network stays.
+    hull_ok(
+        root,
+        &[
+            "create",
+            "--name",
+            "c1",
+            "--network",
+            "none",
+            "busybox:test",
+            "true",
+        ],
+    );
+    hull_ok(
+        root,
+        &["network", "connect", "--alias", "one", "wide", "c1"],
+    );
+    let ns = &json(root, &["inspect", "c1"])["NetworkSettings"];
+    assert_eq!(ns["NetworkMode"], "wide");
+    fails(
+        &["network", "connect", "wide", "c1"],
+        "already on network wide",
+    );
+    fails(&["network", "rm", "wide"], "in use by container(s) c1");
+    fails(&["network", "disconnect", "wide", "c2"], "c2");
+    hull_ok(root, &["network", "disconnect", "wide", "c1"]);
+    assert_eq!(
+        json(root, &["inspect", "c1"])["NetworkSettings"]["NetworkMode"],
+        "none"
+    );
+    fails(
+        &["network", "disconnect", "wide", "c1"],
+        "not connected to network wide",
+    );
+    hull_ok(root, &["rm", "c1"]);
+    // Listed, inspected, removed with its namespace and DNS responder.
+    let net = json(root, &["network", "inspect", "wide"]);
+    assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "10.97.0.0/16");
+    assert_eq!(net["IPAM"]["Config"][0]["Gateway"], "10.97.0.1");
+    let dns_dir = root.join("networks/wide/dns");
+    let needle = dns_dir.to_string_lossy().to_string();
+    assert!(process_running("aardvark-dns", &needle));
+    assert_eq!(
+        hull_ok(root, &["network", "prune", "-f"]),
+        "Deleted Networks:\nwide\n"
+    );
+    assert!(!root.join("networks/wide").exists());
+    assert!(!process_running("aardvark-dns", &needle));
+}
+
+/// Two containers on one network reach each other by IP, name and alias;
+/// a container on another network can neither resolve nor reach them; a
+/// network in use cannot be removed; after `rm` the name is gone.
+#[test]
+fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    hull_ok(root, &["network", "create", "front"]);
+    hull_ok(
+        root,
+        &["network", "create", "--subnet", "10.91.0.0/24", "back"],
+    );
+
+    hull_ok(
+        root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "front",
+            "--network-alias",
+            "site",
+            "busybox:test",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let v = json(root, &["inspect", "web"]);
+    let ns = &v["NetworkSettings"];
+    assert_eq!(ns["NetworkMode"], "front");
+    let ip = ns["IPAddress"].as_str().unwrap().to_string();
+    assert_eq!(ip, "10.89.0.2", "the first address after the gateway");
+    assert_eq!(ns["Gateway"], "10.89.0.1");
+    assert_eq!(ns["Networks"]["front"]["IPAddress"], ip.as_str());
+    assert_eq!(ns["Networks"]["front"]["Aliases"][0], "site");
+    let id = v["Id"].as_str().unwrap();
+    assert_eq!(
+        ns["MacAddress"].as_str().unwrap(),
+        format!(
+            "02:{}:{}:{}:{}:{}",
+            &id[0..2],
+            &id[2..4],
+            &id[4..6],
+            &id[6..8],
+            &id[8..10]
+        )
+    );
+    let net = json(root, &["network", "inspect", "front"]);
+    assert_eq!(net["Containers"][id]["Name"], "web");
+
+    let short = &id[..12];
+    // Same network: by IP, container name, alias and short ID; the client's own
+    // address is the next one, its resolver the gateway.
+    let out = client(
+        root,
+        "front",
+        &format!(
+            "for h in {ip} web site {short}; do timeout 20 wget -q -O - http://$h/ || echo failed $h; done; \
+             ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; cat /etc/resolv.conf"
+        ),
+    );
+    assert_eq!(
+        out,
+        "hello-from-web\nhello-from-web\nhello-from-web\nhello-from-web\ninet 10.89.0.3/24\nnameserver 10.89.0.1\n"
+    );
+
+    // Another network: the name does not resolve, the address is not reached.
+    let out = client(
+        root,
+        "back",
+        &format!(
+            "nslookup web >/dev/null 2>&1 && echo resolved || echo unresolved; \
+             timeout 5 wget -q -O - http://{ip}/ 2>/dev/null && echo reached || echo unreached"
+        ),
+    );
+    assert_eq!(out, "unresolved\nunreached\n");
+
+    // A running VM's interface is fixed: connect is refused.
+    let out = hull(root)
+        .args(["network", "connect", "back", "web"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "container web is running");
+
+    // In use: refused, naming the container; nothing changes.
+    let out = hull(root)
+        .args(["network", "rm", "front"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "in use by container(s) web");
+    assert!(hull_ok(root, &["network", "ls"]).contains("front"));
+
+    // Removed: its name and alias stop resolving, its address is free.
+    hull_ok(root, &["rm", "-f", "web"]);
+    let out = client(
+        root,
+        "front",
+        &format!(
+            "for h in web site {short}; do nslookup $h >/dev/null 2>&1 && echo resolved $h || echo unresolved $h; done; \
+             ip -4 addr show eth0 | grep -o 'inet [0-9./]*'"
+        ),
+    );
+    assert_eq!(
+        out,
+        format!("unresolved web\nunresolved site\nunresolved {short}\ninet 10.89.0.2/24\n")
+    );
+    let net = json(root, &["network", "inspect", "front"]);
+    assert_eq!(net["Containers"], serde_json::json!({}));
+
+    hull_ok(root, &["network", "rm", "front", "back"]);
+    assert!(!root.join("networks/front").exists() && !root.join("networks/back").exists());
+}
