@@ -3,13 +3,22 @@
 //! image. This is where the container model makes the host parse
 //! untrusted image content: it uses the guest's own unpacker (paths
 //! resolved inside the target with `openat2(RESOLVE_IN_ROOT)`, final
-//! symlinks never followed, lying sizes and GNU sparse bombs refused).
+//! symlinks never followed, lying sizes and GNU sparse bombs refused),
+//! with the host's limits on top: each layer may inflate only to
+//! `images::inflate::limit_for` its compressed size, and the chain may
+//! create at most [`MAX_ENTRIES`] entries (the guest image builder's own
+//! limit), so a bomb cannot fill the host's disk or inode table.
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::OciError;
+
+/// Entries the layers of one image may create on the host: the same
+/// limit as the VM's image builder (`agent::unpack::ImageOptions`), so
+/// both modes refuse the same images.
+pub const MAX_ENTRIES: u64 = 1 << 21;
 
 /// The cache of unpacked layer chains under a hull root.
 pub struct LowerCache {
@@ -74,13 +83,21 @@ fn unpack_into(tmp: &Path, layers: &[(String, PathBuf)]) -> Result<(), OciError>
         .mode(0o755)
         .create(tmp)
         .map_err(OciError::io(format!("creating {}", tmp.display())))?;
-    let mut u = agent::unpack::Unpacker::new(tmp, agent::unpack::Options::default())
+    let opts = agent::unpack::Options {
+        max_entries: MAX_ENTRIES,
+        ..agent::unpack::Options::default()
+    };
+    let mut u = agent::unpack::Unpacker::new(tmp, opts)
         .map_err(|e| OciError::Unpack("(target)".into(), e))?;
     for (digest, path) in layers {
         let short = images::digest::short_id(digest);
         let blob = std::fs::File::open(path)
             .map_err(OciError::io(format!("opening layer {}", path.display())))?;
-        u.apply_layer(blob)
+        let size = blob
+            .metadata()
+            .map_err(OciError::io(format!("reading layer {}", path.display())))?
+            .len();
+        u.apply_layer_within(blob, images::inflate::limit_for(size)?)
             .map_err(|e| OciError::Unpack(short.clone(), e))?;
     }
     tracing::debug!("unpacked on the host: {}", u.stats());
