@@ -25,8 +25,8 @@ pub const RATIO: u64 = 100;
 pub enum Error {
     /// The limit was reached.
     #[error(
-        "{what} inflates to more than {limit} bytes ({compressed} bytes compressed; \
-         the limit is {RATIO}x that, at least 1 GiB; {LIMIT_ENV}=SIZE raises it)"
+        "{what} inflates to more than {limit} bytes ({compressed} bytes compressed; {})",
+        rule_text(*from_env)
     )]
     TooLarge {
         /// What was being decompressed.
@@ -35,18 +35,33 @@ pub enum Error {
         limit: u64,
         /// The compressed size in bytes.
         compressed: u64,
+        /// The limit came from `HULL_MAX_INFLATE`.
+        from_env: bool,
     },
     /// `HULL_MAX_INFLATE` is not a size.
     #[error("invalid {LIMIT_ENV} value {0:?} (a size in bytes, optionally with K, M, G or T)")]
     BadEnv(String),
 }
 
+fn rule_text(from_env: bool) -> String {
+    if from_env {
+        format!("the limit is {LIMIT_ENV}")
+    } else {
+        format!("the limit is {RATIO}x that, at least 1 GiB; {LIMIT_ENV}=SIZE raises it")
+    }
+}
+
 /// The inflated size allowed for a stream of `compressed` bytes: the
 /// value of `HULL_MAX_INFLATE` when set, else `max(FLOOR, RATIO x compressed)`.
 pub fn limit_for(compressed: u64) -> Result<u64, Error> {
+    Ok(limit_and_source(compressed)?.0)
+}
+
+/// [`limit_for`], and whether it came from the environment.
+fn limit_and_source(compressed: u64) -> Result<(u64, bool), Error> {
     match std::env::var(LIMIT_ENV) {
-        Ok(v) if !v.trim().is_empty() => parse_size(&v).ok_or(Error::BadEnv(v)),
-        _ => Ok(FLOOR.max(compressed.saturating_mul(RATIO))),
+        Ok(v) if !v.trim().is_empty() => Ok((parse_size(&v).ok_or(Error::BadEnv(v))?, true)),
+        _ => Ok((FLOOR.max(compressed.saturating_mul(RATIO)), false)),
     }
 }
 
@@ -88,19 +103,21 @@ pub struct Capped<R> {
     what: String,
     limit: u64,
     compressed: u64,
+    from_env: bool,
 }
 
 impl<R: Read> Capped<R> {
     /// Caps `inner`, the decompressed view of `compressed` bytes of `what`,
     /// at [`limit_for`] that size.
     pub fn new(inner: R, what: impl Into<String>, compressed: u64) -> Result<Self, Error> {
-        let limit = limit_for(compressed)?;
+        let (limit, from_env) = limit_and_source(compressed)?;
         Ok(Self {
             inner,
             left: limit,
             what: what.into(),
             limit,
             compressed,
+            from_env,
         })
     }
 
@@ -109,6 +126,7 @@ impl<R: Read> Capped<R> {
             what: self.what.clone(),
             limit: self.limit,
             compressed: self.compressed,
+            from_env: self.from_env,
         })
     }
 }
@@ -165,6 +183,7 @@ mod tests {
             what: "x".into(),
             limit: 5000,
             compressed: 10,
+            from_env: false,
         };
         let mut out = Vec::new();
         assert_eq!(exact.read_to_end(&mut out).unwrap(), 5000);
@@ -174,6 +193,7 @@ mod tests {
             what: "layer x".into(),
             limit: 4999,
             compressed: 10,
+            from_env: false,
         };
         let e = over.read_to_end(&mut Vec::new()).unwrap_err();
         let limit = limit_error(&e).expect("a limit error");

@@ -23,6 +23,31 @@ pub const MAX_ENTRIES: u64 = 1 << 21;
 /// The cache of unpacked layer chains under a hull root.
 pub struct LowerCache {
     dir: PathBuf,
+    limits: HostLimits,
+}
+
+/// What the layers of one image may cost the host.
+#[derive(Debug, Clone, Copy)]
+struct HostLimits {
+    /// Entries all layers may create.
+    max_entries: u64,
+    /// Tar bytes one layer may inflate to; `None`: `images::inflate::limit_for`
+    /// the layer's compressed size.
+    max_tar_bytes: Option<u64>,
+}
+
+impl HostLimits {
+    const DEFAULT: HostLimits = HostLimits {
+        max_entries: MAX_ENTRIES,
+        max_tar_bytes: None,
+    };
+
+    fn tar_bytes_for(&self, compressed: u64) -> Result<u64, OciError> {
+        match self.max_tar_bytes {
+            Some(n) => Ok(n),
+            None => Ok(images::inflate::limit_for(compressed)?),
+        }
+    }
 }
 
 /// The cache key of a layer chain: the same chain in another image (a
@@ -41,6 +66,7 @@ impl LowerCache {
     pub fn new(root: &Path) -> Self {
         Self {
             dir: root.join("oci").join("lower"),
+            limits: HostLimits::DEFAULT,
         }
     }
 
@@ -61,7 +87,7 @@ impl LowerCache {
             return Ok(dest);
         }
         let tmp = self.dir.join(format!(".tmp-{key}-{}", std::process::id()));
-        let result = unpack_into(&tmp, layers).and_then(|()| {
+        let result = unpack_into(&tmp, layers, self.limits).and_then(|()| {
             std::fs::rename(&tmp, &dest).map_err(OciError::io("renaming the lower directory"))
         });
         if result.is_err() {
@@ -77,14 +103,18 @@ impl LowerCache {
     }
 }
 
-fn unpack_into(tmp: &Path, layers: &[(String, PathBuf)]) -> Result<(), OciError> {
+fn unpack_into(
+    tmp: &Path,
+    layers: &[(String, PathBuf)],
+    limits: HostLimits,
+) -> Result<(), OciError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o755)
         .create(tmp)
         .map_err(OciError::io(format!("creating {}", tmp.display())))?;
     let opts = agent::unpack::Options {
-        max_entries: MAX_ENTRIES,
+        max_entries: limits.max_entries,
         ..agent::unpack::Options::default()
     };
     let mut u = agent::unpack::Unpacker::new(tmp, opts)
@@ -97,12 +127,16 @@ fn unpack_into(tmp: &Path, layers: &[(String, PathBuf)]) -> Result<(), OciError>
             .metadata()
             .map_err(OciError::io(format!("reading layer {}", path.display())))?
             .len();
-        u.apply_layer_within(blob, images::inflate::limit_for(size)?)
+        u.apply_layer_within(blob, limits.tar_bytes_for(size)?)
             .map_err(|e| OciError::Unpack(short.clone(), e))?;
     }
     tracing::debug!("unpacked on the host: {}", u.stats());
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "lower_hostile_tests.rs"]
+mod hostile_tests;
 
 #[cfg(test)]
 mod tests {
