@@ -1,11 +1,22 @@
-//! Hostile image layers go through a real helper VM and can only affect
-//! that VM's own disk: `../` paths, absolute paths, symlinks pointing out
-//! of the root (absolute and relative) with files written through them,
-//! hard links to outside paths, a symlink to a host path replaced by a
-//! file, device nodes, and a 1 GiB sparse-file bomb. A canary directory on
-//! the host (named in every hostile entry) must come out unchanged.
+//! Hostile images.
+//!
+//! In the VM (the first test): hostile layers go through a real helper VM
+//! and can only affect that VM's own disk: `../` paths, absolute paths,
+//! symlinks pointing out of the root (absolute and relative) with files
+//! written through them, hard links to outside paths, a symlink to a host
+//! path replaced by a file, device nodes, and a 1 GiB sparse-file bomb. A
+//! canary directory on the host (named in every hostile entry) must come
+//! out unchanged.
+//!
+//! On the host (the other tests, no VM): what `hull load`, `import`,
+//! `save`, `pull` and the container mode's host unpack do with gzip and
+//! zstd bombs, documents of hundreds of MB, digest mismatches at every
+//! level and very many files. Each is refused with one line, in bounded
+//! time, leaving the store as it was (docs/threat-model.md).
 
 mod common;
+#[allow(dead_code)]
+mod common_images;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -286,4 +297,236 @@ fn hostile_layers_only_touch_the_helper_vm_disk() {
         work_after,
         work_before.into_iter().map(|e| e.0).collect::<Vec<_>>()
     );
+}
+
+// ------------------------------------------------------------ host side
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use common_images::{hull_ok, need, sha256, snapshot as store_snapshot, tar_dir, LayoutBuilder};
+
+/// Runs hull with `env` added; returns its output and how long it took.
+fn hull_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> (std::process::Output, Duration) {
+    let start = Instant::now();
+    let out = hull(root)
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (out, start.elapsed())
+}
+
+/// Asserts `args` fails with one line containing `needle` within `limit`
+/// and leaves the image store exactly as it was.
+fn refused(root: &Path, env: &[(&str, &str)], args: &[&str], needle: &str, limit: Duration) {
+    let before = store_snapshot(root);
+    let (out, took) = hull_with(root, env, args);
+    eprintln!(
+        "hull {args:?}: refused in {took:?}: {}",
+        text(&out).1.trim()
+    );
+    assert_one_line_error(&out, needle);
+    assert!(took < limit, "hull {args:?} took {took:?}");
+    assert_eq!(
+        store_snapshot(root),
+        before,
+        "hull {args:?} changed the store"
+    );
+}
+
+/// A GNU tar header for one file `name` of `size` bytes (data not included).
+fn file_header(name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A zstd frame holding `head` in a raw block, then `zeros` bytes of
+/// zeros as RLE blocks of 128 KiB (4 bytes each: 1 TiB is 32 MiB).
+/// Nothing inflated is ever written.
+fn zstd_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
+    const BLOCK: u64 = 128 << 10;
+    // Magic, frame header without content size, 128 KiB window.
+    let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+    z.extend_from_slice(&((head.len() as u32) << 3).to_le_bytes()[..3]);
+    z.extend_from_slice(head);
+    let blocks = zeros / BLOCK;
+    let rle = |last: u32| (last | (1 << 1) | ((BLOCK as u32) << 3)).to_le_bytes();
+    let (more, end) = (rle(0), rle(1));
+    z.reserve(blocks as usize * 4);
+    for i in 0..blocks {
+        z.extend_from_slice(&(if i + 1 == blocks { end } else { more })[..3]);
+        z.push(0);
+    }
+    z
+}
+
+/// A gzip stream: `head` as one member, then members of 64 MiB of zeros
+/// (one made by `gzip -9` from a pipe, repeated) up to `zeros` bytes.
+fn gzip_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
+    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    g.write_all(head).unwrap();
+    let mut out = g.finish().unwrap();
+    let member = Command::new("sh")
+        .args(["-c", "head -c 67108864 /dev/zero | gzip -9 -n"])
+        .output()
+        .expect("sh and gzip");
+    assert!(member.status.success());
+    for _ in 0..zeros / (64 << 20) {
+        out.extend_from_slice(&member.stdout);
+    }
+    out
+}
+
+/// A store with one small image in it, so "unchanged" means something.
+fn store_with_busybox(t: &Path) -> PathBuf {
+    let root = t.join("root");
+    let tar = common_images::busybox_tar(t);
+    hull_ok(&root, &["import", tar.to_str().unwrap(), "busybox"]);
+    root
+}
+
+/// A one-layer OCI layout whose layer blob is `layer` (gzip) with diff ID
+/// `diff_id`, named `name`.
+fn layout_with_layer(dir: &Path, layer: &[u8], diff_id: &str, name: &str) -> LayoutBuilder {
+    let mut b = LayoutBuilder::new(dir);
+    let (digest, size) = b.blob(layer);
+    let built = common_images::BuiltLayer {
+        digest,
+        diff_id: diff_id.to_owned(),
+        size,
+    };
+    let m = b.manifest(&[built], "amd64", &["/bin/sh"]);
+    b.tag(m, name);
+    b
+}
+
+const SMALL_LIMIT: (&str, &str) = ("HULL_MAX_INFLATE", "64M");
+
+#[test]
+fn decompression_bombs_are_refused_on_the_host() {
+    need("gzip");
+    let t = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(t.path());
+    let write = |name: &str, bytes: &[u8]| {
+        let p = t.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        eprintln!("{name}: {} bytes", bytes.len());
+        p.to_str().unwrap().to_owned()
+    };
+    let minute = Duration::from_secs(60);
+
+    // `hull import` of a rootfs: 1 TiB of zeros in 32 MiB of zstd, 16 GiB
+    // in 16 MiB of gzip; the tar header claims 1 TiB of file data.
+    let zst = write(
+        "tib.tar.zst",
+        &zstd_bomb(&file_header("zeros", 1 << 40), 1 << 40),
+    );
+    let limit_msg = "inflates to more than 67108864 bytes";
+    refused(
+        &root,
+        &[SMALL_LIMIT],
+        &["import", &zst, "bomb:zst"],
+        limit_msg,
+        minute,
+    );
+    let gz = write(
+        "16g.tar.gz",
+        &gzip_bomb(&file_header("zeros", 1 << 40), 16 << 30),
+    );
+    refused(
+        &root,
+        &[SMALL_LIMIT],
+        &["import", &gz, "bomb:gz"],
+        limit_msg,
+        minute,
+    );
+
+    // `hull load` of a gzip-compressed archive, with the default limit
+    // (1 GiB here): its temporary copy stops there and is removed.
+    let archive = write(
+        "archive.tar.gz",
+        &gzip_bomb(&file_header("manifest.json", 1 << 40), 2 << 30),
+    );
+    refused(
+        &root,
+        &[],
+        &["load", "-i", &archive],
+        "inflates to more than 1073741824 bytes (",
+        minute,
+    );
+
+    // `hull load` of a docker-archive whose compressed layer is a bomb:
+    // refused while computing its diff ID.
+    let da = t.path().join("da");
+    std::fs::create_dir_all(&da).unwrap();
+    let layer = zstd_bomb(&file_header("zeros", 1 << 40), 64 << 30);
+    std::fs::write(da.join("layer.tar.zst"), &layer).unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256(b"whatever")]},
+    });
+    std::fs::write(da.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["bomb:da"], "Layers": ["layer.tar.zst"],
+    }]);
+    std::fs::write(da.join("manifest.json"), manifest.to_string()).unwrap();
+    let da_tar = t.path().join("da.tar");
+    tar_dir(&da, &da_tar);
+    refused(
+        &root,
+        &[SMALL_LIMIT],
+        &["load", "-i", da_tar.to_str().unwrap()],
+        "layer layer.tar.zst inflates to more than 67108864 bytes",
+        minute,
+    );
+
+    // An OCI archive with a bomb layer and right digests loads, as in
+    // Docker (nothing is decompressed); what decompresses it on the host
+    // refuses it: `save` as docker-archive (no output file is left) and
+    // the container mode's unpack (no lower directory is left).
+    let layout = layout_with_layer(
+        &t.path().join("oci"),
+        &gzip_bomb(&file_header("zeros", 1 << 40), 1 << 30),
+        &sha256(b"unknown"),
+        "bomb:oci",
+    );
+    let oci_tar = t.path().join("oci.tar");
+    tar_dir(&layout.dir, &oci_tar);
+    hull_ok(&root, &["load", "-i", oci_tar.to_str().unwrap()]);
+    let out_dir = t.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let saved = out_dir.join("saved.tar");
+    refused(
+        &root,
+        &[SMALL_LIMIT],
+        &["save", "-o", saved.to_str().unwrap(), "bomb:oci"],
+        limit_msg,
+        minute,
+    );
+    assert_eq!(names(&out_dir), Vec::<String>::new());
+    refused(
+        &root,
+        &[SMALL_LIMIT],
+        &[
+            "run",
+            "--rm",
+            "--isolation",
+            "container",
+            "bomb:oci",
+            "/bin/sh",
+        ],
+        "inflates to more than 67108864 bytes of tar",
+        minute,
+    );
+    let lower: Vec<String> = names(&root.join("oci/lower"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(lower, Vec::<String>::new());
 }
