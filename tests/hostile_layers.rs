@@ -530,3 +530,218 @@ fn decompression_bombs_are_refused_on_the_host() {
         .collect();
     assert_eq!(lower, Vec::<String>::new());
 }
+
+/// A member of [`sparse_tar`]: bytes, or that many zeros left as a hole.
+enum Member<'a> {
+    Bytes(&'a [u8]),
+    Zeros(u64),
+}
+
+/// Writes a tar of `members` at `path`; zero members are holes in a
+/// sparse file, so a 300 MB document costs no disk.
+fn sparse_tar(path: &Path, members: &[(&str, Member<'_>)]) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::create(path).unwrap();
+    for (name, m) in members {
+        let size = match m {
+            Member::Bytes(b) => b.len() as u64,
+            Member::Zeros(n) => *n,
+        };
+        f.write_all(&file_header(name, size)).unwrap();
+        match m {
+            Member::Bytes(b) => f.write_all(b).unwrap(),
+            Member::Zeros(n) => {
+                f.seek(SeekFrom::Current(*n as i64)).unwrap();
+            }
+        }
+        f.seek(SeekFrom::Current(((512 - size % 512) % 512) as i64))
+            .unwrap();
+    }
+    f.write_all(&[0u8; 1024]).unwrap();
+}
+
+const HUGE: u64 = 300 << 20;
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+#[test]
+fn documents_of_hundreds_of_mb_are_refused_before_parsing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(t.path());
+    let second = Duration::from_secs(10);
+    let load = |name: &str, members: &[(&str, Member<'_>)], needle: &str| {
+        let p = t.path().join(name);
+        sparse_tar(&p, members);
+        refused(
+            &root,
+            &[],
+            &["load", "-i", p.to_str().unwrap()],
+            needle,
+            second,
+        );
+    };
+    let big = format!("is {HUGE} bytes, larger than the 67108864 bytes a document may have");
+    // index.json and manifest.json themselves.
+    load(
+        "index.tar",
+        &[
+            ("oci-layout", Member::Bytes(OCI_LAYOUT)),
+            ("index.json", Member::Zeros(HUGE)),
+        ],
+        &format!("index.json in the archive {big}"),
+    );
+    load(
+        "docker.tar",
+        &[("manifest.json", Member::Zeros(HUGE))],
+        &format!("manifest.json in the archive {big}"),
+    );
+    // A manifest blob named by index.json.
+    let fake = format!("sha256:{}", "ab".repeat(32));
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": fake, "size": HUGE,
+    }]})
+    .to_string();
+    let blob = format!("blobs/sha256/{}", &fake[7..]);
+    load(
+        "manifest.tar",
+        &[
+            ("oci-layout", Member::Bytes(OCI_LAYOUT)),
+            ("index.json", Member::Bytes(index.as_bytes())),
+            (&blob, Member::Zeros(HUGE)),
+        ],
+        &format!("{blob} in the archive {big}"),
+    );
+    // A config announced at 300 MB by its manifest: refused from the
+    // descriptor, before a byte is copied.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": fake, "size": HUGE},
+        "layers": [],
+    })
+    .to_string();
+    let md = sha256(manifest.as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md, "size": manifest.len(),
+    }]})
+    .to_string();
+    let mblob = format!("blobs/sha256/{}", &md[7..]);
+    load(
+        "config.tar",
+        &[
+            ("oci-layout", Member::Bytes(OCI_LAYOUT)),
+            ("index.json", Member::Bytes(index.as_bytes())),
+            (&mblob, Member::Bytes(manifest.as_bytes())),
+            (&blob, Member::Zeros(HUGE)),
+        ],
+        &format!("{blob} in the archive {big}"),
+    );
+
+    // Pull: a registry serving a 200 MB manifest (hull reads 4 MiB + 1
+    // byte of it), and a manifest announcing a 300 MB config (refused
+    // before it is requested).
+    let mock = common_images::mock::Mock::start();
+    {
+        let mut s = mock.state.lock().unwrap();
+        let mt = "application/vnd.oci.image.manifest.v1+json".to_string();
+        s.manifests
+            .insert("huge:v1".into(), (mt.clone(), vec![b' '; 200 << 20]));
+        s.manifests
+            .insert("config:v1".into(), (mt, manifest.clone().into_bytes()));
+    }
+    let pull = |r: &str, needle: &str| {
+        refused(
+            &root,
+            &[],
+            &["pull", &format!("{}/{r}", mock.addr)],
+            needle,
+            second,
+        );
+    };
+    pull("huge:v1", "is larger than 4 MiB");
+    pull(
+        "config:v1",
+        &format!("image config {fake} is {HUGE} bytes, larger than 4 MiB"),
+    );
+    let asked: Vec<String> = mock.state.lock().unwrap().log.clone();
+    assert!(!asked.iter().any(|l| l.contains(&fake)), "{asked:?}");
+}
+
+/// Flips the last byte of `path` (same size, another digest).
+fn flip_last_byte(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 0x01;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn digest_mismatches_are_refused_at_every_level() {
+    let t = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(t.path());
+    let minute = Duration::from_secs(60);
+    // index.json -> index blob -> manifest -> config and layer.
+    let base = t.path().join("base");
+    let mut b = LayoutBuilder::new(&base);
+    let layer = b.layer(&[("hello", Some(b"hi\n".as_slice()))]);
+    let m = b.manifest(std::slice::from_ref(&layer), "amd64", &["/bin/sh"]);
+    let md = m["digest"].as_str().unwrap().to_owned();
+    let i = b.index(vec![m]);
+    let id = i["digest"].as_str().unwrap().to_owned();
+    b.tag(i, "v1");
+    let blob = |dir: &Path, d: &str| dir.join("blobs/sha256").join(&d[7..]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&base, &md)).unwrap()).unwrap();
+    let cd = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let levels = [
+        ("index", &id),
+        ("manifest", &md),
+        ("config", &cd),
+        ("layer", &layer.digest),
+    ];
+
+    // `hull load`: the archive with one blob changed, for each level.
+    for (level, d) in levels {
+        let dir = t.path().join(level);
+        common_images::run_ok(Command::new("cp").arg("-a").arg(&base).arg(&dir));
+        flip_last_byte(&blob(&dir, d));
+        let tar = t.path().join(format!("{level}.tar"));
+        tar_dir(&dir, &tar);
+        refused(
+            &root,
+            &[],
+            &["load", "-i", tar.to_str().unwrap()],
+            "digest mismatch",
+            minute,
+        );
+    }
+
+    // `hull pull` from a registry serving one changed document or blob
+    // (the index by digest, since a tag names whatever the registry
+    // serves).
+    let mock = common_images::mock::Mock::start();
+    mock.serve_layout(&base, "v1", "app");
+    let original = mock.state.lock().unwrap().blobs.clone();
+    for (_level, d) in levels {
+        {
+            let mut s = mock.state.lock().unwrap();
+            s.blobs = original.clone();
+            let mut changed = original[d.as_str()].clone();
+            let n = changed.len();
+            changed[n - 1] ^= 0x01;
+            for v in s.manifests.values_mut() {
+                if v.1 == original[d.as_str()] {
+                    v.1 = changed.clone();
+                }
+            }
+            s.blobs.insert(d.clone(), changed);
+        }
+        let r = format!("{}/app@{id}", mock.addr);
+        refused(&root, &[], &["pull", &r], "digest mismatch", minute);
+        // Put the documents back for the next level.
+        mock.serve_layout(&base, "v1", "app");
+    }
+    // Untouched, the same pull works: the refusals were the changes'.
+    hull_ok(&root, &["pull", &format!("{}/app@{id}", mock.addr)]);
+}

@@ -56,6 +56,19 @@ pub enum Error {
     /// A compressed archive inflates past its limit.
     #[error(transparent)]
     Inflate(#[from] crate::inflate::Error),
+    /// A JSON document (index, manifest, config) over the size limit,
+    /// refused by the size its tar header or descriptor gives.
+    #[error(
+        "{name} in the archive is {size} bytes, larger than the {max} bytes a document may have"
+    )]
+    DocumentTooLarge {
+        /// Member name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A long-name or PAX record larger than any real archive needs.
     #[error("{} has a tar metadata record of {size} bytes (at most {max})", path.display())]
     MetaTooLarge {

@@ -18,7 +18,7 @@ use crate::tarwalk;
 /// Members bigger than this are not read into memory as JSON documents
 /// (a manifest, config or index of hundreds of MB is refused by its size
 /// in the tar header, before a byte of it is read).
-const MAX_JSON: u64 = 64 << 20;
+pub(super) const MAX_JSON: u64 = 64 << 20;
 
 /// An indexed tar archive.
 pub(super) struct TarIndex {
@@ -82,11 +82,13 @@ impl TarIndex {
 
     /// A member read whole (JSON documents).
     pub(super) fn read(&self, name: &str) -> Result<Vec<u8>, Error> {
-        if self.size(name)? > MAX_JSON {
-            return Err(Error::Json(
-                name.to_owned(),
-                serde::de::Error::custom("document too large"),
-            ));
+        let size = self.size(name)?;
+        if size > MAX_JSON {
+            return Err(Error::DocumentTooLarge {
+                name: name.to_owned(),
+                size,
+                max: MAX_JSON,
+            });
         }
         let mut buf = Vec::new();
         self.member(name)?
