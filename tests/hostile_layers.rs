@@ -742,8 +742,28 @@ fn digest_mismatches_are_refused_at_every_level() {
         // Put the documents back for the next level.
         mock.serve_layout(&base, "v1", "app");
     }
-    // Untouched, the same pull works: the refusals were the changes'.
+
+    // The same from a real registry (Debian's docker-registry, seeded by
+    // skopeo) whose stored blobs are damaged after the push: it checks
+    // manifests it serves by digest itself (HTTP 500), and serves config
+    // and layer blobs as they are, which hull refuses.
+    need("skopeo");
+    let reg = common_images::Registry::start(None);
+    reg.seed(&base, "v1", "app", None);
+    for (level, d) in levels {
+        let stored = reg.blob_path(d);
+        flip_last_byte(&stored);
+        let r = format!("{}/app@{id}", reg.addr);
+        let needle = match level {
+            "index" | "manifest" => "registry answered HTTP 500",
+            _ => "digest mismatch",
+        };
+        refused(&root, &[], &["pull", &r], needle, minute);
+        flip_last_byte(&stored);
+    }
+    // Untouched, the same pulls work: the refusals were the changes'.
     hull_ok(&root, &["pull", &format!("{}/app@{id}", mock.addr)]);
+    hull_ok(&root, &["pull", &format!("{}/app@{id}", reg.addr)]);
 }
 
 /// Writes a plain tar layer of `entries` (name, is a directory; empty

@@ -46,7 +46,7 @@ fn empty_files(n: u64) -> impl Iterator<Item = (String, bool)> {
 /// A zstd frame holding `head` in a raw block, then `zeros` bytes of
 /// zeros as RLE blocks of 128 KiB: 4 bytes each, so 1 TiB is 32 MiB.
 /// Nothing inflated is ever written.
-pub(crate) fn zstd_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
+fn zstd_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
     const BLOCK: u64 = 128 << 10;
     // Magic, frame header without content size, 128 KiB window.
     let mut z = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
@@ -68,7 +68,7 @@ pub(crate) fn zstd_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
 /// A gzip stream of `head` as one member, then members of 64 MiB of
 /// zeros (one made by `gzip -9` from a pipe, ~64 KiB, repeated) up to
 /// `zeros` bytes: 1032:1, the most deflate gives.
-pub(crate) fn gzip_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
+fn gzip_bomb(head: &[u8], zeros: u64) -> Vec<u8> {
     let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     g.write_all(head).unwrap();
     let mut out = g.finish().unwrap();
