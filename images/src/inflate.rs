@@ -7,16 +7,19 @@
 //! decompression of image content reads through a [`Capped`] reader whose
 //! limit is [`limit_for`] the compressed size: [`RATIO`] times it, at
 //! least [`FLOOR`]. Real layers inflate 2–8x, a layer of only empty files
-//! ~300x (zstd -19) but stays under the floor up to ~2 million files; an
-//! image that needs more sets `HULL_MAX_INFLATE` (docs/threat-model.md).
+//! ~300x (zstd -19) but stays under the floor up to the 2^21 entries an
+//! image may have; an image that needs more sets `HULL_MAX_INFLATE`
+//! (docs/threat-model.md).
 
 use std::io::{self, Read};
 
 /// Environment variable that replaces the computed limit with a fixed one
 /// (a size in bytes, with an optional K, M, G or T binary suffix).
 pub const LIMIT_ENV: &str = "HULL_MAX_INFLATE";
-/// Inflation every stream may reach, however small it is.
-pub const FLOOR: u64 = 1 << 30;
+/// Inflation every stream may reach, however small it is: twice the tar
+/// headers of the 2^21 empty files an image may hold, so the entry limit,
+/// not this one, is what such a layer meets.
+pub const FLOOR: u64 = 2 << 30;
 /// Inflation ratio allowed above the floor.
 pub const RATIO: u64 = 100;
 
@@ -47,7 +50,7 @@ fn rule_text(from_env: bool) -> String {
     if from_env {
         format!("the limit is {LIMIT_ENV}")
     } else {
-        format!("the limit is {RATIO}x that, at least 1 GiB; {LIMIT_ENV}=SIZE raises it")
+        format!("the limit is {RATIO}x that, at least 2 GiB; {LIMIT_ENV}=SIZE raises it")
     }
 }
 
@@ -163,6 +166,7 @@ mod tests {
         if std::env::var_os(LIMIT_ENV).is_none() {
             assert_eq!(limit_for(0).unwrap(), FLOOR);
             assert_eq!(limit_for(1 << 20).unwrap(), FLOOR);
+            assert_eq!(limit_for(20 << 20).unwrap(), FLOOR);
             assert_eq!(limit_for(100 << 20).unwrap(), 10_000 << 20);
             assert_eq!(limit_for(u64::MAX).unwrap(), u64::MAX);
         }
