@@ -15,7 +15,6 @@
 //! time, leaving the store as it was (docs/threat-model.md).
 
 mod common;
-#[allow(dead_code)]
 mod common_images;
 
 use std::os::unix::fs::MetadataExt;
