@@ -879,7 +879,12 @@ fn busybox_plus(
     path
 }
 
+/// Long form: on the PVM development host (guest kernel emulated) this
+/// run took over 30 minutes under load and was not seen to finish; the
+/// image was prepared by the helper VM in ~2 min and a manual run printed
+/// the 1000 files of `/d0` (docs/threat-model.md).
 #[test]
+#[ignore = "long: a 100k-file, 1500-level image run in a VM, tens of minutes on PVM (HULL_TEST_LONG=1)"]
 fn many_files_long_names_and_deep_nesting_run_in_the_vm() {
     require_kvm();
     let root = tempfile::tempdir().unwrap();
