@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{Descriptor, MediaType};
 use serde_json::{json, Map, Value};
 
-use crate::compression::decompress;
+use crate::compression::decompress_capped;
 use crate::digest::{Digest, HashingReader};
-use crate::media::{self, Compression};
+use crate::inflate;
+use crate::media;
 use crate::platform::Platform;
 use crate::reference::Reference;
 use crate::store::Store;
+use crate::tarwalk;
 
 /// Import errors.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +68,15 @@ pub fn import_rootfs(
     // First pass: prove it is a tar and compute the diff ID, before the
     // store is touched.
     let file = File::open(path).map_err(read_err)?;
-    let diff_id =
-        tar_diff_id(BufReader::new(file), compression).map_err(|source| Error::NotTar {
+    let size = file.metadata().map_err(read_err)?.len();
+    let what = format!("rootfs {}", path.display());
+    let tar = decompress_capped(compression, BufReader::new(file), &what, size)?;
+    let diff_id = tar_diff_id(tar).map_err(|e| {
+        inflate::or_else(e, |source| Error::NotTar {
             path: path.to_owned(),
             source,
-        })?;
+        })
+    })?;
 
     let mut ingest = store.ingest()?;
     let file = File::open(path).map_err(read_err)?;
@@ -108,20 +114,16 @@ pub fn import_rootfs(
     Ok(config_digest)
 }
 
-/// Walks a (possibly gzip or zstd) tar stream to its end and returns the digest of
-/// the uncompressed bytes: the layer's diff ID.
-pub fn tar_diff_id(r: impl Read, compression: Compression) -> io::Result<Digest> {
-    let inner = decompress(compression, r);
-    let mut h = HashingReader::new(inner);
-    let mut entries = 0usize;
-    {
-        let mut ar = tar::Archive::new(&mut h);
-        for e in ar.entries()? {
-            let mut e = e?;
-            io::copy(&mut e, &mut io::sink())?;
-            entries += 1;
-        }
-    }
+/// Walks a tar stream (already decompressed) to its end and returns the
+/// digest of its bytes: the layer's diff ID. The walk keeps nothing: a
+/// long-name or PAX record over 1 MiB is refused, never read whole.
+pub fn tar_diff_id(tar: impl Read) -> io::Result<Digest> {
+    let mut h = HashingReader::new(tar);
+    let entries = match tarwalk::walk(&mut h, tarwalk::skip_by_reading) {
+        Ok(n) => n,
+        Err(tarwalk::Error::Read(e)) => return Err(e),
+        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+    };
     if entries == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "no entries"));
     }
@@ -258,6 +260,7 @@ fn key_values(s: &str) -> Option<Vec<(String, String)>> {
 mod tests {
     use super::*;
     use crate::digest;
+    use crate::media::Compression;
 
     #[test]
     fn applies_changes() {
@@ -298,9 +301,10 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &plain).unwrap();
         let gz = gz.finish().unwrap();
-        let a = tar_diff_id(&plain[..], Compression::None).unwrap();
+        let a = tar_diff_id(&plain[..]).unwrap();
         assert_eq!(a, digest::of_bytes(&plain));
-        assert_eq!(tar_diff_id(&gz[..], Compression::Gzip).unwrap(), a);
-        assert!(tar_diff_id(&b"this is not a tar file at all"[..], Compression::None).is_err());
+        let tar = decompress_capped(Compression::Gzip, &gz[..], "gz", 10).unwrap();
+        assert_eq!(tar_diff_id(tar).unwrap(), a);
+        assert!(tar_diff_id(&b"this is not a tar file at all"[..]).is_err());
     }
 }

@@ -10,12 +10,14 @@ pub mod archive;
 pub mod compression;
 pub mod digest;
 pub mod import;
+pub mod inflate;
 pub mod layout;
 pub mod media;
 pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod tarwalk;
 pub mod time;
 
 pub use reference::Reference;
@@ -48,6 +50,12 @@ pub enum Error {
     /// Unusable platform string.
     #[error(transparent)]
     Platform(#[from] platform::Error),
+    /// A compressed stream inflates past its limit.
+    #[error(transparent)]
+    Inflate(#[from] inflate::Error),
+    /// A tar stream refused by the walk that checks it.
+    #[error(transparent)]
+    TarWalk(#[from] tarwalk::Error),
     /// Unsupported media type.
     #[error(transparent)]
     Media(#[from] media::Error),

@@ -57,7 +57,14 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
     let total = start.elapsed().as_secs_f64();
 
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for (at, status) in &seen {
+    if seen.dropped() > 0 || seen.overlong() > 0 {
+        eprintln!(
+            "hull: the guest printed {} status lines too many and {} overlong console lines",
+            seen.dropped(),
+            seen.overlong()
+        );
+    }
+    for (at, status) in seen.iter() {
         if let Status::Ready { uptime, .. } = status {
             eprintln!(
                 "hull: agent ready {:.2} s after VM start (guest kernel uptime {uptime:.2} s)",
@@ -65,10 +72,14 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
             );
         }
     }
-    let shutdown = seen.iter().find_map(|(_, s)| match s {
-        Status::Shutdown { code } => Some(*code),
-        _ => None,
-    });
+    // The agent's own shutdown line is its last one.
+    let shutdown = seen
+        .iter()
+        .filter_map(|(_, s)| match s {
+            Status::Shutdown { code } => Some(*code),
+            _ => None,
+        })
+        .last();
     match (exit, shutdown) {
         (vmm::VmExit::GuestShutdown, Some(code)) => {
             eprintln!("hull: VM ended after {total:.2} s: agent shutdown, status {code}");

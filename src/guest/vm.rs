@@ -116,7 +116,7 @@ pub fn wait_ready(
         {
             let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             // The first status line decides.
-            match seen.first().map(|(_, s)| s) {
+            match seen.first() {
                 Some(Status::Ready { .. }) => return Ok(()),
                 Some(Status::Error(e)) => return Err(GuestVmError::AgentFailed(e.clone())),
                 Some(Status::Shutdown { .. }) => return Err(GuestVmError::Ended),

@@ -3,7 +3,11 @@
 //! image. This is where the container model makes the host parse
 //! untrusted image content: it uses the guest's own unpacker (paths
 //! resolved inside the target with `openat2(RESOLVE_IN_ROOT)`, final
-//! symlinks never followed, lying sizes and GNU sparse bombs refused).
+//! symlinks never followed, lying sizes and GNU sparse bombs refused),
+//! with the host's limits on top: each layer may inflate only to
+//! `images::inflate::limit_for` its compressed size, and the chain may
+//! create at most [`MAX_ENTRIES`] entries (the guest image builder's own
+//! limit), so a bomb cannot fill the host's disk or inode table.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +15,39 @@ use sha2::{Digest, Sha256};
 
 use super::OciError;
 
+/// Entries the layers of one image may create on the host: the same
+/// limit as the VM's image builder (`agent::unpack::ImageOptions`), so
+/// both modes refuse the same images.
+pub const MAX_ENTRIES: u64 = 1 << 21;
+
 /// The cache of unpacked layer chains under a hull root.
 pub struct LowerCache {
     dir: PathBuf,
+    limits: HostLimits,
+}
+
+/// What the layers of one image may cost the host.
+#[derive(Debug, Clone, Copy)]
+struct HostLimits {
+    /// Entries all layers may create.
+    max_entries: u64,
+    /// Tar bytes one layer may inflate to; `None`: `images::inflate::limit_for`
+    /// the layer's compressed size.
+    max_tar_bytes: Option<u64>,
+}
+
+impl HostLimits {
+    const DEFAULT: HostLimits = HostLimits {
+        max_entries: MAX_ENTRIES,
+        max_tar_bytes: None,
+    };
+
+    fn tar_bytes_for(&self, compressed: u64) -> Result<u64, OciError> {
+        match self.max_tar_bytes {
+            Some(n) => Ok(n),
+            None => Ok(images::inflate::limit_for(compressed)?),
+        }
+    }
 }
 
 /// The cache key of a layer chain: the same chain in another image (a
@@ -32,6 +66,7 @@ impl LowerCache {
     pub fn new(root: &Path) -> Self {
         Self {
             dir: root.join("oci").join("lower"),
+            limits: HostLimits::DEFAULT,
         }
     }
 
@@ -52,7 +87,7 @@ impl LowerCache {
             return Ok(dest);
         }
         let tmp = self.dir.join(format!(".tmp-{key}-{}", std::process::id()));
-        let result = unpack_into(&tmp, layers).and_then(|()| {
+        let result = unpack_into(&tmp, layers, self.limits).and_then(|()| {
             std::fs::rename(&tmp, &dest).map_err(OciError::io("renaming the lower directory"))
         });
         if result.is_err() {
@@ -68,24 +103,40 @@ impl LowerCache {
     }
 }
 
-fn unpack_into(tmp: &Path, layers: &[(String, PathBuf)]) -> Result<(), OciError> {
+fn unpack_into(
+    tmp: &Path,
+    layers: &[(String, PathBuf)],
+    limits: HostLimits,
+) -> Result<(), OciError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .mode(0o755)
         .create(tmp)
         .map_err(OciError::io(format!("creating {}", tmp.display())))?;
-    let mut u = agent::unpack::Unpacker::new(tmp, agent::unpack::Options::default())
+    let opts = agent::unpack::Options {
+        max_entries: limits.max_entries,
+        ..agent::unpack::Options::default()
+    };
+    let mut u = agent::unpack::Unpacker::new(tmp, opts)
         .map_err(|e| OciError::Unpack("(target)".into(), e))?;
     for (digest, path) in layers {
         let short = images::digest::short_id(digest);
         let blob = std::fs::File::open(path)
             .map_err(OciError::io(format!("opening layer {}", path.display())))?;
-        u.apply_layer(blob)
+        let size = blob
+            .metadata()
+            .map_err(OciError::io(format!("reading layer {}", path.display())))?
+            .len();
+        u.apply_layer_within(blob, limits.tar_bytes_for(size)?)
             .map_err(|e| OciError::Unpack(short.clone(), e))?;
     }
     tracing::debug!("unpacked on the host: {}", u.stats());
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "lower_hostile_tests.rs"]
+mod hostile_tests;
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,9 @@ pub enum OciError {
     /// Unpacking the image's layers on the host failed (hostile or damaged).
     #[error("Unpacking layer {0} on the host")]
     Unpack(String, #[source] agent::unpack::Error),
+    /// The inflation limit cannot be worked out (a bad `HULL_MAX_INFLATE`).
+    #[error(transparent)]
+    Inflate(#[from] images::inflate::Error),
     /// The user named by `-u` or the image is not in the image.
     #[error("Unable to find user {0}: no matching entries in passwd file")]
     NoUser(String),

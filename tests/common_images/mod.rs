@@ -352,6 +352,18 @@ impl Registry {
         }
     }
 
+    /// Where the registry keeps a blob (its filesystem storage), for
+    /// tests that damage what it serves.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = &digest["sha256:".len()..];
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// Copies `oci:layout:tag` into this registry as `name` with skopeo.
     pub fn seed(&self, layout: &Path, tag: &str, name: &str, creds: Option<&str>) {
         need("skopeo");

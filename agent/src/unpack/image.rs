@@ -176,7 +176,7 @@ impl<O: Output> ImageBuilder<O> {
             .buf
             .take()
             .unwrap_or_else(|| vec![0u8; self.opts.buffer_size].into_boxed_slice());
-        let (mut stats, buf) = read_layer(blob, buf, |tar| {
+        let (mut stats, buf) = read_layer(blob, buf, u64::MAX, |tar| {
             let mut layer = LayerState::default();
             while let Some(e) = tar.next_entry()? {
                 self.entry(tar, &e, &mut layer)?;

@@ -247,6 +247,10 @@ pub struct Options {
     pub xattrs: bool,
     /// Size of the stream buffer.
     pub buffer_size: usize,
+    /// Entries (files, directories, links, nodes) all layers may create:
+    /// bounds the inodes a hostile layer takes where the target is the
+    /// host's own filesystem (container mode). Default: no limit.
+    pub max_entries: u64,
 }
 
 impl Default for Options {
@@ -256,6 +260,7 @@ impl Default for Options {
             chown: unsafe { libc::geteuid() } == 0,
             xattrs: true,
             buffer_size: DEFAULT_BUFFER,
+            max_entries: u64::MAX,
         }
     }
 }
@@ -333,17 +338,28 @@ impl Unpacker {
     /// layer's statistics. On error the target holds a partial layer.
     /// Reads `blob` to its end (so a `Take` over a shared stream is left
     /// at the next blob).
-    pub fn apply_layer<R: Read>(&mut self, mut blob: R) -> Result<Stats, Error> {
-        // One instantiation of the whole unpacker, whatever the reader.
-        self.apply_dyn(&mut blob)
+    pub fn apply_layer<R: Read>(&mut self, blob: R) -> Result<Stats, Error> {
+        self.apply_layer_within(blob, u64::MAX)
     }
 
-    fn apply_dyn(&mut self, blob: &mut dyn Read) -> Result<Stats, Error> {
+    /// [`Unpacker::apply_layer`], refusing (with [`Error::Limit`]) a layer
+    /// whose tar stream inflates past `max_tar_bytes`: a decompression
+    /// bomb stops there, whatever it would write or hold after.
+    pub fn apply_layer_within<R: Read>(
+        &mut self,
+        mut blob: R,
+        max_tar_bytes: u64,
+    ) -> Result<Stats, Error> {
+        // One instantiation of the whole unpacker, whatever the reader.
+        self.apply_dyn(&mut blob, max_tar_bytes)
+    }
+
+    fn apply_dyn(&mut self, blob: &mut dyn Read, max_tar: u64) -> Result<Stats, Error> {
         let buf = self
             .buf
             .take()
             .unwrap_or_else(|| vec![0u8; self.opts.buffer_size].into_boxed_slice());
-        let (stats, buf) = read_layer(blob, buf, |tar| {
+        let (stats, buf) = read_layer(blob, buf, max_tar, |tar| {
             let mut layer = Layer {
                 created: Created::default(),
                 opaque: Vec::new(),
@@ -430,6 +446,12 @@ impl Unpacker {
         let kind = e.kind.unwrap_or(Kind::File);
         let path = clean(&e.path);
         let data_len = e.size;
+        if self.stats.entries() + layer.stats.entries() >= self.opts.max_entries {
+            return Err(Error::Limit {
+                path: e.display(),
+                reason: format!("more than {} entries in the image", self.opts.max_entries),
+            });
+        }
         if path.is_empty() {
             tar.skip(data_len, &e.path)?;
             if kind == Kind::Dir {
@@ -760,16 +782,25 @@ fn xattr_result(r: io::Result<()>, path: &[u8], symlink: bool) -> Result<(), Err
 /// Reads one layer blob through `apply`, which gets its tar stream and
 /// returns the layer's counters; then reads the blob to its end and adds
 /// the byte counts and the time. Returns the stream buffer for reuse.
+/// A tar stream inflating past `max_tar` bytes ends in [`Error::Limit`].
 fn read_layer(
     blob: &mut dyn Read,
     buf: Box<[u8]>,
+    max_tar: u64,
     apply: impl FnOnce(&mut tar::TarReader<Box<dyn Read + '_>>) -> Result<Stats, Error>,
 ) -> Result<(Stats, Box<[u8]>), Error> {
     let start = Instant::now();
     let counter = Rc::new(Cell::new(0u64));
-    let mut tar = open_layer(blob, &counter, buf)?;
-    let mut stats = apply(&mut tar)?;
-    tar.drain()?;
+    let capped = Rc::new(Cell::new(false));
+    let mut tar = open_layer(blob, &counter, buf, TarCap::new(max_tar, &capped))?;
+    let applied = apply(&mut tar).and_then(|stats| tar.drain().map(|()| stats));
+    if capped.get() {
+        return Err(Error::Limit {
+            path: "layer".into(),
+            reason: format!("inflates to more than {max_tar} bytes of tar"),
+        });
+    }
+    let mut stats = applied?;
     stats.layers = 1;
     stats.tar_bytes = tar.offset();
     stats.compressed_bytes = counter.get();
@@ -783,6 +814,7 @@ fn open_layer<'a>(
     blob: &'a mut dyn Read,
     counter: &Rc<Cell<u64>>,
     buf: Box<[u8]>,
+    cap: TarCap,
 ) -> Result<tar::TarReader<Box<dyn Read + 'a>>, Error> {
     let mut counting = Counting {
         inner: blob,
@@ -808,7 +840,56 @@ fn open_layer<'a>(
         Compression::Gzip => Box::new(gzip::GzReader::new(input)),
         Compression::Zstd => Box::new(ZstdFrames::new(input).map_err(Error::Read)?),
     };
-    Ok(tar::TarReader::new(stream, buf))
+    Ok(tar::TarReader::new(Box::new(cap.over(stream)), buf))
+}
+
+/// How many tar bytes a layer may inflate to; `hit` records that a
+/// stream went past it.
+struct TarCap {
+    left: u64,
+    hit: Rc<Cell<bool>>,
+}
+
+impl TarCap {
+    fn new(max: u64, hit: &Rc<Cell<bool>>) -> TarCap {
+        TarCap {
+            left: max,
+            hit: hit.clone(),
+        }
+    }
+
+    fn over<R: Read>(self, inner: R) -> Capped<R> {
+        Capped { inner, cap: self }
+    }
+}
+
+/// A decompressed stream that fails past its [`TarCap`].
+struct Capped<R> {
+    inner: R,
+    cap: TarCap,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.cap.left == 0 {
+            // One byte more tells "exactly at the limit" from "past it".
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.cap.hit.set(true);
+            return Err(io::Error::other("layer inflates past its limit"));
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.cap.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.cap.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// (parent, name) of a cleaned, non-empty path.

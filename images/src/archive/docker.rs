@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::tarindex::TarIndex;
 use super::{append, append_dir, io_err, Error, Result};
-use crate::compression::decompress;
+use crate::compression::decompress_capped;
 use crate::digest::{self, Digest};
+use crate::inflate;
 use crate::media::{self, Compression};
 use crate::reference::Reference;
 use crate::store::Store;
@@ -60,11 +61,7 @@ pub(super) fn load(store: &Store, idx: &TarIndex) -> Result<Vec<String>> {
             let compression = media::Compression::detect(&head[..n]);
             let diff_id = match compression {
                 Compression::None => None,
-                c => Some(
-                    digest::of_reader(decompress(c, idx.member(path)?))
-                        .map_err(io_err("cannot decompress", std::path::Path::new(path)))?
-                        .0,
-                ),
+                c => Some(inflated_digest(idx, path, c)?),
             };
             let (d, size) = ingest.copy(idx.member(path)?, None)?;
             let actual = diff_id.unwrap_or_else(|| d.clone());
@@ -101,6 +98,17 @@ pub(super) fn load(store: &Store, idx: &TarIndex) -> Result<Vec<String>> {
         );
     }
     Ok(out)
+}
+
+/// The digest of a compressed layer's tar (its diff ID), decompressed
+/// within the inflation limit.
+fn inflated_digest(idx: &TarIndex, path: &str, c: Compression) -> Result<Digest> {
+    let what = format!("layer {path}");
+    let tar = decompress_capped(c, idx.member(path)?, &what, idx.size(path)?)?;
+    let (d, _) = digest::of_reader(tar).map_err(|e| {
+        inflate::or_else(e, io_err("cannot decompress", std::path::Path::new(path)))
+    })?;
+    Ok(d)
 }
 
 /// Writes the images in classic docker-archive form.
@@ -159,8 +167,11 @@ pub(super) fn save<W: Write>(store: &Store, images: &[String], w: W) -> Result<W
                     let tmpdir = store.layout().dir().join(".tmp");
                     let mut tmp: File = tempfile::tempfile_in(&tmpdir)
                         .map_err(io_err("cannot create a file in", &tmpdir))?;
-                    let n = io::copy(&mut decompress(c, BufReader::new(blob)), &mut tmp)
-                        .map_err(io_err("cannot decompress", &layer.path))?;
+                    let what = format!("layer {}", layer.digest);
+                    let mut tar = decompress_capped(c, BufReader::new(blob), &what, layer.size)?;
+                    let n = io::copy(&mut tar, &mut tmp).map_err(|e| {
+                        inflate::or_else(e, io_err("cannot decompress", &layer.path))
+                    })?;
                     tmp.rewind().map_err(io_err("cannot read", &tmpdir))?;
                     append(&mut b, &path, n, BufReader::new(tmp)).map_err(tar_err)?;
                 }

@@ -53,6 +53,32 @@ pub enum Error {
         /// What the layer hashes to.
         actual: String,
     },
+    /// A compressed archive inflates past its limit.
+    #[error(transparent)]
+    Inflate(#[from] crate::inflate::Error),
+    /// A JSON document (index, manifest, config) over the size limit,
+    /// refused by the size its tar header or descriptor gives.
+    #[error(
+        "{name} in the archive is {size} bytes, larger than the {max} bytes a document may have"
+    )]
+    DocumentTooLarge {
+        /// Member name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A long-name or PAX record larger than any real archive needs.
+    #[error("{} has a tar metadata record of {size} bytes (at most {max})", path.display())]
+    MetaTooLarge {
+        /// The archive.
+        path: PathBuf,
+        /// The record's size.
+        size: u64,
+        /// The largest accepted.
+        max: u64,
+    },
     /// The config lists another number of layers than the manifest.
     #[error("manifest lists {layers} layers but the config has {diff_ids} diff IDs")]
     LayerCount {

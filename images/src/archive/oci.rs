@@ -65,6 +65,16 @@ pub(super) fn load(store: &Store, idx: &TarIndex) -> Result<Vec<String>> {
         let manifest: ImageManifest = serde_json::from_slice(&doc)
             .map_err(|e| Error::Json(blob_name(desc.digest()).unwrap_or_default(), e))?;
         media::check_config(manifest.config().media_type().as_ref())?;
+        // The store reads configs whole: no bigger one than a document.
+        let config = manifest.config();
+        if config.size() > super::tarindex::MAX_JSON {
+            return Err(Error::DocumentTooLarge {
+                name: blob_name(config.digest())?,
+                size: config.size(),
+                max: super::tarindex::MAX_JSON,
+            }
+            .into());
+        }
         for l in manifest.layers() {
             media::layer_compression(l.media_type().as_ref())?;
         }

@@ -7,14 +7,18 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use tempfile::NamedTempFile;
 
 use super::{io_err, Error};
+use crate::inflate::{self, Capped};
 use crate::media::{self, Compression};
+use crate::tarwalk;
 
-/// Members bigger than this are not read into memory as JSON documents.
-const MAX_JSON: u64 = 64 << 20;
+/// Members bigger than this are not read into memory as JSON documents
+/// (a manifest, config or index of hundreds of MB is refused by its size
+/// in the tar header, before a byte of it is read).
+pub(super) const MAX_JSON: u64 = 64 << 20;
 
 /// An indexed tar archive.
 pub(super) struct TarIndex {
@@ -24,7 +28,8 @@ pub(super) struct TarIndex {
 }
 
 impl TarIndex {
-    /// Indexes `path`; `tmpdir` receives the decompressed copy of a gzip archive.
+    /// Indexes `path`; `tmpdir` receives the decompressed copy of a gzip
+    /// archive (within the inflation limit, removed on any error).
     pub(super) fn open(path: &Path, tmpdir: &Path) -> Result<Self, Error> {
         let mut file = File::open(path).map_err(io_err("cannot open", path))?;
         let mut head = [0u8; 4];
@@ -32,61 +37,17 @@ impl TarIndex {
         file.rewind().map_err(io_err("cannot read", path))?;
         let mut decompressed = None;
         if media::Compression::detect(&head[..n]) == Compression::Gzip {
-            let mut tmp =
-                NamedTempFile::new_in(tmpdir).map_err(io_err("cannot create a file in", tmpdir))?;
-            io::copy(&mut GzDecoder::new(BufReader::new(&file)), &mut tmp)
-                .map_err(|e| Error::NotTar(path.to_owned(), e))?;
+            let tmp = inflate_to_temp(path, &file, tmpdir)?;
             // Keep reading through this descriptor, not the path: GC may
             // clean `.tmp/` meanwhile.
             file = tmp
                 .as_file()
                 .try_clone()
                 .map_err(io_err("cannot open", tmp.path()))?;
-            file.rewind().map_err(io_err("cannot read", tmp.path()))?;
             decompressed = Some(tmp);
         }
-        let mut entries = HashMap::new();
-        let mut links = Vec::new();
-        {
-            let mut ar = tar::Archive::new(BufReader::new(&file));
-            let it = ar
-                .entries()
-                .map_err(|e| Error::NotTar(path.to_owned(), e))?;
-            for e in it {
-                let e = e.map_err(|e| Error::NotTar(path.to_owned(), e))?;
-                let name = clean(&String::from_utf8_lossy(&e.path_bytes()));
-                match e.header().entry_type() {
-                    tar::EntryType::Regular | tar::EntryType::Continuous => {
-                        entries.insert(name, (e.raw_file_position(), e.size()));
-                    }
-                    // Old `docker save` links duplicate layers to the first copy.
-                    tar::EntryType::Symlink | tar::EntryType::Link => {
-                        if let Ok(Some(t)) = e.link_name() {
-                            let t = t.to_string_lossy().into_owned();
-                            let target = if e.header().entry_type() == tar::EntryType::Symlink {
-                                let base = name.rsplit_once('/').map(|p| p.0).unwrap_or("");
-                                resolve(base, &t)
-                            } else {
-                                clean(&t)
-                            };
-                            links.push((name, target));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if entries.is_empty() {
-            return Err(Error::NotTar(
-                path.to_owned(),
-                io::Error::new(io::ErrorKind::InvalidData, "no files in it"),
-            ));
-        }
-        for (name, target) in links {
-            if let Some(v) = entries.get(&target).copied() {
-                entries.insert(name, v);
-            }
-        }
+        check_meta_records(path, &file)?;
+        let entries = scan(path, &file)?;
         Ok(Self {
             file,
             entries,
@@ -121,11 +82,13 @@ impl TarIndex {
 
     /// A member read whole (JSON documents).
     pub(super) fn read(&self, name: &str) -> Result<Vec<u8>, Error> {
-        if self.size(name)? > MAX_JSON {
-            return Err(Error::Json(
-                name.to_owned(),
-                serde::de::Error::custom("document too large"),
-            ));
+        let size = self.size(name)?;
+        if size > MAX_JSON {
+            return Err(Error::DocumentTooLarge {
+                name: name.to_owned(),
+                size,
+                max: MAX_JSON,
+            });
         }
         let mut buf = Vec::new();
         self.member(name)?
@@ -138,6 +101,94 @@ impl TarIndex {
     pub(super) fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, Error> {
         serde_json::from_slice(&self.read(name)?).map_err(|e| Error::Json(name.to_owned(), e))
     }
+}
+
+/// The gzip archive `file` (at `path`) decompressed into a temporary file
+/// in `tmpdir`, refused past the inflation limit.
+fn inflate_to_temp(path: &Path, file: &File, tmpdir: &Path) -> Result<NamedTempFile, Error> {
+    let compressed = file.metadata().map_err(io_err("cannot read", path))?.len();
+    let what = format!("archive {}", path.display());
+    let gz = MultiGzDecoder::new(BufReader::new(file));
+    let mut capped = Capped::new(gz, what, compressed)?;
+    let mut tmp =
+        NamedTempFile::new_in(tmpdir).map_err(io_err("cannot create a file in", tmpdir))?;
+    if let Err(e) = io::copy(&mut capped, &mut tmp) {
+        return Err(match inflate::limit_error(&e) {
+            Some(limit) => limit.into(),
+            None => Error::NotTar(path.to_owned(), e),
+        });
+    }
+    tmp.rewind().map_err(io_err("cannot read", tmp.path()))?;
+    Ok(tmp)
+}
+
+/// Refuses long-name and PAX records over [`tarwalk::MAX_META`] before
+/// the tar crate reads them whole into memory (it has no limit of its
+/// own). Only headers are read: data is skipped by seeking.
+fn check_meta_records(path: &Path, mut file: &File) -> Result<(), Error> {
+    file.rewind().map_err(io_err("cannot read", path))?;
+    let mut r = BufReader::new(file);
+    let seek = |r: &mut BufReader<&File>, n: u64| {
+        let by = i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        r.seek_relative(by).map(|()| n)
+    };
+    match tarwalk::walk(&mut r, seek) {
+        Ok(_) => Ok(()),
+        Err(tarwalk::Error::MetaTooLarge(size)) => Err(Error::MetaTooLarge {
+            path: path.to_owned(),
+            size,
+            max: tarwalk::MAX_META,
+        }),
+        Err(e) => Err(Error::NotTar(path.to_owned(), io::Error::other(e))),
+    }
+}
+
+/// Where each member's data lies: name -> (offset, size), links resolved.
+fn scan(path: &Path, mut file: &File) -> Result<HashMap<String, (u64, u64)>, Error> {
+    file.rewind().map_err(io_err("cannot read", path))?;
+    let mut entries = HashMap::new();
+    let mut links = Vec::new();
+    let mut ar = tar::Archive::new(BufReader::new(file));
+    let not_tar = |e| Error::NotTar(path.to_owned(), e);
+    for e in ar.entries_with_seek().map_err(not_tar)? {
+        let e = e.map_err(not_tar)?;
+        let name = clean(&String::from_utf8_lossy(&e.path_bytes()));
+        match e.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                entries.insert(name, (e.raw_file_position(), e.size()));
+            }
+            // Old `docker save` links duplicate layers to the first copy.
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                if let Some(target) = link_target(&e, &name) {
+                    links.push((name, target));
+                }
+            }
+            _ => {}
+        }
+    }
+    if entries.is_empty() {
+        return Err(Error::NotTar(
+            path.to_owned(),
+            io::Error::new(io::ErrorKind::InvalidData, "no files in it"),
+        ));
+    }
+    for (name, target) in links {
+        if let Some(v) = entries.get(&target).copied() {
+            entries.insert(name, v);
+        }
+    }
+    Ok(entries)
+}
+
+/// The member a link entry named `name` points to.
+fn link_target<R: Read>(e: &tar::Entry<'_, R>, name: &str) -> Option<String> {
+    let t = e.link_name().ok()??.to_string_lossy().into_owned();
+    Some(if e.header().entry_type() == tar::EntryType::Symlink {
+        let base = name.rsplit_once('/').map(|p| p.0).unwrap_or("");
+        resolve(base, &t)
+    } else {
+        clean(&t)
+    })
 }
 
 /// Normalizes a member name: no leading `./` or `/`, no empty or `.` parts.

@@ -105,6 +105,9 @@ pub enum Error {
     /// A manifest over the size limit.
     #[error("manifest from {0} is larger than 4 MiB")]
     TooLarge(String),
+    /// An image config over the size limit, refused before download.
+    #[error("image config {0} is {1} bytes, larger than 4 MiB")]
+    ConfigTooLarge(String, u64),
     /// Pushing an image by digest only.
     #[error("push needs a tagged reference, not {0}")]
     NeedTag(String),

@@ -88,6 +88,9 @@ pub fn pull(store: &Store, r: &Reference, opts: &Options) -> crate::Result<PullR
 
     let mut ingest = store.ingest()?;
     let cfg = manifest.config();
+    if cfg.size() > MAX_MANIFEST {
+        return Err(Error::ConfigTooLarge(cfg.digest().to_string(), cfg.size()).into());
+    }
     if !ingest.has(cfg.digest(), cfg.size()) {
         let (url, resp) = get_blob(&client, r, cfg.digest(), "config")?;
         let mut b = Vec::new();
