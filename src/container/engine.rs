@@ -94,9 +94,9 @@ pub fn run(
     }
     // Held while this VM may write the container's disk: a helper VM
     // (`hull commit`, `cp`, ... of a stopped container) takes it too.
-    let _disk = super::fs_vm::lock_disk(dir)?;
+    let disk = super::fs_vm::lock_disk(dir)?;
     // Held for the VM's life: one writer or many readers per volume.
-    let (volumes, _attached) = attach_volumes(root, config)?;
+    let (volumes, attached) = attach_volumes(root, config)?;
     update(dir, |s| {
         s.status = Status::Running;
         s.vmm_pid = Some(std::process::id() as i32);
@@ -107,6 +107,8 @@ pub fn run(
         s.error = None;
     })?;
     let result = run_inner(root, dir, config, attach, progress, volumes);
+    // The VM is gone: its disks are free before the state says so.
+    drop((attached, disk));
     // Off its user network: the address is free and the name stops
     // resolving once the container has stopped.
     if let Err(e) = network::detach(root, &config.network, &config.id) {

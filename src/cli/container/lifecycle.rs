@@ -69,6 +69,12 @@ pub fn rm(
                 return Err(CommandError::Running(name.to_owned()).into());
             }
             kill_vmm(root, c);
+        } else if c.config.isolation == crate::oci::Isolation::Vm
+            && crate::container::fs_vm::is_running(c)?
+        {
+            // Stopped, yet its disk is held: a helper VM (commit, cp,
+            // diff, export) is reading or writing it.
+            return Err(CommandError::Busy(name.to_owned()).into());
         }
         if c.config.isolation == crate::oci::Isolation::Container {
             // A monitor killed with -9 leaves its container running: the

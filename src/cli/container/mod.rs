@@ -235,6 +235,9 @@ pub enum CommandError {
     /// The container is running and -f was not given.
     #[error("Container {0} is running: stop it first or use rm -f")]
     Running(String),
+    /// A stopped container whose disk a helper VM holds.
+    #[error("Container {0} is busy: a commit, cp, diff or export is using its disk; try again when it ends")]
+    Busy(String),
     /// A detached container failed to start.
     #[error("Container {0} failed to start: {1}")]
     StartFailed(String, String),
