@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_one_line_error, hull, require_kvm, text};
+use common::{assert_one_line_error, hull, require_kvm, run_limited, text};
 
 /// A busybox image with files the tests change: /etc/motd, /opt/dir/{a,b},
 /// /opt/keep/{gone,stay}, and the files hull bind-mounts per container
@@ -186,32 +186,13 @@ fn commit_diff_export_and_cp_of_a_stopped_container() {
     assert_one_line_error(&out, "must be absolute");
 }
 
-/// Runs `cmd` to completion or fails after `limit`.
-fn run_within(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// The running container's counter, once it has written one.
 fn counter(root: &Path) -> u64 {
     let start = Instant::now();
     loop {
-        let out = run_within(
-            hull(root).args(["exec", "r1", "cat", "/counter"]),
-            Duration::from_secs(120),
-        );
+        let mut exec = hull(root);
+        exec.args(["exec", "r1", "cat", "/counter"]);
+        let out = run_limited(exec, Duration::from_secs(120));
         if out.status.success() {
             return text(&out).0.trim().parse().unwrap();
         }

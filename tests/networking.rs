@@ -11,10 +11,10 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{assert_one_line_error, hull, import_busybox, require_kvm, text};
+use common::{assert_one_line_error, hull, import_busybox, require_kvm, run_limited, text};
 
 /// Registry file fetched by the outbound test (the index page of the
 /// mirror this machine uses is empty; its Release file is not).
@@ -26,27 +26,6 @@ const REGISTRY_PATH: &str = "/debian/dists/bookworm/Release";
 const COMMAND_LIMIT: Duration = Duration::from_secs(1200);
 /// Longest the registry fetch may take once the image is ready.
 const FETCH_LIMIT: Duration = Duration::from_secs(300);
-
-/// Runs `cmd`, killing it (and failing) after `limit`.
-fn run_limited(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("{cmd:?} still running after {limit:?}: {:?}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn ok(out: &Output) -> String {
     let (stdout, stderr) = text(out);

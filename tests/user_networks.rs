@@ -7,35 +7,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-use common::{assert_one_line_error, hull, import_busybox, require_kvm, text};
+use common::{assert_one_line_error, hull, import_busybox, require_kvm, run_limited, text};
 
 /// Longest a hull command may take (the first of a root prepares the
 /// image and may make snapshots: minutes on a loaded PVM host).
 const COMMAND_LIMIT: Duration = Duration::from_secs(1200);
-
-/// Runs `cmd`, killing it (and failing) after `limit`.
-fn run_limited(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("{cmd:?} still running after {limit:?}: {:?}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn ok(out: &Output) -> String {
     let (stdout, stderr) = text(out);

@@ -207,3 +207,25 @@ pub fn import_rootfs(root: &Path, rootfs: &Path, tag: &str, changes: &[&str]) {
     let out = import.arg(&tar).arg(tag).output().unwrap();
     assert!(out.status.success(), "hull import: {:?}", text(&out));
 }
+
+/// Runs `cmd` with its output captured, killing it (and failing) after
+/// `limit`: a hung VM fails its test instead of hanging the suite.
+pub fn run_limited(mut cmd: Command, limit: std::time::Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{cmd:?} still running after {limit:?}: {:?}", text(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
