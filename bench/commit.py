@@ -55,8 +55,10 @@ def host_commit(tree):
 
 
 def timed_inside(root, args):
-    """Seconds a shell command takes inside a container (`date +%s.%N`)."""
-    script = f"a=$(date +%s.%N); {args}; b=$(date +%s.%N); echo $a $b"
+    """Seconds a shell command takes inside a container (by the guest's
+    /proc/uptime: busybox's date has no %N)."""
+    up = "$(cut -d' ' -f1 /proc/uptime)"
+    script = f"a={up}; {args}; b={up}; echo $a $b"
     out = hull(root, "run", "--rm", "-v", "benchvol:/v", "busybox:bench", "sh", "-c", script).stdout
     a, b = out.split()[-2:]
     return float(b) - float(a)
@@ -82,6 +84,7 @@ def main():
     cp_in = time.monotonic() - t
     commit = median_of(args.runs, lambda: hull(root, "commit", "bench-c", "bench:committed"))
     peer = median_of(args.runs, lambda: host_commit(tree))
+    print(f"  hull commit {commit:.2f} s, host tar | gzip -3 {peer:.2f} s", flush=True)
 
     timed_inside(root, "true")  # warm-up: snapshots for the volume's VM shape
     vol = statistics.median(timed_inside(root, DD.format(path="/v/f")) for _ in range(args.runs))

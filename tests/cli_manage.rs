@@ -112,8 +112,9 @@ fn management_forms_df_prune_and_stats() {
     );
     assert_eq!(&rows[1][..3], ["Images", "1", "1"], "{df}");
     assert_eq!(&rows[2][..3], ["Containers", "2", "0"], "{df}");
-    assert_eq!(&rows[3][..4], ["VM", "Snapshots", "0", "0"], "{df}");
-    assert_eq!(&rows[4][..3], ["Root", "filesystems", "0"], "{df}");
+    assert_eq!(&rows[3][..4], ["Local", "Volumes", "0", "0"], "{df}");
+    assert_eq!(&rows[4][..4], ["VM", "Snapshots", "0", "0"], "{df}");
+    assert_eq!(&rows[5][..3], ["Root", "filesystems", "0"], "{df}");
 
     // rm through the management form; prune takes the rest.
     assert_eq!(ok(root, &["container", "rm", "db"]), "db\n");

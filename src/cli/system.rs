@@ -134,6 +134,9 @@ pub fn df(root: &Path) -> anyhow::Result<u8> {
         sizes.iter().filter(|s| !s.0).map(|s| s.1).sum(),
     ));
 
+    // Docker's order: images, containers, volumes; then hull's caches.
+    let (volumes, used, size, unused) = super::volume::df_counts(root);
+    table.push(row("Local Volumes", volumes, used, size, unused));
     // Snapshots are caches: all of them can go (made again when needed).
     let snapshots = fast_start::list(&fast_start::snapshots_dir(root));
     let snapshot_bytes = snapshots
@@ -147,8 +150,6 @@ pub fn df(root: &Path) -> anyhow::Result<u8> {
         snapshot_bytes,
         snapshot_bytes,
     ));
-    let (volumes, used, size, unused) = super::volume::df_counts(root);
-    table.push(row("Local Volumes", volumes, used, size, unused));
     let rootfs_dir = root.join("rootfs");
     let prepared = std::fs::read_dir(&rootfs_dir)
         .map(|d| {
