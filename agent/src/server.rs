@@ -113,27 +113,8 @@ impl Agent {
             ),
             Request::KillAll => self.kill_all(),
             req @ (Request::WriteLayer { .. } | Request::CopyOut { .. }) => layer_request(req),
-            Request::Diff {
-                upper,
-                lower,
-                exclude,
-            } => match agent::container_fs::diff_lines(&upper, &lower, &exclude) {
-                Ok(lines) => Response::Changes { lines },
-                Err(e) => error(format!("diff of {upper}: {e}")),
-            },
-            Request::ApplyTar {
-                root,
-                dest,
-                input,
-                len,
-            } => answer(
-                agent::container_fs::apply_tar(&root, &dest, input, len),
-                || format!("copying into {dest}"),
-            ),
-            Request::Populate { root, path, to } => {
-                answer(agent::container_fs::populate(&root, &path, &to), || {
-                    format!("filling the volume at {path}")
-                })
+            req @ (Request::Diff { .. } | Request::ApplyTar { .. } | Request::Populate { .. }) => {
+                container_fs_request(req)
             }
             // Only on a control connection, which tracks what it froze.
             Request::Freeze { .. } | Request::Thaw { .. } => {
@@ -435,6 +416,34 @@ fn configure_network(
     match crate::net::configure(&link) {
         Ok(()) => Response::Ok,
         Err(e) => error(format!("network: {e}: {}", source_of(&e))),
+    }
+}
+
+/// `Diff`, `ApplyTar` and `Populate`: a container's file system read or
+/// written for `hull diff`, `cp` and a fresh volume.
+fn container_fs_request(req: Request) -> Response {
+    use agent::container_fs::{apply_tar, diff_lines, populate};
+    match req {
+        Request::Diff {
+            upper,
+            lower,
+            exclude,
+        } => match diff_lines(&upper, &lower, &exclude) {
+            Ok(lines) => Response::Changes { lines },
+            Err(e) => error(format!("diff of {upper}: {e}")),
+        },
+        Request::ApplyTar {
+            root,
+            dest,
+            input,
+            len,
+        } => answer(apply_tar(&root, &dest, input, len), || {
+            format!("copying into {dest}")
+        }),
+        Request::Populate { root, path, to } => answer(populate(&root, &path, &to), || {
+            format!("filling the volume at {path}")
+        }),
+        _ => error("not a container file system request"),
     }
 }
 

@@ -158,15 +158,7 @@ fn run_inner(
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
     let mut disks = container_disks(root, dir, config, progress)?;
-    disks.extend(
-        volumes
-            .iter()
-            .zip(&config.mounts)
-            .map(|(v, m)| vmm::DiskConfig {
-                path: v.disk(),
-                read_only: m.read_only,
-            }),
-    );
+    disks.extend(volume_disks(&volumes, config));
     // Dropped (passt killed and reaped, the tap closed) when the
     // container ends; passt also ends on its own if this process dies.
     let network = network::attach(
@@ -179,14 +171,7 @@ fn run_inner(
     let t0 = std::time::Instant::now();
     let (vm, mut client) = start_vm(root, dir, config, disks, &network, progress, &volumes)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
-    // Filled from the image in `setup_root` (read-write mounts only).
-    for (v, _) in volumes
-        .iter_mut()
-        .zip(&config.mounts)
-        .filter(|(v, m)| !v.meta.populated && !m.read_only)
-    {
-        v.mark_populated()?;
-    }
+    mark_populated(&mut volumes, config)?;
     ports.start(&vm.uds)?;
 
     let spec = ExecSpec {
@@ -542,6 +527,31 @@ fn attach_volumes(
         volumes.push(v);
     }
     Ok((volumes, attached))
+}
+
+/// The volumes' disks, after the image's and the writable layer's.
+fn volume_disks(volumes: &[Volume], config: &ContainerConfig) -> Vec<vmm::DiskConfig> {
+    volumes
+        .iter()
+        .zip(&config.mounts)
+        .map(|(v, m)| vmm::DiskConfig {
+            path: v.disk(),
+            read_only: m.read_only,
+        })
+        .collect()
+}
+
+/// Records that the fresh volumes mounted read-write were filled from the
+/// image (by `setup_root`, which has run).
+fn mark_populated(volumes: &mut [Volume], config: &ContainerConfig) -> anyhow::Result<()> {
+    for (v, _) in volumes
+        .iter_mut()
+        .zip(&config.mounts)
+        .filter(|(v, m)| !v.meta.populated && !m.read_only)
+    {
+        v.mark_populated()?;
+    }
+    Ok(())
 }
 
 /// Mounts each volume (disks /dev/vdc on, after the image and the
