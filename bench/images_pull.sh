@@ -13,7 +13,7 @@ runs=${1:-5}
 layer_mb=${LAYER_MB:-20}
 here=$(cd "$(dirname "$0")/.." && pwd)
 for tool in docker-registry skopeo gzip sha256sum python3; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: install it (scripts/apt-packages)" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { echo "missing $tool: install it (scripts/apt-packages-test)" >&2; exit 1; }
 done
 if [[ -z "${HULL:-}" ]]; then
     (cd "$here" && cargo build --release --quiet --bin hull)

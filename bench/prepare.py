@@ -69,7 +69,7 @@ def sh(cmd, env=None, check=True):
 def prerequisites(host_only):
     for tool in ["tar", "zstd", "mkfs.ext4", "python3"]:
         if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
-            fail(f"missing {tool} (scripts/apt-packages)")
+            fail(f"missing {tool} (scripts/apt-packages-test)")
     if host_only:
         return
     if not os.access(HULL, os.X_OK):

@@ -19,7 +19,7 @@ Env:   HULL=/path/to/hull     (default: target/release/hull; scripts/build-all)
        HULL_RUN_ARGS="..."    extra arguments for every `hull run`
                               (e.g. "--memory 128m", or a fast-start flag)
        HULL_KERNEL, HULL_AGENT as for hull itself.
-Needs: runc, tar, zstd, e2fsprogs, busybox-static (scripts/apt-packages);
+Needs: runc, tar, zstd (scripts/apt-packages-test), e2fsprogs, busybox-static (scripts/apt-packages);
        --image python also needs apt (tests/support/make-python-image).
 """
 import argparse
@@ -214,7 +214,7 @@ def main():
     args = ap.parse_args()
     for tool in ["runc", "tar", "zstd", "mkfs.ext4"]:
         if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
-            die(f"missing {tool}: install it (scripts/apt-packages)")
+            die(f"missing {tool}: install it (scripts/apt-packages-test)")
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = os.environ.get("HULL", os.path.join(target, "release/hull"))

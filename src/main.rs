@@ -9,6 +9,7 @@
 mod build;
 mod cli;
 mod container;
+mod events;
 mod file_lock;
 mod guest;
 mod network;

@@ -41,6 +41,9 @@ pub trait Progress: Sync {
     /// `stage` ended after `took`; `detail` says what it did
     /// (`3 layers, 4.2 MB`), `ok` whether it succeeded.
     fn end(&self, stage: Stage, took: Duration, ok: bool, detail: Option<&str>);
+    /// How far the running `stage` is (`12.3 MB written`), a few times a
+    /// second at most. Views that show only ends ignore it.
+    fn update(&self, _stage: Stage, _detail: &str) {}
 }
 
 /// Reports nothing.

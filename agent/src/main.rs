@@ -86,6 +86,7 @@ fn main() {
     if cmdline_has("hull.prepare") {
         warm_heap();
     }
+    let _ = net::warm_loopback_tcp();
     let (control, streams, unpacks, forwards) = match bind_listeners() {
         Ok(pair) => pair,
         Err(e) => {

@@ -7,7 +7,7 @@
 //!   `rmi`, ...;
 //! - [`build`]: `hull build`;
 //! - [`network`]: `hull network create|ls|inspect|rm|prune|connect|disconnect`;
-//! - [`info`], [`version`], [`completion`], [`system`], [`stats`],
+//! - [`info`], [`version`], [`completion`], [`system`], [`stats`], [`events`],
 //!   [`debug_boot`], [`debug_run`], [`debug_prepare`], [`debug_dockerfile`]:
 //!   the rest;
 //! - [`exit`]: Docker's exit codes; [`template`] and [`output`]: Docker's
@@ -21,6 +21,7 @@ pub mod debug_boot;
 pub mod debug_dockerfile;
 pub mod debug_prepare;
 pub mod debug_run;
+pub mod events;
 pub mod exit;
 pub mod image;
 pub mod info;
@@ -94,6 +95,8 @@ enum Command {
     },
     /// Show resource usage of running containers' VMs (CPU, memory).
     Stats(stats::StatsArgs),
+    /// Show what happens to containers, images, volumes and networks.
+    Events(events::EventsArgs),
     /// User networks: create, ls, inspect, rm, prune, connect, disconnect.
     Network {
         #[command(subcommand)]
@@ -176,6 +179,7 @@ impl Cli {
             Command::Container(cmd) => container::run(cmd, root),
             Command::ContainerManage { command } => container::manage(command, root),
             Command::Stats(args) => stats::run(&args, root),
+            Command::Events(args) => events::run(&args, root),
             Command::Network { command } => network::run(command, root),
             Command::Volume { command } => volume::run(command, root),
         }

@@ -103,14 +103,25 @@ impl Progress for StageView {
             bar.finish_with_message(format!("{} {line}", if ok { "✓" } else { "✗" }));
         }
     }
+
+    fn update(&self, stage: Stage, detail: &str) {
+        let Some(live) = &self.live else { return };
+        let Ok(bars) = live.bars.lock() else { return };
+        if let Some((_, bar)) = bars.iter().rev().find(|(s, _)| *s == stage) {
+            bar.set_message(format!("{}: {detail}", stage.describe()));
+        }
+    }
 }
 
 /// One stage event as a detached container's VMM process records it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Event {
     stage: Stage,
-    /// None: the stage began.
+    /// None: the stage began (or, with `update`, went on).
     end: Option<EndEvent>,
+    /// How far the running stage is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    update: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -146,7 +157,19 @@ impl StageFile {
 
 impl Progress for StageFile {
     fn begin(&self, stage: Stage) {
-        self.record(&Event { stage, end: None });
+        self.record(&Event {
+            stage,
+            end: None,
+            update: None,
+        });
+    }
+
+    fn update(&self, stage: Stage, detail: &str) {
+        self.record(&Event {
+            stage,
+            end: None,
+            update: Some(detail.to_string()),
+        });
     }
 
     fn end(&self, stage: Stage, took: Duration, ok: bool, detail: Option<&str>) {
@@ -157,6 +180,7 @@ impl Progress for StageFile {
                 ok,
                 detail: detail.map(String::from),
             }),
+            update: None,
         });
     }
 }
@@ -192,10 +216,20 @@ impl StageFileReader {
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
         for line in text[..complete].lines() {
             match serde_json::from_str::<Event>(line) {
-                Ok(Event { stage, end: None }) => to.begin(stage),
+                Ok(Event {
+                    stage,
+                    end: None,
+                    update: None,
+                }) => to.begin(stage),
+                Ok(Event {
+                    stage,
+                    end: None,
+                    update: Some(d),
+                }) => to.update(stage, &d),
                 Ok(Event {
                     stage,
                     end: Some(e),
+                    ..
                 }) => to.end(
                     stage,
                     Duration::from_secs_f64(e.secs.max(0.0)),
@@ -246,6 +280,9 @@ mod tests {
             fn end(&self, s: Stage, t: Duration, ok: bool, d: Option<&str>) {
                 self.0.lock().unwrap().push(end_line(s, t, ok, d));
             }
+            fn update(&self, s: Stage, d: &str) {
+                self.0.lock().unwrap().push(format!("{s:?}: {d}"));
+            }
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("progress");
@@ -255,6 +292,7 @@ mod tests {
         let seen = Lines(Mutex::new(Vec::new()));
         file.begin(Stage::PrepareRootfs);
         reader.replay(&seen);
+        file.update(Stage::PrepareRootfs, "1.5 MB written");
         file.end(
             Stage::PrepareRootfs,
             Duration::from_secs(2),
@@ -274,6 +312,7 @@ mod tests {
             *seen.0.lock().unwrap(),
             [
                 "begin PrepareRootfs",
+                "PrepareRootfs: 1.5 MB written",
                 "Preparing the image's filesystem: 1 layer (2.0s)"
             ]
         );

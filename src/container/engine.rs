@@ -106,6 +106,7 @@ pub fn run(
         s.exit_code = None;
         s.error = None;
     })?;
+    crate::events::container(root, config, "start", &[]);
     let result = run_inner(root, dir, config, attach, progress, volumes);
     // The VM is gone: its disks are free before the state says so.
     drop((attached, disk));
@@ -114,23 +115,38 @@ pub fn run(
     if let Err(e) = network::detach(root, &config.network, &config.id) {
         tracing::warn!("{e:#}");
     }
+    let code = exit_code_of(&result);
+    // Before the state says exited: whoever waits for that (`stop`) then
+    // records its own event after this one.
+    record_die(root, config, code);
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
         s.process_id = None;
         s.ports.clear();
         s.finished_at = Some(now_rfc3339());
-        match &result {
-            Ok(code) => s.exit_code = Some(*code),
-            Err(e) => {
-                // As Docker records it: 127/126 for a program that could
-                // not be executed, 125 for any other failure.
-                s.exit_code = Some(agent_client::exec_exit_code(e).map_or(125, i32::from));
-                s.error = Some(format!("{e:#}"));
-            }
+        s.exit_code = Some(code);
+        if let Err(e) = &result {
+            s.error = Some(format!("{e:#}"));
         }
     })?;
     result
+}
+
+/// The exit code recorded for a run's result. As Docker records it:
+/// 127/126 for a program that could not be executed, 125 for any other
+/// failure of hull's own.
+pub fn exit_code_of(result: &anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => *code,
+        Err(e) => agent_client::exec_exit_code(e).map_or(125, i32::from),
+    }
+}
+
+/// Records the `die` event of a container that ended with `code`.
+pub fn record_die(root: &Path, config: &ContainerConfig, code: i32) {
+    let code = code.to_string();
+    crate::events::container(root, config, "die", &[("exitCode", &code)]);
 }
 
 fn run_inner(

@@ -130,6 +130,7 @@ impl ContainerStore {
             let _ = std::fs::remove_dir_all(&tmp);
             self.io(e)
         })?;
+        crate::events::container(self.root(), config, "create", &[]);
         Ok(dir)
     }
 
@@ -145,15 +146,26 @@ impl ContainerStore {
             .map_err(|e| self.io(e))
     }
 
+    /// The hull root this store is in.
+    fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// Removes a container's directory (disks, logs, socket, state).
     pub fn remove(&self, dir: &Path) -> Result<(), StoreError> {
         let _lock = self.lock()?;
+        let config: Option<ContainerConfig> = std::fs::read(dir.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         // Rename first so a half-removed directory is never listed.
         let gone = self.dir.join(format!(
             ".removing.{}",
             dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
         ));
         std::fs::rename(dir, &gone).map_err(|e| self.io(e))?;
+        if let Some(config) = config {
+            crate::events::container(self.root(), &config, "destroy", &[]);
+        }
         std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))
     }
 }

@@ -339,15 +339,16 @@ fn prepare(
     let mut stream =
         agent_client::connect_port(&vm.uds, UNPACK_PORT).map_err(RootfsError::from_agent)?;
     protocol::send(&mut stream, &request).map_err(|e| RootfsError::from_wire(e, None))?;
-    let reply: UnpackReply = protocol::recv(&mut stream).map_err(|e| {
-        RootfsError::from_wire(
-            e,
-            Some(format!(
-                "waiting for the unpack result ({})",
-                helper_state(&vm)
-            )),
-        )
-    })?;
+    let reply: UnpackReply = while_watching_written(disk, progress, || protocol::recv(&mut stream))
+        .map_err(|e| {
+            RootfsError::from_wire(
+                e,
+                Some(format!(
+                    "waiting for the unpack result ({})",
+                    helper_state(&vm)
+                )),
+            )
+        })?;
     let (stats, image_bytes) = match reply {
         UnpackReply::Done {
             compressed_bytes,
@@ -389,6 +390,38 @@ fn prepare(
     })
 }
 
+/// How often the bytes the helper has written are reported.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `wait` while reporting, every [`WATCH_EVERY`], how many bytes of
+/// `disk` the helper has written. The guest writes through a shared
+/// mapping of the file, so its allocated blocks are the bytes written so
+/// far: the host learns the progress without a word from the guest.
+fn while_watching_written<T>(disk: &Path, progress: &dyn Progress, wait: impl FnOnce() -> T) -> T {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(WATCH_EVERY)
+            {
+                if let Some(bytes) = allocated_bytes(disk) {
+                    let mb = bytes as f64 / 1_000_000.0;
+                    progress.update(Stage::PrepareRootfs, &format!("{mb:.1} MB written"));
+                }
+            }
+        });
+        let result = wait();
+        drop(stop);
+        result
+    })
+}
+
+/// Bytes of `path` backed by disk blocks (a sparse file's written part).
+fn allocated_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
+}
+
 /// Whether the helper VM still runs, with the guest's last console line
 /// if it ended (a kernel panic says more than a closed connection).
 fn helper_state(vm: &RunningVm) -> String {
@@ -407,6 +440,43 @@ fn helper_state(vm: &RunningVm) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records the updates of the preparation stage.
+    #[derive(Default)]
+    struct Updates(std::sync::Mutex<Vec<String>>);
+
+    impl Progress for Updates {
+        fn begin(&self, _: Stage) {}
+        fn end(&self, _: Stage, _: Duration, _: bool, _: Option<&str>) {}
+        fn update(&self, stage: Stage, detail: &str) {
+            assert_eq!(stage, Stage::PrepareRootfs);
+            self.0.lock().unwrap().push(detail.to_string());
+        }
+    }
+
+    #[test]
+    fn bytes_written_into_a_sparse_disk_are_reported_while_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("image");
+        let f = File::create(&disk).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let updates = Updates::default();
+        let answer = while_watching_written(&disk, &updates, || {
+            std::thread::sleep(WATCH_EVERY * 2);
+            (&f).write_all(&[1u8; 3_000_000]).unwrap();
+            f.sync_all().unwrap();
+            std::thread::sleep(WATCH_EVERY * 3);
+            42
+        });
+        assert_eq!(answer, 42);
+        let seen = updates.0.into_inner().unwrap();
+        assert_eq!(seen.first().map(String::as_str), Some("0.0 MB written"));
+        assert!(
+            seen.iter()
+                .any(|l| l.starts_with("3.") && l.ends_with(" MB written")),
+            "{seen:?}"
+        );
+    }
 
     #[test]
     fn key_depends_on_the_whole_chain_in_order() {

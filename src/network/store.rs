@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::Kind;
+
 use super::subnet::{Subnet, SubnetError};
 use super::{dns, netns};
 
@@ -237,6 +239,7 @@ impl NetworkStore {
             self.destroy(name);
             return Err(e);
         }
+        self.event(&net, "create", &[]);
         Ok(net)
     }
 
@@ -270,7 +273,17 @@ impl NetworkStore {
             return Err(StoreError::InUse(net.name, users.join(", ")));
         }
         self.destroy(&net.name);
+        self.event(&net, "destroy", &[]);
         Ok(net.name)
+    }
+
+    /// Records an event about `net` (Docker's attributes: name, type).
+    fn event(&self, net: &UserNetwork, action: &str, extra: &[(&str, &str)]) {
+        let mut attributes = vec![("name", net.name.as_str()), ("type", "bridge")];
+        attributes.extend_from_slice(extra);
+        let root = self.dir.parent().unwrap_or(&self.dir);
+        let event = crate::events::Event::now(Kind::Network, action, &net.id, &attributes);
+        crate::events::record(root, &event);
     }
 
     /// Adds a running container's endpoint to network `name` (an address,
@@ -302,6 +315,7 @@ impl NetworkStore {
         net.endpoints.insert(id.to_string(), ep.clone());
         self.save(&net)?;
         self.write_dns(&net)?;
+        self.event(&net, "connect", &[("container", id)]);
         Ok((net, ep))
     }
 
@@ -317,6 +331,7 @@ impl NetworkStore {
         if net.endpoints.remove(id).is_some() {
             self.save(&net)?;
             self.write_dns(&net)?;
+            self.event(&net, "disconnect", &[("container", id)]);
         }
         Ok(())
     }

@@ -53,24 +53,21 @@ pub fn run(
         s.exit_code = None;
         s.error = None;
     })?;
+    crate::events::container(root, config, "start", &[]);
     let mut parts = Parts::default();
     let result = run_inner(root, dir, config, attach, &mut parts);
     parts.clean_up(root, &config.id);
+    let code = crate::container::engine::exit_code_of(&result);
+    crate::container::engine::record_die(root, config, code);
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
         s.process_id = None;
         s.ports.clear();
         s.finished_at = Some(now_rfc3339());
-        match &result {
-            Ok(code) => s.exit_code = Some(*code),
-            Err(e) => {
-                // As the VM mode records it: 127/126 for a program that
-                // could not be executed, 125 for any other failure.
-                s.exit_code =
-                    Some(crate::guest::agent_client::exec_exit_code(e).map_or(125, i32::from));
-                s.error = Some(format!("{e:#}"));
-            }
+        s.exit_code = Some(code);
+        if let Err(e) = &result {
+            s.error = Some(format!("{e:#}"));
         }
     })?;
     result

@@ -191,6 +191,7 @@ impl VolumeStore {
         write_meta(tmp.path(), &meta)?;
         let dir = self.dir.join(&name);
         std::fs::rename(tmp.keep(), &dir).map_err(|e| self.io(e))?;
+        self.event(&name, "create");
         Ok(Volume { meta, dir })
     }
 
@@ -201,7 +202,21 @@ impl VolumeStore {
         if !users.is_empty() {
             return Err(VolumeError::InUse(name.into(), users.join(", ")));
         }
-        std::fs::remove_dir_all(&v.dir).map_err(|e| self.io(e))
+        std::fs::remove_dir_all(&v.dir).map_err(|e| self.io(e))?;
+        self.event(name, "destroy");
+        Ok(())
+    }
+
+    /// Records an event about volume `name`.
+    fn event(&self, name: &str, action: &str) {
+        let root = self.dir.parent().unwrap_or(&self.dir);
+        let event = crate::events::Event::now(
+            crate::events::Kind::Volume,
+            action,
+            name,
+            &[("driver", "local")],
+        );
+        crate::events::record(root, &event);
     }
 }
 

@@ -38,7 +38,7 @@ def need_tools(*tools):
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     for tool in tools:
         if not shutil.which(tool):
-            die(f"missing {tool}: install it (scripts/apt-packages)")
+            die(f"missing {tool}: install it (scripts/apt-packages-test)")
 
 
 def cache_dir(arg=None):

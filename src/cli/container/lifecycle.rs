@@ -251,16 +251,19 @@ fn signal_main(root: &Path, c: &Container, sig: i32) -> anyhow::Result<()> {
     else {
         return Err(CommandError::NotRunning(c.config.name.clone()).into());
     };
+    // Recorded before it is sent: the container's `die` that the signal
+    // may cause comes after it.
+    crate::events::container(root, &c.config, "kill", &[("signal", &sig.to_string())]);
     if c.config.isolation == crate::oci::Isolation::Container {
         // The recorded PID is the container's init on the host.
         // SAFETY: kill(2) with a PID and a signal number.
         if unsafe { libc::kill(pid as i32, sig) } != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        return Ok(());
+    } else {
+        crate::guest::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
+            .signal(pid, sig)?;
     }
-    crate::guest::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
-        .signal(pid, sig)?;
     Ok(())
 }
 
@@ -281,13 +284,12 @@ fn stop(root: &Path, c: &Container, grace: Duration) -> anyhow::Result<()> {
     if c.state.status != Status::Running {
         return Ok(());
     }
-    if signal_main(root, c, libc::SIGTERM).is_ok() && wait_exited(c, grace) {
-        return Ok(());
+    let ended = (signal_main(root, c, libc::SIGTERM).is_ok() && wait_exited(c, grace))
+        || (signal_main(root, c, libc::SIGKILL).is_ok() && wait_exited(c, Duration::from_secs(30)));
+    if !ended {
+        kill_vmm(root, c);
     }
-    if signal_main(root, c, libc::SIGKILL).is_ok() && wait_exited(c, Duration::from_secs(30)) {
-        return Ok(());
-    }
-    kill_vmm(root, c);
+    crate::events::container(root, &c.config, "stop", &[]);
     Ok(())
 }
 
@@ -314,6 +316,11 @@ fn kill_vmm(root: &Path, c: &Container) {
         }
     }
     let _ = State::load(&c.dir).map(|mut s| {
+        // Its engine recorded the end (a finish time, and the `die`
+        // event) unless the VMM was killed before it could.
+        if s.finished_at.is_none() {
+            engine::record_die(root, &c.config, s.exit_code.unwrap_or(137));
+        }
         s.status = Status::Exited;
         s.exit_code = s.exit_code.or(Some(137));
         s.finished_at = Some(now_rfc3339());

@@ -7,8 +7,10 @@ use anyhow::bail;
 use images::archive::{self, Format};
 use images::{Reference, Store};
 
+use crate::events::{Event, Kind};
+
 /// Runs `hull load`: from a file, or from stdin when it is not a terminal.
-pub fn load(store: &Store, input: Option<&Path>, quiet: bool) -> anyhow::Result<u8> {
+pub fn load(store: &Store, root: &Path, input: Option<&Path>, quiet: bool) -> anyhow::Result<u8> {
     let lines = match input {
         Some(path) => archive::load(store, path)?,
         None => {
@@ -18,8 +20,11 @@ pub fn load(store: &Store, input: Option<&Path>, quiet: bool) -> anyhow::Result<
             archive::load_reader(store, std::io::stdin().lock())?
         }
     };
-    if !quiet {
-        for l in lines {
+    for l in &lines {
+        // `Loaded image: NAME` or `Loaded image ID: sha256:...`.
+        let name = l.split_once(": ").map_or(l.as_str(), |(_, n)| n);
+        crate::events::record(root, &Event::now(Kind::Image, "load", name, &[]));
+        if !quiet {
             println!("{l}");
         }
     }
@@ -66,12 +71,18 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
 /// Runs `hull import`: a root filesystem tarball as a one-layer image.
 pub fn import(
     store: &Store,
+    root: &Path,
     file: &Path,
     reference: Option<&str>,
     changes: &[String],
 ) -> anyhow::Result<u8> {
     let r = reference.map(Reference::parse).transpose()?;
     let id = images::import::import_rootfs(store, file, r.as_ref(), changes)?;
+    let attributes: Vec<(&str, &str)> = reference.map(|n| ("name", n)).into_iter().collect();
+    crate::events::record(
+        root,
+        &Event::now(Kind::Image, "import", id.as_ref(), &attributes),
+    );
     println!("{id}");
     Ok(0)
 }

@@ -18,6 +18,8 @@ use clap::{Args, Subcommand};
 use images::archive::Format;
 use images::{Reference, Store};
 
+use crate::events::Kind;
+
 pub(crate) use inspect::image_json;
 pub(crate) use remove::image_users;
 
@@ -211,7 +213,7 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
     match cmd {
         ImageCommand::Images(a) => list::list(&store()?, &a),
         ImageCommand::Verb(v) => run_verb(v, root),
-        ImageCommand::Rmi(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
+        ImageCommand::Rmi(a) => remove::rmi(&store()?, root, &a, &remove::image_users(root)?),
         ImageCommand::Login {
             username,
             password,
@@ -228,14 +230,50 @@ pub fn run(cmd: ImageCommand, root: &Path) -> anyhow::Result<u8> {
                 remove::prune(&store()?, &remove::image_users(root)?)
             }
             ImageSubcommand::Ls(a) => list::list(&store()?, &a),
-            ImageSubcommand::Rm(a) => remove::rmi(&store()?, &a, &remove::image_users(root)?),
+            ImageSubcommand::Rm(a) => remove::rmi(&store()?, root, &a, &remove::image_users(root)?),
             ImageSubcommand::Verb(v) => run_verb(v, root),
         },
     }
 }
 
-/// Runs an image verb, from the top level or under `hull image`.
+/// Runs an image verb, from the top level or under `hull image`, and
+/// records its events when it succeeds.
 fn run_verb(cmd: ImageVerb, root: &Path) -> anyhow::Result<u8> {
+    let events = verb_events(&cmd);
+    let code = run_verb_only(cmd, root)?;
+    if code == 0 {
+        for (action, id, attributes) in events {
+            let attributes: Vec<(&str, &str)> =
+                attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let event = crate::events::Event::now(Kind::Image, action, &id, &attributes);
+            crate::events::record(root, &event);
+        }
+    }
+    Ok(code)
+}
+
+/// An image event: action, ID (the reference as the user gave it) and
+/// attributes.
+type ImageEvent = (&'static str, String, Vec<(&'static str, String)>);
+
+/// The events a verb causes when it succeeds (`load` and `import` record
+/// their own: only they know the images they made).
+fn verb_events(cmd: &ImageVerb) -> Vec<ImageEvent> {
+    match cmd {
+        ImageVerb::Pull { reference, .. } => vec![("pull", reference.clone(), Vec::new())],
+        ImageVerb::Push { reference, .. } => vec![("push", reference.clone(), Vec::new())],
+        ImageVerb::Save { images, .. } => images
+            .iter()
+            .map(|i| ("save", i.clone(), Vec::new()))
+            .collect(),
+        ImageVerb::Tag { source, target } => {
+            vec![("tag", source.clone(), vec![("name", target.clone())])]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn run_verb_only(cmd: ImageVerb, root: &Path) -> anyhow::Result<u8> {
     let store = || Store::open(root).context("cannot open the image store");
     match cmd {
         ImageVerb::Pull {
@@ -255,7 +293,7 @@ fn run_verb(cmd: ImageVerb, root: &Path) -> anyhow::Result<u8> {
             registry,
             reference,
         } => registry::push(&store()?, root, &reference, registry),
-        ImageVerb::Load { input, quiet } => archive::load(&store()?, input.as_deref(), quiet),
+        ImageVerb::Load { input, quiet } => archive::load(&store()?, root, input.as_deref(), quiet),
         ImageVerb::Save {
             output,
             format,
@@ -265,7 +303,7 @@ fn run_verb(cmd: ImageVerb, root: &Path) -> anyhow::Result<u8> {
             changes,
             file,
             reference,
-        } => archive::import(&store()?, &file, reference.as_deref(), &changes),
+        } => archive::import(&store()?, root, &file, reference.as_deref(), &changes),
         ImageVerb::Tag { source, target } => tag(&store()?, &source, &target),
         ImageVerb::History { no_trunc, image } => {
             inspect::history(&store()?.image(&image)?, no_trunc)

@@ -6,6 +6,7 @@ use images::store::ImageUser;
 use images::Store;
 
 use super::{format, RmiArgs};
+use crate::events::{record, Event, Kind};
 
 /// Runs `hull image prune`: removes the images no container uses.
 pub fn prune(store: &Store, users: &[ImageUser]) -> anyhow::Result<u8> {
@@ -38,16 +39,18 @@ pub fn image_users(root: &Path) -> anyhow::Result<Vec<ImageUser>> {
 }
 
 /// Runs `hull rmi`; 1 if any image could not be removed.
-pub fn rmi(store: &Store, a: &RmiArgs, users: &[ImageUser]) -> anyhow::Result<u8> {
+pub fn rmi(store: &Store, root: &Path, a: &RmiArgs, users: &[ImageUser]) -> anyhow::Result<u8> {
     let mut code = 0;
     for img in &a.images {
         match store.remove(img, a.force, users) {
             Ok(rep) => {
                 for u in rep.untagged {
                     println!("Untagged: {u}");
+                    record(root, &Event::now(Kind::Image, "untag", &u, &[]));
                 }
                 for d in rep.deleted {
                     println!("Deleted: {d}");
+                    record(root, &Event::now(Kind::Image, "delete", &d, &[]));
                 }
             }
             Err(e) => {
