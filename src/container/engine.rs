@@ -95,6 +95,11 @@ pub fn run(
     // Held while this VM may write the container's disk: a helper VM
     // (`hull commit`, `cp`, ... of a stopped container) takes it too.
     let disk = super::fs_vm::lock_disk(dir)?;
+    // Where the VM's threads record a call their seccomp filter refuses
+    // (read back by `State::load` once this process is gone); empty
+    // unless that happens.
+    let record = std::fs::File::create(dir.join(super::state::SECCOMP_RECORD))?;
+    vmm::seccomp::install_violation_handler(Some(record))?;
     // Held for the VM's life: one writer or many readers per volume.
     let (volumes, attached) = attach_volumes(root, config)?;
     update(dir, |s| {

@@ -14,6 +14,9 @@ pub enum Status {
     Running,
     /// Ended.
     Exited,
+    /// Its VMM was stopped by its seccomp filter (Docker's state for a
+    /// container that could not be ended cleanly).
+    Dead,
 }
 
 /// `state.json`.
@@ -60,9 +63,18 @@ impl State {
         let mut s: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         if s.status == Status::Running && !s.vmm_pid.is_some_and(pid_alive) {
-            s.status = Status::Exited;
-            s.exit_code = s.exit_code.or(Some(255));
-            s.error = Some("VMM process died without recording an exit".into());
+            match seccomp_violation(dir) {
+                Some(call) => {
+                    s.status = Status::Dead;
+                    s.exit_code = Some(vmm::seccomp::VIOLATION_EXIT);
+                    s.error = Some(format!("seccomp violation: {call}"));
+                }
+                None => {
+                    s.status = Status::Exited;
+                    s.exit_code = s.exit_code.or(Some(255));
+                    s.error = Some("VMM process died without recording an exit".into());
+                }
+            }
             s.vmm_pid = None;
             s.ports.clear();
         }
@@ -76,6 +88,27 @@ impl State {
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(tmp, dir.join("state.json"))
     }
+}
+
+/// The file a container's VMM process writes the number of a call its
+/// seccomp filter refused into (`vmm::seccomp`), just before it ends.
+pub const SECCOMP_RECORD: &str = "seccomp-violation";
+
+/// The name of the call recorded in `dir`'s [`SECCOMP_RECORD`], if any.
+fn seccomp_violation(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(SECCOMP_RECORD)).ok()?;
+    let nr: i64 = text.trim().parse().ok()?;
+    Some(syscall_name(nr))
+}
+
+include!(concat!(env!("OUT_DIR"), "/syscall_names.rs"));
+
+/// `ioctl`, or `syscall 999` for a number the build's headers lack.
+pub fn syscall_name(nr: i64) -> String {
+    SYSCALL_NAMES
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map_or_else(|| format!("syscall {nr}"), |(_, name)| name.to_string())
 }
 
 /// Whether a process with this PID exists (and is not a zombie).

@@ -217,6 +217,9 @@ impl RunningVm {
     /// Runs `vm` on its own thread.
     pub fn spawn(vm: vmm::Vm, uds: std::path::PathBuf) -> anyhow::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
+        // A call the VM threads' filters refuse ends this process with a
+        // message (containers also record it: `container::engine`).
+        vmm::seccomp::install_violation_handler(None)?;
         let stop = vm.stop_handle();
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let thread = {

@@ -229,7 +229,11 @@ impl PortForwarder {
     /// through the VM's hybrid vsock socket `uds`.
     pub fn start(&mut self, uds: &Path) -> Result<(), ForwardError> {
         let uds = uds.to_path_buf();
-        self.start_with(Arc::new(move |client, port| forward(client, &uds, port)))
+        let relay = Some(vmm::seccomp::ThreadKind::PortRelay);
+        self.start_with(
+            Arc::new(move |client, port| forward(client, &uds, port)),
+            relay,
+        )
     }
 
     /// Starts accepting for a container-mode container: each connection
@@ -238,12 +242,22 @@ impl PortForwarder {
     /// listening only on 127.0.0.1 in the container answers too).
     pub fn start_in_netns(&mut self, netns: &Path) -> Result<(), ForwardError> {
         let netns = netns.to_path_buf();
-        self.start_with(Arc::new(move |client, port| {
-            forward_in_netns(client, &netns, port)
-        }))
+        // Unfiltered: each connection thread enters the container's
+        // network namespace (setns), and no guest is behind it.
+        self.start_with(
+            Arc::new(move |client, port| forward_in_netns(client, &netns, port)),
+            None,
+        )
     }
 
-    fn start_with(&mut self, dial: Arc<Dial>) -> Result<(), ForwardError> {
+    /// Starts an accept thread per listener; with `filter`, each thread
+    /// (and so every connection thread it starts) runs under that seccomp
+    /// filter from its start.
+    fn start_with(
+        &mut self,
+        dial: Arc<Dial>,
+        filter: Option<vmm::seccomp::ThreadKind>,
+    ) -> Result<(), ForwardError> {
         for l in &self.listeners {
             let socket = l.socket.clone();
             let stopping = self.stopping.clone();
@@ -251,7 +265,16 @@ impl PortForwarder {
             let port = l.binding.container_port;
             let t = std::thread::Builder::new()
                 .name(format!("port-{}", l.binding.host_port))
-                .spawn(move || accept_loop(&socket, &stopping, &dial, port))
+                .spawn(move || {
+                    if let Some(kind) = filter {
+                        if let Err(e) = vmm::seccomp::install(kind, vmm::seccomp::mode()) {
+                            // Refusing connections beats relaying unfiltered.
+                            tracing::error!("ports: {e}");
+                            return;
+                        }
+                    }
+                    accept_loop(&socket, &stopping, &dial, port)
+                })
                 .map_err(ForwardError::Thread)?;
             self.threads.push(t);
         }

@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod devices;
 pub mod host;
 pub mod memory;
+pub mod seccomp;
 pub mod snapshot;
 pub mod virtio;
 pub mod window;
@@ -72,6 +73,9 @@ pub enum VmError {
     /// A device could not be registered.
     #[error("Cannot set up devices")]
     Bus(#[from] bus::BusError),
+    /// A thread's syscall filter could not be installed.
+    #[error(transparent)]
+    Seccomp(seccomp::SeccompError),
     /// Host OS resources (eventfd, epoll, threads) failed.
     #[error("Host resource error: {0}")]
     Io(&'static str, #[source] std::io::Error),
@@ -344,6 +348,16 @@ impl Vm {
                 }
             }
         }
+        // After the vCPUs exist (they filter themselves before their first
+        // KVM_RUN) and before the first device event is handled.
+        if let Err(e) = seccomp::install(seccomp::ThreadKind::EventLoop, seccomp::mode()) {
+            self.shared.stop.store(true, Ordering::Release);
+            threads.into_iter().for_each(|t| {
+                t.stop_and_join();
+            });
+            return Err(VmError::Seccomp(e));
+        }
+        seccomp::test_violation();
         let mut loop_error = None;
         while !self.shared.stop.load(Ordering::Acquire) {
             if let Err(e) = self.events.run() {

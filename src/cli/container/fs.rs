@@ -40,6 +40,7 @@ pub fn commit(
 ) -> anyhow::Result<u8> {
     let c = store.find(container)?;
     let id = commit::commit(root, &c, opts)?;
+    crate::events::container(root, &c.config, "commit", &[]);
     println!("{id}");
     Ok(0)
 }

@@ -106,6 +106,7 @@ fn state_json(c: &Container) -> serde_json::Value {
         "Status": c.state.status,
         "Running": running,
         "Paused": false,
+        "Dead": c.state.status == Status::Dead,
         "Pid": if running { c.state.vmm_pid.unwrap_or(0) } else { 0 },
         "ExitCode": c.state.exit_code.unwrap_or(0),
         "Error": c.state.error.clone().unwrap_or_default(),

@@ -69,7 +69,8 @@ impl Filter {
                 "created" => Status::Created,
                 "running" => Status::Running,
                 "exited" => Status::Exited,
-                "paused" | "restarting" | "removing" | "dead" => return Ok(Filter::NoSuchState),
+                "dead" => Status::Dead,
+                "paused" | "restarting" | "removing" => return Ok(Filter::NoSuchState),
                 _ => {
                     return Err(CommandError::Invalid(
                         "filter",
@@ -279,6 +280,7 @@ fn status_text(c: &Container) -> String {
                 None => format!("Exited ({}) {ago}", c.state.exit_code.unwrap_or(0)),
             }
         }
+        Status::Dead => "Dead".into(),
     }
 }
 

@@ -87,6 +87,12 @@ impl VcpuThread {
 }
 
 fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
+    // Before the first guest instruction this thread runs.
+    let mode = crate::seccomp::mode();
+    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu, mode) {
+        shared.end(ExitAction::Fatal(format!("vcpu{id}: {e}")));
+        return;
+    }
     while !shared.stop.load(Ordering::Acquire) {
         match vcpu.run() {
             Ok(exit) => match handle_exit(exit, &shared.pio, &shared.mmio) {
