@@ -40,6 +40,15 @@ fn default_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // One malloc arena for every thread, set before any thread exists.
+    // With more, glibc reads /sys/devices/system/cpu/online the first time
+    // threads contend for an arena, and /proc/sys/vm/overcommit_memory the
+    // first time a thread's arena shrinks: file opens a VMM thread under
+    // its seccomp filter may not make (vmm::seccomp). It also keeps an
+    // idle VMM's memory down.
+    // SAFETY: mallopt only changes the allocator's parameters; nothing is
+    // allocated yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // `hull` alone: help on stdout and success, as `docker` alone.
     if std::env::args_os().len() == 1 {
         let _ = cli::Cli::command().print_help();

@@ -104,7 +104,7 @@ pub fn run(
     let (volumes, attached) = attach_volumes(root, config)?;
     update(dir, |s| {
         s.status = Status::Running;
-        s.vmm_pid = Some(std::process::id() as i32);
+        s.set_vmm_self();
         s.process_id = None;
         s.started_at = Some(now_rfc3339());
         s.finished_at = None;
@@ -127,6 +127,7 @@ pub fn run(
     update(dir, |s| {
         s.status = Status::Exited;
         s.vmm_pid = None;
+        s.vmm_start = None;
         s.process_id = None;
         s.ports.clear();
         s.finished_at = Some(now_rfc3339());

@@ -26,6 +26,11 @@ pub struct State {
     pub status: Status,
     /// PID of the hull process that runs the VMM, while running.
     pub vmm_pid: Option<i32>,
+    /// That process's start time (clock ticks after boot, from
+    /// `/proc/PID/stat`): a PID the kernel gave to another process since
+    /// is not taken for the VMM (and never signalled as it).
+    #[serde(default)]
+    pub vmm_start: Option<u64>,
     /// Agent's id of the container's main process, while running.
     pub process_id: Option<u32>,
     /// When it last started (RFC 3339).
@@ -47,6 +52,7 @@ impl State {
         Self {
             status: Status::Created,
             vmm_pid: None,
+            vmm_start: None,
             process_id: None,
             started_at: None,
             finished_at: None,
@@ -62,7 +68,7 @@ impl State {
     pub fn load(dir: &Path) -> std::io::Result<Self> {
         let mut s: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        if s.status == Status::Running && !s.vmm_pid.is_some_and(pid_alive) {
+        if s.status == Status::Running && s.vmm_process().is_none() {
             match seccomp_violation(dir) {
                 Some(call) => {
                     s.status = Status::Dead;
@@ -76,9 +82,28 @@ impl State {
                 }
             }
             s.vmm_pid = None;
+            s.vmm_start = None;
             s.ports.clear();
         }
         Ok(s)
+    }
+
+    /// The recorded VMM process, if it still runs: the same PID with the
+    /// same start time (a state written before start times were recorded
+    /// is trusted on the PID alone).
+    pub fn vmm_process(&self) -> Option<i32> {
+        let pid = self.vmm_pid.filter(|p| pid_alive(*p))?;
+        match self.vmm_start {
+            Some(start) if process_start(pid) != Some(start) => None,
+            _ => Some(pid),
+        }
+    }
+
+    /// Records this process as the container's running VMM.
+    pub fn set_vmm_self(&mut self) {
+        let pid = std::process::id() as i32;
+        self.vmm_pid = Some(pid);
+        self.vmm_start = process_start(pid);
     }
 
     /// Writes `dir/state.json` atomically (temp file + rename).
@@ -123,6 +148,15 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`).
+pub fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name, field 3 is the first.
+    let rest = stat.rsplit_once(") ")?.1;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// Now, as RFC 3339 with nanoseconds in UTC.
 pub fn now_rfc3339() -> String {
     images::time::now_rfc3339_nanos()
@@ -146,5 +180,24 @@ mod tests {
         let loaded = State::load(dir.path()).unwrap();
         assert_eq!(loaded.status, Status::Exited);
         assert!(loaded.error.unwrap().contains("died"));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::created();
+        s.status = Status::Running;
+        s.set_vmm_self();
+        assert!(s.vmm_start.is_some());
+        assert_eq!(s.vmm_process(), Some(std::process::id() as i32));
+        s.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap().status, Status::Running);
+        // The same PID, started at another time: another process.
+        s.vmm_start = s.vmm_start.map(|t| t + 1);
+        assert_eq!(s.vmm_process(), None);
+        s.save(dir.path()).unwrap();
+        let loaded = State::load(dir.path()).unwrap();
+        assert_eq!(loaded.status, Status::Exited);
+        assert_eq!(loaded.vmm_pid, None);
     }
 }

@@ -1,6 +1,7 @@
 //! `hull start`, `stop`, `restart`, `kill`, `rm`, `wait`, and the hidden
 //! `__container-vmm` that runs a detached container's VMM.
 
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -142,8 +143,14 @@ pub fn wait(store: &ContainerStore, containers: &[String]) -> anyhow::Result<u8>
     for name in containers {
         let c = store.find(name)?;
         loop {
-            let s = State::load(&c.dir)?;
-            if s.status != Status::Running {
+            let s = match State::load(&c.dir) {
+                Ok(s) => s,
+                // Removed while we waited: Docker's "No such container".
+                Err(e) => return Err(store.find(name).err().map_or(e.into(), Into::into)),
+            };
+            // A created container is waited for until it has run and
+            // ended, as Docker does.
+            if !matches!(s.status, Status::Running | Status::Created) {
                 println!("{}", s.exit_code.unwrap_or(0));
                 break;
             }
@@ -293,15 +300,40 @@ fn stop(root: &Path, c: &Container, grace: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGKILLs VMM process `pid` if it is still the one `state` recorded.
+/// Through a pidfd opened before the start time is compared: if the PID
+/// was reused after that, the pidfd still names the old (gone) process
+/// and the signal goes nowhere.
+fn kill_recorded_vmm(state: &State, pid: i32) {
+    // SAFETY: pidfd_open(2) with a PID and no flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    if state.vmm_process() == Some(pid) {
+        // SAFETY: pidfd_send_signal(2) on our pidfd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
 /// Ends the VMM process at once and records the container as exited.
 fn kill_vmm(root: &Path, c: &Container) {
     if c.config.isolation == crate::oci::Isolation::Container {
         // Its process is not the monitor's child to die with it.
         crate::oci::engine::force_end(root, &c.config, c.state.process_id);
     }
-    if let Some(pid) = c.state.vmm_pid.filter(|p| pid_alive(*p)) {
-        // SAFETY: kill(2) of the VMM process recorded in the state.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    if let Some(pid) = c.state.vmm_process() {
+        kill_recorded_vmm(&c.state, pid);
         let start = Instant::now();
         while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
@@ -325,6 +357,7 @@ fn kill_vmm(root: &Path, c: &Container) {
         s.exit_code = s.exit_code.or(Some(137));
         s.finished_at = Some(now_rfc3339());
         s.vmm_pid = None;
+        s.vmm_start = None;
         s.save(&c.dir)
     });
 }
