@@ -1,9 +1,12 @@
 //! Helpers shared by hull's integration tests.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// A `hull` command with its state under `root`. Fast-start snapshots are
 /// shared by all tests (one template boot per VM shape per machine instead
@@ -228,4 +231,52 @@ pub fn run_limited(mut cmd: Command, limit: std::time::Duration) -> Output {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Registry file fetched by the outbound tests (the index page of the
+/// mirror this machine uses is empty; its Release file is not).
+pub const REGISTRY_HOST: &str = "deb.debian.org";
+/// Its path.
+pub const REGISTRY_PATH: &str = "/debian/dists/bookworm/Release";
+
+/// The host's own fetch of the registry file, or a clear failure: this
+/// test needs outbound access, and must say so rather than hang.
+pub fn host_fetch() -> Vec<u8> {
+    let addr = (REGISTRY_HOST, 80)
+        .to_socket_addrs()
+        .unwrap_or_else(|e| {
+            panic!("this test needs outbound access: the host cannot resolve {REGISTRY_HOST}: {e}")
+        })
+        .next()
+        .unwrap_or_else(|| {
+            panic!("this test needs outbound access: no address for {REGISTRY_HOST}")
+        });
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: the host cannot reach {REGISTRY_HOST}:80: {e}")
+    });
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {REGISTRY_PATH} HTTP/1.1\r\nHost: {REGISTRY_HOST}\r\nUser-Agent: hull-test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: reading from {REGISTRY_HOST}: {e}")
+    });
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"),
+        "this test needs outbound access: {REGISTRY_HOST} answered {:?}",
+        String::from_utf8_lossy(&resp[..split])
+    );
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "{REGISTRY_HOST} answered chunked; this test reads plain bodies"
+    );
+    resp[split + 4..].to_vec()
 }
