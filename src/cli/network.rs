@@ -14,7 +14,12 @@ use crate::network::NetworkMode;
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
     /// Create a network: a bridge in a network namespace of hull's, with
-    /// names served on its gateway address.
+    /// names served on its gateway address (containers on it reach the
+    /// outside through a second interface of their own).
+    ///
+    /// The subnet may not overlap another network's, nor 10.0.2.0/24
+    /// (the default network's, which every container's outbound
+    /// interface has).
     Create {
         /// IPv4 subnet in CIDR form (default: the next free 10.89.N.0/24).
         #[arg(long)]
@@ -52,8 +57,8 @@ pub enum NetworkCommand {
         force: bool,
     },
     /// Put a stopped container on a network for its next start (a
-    /// container VM has one network interface: this replaces `default` or
-    /// `none`; a running VM's interface cannot change).
+    /// container is on one network: this replaces `default` or `none`;
+    /// a running VM's interfaces cannot change).
     Connect {
         /// More names of the container on the network.
         #[arg(long = "alias", value_name = "NAME")]
