@@ -78,6 +78,14 @@ pub enum NetworkCommand {
         /// The container.
         container: String,
     },
+    /// The DNS relay of a network (started with its DNS responder).
+    #[command(name = "__dns-relay", hide = true)]
+    DnsRelay {
+        /// The network's namespace file.
+        netns: std::path::PathBuf,
+        /// Where to write its PID once it listens.
+        pid_file: std::path::PathBuf,
+    },
 }
 
 /// Errors of the network commands that are not the store's.
@@ -87,10 +95,10 @@ pub enum NetworkCommandError {
     #[error("network driver {0:?} is not supported (only bridge)")]
     Driver(String),
     /// connect/disconnect of a running container.
-    #[error("container {0} is running: a VM's network interface cannot change while it runs (no hot-plug yet); stop it first")]
+    #[error("container {0} is running: a VM's network interfaces cannot change while it runs (no hot-plug yet); stop it first")]
     Running(String),
     /// connect of a container already on a user network.
-    #[error("container {0} is already on network {1}: a container VM has one network interface (disconnect it first)")]
+    #[error("container {0} is already on network {1}: a container is on one network at a time (disconnect it first)")]
     OneInterface(String, String),
     /// disconnect of a container not on the network.
     #[error("container {0} is not connected to network {1}")]
@@ -120,6 +128,9 @@ pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
             println!("{}", net.id);
         }
         NetworkCommand::Ls { quiet } => list(&store, quiet)?,
+        NetworkCommand::DnsRelay { netns, pid_file } => {
+            crate::network::dns_relay::run(&netns, &pid_file)?;
+        }
         NetworkCommand::Inspect { networks } => inspect(&store, &networks)?,
         NetworkCommand::Rm { networks } => {
             for key in &networks {

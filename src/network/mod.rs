@@ -19,6 +19,7 @@
 //! docs/networking.md.
 
 pub mod dns;
+pub mod dns_relay;
 pub mod netns;
 pub mod passt;
 pub mod store;
@@ -318,31 +319,17 @@ fn user_guest(net: &store::UserNetwork, ep: &store::Endpoint, id: &str) -> Guest
     }
 }
 
-/// The container's /etc/resolv.conf for its interfaces `links`: each
-/// one's resolver, in interface order.
-///
-/// On a user network that is aardvark-dns first (the network's names),
-/// then passt's forwarder (everything else). aardvark-dns 1.4 in the
-/// namespace has no upstream it can reach and leaves other names
-/// unanswered, so the guest's resolver must give up on it quickly:
-/// `timeout:1` (glibc's minimum) is what an outside name costs extra.
-/// Names it holds are answered at once; names it knows not to hold
-/// (single labels) get NXDOMAIN, which ends the lookup there.
+/// The container's /etc/resolv.conf for its interfaces `links`: the
+/// first interface's resolver only. On a user network that is
+/// aardvark-dns, which answers the network's names and forwards the
+/// rest through the network's relay ([`dns_relay`]) to the host's
+/// resolver; a second server (passt's forwarder) would answer the
+/// network's names NXDOMAIN to resolvers that ask every server at once.
 pub fn resolv_conf(links: &[GuestNetwork]) -> String {
-    let mut servers: Vec<Ipv4Addr> = Vec::new();
-    for link in links {
-        if !servers.contains(&link.dns) {
-            servers.push(link.dns);
-        }
-    }
-    let mut out: String = servers
-        .iter()
-        .map(|s| format!("nameserver {s}\n"))
-        .collect();
-    if servers.len() > 1 {
-        out.push_str("options timeout:1\n");
-    }
-    out
+    links
+        .first()
+        .map(|l| format!("nameserver {}\n", l.dns))
+        .unwrap_or_default()
 }
 
 /// A container VM's network: its device, what keeps the backend alive
@@ -515,12 +502,8 @@ mod tests {
         );
         assert_ne!(links[0].mac, links[1].mac);
         assert_eq!(links[1].mac[0] & 3, 2, "unicast, locally administered");
-        // The network's names first, then passt's forwarder, which the
-        // resolver reaches after one second without an answer.
-        assert_eq!(
-            resolv_conf(&links),
-            "nameserver 10.89.0.1\nnameserver 10.0.2.3\noptions timeout:1\n"
-        );
+        // The network's responder only (it forwards the other names).
+        assert_eq!(resolv_conf(&links), "nameserver 10.89.0.1\n");
         assert_eq!(
             resolv_conf(&[GuestNetwork::default_for(id)]),
             "nameserver 10.0.2.3\n"
