@@ -10,11 +10,11 @@ mod common;
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    assert_one_line_error, host_fetch, hull, import_busybox, require_kvm, run_limited, text,
-    REGISTRY_HOST, REGISTRY_PATH,
+    assert_one_line_error, host_fetch, hull, import_busybox, passt_children, require_kvm,
+    run_limited, text, wait_gone, REGISTRY_HOST, REGISTRY_PATH,
 };
 
 /// Longest a hull command may take here before the test fails (the first
@@ -34,49 +34,6 @@ fn inspect(root: &Path, name: &str) -> serde_json::Value {
     let out = hull(root).args(["inspect", name]).output().unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     v[0].clone()
-}
-
-/// PIDs of `passt` (or `passt.avx2`) processes whose parent is `parent`.
-fn passt_children(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some((comm_part, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let ppid: i32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        // passt re-executes itself as passt.avx2 where the CPU has AVX2.
-        if comm_part.contains("(passt") && ppid == parent {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Whether `pid` still exists (a zombie counts: it was not reaped).
-fn exists(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn wait_gone(pid: i32, what: &str) {
-    let start = Instant::now();
-    while exists(pid) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what} {pid} still exists (orphaned or unreaped)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

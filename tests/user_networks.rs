@@ -15,8 +15,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{
-    assert_one_line_error, host_fetch, hull, import_busybox, require_kvm, run_limited, text,
-    REGISTRY_HOST, REGISTRY_PATH,
+    assert_one_line_error, host_fetch, hull, import_busybox, passt_children, require_kvm,
+    run_limited, text, wait_gone, REGISTRY_HOST, REGISTRY_PATH,
 };
 
 /// Longest a hull command may take (the first of a root prepares the
@@ -376,6 +376,17 @@ fn a_container_on_a_user_network_reaches_its_peers_and_the_outside() {
         "outbound fetch of 4 KiB from a user network: {:.1} s of guest time",
         times[1] - times[0]
     );
+    // The peer's outbound passt is its VMM's child, and does not outlive
+    // a VMM killed with -9.
+    let vmm = json(root, &["inspect", "peer"])["VM"]["VmmPid"]
+        .as_i64()
+        .expect("VMM pid") as i32;
+    let passt = passt_children(vmm);
+    assert_eq!(passt.len(), 1, "passt children of VMM {vmm}: {passt:?}");
+    // SAFETY: killing the VMM process this test started.
+    unsafe { libc::kill(vmm, libc::SIGKILL) };
+    wait_gone(vmm, "VMM");
+    wait_gone(passt[0], "passt of a VMM killed with -9");
     hull_ok(root, &["rm", "-f", "peer"]);
     hull_ok(root, &["network", "rm", "out"]);
 }

@@ -6,7 +6,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A `hull` command with its state under `root`. Fast-start snapshots are
 /// shared by all tests (one template boot per VM shape per machine instead
@@ -279,4 +279,47 @@ pub fn host_fetch() -> Vec<u8> {
         "{REGISTRY_HOST} answered chunked; this test reads plain bodies"
     );
     resp[split + 4..].to_vec()
+}
+
+/// PIDs of `passt` (or `passt.avx2`) processes whose parent is `parent`.
+pub fn passt_children(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm_part, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid: i32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        // passt re-executes itself as passt.avx2 where the CPU has AVX2.
+        if comm_part.contains("(passt") && ppid == parent {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` still exists (a zombie counts: it was not reaped).
+pub fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn wait_gone(pid: i32, what: &str) {
+    let start = Instant::now();
+    while exists(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} {pid} still exists (orphaned or unreaped)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
