@@ -105,9 +105,9 @@ fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
 /// Gives the interface its MAC, address and netmask, brings it up and,
 /// with a gateway, routes everything through it. Idempotent for the
 /// address (the kernel replaces it) but the route must not exist yet.
-// Over 80 lines: four ioctls in sequence on one socket (MAC, address,
-// netmask, flags), each with its request struct built inline; the route
-// is its own function.
+// Four ioctls in sequence on one socket (MAC, address, netmask, flags),
+// each with its request struct built inline; the route is its own
+// function ([`add_default_route`]).
 pub fn configure(c: &LinkConfig) -> Result<(), NetError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     if c.prefix_len > 32 {
