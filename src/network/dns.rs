@@ -80,6 +80,12 @@ pub fn update(dir: &Path, network: &str, text: &str, netns: &Path) -> Result<(),
     if let Err(e) = ensure_relay(dir, netns) {
         tracing::warn!("{e}: names outside network {network} will not resolve on it");
     }
+    // A responder started by a hull from before the relay sees the
+    // host's resolv.conf (its own, naming the relay, is written before
+    // every start): start it again so that it forwards.
+    if !upstream_conf_path(dir).exists() {
+        stop_process(|| running_pid(dir));
+    }
     match running_pid(dir) {
         // SAFETY: kill sends a signal to a PID; no memory is involved.
         Some(pid) => unsafe {
@@ -226,10 +232,14 @@ fn start(dir: &Path, netns: &Path) -> Result<(), DnsError> {
     Ok(())
 }
 
+fn upstream_conf_path(dir: &Path) -> PathBuf {
+    dir.with_extension("resolv.conf")
+}
+
 /// Writes the resolv.conf aardvark-dns sees (naming the relay) beside
 /// `dir`; its path, for the bind mount.
 fn upstream_conf(dir: &Path) -> Result<std::ffi::CString, DnsError> {
-    let path = dir.with_extension("resolv.conf");
+    let path = upstream_conf_path(dir);
     std::fs::write(
         &path,
         format!("nameserver {}\n", super::dns_relay::LISTEN.ip()),
