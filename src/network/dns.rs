@@ -127,12 +127,13 @@ fn ensure_relay(dir: &Path, netns: &Path) -> Result<(), DnsError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file(&dir.with_extension("relay.log")));
-    // SAFETY: setsid is async-signal-safe; the relay outlives this
-    // process (the network's other containers use it) and takes no
-    // terminal signal of ours.
+    // SAFETY: setsid and unblock_signals are async-signal-safe; the relay
+    // outlives this process (the network's other containers use it) and
+    // takes no terminal signal of ours.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            unblock_signals();
             Ok(())
         });
     }
@@ -185,11 +186,12 @@ fn start(dir: &Path, netns: &Path) -> Result<(), DnsError> {
         .stdout(Stdio::null())
         // A file, not a pipe: the daemon it forks may keep the descriptor.
         .stderr(log_file(&dir.with_extension("log")));
-    // SAFETY: between fork and exec only async-signal-safe calls (setns,
-    // unshare, mount, setsid) on a descriptor and strings made before
-    // the fork.
+    // SAFETY: between fork and exec only async-signal-safe calls
+    // (sigprocmask, setns, unshare, mount, setsid) on a descriptor and
+    // strings made before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            unblock_signals();
             if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -230,6 +232,23 @@ fn start(dir: &Path, netns: &Path) -> Result<(), DnsError> {
         )));
     }
     Ok(())
+}
+
+/// Empties the signal mask of a child between fork and exec. A VMM
+/// process (which starts these daemons when a container joins) blocks
+/// SIGTERM and SIGHUP on its threads, and a mask survives exec: without
+/// this, `network rm` could not stop them (seen with aardvark-dns).
+///
+/// # Safety
+/// Only sigemptyset and sigprocmask, both async-signal-safe.
+unsafe fn unblock_signals() {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both calls get valid pointers to a local set.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
 }
 
 fn upstream_conf_path(dir: &Path) -> PathBuf {
