@@ -8,18 +8,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_one_line_error, hull, import_busybox, require_kvm, run_limited, text};
+use common::{
+    assert_one_line_error, host_fetch, hull, import_busybox, passt_children, require_kvm,
+    run_limited, text, wait_gone, REGISTRY_HOST, REGISTRY_PATH,
+};
 
-/// Registry file fetched by the outbound test (the index page of the
-/// mirror this machine uses is empty; its Release file is not).
-const REGISTRY_HOST: &str = "deb.debian.org";
-const REGISTRY_PATH: &str = "/debian/dists/bookworm/Release";
 /// Longest a hull command may take here before the test fails (the first
 /// one of a root prepares the image and may make snapshots: minutes on a
 /// loaded PVM host).
@@ -37,49 +34,6 @@ fn inspect(root: &Path, name: &str) -> serde_json::Value {
     let out = hull(root).args(["inspect", name]).output().unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     v[0].clone()
-}
-
-/// PIDs of `passt` (or `passt.avx2`) processes whose parent is `parent`.
-fn passt_children(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some((comm_part, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let ppid: i32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        // passt re-executes itself as passt.avx2 where the CPU has AVX2.
-        if comm_part.contains("(passt") && ppid == parent {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Whether `pid` still exists (a zombie counts: it was not reaped).
-fn exists(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn wait_gone(pid: i32, what: &str) {
-    let start = Instant::now();
-    while exists(pid) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what} {pid} still exists (orphaned or unreaped)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -227,48 +181,6 @@ fn default_network_has_eth0_and_none_has_only_lo() {
         .collect();
     assert_eq!(ifaces.first(), Some(&"lo"), "{out}");
     assert!(!out.contains("eth0"), "{out}");
-}
-
-/// The host's own fetch of the registry file, or a clear failure: this
-/// test needs outbound access, and must say so rather than hang.
-fn host_fetch() -> Vec<u8> {
-    let addr = (REGISTRY_HOST, 80)
-        .to_socket_addrs()
-        .unwrap_or_else(|e| {
-            panic!("this test needs outbound access: the host cannot resolve {REGISTRY_HOST}: {e}")
-        })
-        .next()
-        .unwrap_or_else(|| {
-            panic!("this test needs outbound access: no address for {REGISTRY_HOST}")
-        });
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).unwrap_or_else(|e| {
-        panic!("this test needs outbound access: the host cannot reach {REGISTRY_HOST}:80: {e}")
-    });
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {REGISTRY_PATH} HTTP/1.1\r\nHost: {REGISTRY_HOST}\r\nUser-Agent: hull-test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap_or_else(|e| {
-        panic!("this test needs outbound access: reading from {REGISTRY_HOST}: {e}")
-    });
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response");
-    assert!(
-        resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"),
-        "this test needs outbound access: {REGISTRY_HOST} answered {:?}",
-        String::from_utf8_lossy(&resp[..split])
-    );
-    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
-    assert!(
-        !head.contains("transfer-encoding: chunked"),
-        "{REGISTRY_HOST} answered chunked; this test reads plain bodies"
-    );
-    resp[split + 4..].to_vec()
 }
 
 /// Needs outbound access (deb.debian.org): a container on the default

@@ -2,7 +2,11 @@
 //! `--network-alias`): real microVMs with busybox on bridges in network
 //! namespaces hull makes. Restores are expensive on PVM hosts
 //! (PLATFORM.md), so one server container and three short clients carry
-//! all the checks. Traffic stays inside those namespaces.
+//! all the checks. Traffic stays inside those namespaces, except in
+//! `a_container_on_a_user_network_reaches_its_peers_and_the_outside`,
+//! which needs this machine to reach deb.debian.org: it checks that
+//! first and fails with a clear message (never hangs) when the host
+//! itself cannot.
 
 mod common;
 
@@ -10,7 +14,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{assert_one_line_error, hull, import_busybox, require_kvm, run_limited, text};
+use common::{
+    assert_one_line_error, host_fetch, hull, import_busybox, passt_children, require_kvm,
+    run_limited, text, wait_gone, REGISTRY_HOST, REGISTRY_PATH,
+};
 
 /// Longest a hull command may take (the first of a root prepares the
 /// image and may make snapshots: minutes on a loaded PVM host).
@@ -89,6 +96,12 @@ fn network_mistakes_are_one_line_and_change_nothing() {
         &["network", "create", "--subnet", "10.98.0.1/24", "x"],
         "host bits are set",
     );
+    // A container on a user network has the default network's subnet on
+    // its outbound interface.
+    fails(
+        &["network", "create", "--subnet", "10.0.0.0/16", "x"],
+        "overlaps network default (10.0.2.0/24)",
+    );
     fails(
         &["network", "create", "--subnet", "nonsense", "x"],
         "invalid subnet",
@@ -159,12 +172,17 @@ fn network_mistakes_are_one_line_and_change_nothing() {
     let dns_dir = root.join("networks/wide/dns");
     let needle = dns_dir.to_string_lossy().to_string();
     assert!(process_running("aardvark-dns", &needle));
+    // Its relay to the host's resolver (a hull process of its own).
+    let ns = root.join("networks/wide/netns");
+    let ns = ns.to_string_lossy().to_string();
+    assert!(process_running("hull", &ns), "no DNS relay runs");
     assert_eq!(
         hull_ok(root, &["network", "prune", "-f"]),
         "Deleted Networks:\nwide\n"
     );
     assert!(!root.join("networks/wide").exists());
     assert!(!process_running("aardvark-dns", &needle));
+    assert!(!process_running("hull", &ns), "relay stopped");
 }
 
 /// Two containers on one network reach each other by IP, name and alias;
@@ -283,4 +301,89 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
 
     hull_ok(root, &["network", "rm", "front", "back"]);
     assert!(!root.join("networks/front").exists() && !root.join("networks/back").exists());
+}
+
+/// Needs outbound access (deb.debian.org): a container on a user network
+/// still reaches another by name through the network's bridge and DNS,
+/// and reaches the outside through its second interface (its own passt,
+/// which holds the default route): outside names are answered by the
+/// network's responder too (through its relay to the host's resolver),
+/// and the fetched bytes are the host's.
+#[test]
+fn a_container_on_a_user_network_reaches_its_peers_and_the_outside() {
+    require_kvm();
+    let expected = host_fetch();
+    assert!(expected.starts_with(b"Origin: Debian"), "unexpected file");
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    hull_ok(
+        root,
+        &["network", "create", "--subnet", "10.92.0.0/24", "out"],
+    );
+    hull_ok(
+        root,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "peer",
+            "--network",
+            "out",
+            "busybox:test",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-peer > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    );
+    let url = format!("http://{REGISTRY_HOST}{REGISTRY_PATH}");
+    let out = client(
+        root,
+        "out",
+        &format!(
+            "timeout 30 wget -q -O - http://peer/ || echo failed peer; \
+             ip route | awk '/^default/ {{print $3, $5}}'; \
+             ip -4 addr show eth1 | grep -o 'inet [0-9./]*'; \
+             timeout 60 nslookup {REGISTRY_HOST} | awk '/^Server:/ {{print \"server\", $2}}'; \
+             a=$(cut -d' ' -f1 /proc/uptime); \
+             timeout 120 wget -q -O - {url} | head -c 4096 > /tmp/release; \
+             b=$(cut -d' ' -f1 /proc/uptime); \
+             cat /tmp/release; echo; echo took $a $b"
+        ),
+    );
+    let (head, rest) = out
+        .split_once("inet 10.0.2.15/24\nserver 10.92.0.1\n")
+        .unwrap_or_else(|| panic!("no eth1 with passt's address, or another resolver: {out:?}"));
+    assert_eq!(
+        head, "hello-from-peer\n10.0.2.2 eth1\n",
+        "peer by name, default route through passt's interface"
+    );
+    let (body, took) = rest.rsplit_once("\ntook ").expect("timing line");
+    assert_eq!(
+        body.len(),
+        4096.min(expected.len()),
+        "the registry file from inside: {body:?}"
+    );
+    assert_eq!(body.as_bytes(), &expected[..body.len()]);
+    let times: Vec<f64> = took
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    eprintln!(
+        "outbound fetch of 4 KiB from a user network: {:.1} s of guest time",
+        times[1] - times[0]
+    );
+    // The peer's outbound passt is its VMM's child, and does not outlive
+    // a VMM killed with -9.
+    let vmm = json(root, &["inspect", "peer"])["VM"]["VmmPid"]
+        .as_i64()
+        .expect("VMM pid") as i32;
+    let passt = passt_children(vmm);
+    assert_eq!(passt.len(), 1, "passt children of VMM {vmm}: {passt:?}");
+    // SAFETY: killing the VMM process this test started.
+    unsafe { libc::kill(vmm, libc::SIGKILL) };
+    wait_gone(vmm, "VMM");
+    wait_gone(passt[0], "passt of a VMM killed with -9");
+    hull_ok(root, &["rm", "-f", "peer"]);
+    hull_ok(root, &["network", "rm", "out"]);
 }

@@ -30,14 +30,16 @@
 //! `CopyOut` (`COPY --from`); 0.8 added `Freeze`/`Thaw` (a running
 //! container's writable layer held still while a helper VM reads it),
 //! `Diff` (`hull diff`), `ApplyTar` (`hull cp` into a container) and
-//! `Populate` (a fresh volume filled with the image's content).
+//! `Populate` (a fresh volume filled with the image's content); 0.9 made
+//! `ConfigureNetwork`'s gateway optional (a VM with several interfaces
+//! has its default route on one of them).
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.8.0";
+pub const VERSION: &str = "0.9.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -236,7 +238,8 @@ pub enum Request {
         sectors: u64,
     },
     /// Gives a network interface its MAC (a restored VM still has its
-    /// template's), an IPv4 address and a default route, and brings it up.
+    /// template's), an IPv4 address and, with a gateway, the default
+    /// route, and brings it up.
     ConfigureNetwork {
         /// Interface (`eth0`).
         interface: String,
@@ -246,8 +249,9 @@ pub enum Request {
         address: std::net::Ipv4Addr,
         /// Subnet prefix length.
         prefix_len: u8,
-        /// Default gateway.
-        gateway: std::net::Ipv4Addr,
+        /// Default gateway; `None`: the interface reaches its subnet
+        /// only (the default route is another interface's).
+        gateway: Option<std::net::Ipv4Addr>,
     },
     /// Writes an overlayfs upper directory as an uncompressed OCI layer
     /// tar (whiteouts, opaque directories, hardlinks kept) into a writable
@@ -706,6 +710,7 @@ mod tests {
         assert!(!compatible(VERSION, "0.5.0"));
         assert!(!compatible(VERSION, "0.6.0"));
         assert!(!compatible(VERSION, "0.7.0"));
+        assert!(!compatible(VERSION, "0.8.0"));
     }
 
     #[test]

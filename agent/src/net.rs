@@ -68,8 +68,9 @@ pub struct LinkConfig {
     pub address: std::net::Ipv4Addr,
     /// Prefix length of its subnet.
     pub prefix_len: u8,
-    /// Default gateway.
-    pub gateway: std::net::Ipv4Addr,
+    /// Default gateway; `None` for an interface that reaches its subnet
+    /// only (another interface has the default route).
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// Errors configuring an interface.
@@ -124,13 +125,12 @@ fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
     sa
 }
 
-/// Gives the interface its MAC, address and netmask, brings it up and
-/// routes everything through the gateway. Idempotent for the address
-/// (the kernel replaces it) but the route must not exist yet.
-// Over 80 lines: five ioctls in sequence on one socket (MAC, address,
-// netmask, flags, route), each with its request struct built inline.
-// Splitting it into one helper per ioctl is the next step (session 4's
-// closing note), left for a session that can re-run the networking tests.
+/// Gives the interface its MAC, address and netmask, brings it up and,
+/// with a gateway, routes everything through it. Idempotent for the
+/// address (the kernel replaces it) but the route must not exist yet.
+// Four ioctls in sequence on one socket (MAC, address, netmask, flags),
+// each with its request struct built inline; the route is its own
+// function ([`add_default_route`]).
 pub fn configure(c: &LinkConfig) -> Result<(), NetError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     if c.prefix_len > 32 {
@@ -201,12 +201,29 @@ pub fn configure(c: &LinkConfig) -> Result<(), NetError> {
     if unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) } != 0 {
         return Err(fail("bringing it up"));
     }
+    match c.gateway {
+        Some(gateway) => add_default_route(fd, name, gateway).map_err(|source| NetError::Ioctl {
+            what: "adding the default route",
+            iface: c.interface.clone(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Routes everything through `gateway` on interface `name` (the socket
+/// `fd` is any AF_INET socket).
+fn add_default_route(
+    fd: std::os::fd::RawFd,
+    name: &[u8],
+    gateway: std::net::Ipv4Addr,
+) -> io::Result<()> {
     let mut dev: Vec<libc::c_char> = name.iter().map(|&b| b as libc::c_char).collect();
     dev.push(0);
     let route = RtEntry {
         rt_pad1: 0,
         rt_dst: sockaddr_v4(std::net::Ipv4Addr::UNSPECIFIED),
-        rt_gateway: sockaddr_v4(c.gateway),
+        rt_gateway: sockaddr_v4(gateway),
         rt_genmask: sockaddr_v4(std::net::Ipv4Addr::UNSPECIFIED),
         rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
         rt_pad2: 0,
@@ -221,7 +238,7 @@ pub fn configure(c: &LinkConfig) -> Result<(), NetError> {
     // SAFETY: SIOCADDRT reads a valid rtentry whose rt_dev points to a
     // NUL-terminated name that outlives the call.
     if unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) } != 0 {
-        return Err(fail("adding the default route"));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -268,7 +285,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             address: [10, 0, 2, 15].into(),
             prefix_len: 33,
-            gateway: [10, 0, 2, 2].into(),
+            gateway: Some([10, 0, 2, 2].into()),
         };
         assert!(matches!(configure(&c), Err(NetError::BadPrefix(33))));
         c.prefix_len = 24;

@@ -395,13 +395,14 @@ impl Agent {
 }
 
 /// `Ok`, or an error naming what failed (`what`) and why.
-/// `ConfigureNetwork`: the interface's MAC, address and default route.
+/// `ConfigureNetwork`: the interface's MAC, address and default route
+/// (when it has the gateway).
 fn configure_network(
     interface: String,
     mac: &str,
     address: std::net::Ipv4Addr,
     prefix_len: u8,
-    gateway: std::net::Ipv4Addr,
+    gateway: Option<std::net::Ipv4Addr>,
 ) -> Response {
     let Some(mac) = crate::net::parse_mac(mac) else {
         return error(format!("bad MAC address {mac:?}"));

@@ -40,7 +40,7 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         // The agent's status lines are always shown; --console adds the kernel's.
         echo: true,
         kernel: args.kernel.as_deref(),
-        net: None,
+        net: Vec::new(),
         windows: Vec::new(),
         extra_cmdline: "",
         progress: None,

@@ -98,7 +98,7 @@ pub fn run(args: DebugRunArgs, root: &Path) -> anyhow::Result<u8> {
         console: args.vm.console,
         echo: args.vm.console,
         kernel: None,
-        net: None,
+        net: Vec::new(),
         windows: Vec::new(),
         extra_cmdline: "",
         progress: None,

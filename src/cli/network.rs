@@ -14,7 +14,12 @@ use crate::network::NetworkMode;
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
     /// Create a network: a bridge in a network namespace of hull's, with
-    /// names served on its gateway address.
+    /// names served on its gateway address (containers on it reach the
+    /// outside through a second interface of their own).
+    ///
+    /// The subnet may not overlap another network's, nor 10.0.2.0/24
+    /// (the default network's, which every container's outbound
+    /// interface has).
     Create {
         /// IPv4 subnet in CIDR form (default: the next free 10.89.N.0/24).
         #[arg(long)]
@@ -52,8 +57,8 @@ pub enum NetworkCommand {
         force: bool,
     },
     /// Put a stopped container on a network for its next start (a
-    /// container VM has one network interface: this replaces `default` or
-    /// `none`; a running VM's interface cannot change).
+    /// container is on one network: this replaces `default` or `none`;
+    /// a running VM's interfaces cannot change).
     Connect {
         /// More names of the container on the network.
         #[arg(long = "alias", value_name = "NAME")]
@@ -73,6 +78,14 @@ pub enum NetworkCommand {
         /// The container.
         container: String,
     },
+    /// The DNS relay of a network (started with its DNS responder).
+    #[command(name = "__dns-relay", hide = true)]
+    DnsRelay {
+        /// The network's namespace file.
+        netns: std::path::PathBuf,
+        /// Where to write its PID once it listens.
+        pid_file: std::path::PathBuf,
+    },
 }
 
 /// Errors of the network commands that are not the store's.
@@ -82,10 +95,10 @@ pub enum NetworkCommandError {
     #[error("network driver {0:?} is not supported (only bridge)")]
     Driver(String),
     /// connect/disconnect of a running container.
-    #[error("container {0} is running: a VM's network interface cannot change while it runs (no hot-plug yet); stop it first")]
+    #[error("container {0} is running: a VM's network interfaces cannot change while it runs (no hot-plug yet); stop it first")]
     Running(String),
     /// connect of a container already on a user network.
-    #[error("container {0} is already on network {1}: a container VM has one network interface (disconnect it first)")]
+    #[error("container {0} is already on network {1}: a container is on one network at a time (disconnect it first)")]
     OneInterface(String, String),
     /// disconnect of a container not on the network.
     #[error("container {0} is not connected to network {1}")]
@@ -115,6 +128,9 @@ pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
             println!("{}", net.id);
         }
         NetworkCommand::Ls { quiet } => list(&store, quiet)?,
+        NetworkCommand::DnsRelay { netns, pid_file } => {
+            crate::network::dns_relay::run(&netns, &pid_file)?;
+        }
         NetworkCommand::Inspect { networks } => inspect(&store, &networks)?,
         NetworkCommand::Rm { networks } => {
             for key in &networks {

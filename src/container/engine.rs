@@ -288,7 +288,7 @@ fn start_vm(
         console: false,
         echo: false,
         kernel: None,
-        net: network.device.clone(),
+        net: network.devices.clone(),
         windows: vec![vmm::window::WindowConfig {
             path: mailbox(dir)?,
             writable: false,
@@ -304,7 +304,7 @@ fn start_vm(
         socket_path(root, &config.id),
         Duration::from_secs(600),
         Some(&image_warmup(config.auto_remove)),
-        |client| setup_root(client, config, network.guest.as_ref(), volumes),
+        |client| setup_root(client, config, &network.guest, volumes),
     )
     .context("starting the container's VM and root filesystem")
 }
@@ -468,7 +468,7 @@ pub fn pseudo_mounts(root: &str) -> Vec<Request> {
 fn setup_root(
     client: &mut AgentClient,
     config: &ContainerConfig,
-    network: Option<&GuestNetwork>,
+    network: &[GuestNetwork],
     volumes: &[Volume],
 ) -> Result<(), AgentError> {
     if !config.auto_remove {
@@ -480,14 +480,18 @@ fn setup_root(
         client.call(&req)?;
     }
     client.set_hostname(&config.hostname)?;
-    if let Some(net) = network {
-        client.call(&net.configure_request())?;
+    for link in network {
+        client.call(&link.configure_request())?;
     }
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
         config.hostname
     );
-    let resolv = network.map_or_else(resolv_conf, GuestNetwork::resolv_conf);
+    let resolv = if network.is_empty() {
+        resolv_conf()
+    } else {
+        crate::network::resolv_conf(network)
+    };
     let files = [hosts, format!("{}\n", config.hostname), resolv];
     for (path, content) in PER_CONTAINER_FILES.iter().zip(files) {
         // Kept outside the writable layer and bind-mounted, as Docker

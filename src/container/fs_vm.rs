@@ -300,7 +300,7 @@ impl FsVm {
             console: false,
             echo: false,
             kernel: None,
-            net: None,
+            net: Vec::new(),
             windows,
             extra_cmdline: "",
             progress: None,

@@ -160,8 +160,13 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
         config.vcpus,
         config.full_cmdline(),
         config.vsock_uds.is_some(),
-        config.net.is_some(),
+        !config.net.is_empty(),
     ));
+    // Only shapes with more than one network device say how many: the
+    // keys of the older shapes (none or one) stay what they were.
+    if config.net.len() > 1 {
+        h.update(format!("nics={}\n", config.net.len()));
+    }
     hex::encode(h.finalize())[..16].to_string()
 }
 
@@ -441,12 +446,12 @@ fn save(
     let result = (|| -> anyhow::Result<()> {
         let (mut vm, seen) = guest_vm::config(root, opts)?;
         vm.cmdline.push_str(" hull.serve");
-        // The template has the network device but no link: its guest
-        // keeps the interface down, and each restored VM gets its own
-        // backend and MAC.
-        if let Some(net) = vm.net.as_mut() {
+        // The template has the network devices but no link: its guest
+        // keeps the interfaces down, and each restored VM gets its own
+        // backends and MACs.
+        for (i, net) in vm.net.iter_mut().enumerate() {
             net.backend = None;
-            net.mac = crate::network::TEMPLATE_MAC;
+            net.mac = crate::network::template_mac(i);
         }
         for (i, disk) in config.disks.iter().enumerate() {
             if i < fixed {
@@ -595,6 +600,44 @@ mod tests {
         std::fs::remove_file(&kernel).unwrap();
         std::fs::write(&kernel, b"two!").unwrap();
         assert_ne!(k1, key(&c, &meta_for(&c).unwrap()));
+    }
+
+    fn nic() -> vmm::virtio::net::NetConfig {
+        vmm::virtio::net::NetConfig {
+            mac: crate::network::TEMPLATE_MAC,
+            backend: None,
+        }
+    }
+
+    #[test]
+    fn key_changes_with_the_network_device_count_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"one").unwrap();
+        let mut c = config_with(&kernel, 128);
+        let meta = meta_for(&c).unwrap();
+        let none = key(&c, &meta);
+        c.net = vec![nic()];
+        let one = key(&c, &meta);
+        c.net = vec![nic(), nic()];
+        let two = key(&c, &meta);
+        assert!(none != one && one != two && none != two);
+        // The one-device key is the one hull wrote before it had several
+        // devices, so existing snapshots of that shape are still found.
+        c.net = vec![nic()];
+        let mut h = Sha256::new();
+        h.update(format!(
+            "format={}\nhull={}\nkernel={}\ninitramfs={}\nmem=128\ncpus=1\ncmdline={}\ndisks=[true]\nvsock=false\nnet=true\n",
+            vmm::snapshot::FORMAT,
+            env!("CARGO_PKG_VERSION"),
+            meta.kernel,
+            meta.initramfs,
+            c.full_cmdline(),
+        ));
+        assert_eq!(one, hex::encode(h.finalize())[..16]);
+        // A device's backend and MAC are given at restore: not the key.
+        c.net[0].mac = [2, 1, 2, 3, 4, 5];
+        assert_eq!(key(&c, &meta), one);
     }
 
     #[test]

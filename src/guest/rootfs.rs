@@ -267,7 +267,7 @@ fn start_helper(
         console: false,
         echo: false,
         kernel: None,
-        net: None,
+        net: Vec::new(),
         windows,
         // Its own snapshot, whose agent has a warm heap (the agent's
         // `warm_heap`).

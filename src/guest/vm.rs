@@ -51,8 +51,8 @@ pub struct GuestOptions<'a> {
     pub echo: bool,
     /// Kernel to use instead of the one found.
     pub kernel: Option<&'a Path>,
-    /// A network device, if the VM has one.
-    pub net: Option<vmm::virtio::net::NetConfig>,
+    /// Network devices, in guest order (`eth0` first); none for no network.
+    pub net: Vec<vmm::virtio::net::NetConfig>,
     /// Host files shown to the guest as memory windows (not part of any
     /// snapshot; see `vmm::window`).
     pub windows: Vec<vmm::window::WindowConfig>,

@@ -5,9 +5,12 @@
 //! the listen address on the first line, then one line per running
 //! container: `ID IPV4 IPV6 NAME,ALIAS,...`. hull rewrites that file when
 //! a container joins or leaves and sends SIGHUP, on which aardvark-dns
-//! reloads it; names it does not hold get NXDOMAIN (there is no upstream
-//! resolver in the namespace). aardvark-dns forks into the background
-//! once it listens and writes its PID beside its configuration.
+//! reloads it. Names it does not hold it forwards to the resolver its
+//! `/etc/resolv.conf` names: it runs in a mount namespace of its own
+//! where that file names the relay on the network namespace's loopback
+//! ([`super::dns_relay`]), which forwards to the host's resolver.
+//! aardvark-dns forks into the background once it listens and writes its
+//! PID beside its configuration.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -72,6 +75,17 @@ pub fn update(dir: &Path, network: &str, text: &str, netns: &Path) -> Result<(),
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &file))
         .map_err(|e| DnsError::Config(file.clone(), e))?;
+    // Before aardvark-dns: its first forwarded query must find it. Without
+    // it the network's own names still resolve: say so, and go on.
+    if let Err(e) = ensure_relay(dir, netns) {
+        tracing::warn!("{e}: names outside network {network} will not resolve on it");
+    }
+    // A responder started by a hull from before the relay sees the
+    // host's resolv.conf (its own, naming the relay, is written before
+    // every start): start it again so that it forwards.
+    if !upstream_conf_path(dir).exists() {
+        stop_process(|| running_pid(dir));
+    }
     match running_pid(dir) {
         // SAFETY: kill sends a signal to a PID; no memory is involved.
         Some(pid) => unsafe {
@@ -80,6 +94,67 @@ pub fn update(dir: &Path, network: &str, text: &str, netns: &Path) -> Result<(),
         None => start(dir, netns)?,
     }
     Ok(())
+}
+
+/// The hull binary, which runs the relay as a hidden subcommand. Only
+/// when this process is hull: another program (a test harness that
+/// links this code) would take the subcommand for its own arguments.
+fn relay_binary() -> Result<PathBuf, DnsError> {
+    let exe = std::env::current_exe().map_err(|e| DnsError::Start(e.to_string()))?;
+    if exe.file_name() != Some(std::ffi::OsStr::new("hull")) {
+        return Err(DnsError::Start(format!(
+            "DNS relay: {} is not hull",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
+/// Starts the network's DNS relay (`hull network __dns-relay`) unless it
+/// runs; returns once it listens (it writes its PID file then).
+fn ensure_relay(dir: &Path, netns: &Path) -> Result<(), DnsError> {
+    use super::dns_relay;
+    if dns_relay::running_pid(dir).is_some() {
+        return Ok(());
+    }
+    let pid_file = dns_relay::pid_file(dir);
+    let _ = std::fs::remove_file(&pid_file);
+    let exe = relay_binary()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["network", dns_relay::SUBCOMMAND])
+        .arg(netns)
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file(&dir.with_extension("relay.log")));
+    // SAFETY: setsid and unblock_signals are async-signal-safe; the relay
+    // outlives this process (the network's other containers use it) and
+    // takes no terminal signal of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            unblock_signals();
+            Ok(())
+        });
+    }
+    // Not waited for: it runs until the network goes ([`stop`]).
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| DnsError::Start(format!("DNS relay: {e}")))?;
+    for _ in 0..200 {
+        if dns_relay::running_pid(dir).is_some() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.with_extension("relay.log")).unwrap_or_default();
+            return Err(DnsError::Start(format!(
+                "DNS relay {status}: {}",
+                log.lines().last().unwrap_or("")
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(DnsError::Start("DNS relay did not start".into()))
 }
 
 /// The responder's PID, if it runs (its PID file names a live
@@ -102,6 +177,7 @@ pub fn running_pid(dir: &Path) -> Option<libc::pid_t> {
 fn start(dir: &Path, netns: &Path) -> Result<(), DnsError> {
     let ns = std::fs::File::open(netns).map_err(|e| DnsError::Start(e.to_string()))?;
     let ns_fd = ns.as_raw_fd();
+    let resolv = upstream_conf(dir)?;
     let mut cmd = Command::new(binary());
     cmd.arg("--config")
         .arg(dir)
@@ -109,12 +185,34 @@ fn start(dir: &Path, netns: &Path) -> Result<(), DnsError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // A file, not a pipe: the daemon it forks may keep the descriptor.
-        .stderr(log_file(dir));
-    // SAFETY: between fork and exec only async-signal-safe calls (setns,
-    // setsid) on a descriptor opened before the fork.
+        .stderr(log_file(&dir.with_extension("log")));
+    // SAFETY: between fork and exec only async-signal-safe calls
+    // (sigprocmask, setns, unshare, mount, setsid) on a descriptor and
+    // strings made before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            unblock_signals();
             if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Its own view of /etc/resolv.conf: the relay, not the
+            // host's resolvers (unreachable from the namespace).
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    resolv.as_ptr(),
+                    c"/etc/resolv.conf".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // Its own session: no terminal signal of ours reaches it.
@@ -136,18 +234,58 @@ fn start(dir: &Path, netns: &Path) -> Result<(), DnsError> {
     Ok(())
 }
 
-fn log_file(dir: &Path) -> Stdio {
+/// Empties the signal mask of a child between fork and exec. A VMM
+/// process (which starts these daemons when a container joins) blocks
+/// SIGTERM and SIGHUP on its threads, and a mask survives exec: without
+/// this, `network rm` could not stop them (seen with aardvark-dns).
+///
+/// # Safety
+/// Only sigemptyset and sigprocmask, both async-signal-safe.
+unsafe fn unblock_signals() {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both calls get valid pointers to a local set.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+fn upstream_conf_path(dir: &Path) -> PathBuf {
+    dir.with_extension("resolv.conf")
+}
+
+/// Writes the resolv.conf aardvark-dns sees (naming the relay) beside
+/// `dir`; its path, for the bind mount.
+fn upstream_conf(dir: &Path) -> Result<std::ffi::CString, DnsError> {
+    let path = upstream_conf_path(dir);
+    std::fs::write(
+        &path,
+        format!("nameserver {}\n", super::dns_relay::LISTEN.ip()),
+    )
+    .map_err(|e| DnsError::Config(path.clone(), e))?;
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| DnsError::Start(format!("bad path {}", path.display())))
+}
+
+fn log_file(path: &Path) -> Stdio {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.with_extension("log"))
+        .open(path)
         .map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
-/// Stops the responder of the configuration directory `dir`, if any, and
-/// waits (up to 2 s) until it is gone, so a new one can take its place.
+/// Stops the responder of the configuration directory `dir` and its
+/// relay, if they run, and waits (up to 2 s each) until they are gone,
+/// so new ones can take their place.
 pub fn stop(dir: &Path) {
-    let Some(pid) = running_pid(dir) else {
+    stop_process(|| running_pid(dir));
+    stop_process(|| super::dns_relay::running_pid(dir));
+}
+
+fn stop_process(running: impl Fn() -> Option<libc::pid_t>) {
+    let Some(pid) = running() else {
         return;
     };
     // SAFETY: kill sends a signal to a PID; no memory is involved.
@@ -155,7 +293,7 @@ pub fn stop(dir: &Path) {
         libc::kill(pid, libc::SIGTERM);
     }
     for _ in 0..100 {
-        if running_pid(dir).is_none() {
+        if running().is_none() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

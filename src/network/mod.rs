@@ -12,11 +12,14 @@
 //!
 //! A user network (`hull network create`, [`store`]) is a bridge in a
 //! network namespace of hull's ([`netns`]) with a DNS responder on its
-//! gateway ([`dns`]); a container VM on it has a tap on that bridge as
-//! its device's backend instead of a passt, and an address from the
-//! network's subnet ([`subnet`]). See docs/networking.md.
+//! gateway ([`dns`]); a container VM on it has two devices: `eth0`, a tap
+//! on that bridge with an address from the network's subnet
+//! ([`subnet`]), and `eth1`, its own passt as on the default network,
+//! which carries the default route (outbound access). See
+//! docs/networking.md.
 
 pub mod dns;
+pub mod dns_relay;
 pub mod netns;
 pub mod passt;
 pub mod store;
@@ -102,6 +105,15 @@ impl DefaultNetwork {
     pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
     /// passt's DNS forwarder (to the host's first resolver).
     pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+
+    /// The subnet of [`Self::ADDRESS`]: no user network may overlap it
+    /// (a container on one has this subnet on its outbound interface).
+    pub fn subnet() -> subnet::Subnet {
+        subnet::Subnet {
+            addr: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: Self::PREFIX_LEN,
+        }
+    }
 }
 
 /// The MAC address of a container: locally administered, unicast, from
@@ -117,9 +129,26 @@ pub fn mac_for(id: &str) -> [u8; 6] {
     mac
 }
 
-/// The MAC a snapshot template's device has (restored guests are given
-/// their own before the interface comes up).
+/// The MAC of the outbound (passt) interface of a container on a user
+/// network: [`mac_for`] with another locally administered first byte,
+/// so its two interfaces never share an address.
+pub fn uplink_mac_for(id: &str) -> [u8; 6] {
+    let mut mac = mac_for(id);
+    mac[0] = 0x06;
+    mac
+}
+
+/// The MAC a snapshot template's first device has (restored guests are
+/// given their own before the interface comes up).
 pub const TEMPLATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0];
+
+/// The MAC of a snapshot template's `index`th network device: distinct
+/// per device, as a real machine's are.
+pub fn template_mac(index: usize) -> [u8; 6] {
+    let mut mac = TEMPLATE_MAC;
+    mac[5] = u8::try_from(index).unwrap_or(u8::MAX);
+    mac
+}
 
 /// `NetworkSettings` of `hull inspect`, in Docker's field names.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -170,14 +199,19 @@ pub struct EndpointSettings {
 /// `ConfigureNetwork`) and which resolver its resolv.conf names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestNetwork {
+    /// The guest's interface (`eth0`, `eth1`: device order).
+    pub interface: &'static str,
     /// MAC address.
     pub mac: [u8; 6],
     /// Address.
     pub address: Ipv4Addr,
     /// Prefix length.
     pub prefix_len: u8,
-    /// Default gateway.
+    /// The subnet's gateway.
     pub gateway: Ipv4Addr,
+    /// Whether the default route goes through [`Self::gateway`]: only on
+    /// the interface with outbound access.
+    pub default_route: bool,
     /// The resolver.
     pub dns: Ipv4Addr,
 }
@@ -186,28 +220,35 @@ impl GuestNetwork {
     /// The default network's, for container `id`.
     pub fn default_for(id: &str) -> Self {
         Self {
+            interface: DefaultNetwork::INTERFACE,
             mac: mac_for(id),
             address: DefaultNetwork::ADDRESS,
             prefix_len: DefaultNetwork::PREFIX_LEN,
             gateway: DefaultNetwork::GATEWAY,
+            default_route: true,
             dns: DefaultNetwork::DNS,
+        }
+    }
+
+    /// The outbound interface (`eth1`, through passt) of container `id`
+    /// on a user network: the default network's addresses and route.
+    pub fn uplink_for(id: &str) -> Self {
+        Self {
+            interface: "eth1",
+            mac: uplink_mac_for(id),
+            ..Self::default_for(id)
         }
     }
 
     /// The agent request that gives the guest this address.
     pub fn configure_request(&self) -> agent_protocol::protocol::Request {
         agent_protocol::protocol::Request::ConfigureNetwork {
-            interface: DefaultNetwork::INTERFACE.into(),
+            interface: self.interface.into(),
             mac: vmm::virtio::net::format_mac(&self.mac),
             address: self.address,
             prefix_len: self.prefix_len,
-            gateway: self.gateway,
+            gateway: self.default_route.then_some(self.gateway),
         }
-    }
-
-    /// The container's /etc/resolv.conf.
-    pub fn resolv_conf(&self) -> String {
-        format!("nameserver {}\n", self.dns)
     }
 
     fn settings(
@@ -264,32 +305,50 @@ pub fn settings(
     }
 }
 
+/// The user network interface (`eth0`, the tap) of container `id`: the
+/// network's subnet only, no default route (that is passt's, on `eth1`).
 fn user_guest(net: &store::UserNetwork, ep: &store::Endpoint, id: &str) -> GuestNetwork {
     GuestNetwork {
+        interface: DefaultNetwork::INTERFACE,
         mac: mac_for(id),
         address: ep.ip,
         prefix_len: net.subnet.prefix,
         gateway: net.gateway,
+        default_route: false,
         dns: net.gateway,
     }
+}
+
+/// The container's /etc/resolv.conf for its interfaces `links`: the
+/// first interface's resolver only. On a user network that is
+/// aardvark-dns, which answers the network's names and forwards the
+/// rest through the network's relay ([`dns_relay`]) to the host's
+/// resolver; a second server (passt's forwarder) would answer the
+/// network's names NXDOMAIN to resolvers that ask every server at once.
+pub fn resolv_conf(links: &[GuestNetwork]) -> String {
+    links
+        .first()
+        .map(|l| format!("nameserver {}\n", l.dns))
+        .unwrap_or_default()
 }
 
 /// A container VM's network: its device, what keeps the backend alive
 /// (passt on the default network), and the guest's settings.
 #[derive(Debug, Default)]
 pub struct Attachment {
-    /// The default network's passt (killed and reaped when dropped).
+    /// The container's passt (killed and reaped when dropped).
     pub passt: Option<passt::Passt>,
-    /// The network device, none for `none`.
-    pub device: Option<vmm::virtio::net::NetConfig>,
-    /// How the guest configures it.
-    pub guest: Option<GuestNetwork>,
+    /// The network devices in guest order; none for `none`.
+    pub devices: Vec<vmm::virtio::net::NetConfig>,
+    /// How the guest configures each of them (same order).
+    pub guest: Vec<GuestNetwork>,
 }
 
-/// Container `id`'s network device and backend on `mode`: its own passt
-/// on the default network, a tap on the bridge of a user network (where
-/// it joins as `name` and `aliases`: an address and its names in DNS,
-/// until [`detach`]). passt also ends on its own if this process dies.
+/// Container `id`'s network devices and backends on `mode`: its own
+/// passt on the default network; on a user network a tap on its bridge
+/// (where it joins as `name` and `aliases`: an address and its names in
+/// DNS, until [`detach`]) and its own passt for outbound access. passt
+/// also ends on its own if this process dies.
 pub fn attach(
     root: &std::path::Path,
     mode: &NetworkMode,
@@ -308,11 +367,11 @@ pub fn attach(
             };
             Ok(Attachment {
                 passt: Some(passt),
-                device: Some(device),
-                guest: Some(GuestNetwork::default_for(id)),
+                devices: vec![device],
+                guest: vec![GuestNetwork::default_for(id)],
             })
         }
-        NetworkMode::User(name) => attach_user(root, name, id, names),
+        NetworkMode::User(name) => attach_user(root, name, id, names, log),
     }
 }
 
@@ -321,7 +380,14 @@ fn attach_user(
     network: &str,
     id: &str,
     (name, aliases): (&str, &[String]),
+    log: Option<&std::path::Path>,
 ) -> anyhow::Result<Attachment> {
+    // Before joining: a passt that cannot start leaves the network as it was.
+    let (passt, sock) = passt::Passt::spawn(log)?;
+    let uplink = vmm::virtio::net::NetConfig {
+        mac: uplink_mac_for(id),
+        backend: Some(vmm::virtio::net::Backend::Stream(std::sync::Arc::new(sock))),
+    };
     let store = store::NetworkStore::new(root);
     let mac = mac_for(id);
     let (net, ep) = store.join(
@@ -339,14 +405,19 @@ fn attach_user(
             return Err(e.into());
         }
     };
-    tracing::debug!("on network {network} as {} through a tap", ep.ip);
+    tracing::debug!(
+        "on network {network} as {} through a tap, outbound through passt {}",
+        ep.ip,
+        passt.pid()
+    );
+    let tap = vmm::virtio::net::NetConfig {
+        mac,
+        backend: Some(vmm::virtio::net::Backend::Tap(std::sync::Arc::new(tap))),
+    };
     Ok(Attachment {
-        passt: None,
-        device: Some(vmm::virtio::net::NetConfig {
-            mac,
-            backend: Some(vmm::virtio::net::Backend::Tap(std::sync::Arc::new(tap))),
-        }),
-        guest: Some(user_guest(&net, &ep, id)),
+        passt: Some(passt),
+        devices: vec![tap, uplink],
+        guest: vec![user_guest(&net, &ep, id), GuestNetwork::uplink_for(id)],
     })
 }
 
@@ -393,6 +464,52 @@ mod tests {
         assert_eq!(mac[0] & 1, 0, "unicast");
         assert_eq!(mac[0] & 2, 2, "locally administered");
         assert_eq!(mac_for("zz"), [2, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn on_a_user_network_only_the_passt_interface_routes_outside() {
+        let id = "0123456789abcdef";
+        let net = store::UserNetwork {
+            name: "front".into(),
+            id: "n".into(),
+            subnet: subnet::Subnet::parse("10.89.0.0/24").unwrap(),
+            gateway: Ipv4Addr::new(10, 89, 0, 1),
+            created: String::new(),
+            endpoints: Default::default(),
+        };
+        let ep = store::Endpoint {
+            name: "web".into(),
+            aliases: vec![],
+            ip: Ipv4Addr::new(10, 89, 0, 2),
+            mac: String::new(),
+        };
+        let links = [user_guest(&net, &ep, id), GuestNetwork::uplink_for(id)];
+        let gateways: Vec<_> = links
+            .iter()
+            .map(|l| match l.configure_request() {
+                agent_protocol::protocol::Request::ConfigureNetwork {
+                    interface, gateway, ..
+                } => (interface, gateway),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            gateways,
+            [
+                ("eth0".to_string(), None),
+                ("eth1".to_string(), Some(DefaultNetwork::GATEWAY))
+            ]
+        );
+        assert_ne!(links[0].mac, links[1].mac);
+        assert_eq!(links[1].mac[0] & 3, 2, "unicast, locally administered");
+        // The network's responder only (it forwards the other names).
+        assert_eq!(resolv_conf(&links), "nameserver 10.89.0.1\n");
+        assert_eq!(
+            resolv_conf(&[GuestNetwork::default_for(id)]),
+            "nameserver 10.0.2.3\n"
+        );
+        assert_ne!(template_mac(0), template_mac(1));
+        assert_eq!(template_mac(0), TEMPLATE_MAC);
     }
 
     #[test]

@@ -221,6 +221,16 @@ impl NetworkStore {
                 other.subnet.to_string(),
             ));
         }
+        // A container on a user network has the default network's subnet
+        // too, on its outbound interface (docs/networking.md).
+        let default = super::DefaultNetwork::subnet();
+        if default.overlaps(&subnet) {
+            return Err(StoreError::Overlap(
+                subnet.to_string(),
+                "default".into(),
+                default.to_string(),
+            ));
+        }
         let net = UserNetwork {
             name: name.to_string(),
             id: crate::container::store::new_id(),

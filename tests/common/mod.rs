@@ -1,9 +1,12 @@
 //! Helpers shared by hull's integration tests.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// A `hull` command with its state under `root`. Fast-start snapshots are
 /// shared by all tests (one template boot per VM shape per machine instead
@@ -227,5 +230,96 @@ pub fn run_limited(mut cmd: Command, limit: std::time::Duration) -> Output {
             panic!("{cmd:?} still running after {limit:?}: {:?}", text(&out));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Registry file fetched by the outbound tests (the index page of the
+/// mirror this machine uses is empty; its Release file is not).
+pub const REGISTRY_HOST: &str = "deb.debian.org";
+/// Its path.
+pub const REGISTRY_PATH: &str = "/debian/dists/bookworm/Release";
+
+/// The host's own fetch of the registry file, or a clear failure: this
+/// test needs outbound access, and must say so rather than hang.
+pub fn host_fetch() -> Vec<u8> {
+    let addr = (REGISTRY_HOST, 80)
+        .to_socket_addrs()
+        .unwrap_or_else(|e| {
+            panic!("this test needs outbound access: the host cannot resolve {REGISTRY_HOST}: {e}")
+        })
+        .next()
+        .unwrap_or_else(|| {
+            panic!("this test needs outbound access: no address for {REGISTRY_HOST}")
+        });
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: the host cannot reach {REGISTRY_HOST}:80: {e}")
+    });
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {REGISTRY_PATH} HTTP/1.1\r\nHost: {REGISTRY_HOST}\r\nUser-Agent: hull-test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap_or_else(|e| {
+        panic!("this test needs outbound access: reading from {REGISTRY_HOST}: {e}")
+    });
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.0 200"),
+        "this test needs outbound access: {REGISTRY_HOST} answered {:?}",
+        String::from_utf8_lossy(&resp[..split])
+    );
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "{REGISTRY_HOST} answered chunked; this test reads plain bodies"
+    );
+    resp[split + 4..].to_vec()
+}
+
+/// PIDs of `passt` (or `passt.avx2`) processes whose parent is `parent`.
+pub fn passt_children(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm_part, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid: i32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        // passt re-executes itself as passt.avx2 where the CPU has AVX2.
+        if comm_part.contains("(passt") && ppid == parent {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` still exists (a zombie counts: it was not reaped).
+pub fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn wait_gone(pid: i32, what: &str) {
+    let start = Instant::now();
+    while exists(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} {pid} still exists (orphaned or unreaped)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

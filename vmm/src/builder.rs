@@ -138,7 +138,7 @@ impl Vm {
                 mem_mib: config.mem_mib,
                 disks_read_only: config.disks.iter().map(|d| d.read_only).collect(),
                 vsock_cid: config.vsock_uds.as_ref().map(|_| config.vsock_cid),
-                net: config.net.is_some(),
+                nics: config.net.len(),
             },
             mem,
             windows,
@@ -170,7 +170,7 @@ fn fit_snapshot(config: &mut VmConfig, state: &snapshot::VmState) -> Result<()> 
         || state.vcpus.len() != usize::from(config.vcpus)
         || state.disks_read_only != disks
         || state.vsock_cid.is_some() != config.vsock_uds.is_some()
-        || state.net != config.net.is_some()
+        || state.nic_count() != config.net.len()
     {
         return Err(snapshot::SnapshotError::Invalid(
             "it was made for a different VM size or device set".into(),
@@ -319,7 +319,7 @@ impl Devices {
     }
 }
 
-/// Puts the configured disks and vsock device on the MMIO bus; returns
+/// Puts the configured disks, vsock and network devices on the MMIO bus; returns
 /// their transports and what they add to the kernel command line.
 fn attach_virtio(
     vm: &VmFd,
@@ -350,9 +350,9 @@ fn attach_virtio(
             .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
         attacher.attach(Arc::new(Mutex::new(vsock)))?;
     }
-    if let Some(net) = &config.net {
+    for (i, net) in config.net.iter().enumerate() {
         let net = virtio::net::Net::new(net.clone())
-            .map_err(|e| VmError::Device("network device".into(), Box::new(e)))?;
+            .map_err(|e| VmError::Device(format!("network device {i}"), Box::new(e)))?;
         attacher.attach(Arc::new(Mutex::new(net)))?;
     }
     Ok((attacher.transports, attacher.cmdline))

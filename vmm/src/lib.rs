@@ -141,9 +141,9 @@ pub struct VmConfig {
     pub vsock_uds: Option<PathBuf>,
     /// The guest's vsock context ID.
     pub vsock_cid: u64,
-    /// A virtio-net device (attached after the disks and vsock); `None`
-    /// for no network device at all.
-    pub net: Option<virtio::net::NetConfig>,
+    /// Network devices, in guest order (`eth0`, `eth1`, ...), attached
+    /// after the disks and vsock; empty for no network device at all.
+    pub net: Vec<virtio::net::NetConfig>,
     /// Host files shown to the guest as physical memory above RAM
     /// ([`window`]); not part of snapshots.
     pub windows: Vec<window::WindowConfig>,
@@ -185,7 +185,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock_uds: None,
             vsock_cid: 3,
-            net: None,
+            net: Vec::new(),
             windows: Vec::new(),
         }
     }
@@ -262,7 +262,7 @@ struct Layout {
     mem_mib: u64,
     disks_read_only: Vec<bool>,
     vsock_cid: Option<u64>,
-    net: bool,
+    nics: usize,
 }
 
 /// A pending snapshot request: where to write it.
@@ -437,7 +437,8 @@ impl Vm {
             mem_mib: self.layout.mem_mib,
             disks_read_only: self.layout.disks_read_only.clone(),
             vsock_cid: self.layout.vsock_cid,
-            net: self.layout.net,
+            nics: self.layout.nics,
+            net: false,
             clock: self
                 .vm
                 .get_clock()
@@ -505,6 +506,17 @@ const fn mptable_pins() -> u32 {
     boot::mptable::IOAPIC_PINS as u32
 }
 
+/// The MMIO base address and interrupt (GSI) of the `index`th virtio
+/// device: one 4 KiB window and one IOAPIC pin each, in attach order.
+fn virtio_slot(index: usize) -> Result<(u64, u32)> {
+    let count = u32::try_from(index)
+        .ok()
+        .filter(|&c| c < VIRTIO_MAX_DEVICES)
+        .ok_or(VmError::TooManyDevices(VIRTIO_MAX_DEVICES))?;
+    let base = memory::VIRTIO_MMIO_START + u64::from(count) * virtio::mmio::MMIO_WINDOW;
+    Ok((base, VIRTIO_FIRST_GSI + count))
+}
+
 /// Puts virtio devices on the MMIO bus, wires their notifications and
 /// interrupts through KVM, and names them on the guest command line.
 struct VirtioAttacher<'a> {
@@ -521,12 +533,7 @@ impl VirtioAttacher<'_> {
     where
         T: virtio::VirtioDevice + MutEventSubscriber + Send + 'static,
     {
-        let count = self.transports.len() as u32;
-        if count >= VIRTIO_MAX_DEVICES {
-            return Err(VmError::TooManyDevices(VIRTIO_MAX_DEVICES));
-        }
-        let base = memory::VIRTIO_MMIO_START + u64::from(count) * virtio::mmio::MMIO_WINDOW;
-        let gsi = VIRTIO_FIRST_GSI + count;
+        let (base, gsi) = virtio_slot(self.transports.len())?;
         let irqfd = new_eventfd()?;
         self.vm
             .register_irqfd(&irqfd, gsi)
@@ -611,5 +618,28 @@ impl MutEventSubscriber for EndWatcher {
                 tracing::error!("cannot watch VM end events: {e:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_virtio_device_has_its_own_window_and_interrupt() {
+        // Two disks, vsock and two NICs: the shape of a container on a
+        // user network.
+        let slots: Vec<(u64, u32)> = (0..5).map(|i| virtio_slot(i).unwrap()).collect();
+        for (i, (base, gsi)) in slots.iter().enumerate() {
+            for (other_base, other_gsi) in &slots[i + 1..] {
+                assert!(base + virtio::mmio::MMIO_WINDOW <= *other_base);
+                assert_ne!(gsi, other_gsi);
+            }
+            assert!(*gsi < mptable_pins(), "an IOAPIC pin");
+        }
+        assert_eq!(slots[0], (memory::VIRTIO_MMIO_START, VIRTIO_FIRST_GSI));
+        let last = VIRTIO_MAX_DEVICES as usize;
+        assert!(virtio_slot(last - 1).is_ok());
+        assert!(matches!(virtio_slot(last), Err(VmError::TooManyDevices(_))));
     }
 }

@@ -115,7 +115,7 @@ impl BuildVm {
             console: false,
             echo: false,
             kernel: None,
-            net: attachment.device,
+            net: attachment.devices,
             windows: vec![vmm::window::WindowConfig {
                 path: output,
                 writable: true,
@@ -152,8 +152,8 @@ impl BuildVm {
                     engine::SCRATCH_EXT4_OPTIONS,
                 ))?;
                 c.set_hostname(&id[..12])?;
-                if let Some(g) = &guest_net {
-                    c.call(&g.configure_request())?;
+                for link in &guest_net {
+                    c.call(&link.configure_request())?;
                 }
                 Ok(())
             },
@@ -290,7 +290,7 @@ impl BuildVm {
         ];
         batch.extend(engine::pseudo_mounts(&step_root));
         let resolv = match self.network {
-            NetworkMode::Default => network::GuestNetwork::default_for("").resolv_conf(),
+            NetworkMode::Default => network::resolv_conf(&[network::GuestNetwork::default_for("")]),
             NetworkMode::None | NetworkMode::User(_) => engine::resolv_conf(),
         };
         let hostname = "buildkitsandbox";

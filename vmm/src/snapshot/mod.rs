@@ -56,7 +56,12 @@ pub struct VmState {
     pub disks_read_only: Vec<bool>,
     /// The vsock device's guest CID, if the VM has one.
     pub vsock_cid: Option<u64>,
-    /// Whether the VM has a network device (its transport comes last).
+    /// How many network devices the VM has (their transports come last).
+    #[serde(default)]
+    pub nics: usize,
+    /// Written by hull before multi-NIC VMs: whether the VM has one
+    /// network device. Read so those snapshots still restore; always
+    /// written `false` now ([`VmState::nic_count`] reads both).
     #[serde(default)]
     pub net: bool,
     /// kvmclock.
@@ -74,6 +79,12 @@ pub struct VmState {
 }
 
 impl VmState {
+    /// The snapshot's network devices: [`VmState::nics`], or one for a
+    /// snapshot written with only the older `net` flag.
+    pub fn nic_count(&self) -> usize {
+        nic_count(self.nics, self.net)
+    }
+
     /// Writes `state.json` into `dir` (the memory file is written apart).
     pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
         let path = dir.join(STATE_FILE);
@@ -102,9 +113,34 @@ impl VmState {
     }
 }
 
+/// The network device count of a snapshot with `nics` and the older
+/// one-device flag `net`.
+fn nic_count(nics: usize, net: bool) -> usize {
+    if nics == 0 && net {
+        1
+    } else {
+        nics
+    }
+}
+
 /// The irqchip ids KVM_GET_IRQCHIP takes: PIC master, PIC slave, IOAPIC.
 pub const IRQCHIP_IDS: [u32; 3] = [
     kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
     kvm_bindings::KVM_IRQCHIP_PIC_SLAVE,
     kvm_bindings::KVM_IRQCHIP_IOAPIC,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::nic_count;
+
+    #[test]
+    fn snapshots_from_before_multi_nic_keep_their_one_device() {
+        // Written with only `net`: none or one device.
+        assert_eq!(nic_count(0, false), 0);
+        assert_eq!(nic_count(0, true), 1);
+        // Written with `nics` (and `net` false).
+        assert_eq!(nic_count(1, false), 1);
+        assert_eq!(nic_count(2, false), 2);
+    }
+}
