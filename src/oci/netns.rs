@@ -75,6 +75,32 @@ pub fn create(path: &Path) -> Result<(), OciError> {
     .map_err(OciError::io("creating the container's network namespace"))
 }
 
+/// Mounts, read-only, a sysfs that shows the network namespace bound at
+/// `ns` (sysfs takes the mounter's namespace) on `target`.
+pub fn mount_sysfs(ns: &Path, target: &Path) -> Result<(), OciError> {
+    let (ns, target) = (ns.to_path_buf(), target.to_path_buf());
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let f = std::fs::File::open(&ns)?;
+        // SAFETY: setns(2) of this short-lived thread only.
+        check(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) })?;
+        let dst = cstr(&target)?;
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // SAFETY: mount(2) of a new sysfs on a valid NUL-terminated path.
+        check(unsafe {
+            libc::mount(
+                c"sysfs".as_ptr(),
+                dst.as_ptr(),
+                c"sysfs".as_ptr(),
+                flags,
+                std::ptr::null(),
+            )
+        })
+    })
+    .join()
+    .map_err(|_| OciError::Io("sysfs".into(), std::io::Error::other("panic")))?
+    .map_err(OciError::io("mounting the container's sysfs"))
+}
+
 /// `ip link set lo up` in the calling thread's network namespace.
 fn loopback_up() -> std::io::Result<()> {
     // SAFETY: socket(2); the descriptor is owned by `sock` below.

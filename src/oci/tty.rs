@@ -18,15 +18,37 @@ pub struct Pty {
     slave: OwnedFd,
 }
 
-/// Opens a PTY of `size` (80x24 when unknown).
-pub fn open(size: Option<WindowSize>) -> std::io::Result<Pty> {
-    let size = size.unwrap_or(WindowSize { rows: 24, cols: 80 });
-    let ws = libc::winsize {
+fn winsize(size: WindowSize) -> libc::winsize {
+    libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
+    }
+}
+
+/// Sets the window size of the PTY whose master is `master`; the kernel
+/// sends SIGWINCH to the slave's foreground process group (the runtime).
+pub fn set_size(master: &File, size: WindowSize) -> std::io::Result<()> {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the
+    // descriptor is the open master.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(master),
+            libc::TIOCSWINSZ,
+            &ws,
+        )
     };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a PTY of `size` (80x24 when unknown).
+pub fn open(size: Option<WindowSize>) -> std::io::Result<Pty> {
+    let ws = winsize(size.unwrap_or(WindowSize { rows: 24, cols: 80 }));
     let (mut m, mut s) = (-1, -1);
     // SAFETY: openpty writes two descriptors; name and termios are null
     // (not wanted), `ws` is a valid winsize it reads.
