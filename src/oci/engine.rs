@@ -482,6 +482,12 @@ fn supervise(
             let _ = std::io::copy(&mut std::io::stdin(), &mut i);
         });
     }
+    // -t attached: the container's terminal gets our size once it runs.
+    let sized = master
+        .as_ref()
+        .filter(|_| attached)
+        .map(|m| m.try_clone())
+        .transpose()?;
     // -t: everything comes through the terminal, as one stream (stdout).
     let pty_out = match master {
         Some(m) => {
@@ -502,6 +508,9 @@ fn supervise(
             if let Some(pid) = read_pid(&pid_file) {
                 container_pid.store(pid, Ordering::Release);
                 let _ = update(dir, |s| s.process_id = Some(pid));
+                if let Some(m) = &sized {
+                    resize(m, pid);
+                }
             }
         }
         if let Some(st) = child.try_wait()? {
@@ -634,7 +643,7 @@ fn forward_signals(
             }
             if sig == libc::SIGWINCH {
                 if let Some(master) = terminal.as_ref().and_then(|t| t.get()) {
-                    resize(master);
+                    resize(master, pid.load(Ordering::Acquire));
                 }
                 continue;
             }
@@ -647,12 +656,21 @@ fn forward_signals(
     Ok(())
 }
 
-/// Gives the PTY of `master` our terminal's size.
-fn resize(master: &std::fs::File) {
+/// Gives the container's terminal our terminal's size: the runtime's PTY
+/// (`master`, hull's; runc passes a change on to the container's PTY)
+/// and the container's own PTY through its process `pid`'s stdin (crun
+/// passes nothing on, and neither runtime sizes it at start).
+fn resize(master: &std::fs::File, pid: u32) {
     let size =
         crate::container::terminal::size_source().and_then(crate::container::terminal::window_size);
-    if let Some(size) = size {
-        let _ = super::tty::set_size(master, size);
+    let Some(size) = size else {
+        return;
+    };
+    let _ = super::tty::set_size(master, size);
+    if pid != 0 {
+        if let Ok(tty) = super::tty::open_terminal_of(pid) {
+            let _ = super::tty::set_size(&tty, size);
+        }
     }
 }
 

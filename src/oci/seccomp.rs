@@ -36,7 +36,7 @@ pub const ALLOWED: &[&str] = &[
     "access", "chdir", "chmod", "chown", "close", "close_range", "copy_file_range", "creat",
     "dup", "dup2", "dup3", "faccessat", "faccessat2", "fadvise64", "fallocate", "fchdir",
     "fchmod", "fchmodat", "fchmodat2", "fchown", "fchownat", "fcntl", "fdatasync", "flock",
-    "fstat", "fstatfs", "fsync", "ftruncate", "getcwd", "getdents", "getdents64", "lchown",
+    "fstat", "fstatfs", "fsync", "ftruncate", "getcwd", "getdents", "getdents64", "ioctl", "lchown",
     "link", "linkat", "lseek", "lstat", "mkdir", "mkdirat", "mknod", "mknodat", "newfstatat",
     "open", "openat", "openat2", "pipe", "pipe2", "pread64", "preadv", "preadv2", "pwrite64",
     "pwritev", "pwritev2", "read", "readahead", "readlink", "readlinkat", "readv", "rename",
@@ -190,6 +190,18 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(names.len(), before, "a name is listed twice");
+        // What every program does (terminals, files, threads, exec).
+        for needed in [
+            "ioctl",
+            "read",
+            "openat",
+            "execve",
+            "futex",
+            "rt_sigreturn",
+            "mmap",
+        ] {
+            assert!(ALLOWED.contains(&needed), "{needed} is not allowed");
+        }
         for denied in [
             "add_key",
             "bpf",

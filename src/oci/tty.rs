@@ -46,6 +46,24 @@ pub fn set_size(master: &File, size: WindowSize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The terminal on the standard input of container process `pid`, as
+/// the host reaches it (`/proc/PID/fd/0`). The container chooses what
+/// that is: opened without blocking and without becoming our controlling
+/// terminal, and refused unless it is a terminal; device nodes of the
+/// image do not open (the overlay is `nodev`).
+pub fn open_terminal_of(pid: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/{pid}/fd/0"))?;
+    // SAFETY: isatty on a descriptor we own.
+    if unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 1 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTTY));
+    }
+    Ok(f)
+}
+
 /// Opens a PTY of `size` (80x24 when unknown).
 pub fn open(size: Option<WindowSize>) -> std::io::Result<Pty> {
     let ws = winsize(size.unwrap_or(WindowSize { rows: 24, cols: 80 }));
