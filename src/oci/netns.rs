@@ -56,6 +56,7 @@ pub fn create(path: &Path) -> Result<(), OciError> {
         // SAFETY: unshare(2) with a flag, on this thread only.
         check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
         loopback_up()?;
+        unprivileged_ports_and_ping()?;
         std::fs::File::create(&path)?;
         let src = c"/proc/thread-self/ns/net";
         let dst = cstr(&path)?;
@@ -99,6 +100,18 @@ pub fn mount_sysfs(ns: &Path, target: &Path) -> Result<(), OciError> {
     .join()
     .map_err(|_| OciError::Io("sysfs".into(), std::io::Error::other("panic")))?
     .map_err(OciError::io("mounting the container's sysfs"))
+}
+
+/// Lets any user of the calling thread's network namespace bind ports
+/// below 1024 and open ICMP echo sockets, as Docker sets up every
+/// container's. Needed with a user namespace: the network namespace
+/// belongs to the host's user namespace (hull made it), so the
+/// container's CAP_NET_BIND_SERVICE and CAP_NET_RAW, held in its own
+/// user namespace, do not count there.
+fn unprivileged_ports_and_ping() -> std::io::Result<()> {
+    // /proc/sys/net shows the network namespace of the thread opening it.
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.
