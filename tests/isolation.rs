@@ -700,3 +700,99 @@ fn system_prune_removes_unused_lower_dirs() {
     );
     assert_eq!(names(&root.join("oci/lower")), Vec::<String>::new());
 }
+
+/// `inspect`'s `.Container.UserNamespace` of container `id`.
+fn user_namespace(root: &Path, id: &str) -> serde_json::Value {
+    let out = hull(root).args(["inspect", id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["Container"]["UserNamespace"].clone()
+}
+
+/// The ID of the newest container.
+fn last_container(root: &Path) -> String {
+    let out = hull(root)
+        .args(["ps", "-lq", "--no-trunc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Container root is not host root: the container sees a uid_map from
+/// its root to the hull root's subordinate range, image files are its
+/// root's, and what container root writes belongs to that range's first
+/// ID on the host's upper directory. `-u` beyond the range is one error
+/// line. `HULL_USERNS=host` (as a host without user namespaces) runs with
+/// host IDs and says so on `run` and in `inspect`.
+#[test]
+fn container_root_is_a_subordinate_id_on_the_host() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = hull(root)
+        .args(["run", "--isolation", "container", "busybox:test"])
+        .args([
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; echo x > /made-by-root; id -u; stat -c %u /bin/busybox /etc/hosts",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "no warning with a user namespace");
+    let id = last_container(root);
+    let ns = user_namespace(root, &id);
+    assert_eq!(ns["Mode"], "Mapped", "{ns}");
+    let base = ns["HostUid"].as_u64().unwrap();
+    assert!(base >= 100_000, "{ns}");
+    let map: Vec<u64> = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(map, vec![0, base, 65_536], "{stdout}");
+    assert_eq!(stdout.lines().skip(1).collect::<Vec<_>>(), ["0", "0", "0"]);
+    let made = root.join("containers").join(&id).join("upper/made-by-root");
+    let meta = std::fs::metadata(&made).unwrap();
+    assert_eq!(
+        (u64::from(meta.uid()), u64::from(meta.gid())),
+        (base, ns["HostGid"].as_u64().unwrap())
+    );
+    let out = hull(root).args(["rm", &id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let out = run(root, "container", &["-u", "70000"], &["true"], None);
+    assert_one_line_error(
+        &out,
+        "User 70000 is outside the container's user namespace (IDs 0-65535)",
+    );
+
+    let out = hull(root)
+        .env("HULL_USERNS", "host")
+        .args(["run", "--isolation", "container", "busybox:test"])
+        .args(["sh", "-c", "cat /proc/self/uid_map; echo x > /made-by-root"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr,
+        "WARNING: no user namespace (HULL_USERNS=host): container root is host root\n"
+    );
+    let map: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(map, ["0", "0", "4294967295"]);
+    let id = last_container(root);
+    assert_eq!(
+        user_namespace(root, &id),
+        serde_json::json!({"Mode": "Host", "Reason": "HULL_USERNS=host"})
+    );
+    let made = root.join("containers").join(&id).join("upper/made-by-root");
+    assert_eq!(std::fs::metadata(&made).unwrap().uid(), 0);
+    let out = hull(root).args(["rm", &id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
