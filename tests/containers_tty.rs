@@ -495,3 +495,45 @@ fn count_containers(root: &Path) -> usize {
         .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
         .unwrap_or(0)
 }
+
+/// `-t` with `--isolation container`: the container's terminal has the
+/// host terminal's size once it runs, and follows a resize (SIGWINCH on
+/// hull), with either runtime (crun passes no resize on by itself).
+#[test]
+fn container_mode_terminal_follows_the_window_size() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    for rt in ["crun", "runc"] {
+        let mut cmd = hull(root);
+        cmd.args([
+            "run",
+            "--rm",
+            "-t",
+            "--isolation",
+            "container",
+            "--runtime",
+            rt,
+        ])
+        .args(["busybox:test", "sh", "-c"])
+        .arg("sleep 0.5; echo size $(stty size); sleep 3; echo size $(stty size); exit 2");
+        let run = OnPty::spawn(cmd, 33, 97);
+        run.wait_for("size 33 97", Duration::from_secs(60));
+        set_size(run.master.as_raw_fd(), 40, 120);
+        let done = run.finish();
+        assert_eq!(
+            done.code,
+            Some(2),
+            "{rt}: {:?} {:?}",
+            done.terminal,
+            done.stderr
+        );
+        // The container's terminal writes \r\n; without -i the host
+        // terminal stays cooked (as with Docker) and adds its own \r.
+        assert_eq!(
+            done.terminal, "size 33 97\r\r\nsize 40 120\r\r\n",
+            "{rt}: stderr {:?}",
+            done.stderr
+        );
+    }
+}

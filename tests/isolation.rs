@@ -561,6 +561,17 @@ fn compare_json_has_every_field() {
         svg.starts_with("<svg") && svg.contains("container"),
         "--plot wrote a chart"
     );
+    let surface = r["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v[0] == "attack surface")
+        .and_then(|v| v[1].as_str())
+        .unwrap();
+    assert!(
+        surface.contains("host syscalls allowed (seccomp mode 2: hull's allow list"),
+        "{surface}"
+    );
     for row in [
         "latency",
         "idle memory",
@@ -573,10 +584,17 @@ fn compare_json_has_every_field() {
     }
 }
 
-/// The container mode's seccomp deny list: a new user namespace (which
-/// needs no capability) is refused, ordinary system calls work.
+/// The container mode's seccomp allow list: a new user namespace (which
+/// needs no capability) is refused, and so is `adjtimex` reading the
+/// clock's state (no capability either; not on the list, where the old
+/// deny list let it through), with EPERM; `clone` without namespace
+/// flags and the usual personalities pass their argument filters, and
+/// ordinary system calls work.
 #[test]
 fn container_mode_filters_system_calls() {
+    // Without the filter (on the host) the same call works.
+    let host = Command::new("busybox").arg("adjtimex").output().unwrap();
+    assert!(host.status.success(), "{:?}", text(&host));
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
@@ -587,15 +605,194 @@ fn container_mode_filters_system_calls() {
         &[
             "sh",
             "-c",
-            // A user namespace needs no capability: only the filter
-            // refuses it. `id` shows the ordinary calls still work.
-            "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null || echo unshare refused; id -u",
+            "grep '^Seccomp:' /proc/self/status; unshare -U true 2>/dev/null || echo unshare refused; \
+             adjtimex 2>&1 >/dev/null | grep -o 'Operation not permitted'; linux32 uname -m; (echo in a subshell); id -u",
         ],
         None,
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(
-        stdout, "Seccomp:\t2\nunshare refused\n0\n",
+        stdout, "Seccomp:\t2\nunshare refused\nOperation not permitted\ni686\nin a subshell\n0\n",
         "stderr: {stderr}"
     );
+}
+
+/// `hull top` lists a container-mode container's processes as the VM
+/// mode does: the container's own PIDs and IDs (its root is 0, not the
+/// subordinate host ID), Docker-like columns.
+#[test]
+fn top_lists_the_containers_own_processes() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = hull(root)
+        .args(["run", "-d", "--isolation", "container", "busybox:test"])
+        .args(["sh", "-c", "sleep 301 & sleep 300"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The background sleep may take a moment to exec.
+    let mut table = String::new();
+    for _ in 0..50 {
+        let out = hull(root).args(["top", &id]).output().unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        table = text(&out).0;
+        if table.contains("sleep 301") && table.contains("sleep 300") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["UID", "PID", "PPID", "ELAPSED", "TIME", "CMD"],
+        "{table}"
+    );
+    assert_eq!(rows.len(), 3, "{table}");
+    let row = |cmd: &str| rows.iter().find(|r| r[5..].join(" ") == cmd).unwrap();
+    assert_eq!(row("sleep 300")[..3], ["0", "1", "0"], "{table}");
+    let bg = row("sleep 301");
+    assert_eq!((bg[0], bg[2]), ("0", "1"), "{table}");
+    let out = hull(root).args(["rm", "-f", &id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+/// `hull system prune` keeps the unpacked root of an image still present
+/// and removes it (and a crashed unpack's leftovers) once no image and no
+/// container uses it.
+#[test]
+fn system_prune_removes_unused_lower_dirs() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = run(root, "container", &[], &["true"], None);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let lower = || -> Vec<String> {
+        names(&root.join("oci/lower"))
+            .into_iter()
+            .filter(|n| !n.ends_with(".lock"))
+            .collect()
+    };
+    assert_eq!(lower().len(), 1);
+    std::fs::create_dir_all(root.join("oci/lower/.tmp-0123abcd-99999/bin")).unwrap();
+    let prune = || {
+        let out = hull(root).args(["system", "prune", "-f"]).output().unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).0
+    };
+    let printed = prune();
+    assert!(
+        printed.contains("Deleted 1 container-mode root filesystem(s)"),
+        "{printed}"
+    );
+    let kept = lower();
+    assert_eq!(kept.len(), 1, "the image's own stays: {kept:?}");
+    let out = hull(root).args(["rmi", "busybox:test"]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let printed = prune();
+    assert!(
+        printed.contains("Deleted 1 container-mode root filesystem(s)"),
+        "{printed}"
+    );
+    assert_eq!(names(&root.join("oci/lower")), Vec::<String>::new());
+}
+
+/// `inspect`'s `.Container.UserNamespace` of container `id`.
+fn user_namespace(root: &Path, id: &str) -> serde_json::Value {
+    let out = hull(root).args(["inspect", id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["Container"]["UserNamespace"].clone()
+}
+
+/// The ID of the newest container.
+fn last_container(root: &Path) -> String {
+    let out = hull(root)
+        .args(["ps", "-lq", "--no-trunc"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Container root is not host root: the container sees a uid_map from
+/// its root to the hull root's subordinate range, image files are its
+/// root's, and what container root writes belongs to that range's first
+/// ID on the host's upper directory. `-u` beyond the range is one error
+/// line. `HULL_USERNS=host` (as a host without user namespaces) runs with
+/// host IDs and says so on `run` and in `inspect`.
+#[test]
+fn container_root_is_a_subordinate_id_on_the_host() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    let out = hull(root)
+        .args(["run", "--isolation", "container", "busybox:test"])
+        .args([
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; echo x > /made-by-root; id -u; stat -c %u /bin/busybox /etc/hosts",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "no warning with a user namespace");
+    let id = last_container(root);
+    let ns = user_namespace(root, &id);
+    assert_eq!(ns["Mode"], "Mapped", "{ns}");
+    let base = ns["HostUid"].as_u64().unwrap();
+    assert!(base >= 100_000, "{ns}");
+    let map: Vec<u64> = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(map, vec![0, base, 65_536], "{stdout}");
+    assert_eq!(stdout.lines().skip(1).collect::<Vec<_>>(), ["0", "0", "0"]);
+    let made = root.join("containers").join(&id).join("upper/made-by-root");
+    let meta = std::fs::metadata(&made).unwrap();
+    assert_eq!(
+        (u64::from(meta.uid()), u64::from(meta.gid())),
+        (base, ns["HostGid"].as_u64().unwrap())
+    );
+    let out = hull(root).args(["rm", &id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let out = run(root, "container", &["-u", "70000"], &["true"], None);
+    assert_one_line_error(
+        &out,
+        "User 70000 is outside the container's user namespace (IDs 0-65535)",
+    );
+
+    let out = hull(root)
+        .env("HULL_USERNS", "host")
+        .args(["run", "--isolation", "container", "busybox:test"])
+        .args(["sh", "-c", "cat /proc/self/uid_map; echo x > /made-by-root"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr,
+        "WARNING: no user namespace (HULL_USERNS=host): container root is host root\n"
+    );
+    let map: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(map, ["0", "0", "4294967295"]);
+    let id = last_container(root);
+    assert_eq!(
+        user_namespace(root, &id),
+        serde_json::json!({"Mode": "Host", "Reason": "HULL_USERNS=host"})
+    );
+    let made = root.join("containers").join(&id).join("upper/made-by-root");
+    assert_eq!(std::fs::metadata(&made).unwrap().uid(), 0);
+    let out = hull(root).args(["rm", &id]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
 }

@@ -16,5 +16,9 @@ pub mod layer_out;
 /// unpacked into it (`hull commit`, `diff`, `cp`).
 pub mod container_fs;
 
+/// The processes of a /proc, for `hull top` (the agent's guest, and
+/// container-mode containers on the host).
+pub mod procs;
+
 /// Host files mapped into the agent as memory windows (`/dev/mem`).
 pub mod window;

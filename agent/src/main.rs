@@ -12,7 +12,6 @@ mod mounts;
 mod net;
 mod power;
 mod process;
-mod procs;
 mod pty;
 mod resume;
 mod server;

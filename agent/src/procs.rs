@@ -1,8 +1,10 @@
-//! The guest's processes from /proc, for `hull top`.
+//! A PID namespace's processes from a /proc, for `hull top`: the
+//! guest's (the agent lists its own /proc) and a container-mode
+//! container's (hull lists the container's /proc through its init).
 
 use std::path::Path;
 
-use agent::protocol::ProcessInfo;
+use crate::protocol::ProcessInfo;
 
 /// Clock ticks per second of /proc/<pid>/stat times: USER_HZ, 100 on every
 /// Linux the agent runs on (sysconf would say the same at a syscall's cost).

@@ -101,7 +101,7 @@ impl Agent {
             } => configure_network(interface, &mac, address, prefix_len, gateway),
             Request::ListProcesses => Response::Processes {
                 // Without the agent (PID 1): it is the VM, not the container.
-                processes: crate::procs::list(
+                processes: agent::procs::list(
                     std::path::Path::new("/proc"),
                     crate::mounts::uptime().unwrap_or(0.0),
                     1,

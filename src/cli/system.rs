@@ -67,6 +67,7 @@ pub fn prune(root: &Path, args: &PruneArgs) -> anyhow::Result<u8> {
         }
         println!();
     }
+    let lower_bytes = prune_lower_dirs(root, &store)?;
     let volume_bytes = if args.volumes {
         super::volume::prune_anonymous(root)?
     } else {
@@ -74,9 +75,42 @@ pub fn prune(root: &Path, args: &PruneArgs) -> anyhow::Result<u8> {
     };
     println!(
         "Total reclaimed space: {}",
-        format::size(snapshot_bytes + container_bytes + image_bytes + volume_bytes)
+        format::size(snapshot_bytes + container_bytes + image_bytes + lower_bytes + volume_bytes)
     );
     Ok(0)
+}
+
+/// Removes the container mode's unpacked root filesystems (`oci/lower`)
+/// that neither a container left nor an image left would use; returns the
+/// bytes freed. An image's is kept for the user namespace new containers
+/// get now, a container's for the one it was created with.
+fn prune_lower_dirs(root: &Path, store: &Store) -> anyhow::Result<u64> {
+    use crate::oci::lower::{chain_key, LowerCache};
+    let layers_of = |image: &images::store::Image| -> Vec<(String, std::path::PathBuf)> {
+        image
+            .layers
+            .iter()
+            .map(|l| (l.digest.to_string(), l.path.clone()))
+            .collect()
+    };
+    let shift = crate::oci::userns::choose(Path::new("/etc")).shift();
+    let mut keep: std::collections::HashSet<String> = store
+        .list()?
+        .iter()
+        .map(|row| chain_key(&layers_of(&row.image), shift))
+        .collect();
+    for c in ContainerStore::new(root).list()? {
+        let shift = c.config.userns.as_ref().and_then(|u| u.shift());
+        keep.insert(chain_key(&c.config.layers, shift));
+    }
+    let (count, bytes) = LowerCache::new(root).prune(&keep)?;
+    if count > 0 {
+        println!(
+            "Deleted {count} container-mode root filesystem(s), {:.1} MiB reclaimed",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(bytes)
 }
 
 /// Removes every image no container was created from; returns their IDs

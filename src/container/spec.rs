@@ -70,6 +70,11 @@ pub struct ContainerConfig {
     /// crun, else runc).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// The user namespace of a container-mode container, chosen when it
+    /// was created (containers made before user namespaces, and VMs:
+    /// none, i.e. host IDs).
+    #[serde(default)]
+    pub userns: Option<crate::oci::userns::UserNamespace>,
     /// Volumes mounted in it (`-v`, `--mount`, the image's VOLUMEs), in
     /// the order of their disks.
     #[serde(default)]

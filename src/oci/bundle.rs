@@ -1,16 +1,21 @@
 //! The runtime-spec `config.json` of a container-mode container, built
 //! with oci-spec's types: Docker's defaults (namespaces, mounts, masked
-//! paths, capabilities) with the container's process, a network
-//! namespace hull made, and limits only as far as the host allows.
+//! paths, capabilities, a seccomp allow list: [`super::seccomp`]) with
+//! the container's process, a user namespace where the host allows one
+//! ([`super::userns`]), a network namespace hull made, and limits only
+//! as far as the host allows.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
+
+use agent::unpack::IdShift;
 
 use super::user::Ids;
 use super::OciError;
@@ -34,81 +39,6 @@ pub const DEFAULT_CAPS: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// System calls a container process gets `EPERM` for: those Docker's
-/// default profile leaves out of its allow list (kernel modules and
-/// keyrings, mounts and namespaces, clocks, kexec/reboot, BPF and perf,
-/// NUMA policy, handle-based opens, cross-process memory access). hull
-/// blocks them with a deny list over "allow the rest", so an image built
-/// for newer system calls than this list knows still runs.
-pub const DENIED_SYSCALLS: [&str; 44] = [
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "umount2",
-    "unshare",
-];
-
-/// The container's seccomp filter: [`DENIED_SYSCALLS`] fail with EPERM,
-/// everything else is allowed.
-pub fn seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, OciError> {
-    use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
-    let denied = LinuxSyscallBuilder::default()
-        .names(DENIED_SYSCALLS.map(String::from).to_vec())
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()
-        .map_err(err)?;
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![
-            Arch::ScmpArchX86_64,
-            Arch::ScmpArchX86,
-            Arch::ScmpArchX32,
-        ])
-        .syscalls(vec![denied])
-        .build()
-        .map_err(err)
-}
-
 /// What the spec needs besides the container's configuration.
 pub struct BundleInput<'a> {
     /// The container's configuration.
@@ -123,6 +53,12 @@ pub struct BundleInput<'a> {
     pub etc_files: Vec<(PathBuf, &'static str)>,
     /// Apply `-m`/`--cpus` through cgroups (the host allows it).
     pub limits: bool,
+    /// The container's user namespace (`None`: host IDs).
+    pub userns: Option<IdShift>,
+    /// A sysfs of the container's network namespace that hull mounted,
+    /// bound over /sys (with a user namespace the runtime cannot mount
+    /// one: the network namespace is not the user namespace's).
+    pub sysfs: Option<PathBuf>,
 }
 
 fn err(e: oci_spec::OciSpecError) -> OciError {
@@ -204,18 +140,47 @@ fn nofile_limit() -> Result<oci_spec::runtime::PosixRlimit, OciError> {
 /// /etc files.
 fn mounts(input: &BundleInput<'_>) -> Result<Vec<Mount>, OciError> {
     let mut m = oci_spec::runtime::get_default_mounts();
+    if let Some(sysfs) = &input.sysfs {
+        for mount in m
+            .iter_mut()
+            .filter(|m| m.destination() == Path::new("/sys"))
+        {
+            *mount = bind(sysfs, "/sys", &["rbind", "ro", "nosuid", "nodev", "noexec"])?;
+        }
+    }
     for (src, dst) in &input.etc_files {
-        m.push(
-            MountBuilder::default()
-                .destination(*dst)
-                .typ("bind")
-                .source(src)
-                .options(vec!["rbind".to_string(), "rprivate".to_string()])
-                .build()
-                .map_err(err)?,
-        );
+        m.push(bind(src, dst, &["rbind", "rprivate"])?);
     }
     Ok(m)
+}
+
+fn bind(src: &Path, dst: &str, options: &[&str]) -> Result<Mount, OciError> {
+    MountBuilder::default()
+        .destination(dst)
+        .typ("bind")
+        .source(src)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(err)
+}
+
+/// A user namespace's mappings: container IDs from 0, UIDs then GIDs.
+type IdMappings = (LinuxIdMapping, LinuxIdMapping);
+
+/// The mappings of `shift` (`None`: host IDs, no user namespace).
+fn id_mappings(shift: Option<IdShift>) -> Result<Option<IdMappings>, OciError> {
+    let Some(s) = shift else {
+        return Ok(None);
+    };
+    let map = |host_id: u32| {
+        LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(host_id)
+            .size(s.size)
+            .build()
+            .map_err(err)
+    };
+    Ok(Some((map(s.uid)?, map(s.gid)?)))
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, OciError> {
@@ -230,14 +195,19 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
 
 fn linux(input: &BundleInput<'_>) -> Result<oci_spec::runtime::Linux, OciError> {
     let c = input.config;
-    let namespaces = vec![
+    let mappings = id_mappings(input.userns)?;
+    let mut namespaces = Vec::new();
+    if mappings.is_some() {
+        namespaces.push(namespace(LinuxNamespaceType::User, None)?);
+    }
+    namespaces.extend([
         namespace(LinuxNamespaceType::Pid, None)?,
         namespace(LinuxNamespaceType::Ipc, None)?,
         namespace(LinuxNamespaceType::Uts, None)?,
         namespace(LinuxNamespaceType::Mount, None)?,
         namespace(LinuxNamespaceType::Cgroup, None)?,
         namespace(LinuxNamespaceType::Network, Some(input.netns))?,
-    ];
+    ]);
     // Every device denied but those the runtime adds itself (null, zero,
     // full, random, urandom, tty, the pty master): an image's device nodes
     // open nothing.
@@ -265,10 +235,13 @@ fn linux(input: &BundleInput<'_>) -> Result<oci_spec::runtime::Linux, OciError> 
             );
     }
     let defaults = oci_spec::runtime::Linux::default();
-    LinuxBuilder::default()
-        .namespaces(namespaces)
+    let mut builder = LinuxBuilder::default().namespaces(namespaces);
+    if let Some((uids, gids)) = mappings {
+        builder = builder.uid_mappings(vec![uids]).gid_mappings(vec![gids]);
+    }
+    builder
         .resources(resources.build().map_err(err)?)
-        .seccomp(seccomp()?)
+        .seccomp(super::seccomp::filter()?)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
         .build()
@@ -304,6 +277,12 @@ mod tests {
             netns: Path::new("/n"),
             etc_files: vec![(PathBuf::from("/h"), "/etc/hosts")],
             limits: true,
+            userns: Some(IdShift {
+                uid: 100_000,
+                gid: 200_000,
+                size: 65_536,
+            }),
+            sysfs: Some(PathBuf::from("/s")),
         };
         let v = serde_json::to_value(spec(&input).unwrap()).unwrap();
         assert_eq!(v["process"]["args"][2], "true");
@@ -316,15 +295,22 @@ mod tests {
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         let net = ns.iter().find(|n| n["type"] == "network").unwrap();
         assert_eq!(net["path"], "/n");
-        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
-        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
-        let denied = &v["linux"]["seccomp"]["syscalls"][0];
-        assert_eq!(denied["action"], "SCMP_ACT_ERRNO");
-        assert!(denied["names"]
+        assert!(ns
+            .iter()
+            .any(|n| n["type"] == "user" && n["path"].is_null()));
+        assert_eq!(
+            v["linux"]["uidMappings"],
+            serde_json::json!([{"containerID": 0, "hostID": 100_000, "size": 65_536}])
+        );
+        assert_eq!(v["linux"]["gidMappings"][0]["hostID"], 200_000);
+        let sys = v["mounts"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n == "unshare"));
+            .find(|m| m["destination"] == "/sys");
+        assert_eq!(sys.unwrap()["source"], "/s");
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 200_000);
         let rl = &v["process"]["rlimits"][0];
         assert!(rl["hard"].as_u64().unwrap() >= rl["soft"].as_u64().unwrap());

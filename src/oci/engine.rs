@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -80,6 +80,7 @@ struct Parts {
     runtime: Option<Runtime>,
     rootfs: Option<PathBuf>,
     netns: Option<PathBuf>,
+    sysfs: Option<PathBuf>,
     pasta: Option<Child>,
 }
 
@@ -93,6 +94,11 @@ impl Parts {
         if let Some(mut p) = self.pasta.take() {
             let _ = p.kill();
             let _ = p.wait();
+        }
+        if let Some(s) = self.sysfs.take() {
+            // Before `rm` walks the container's directory: a mounted
+            // sysfs would fail it (read-only file system).
+            unmount(&s);
         }
         if let Some(n) = self.netns.take() {
             netns::remove(&n);
@@ -121,32 +127,45 @@ fn run_inner(
     netns::private_mounts()?;
     let attached = matches!(attach, Attach::Terminal { .. });
     let container_pid = Arc::new(AtomicU32::new(0));
+    let terminal = Arc::new(OnceLock::new());
     if attached {
-        forward_signals(container_pid.clone())?;
+        forward_signals(container_pid.clone(), config.tty.then(|| terminal.clone()))?;
     }
     let runtime = Runtime::find(config.runtime.as_deref())?;
     if runtime.name == "crun" {
         hide_hybrid_cgroup2();
     }
+    let shift = config.userns.as_ref().and_then(|u| u.shift());
     let lower = LowerCache::new(root)
-        .get_or_unpack(&config.layers)
+        .get_or_unpack(&config.layers, shift)
         .context("preparing the image's root filesystem on the host")?;
-    let rootfs = mount_overlay(dir, &lower)?;
+    let rootfs = mount_overlay(dir, &lower, shift)?;
     parts.rootfs = Some(rootfs.clone());
     let ns = dir.join("netns");
     netns::create(&ns)?;
     parts.netns = Some(ns.clone());
+    let sysfs = match shift {
+        Some(_) => Some(userns_access(root, dir, &ns)?),
+        None => None,
+    };
+    parts.sysfs = sysfs.clone();
     if config.network == NetworkMode::Default {
         parts.pasta = Some(spawn_pasta(&ns, dir)?);
     }
     let ids = user::resolve(&rootfs, &config.user)?;
-    let bundle_dir = write_bundle(dir, config, &rootfs, ids, &ns)?;
+    if let Some(s) = shift {
+        user::check_mapped(&ids, s.size)?;
+    }
+    let bundle_dir = write_bundle(dir, config, &rootfs, ids, &ns, sysfs)?;
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
     ports.start_in_netns(&ns)?;
     parts.runtime = Some(runtime.clone());
     let stdin = matches!(attach, Attach::Terminal { stdin: true });
     let (child, master) = spawn_runtime(root, &runtime, &bundle_dir, config, attach)?;
+    if let Some(m) = &master {
+        let _ = terminal.set(m.try_clone()?);
+    }
     // Raw from the moment the process runs until we return (-i -t).
     let raw = master.as_ref().and_then(|_| raw_stdin(stdin));
     let code = supervise(
@@ -176,13 +195,55 @@ fn hide_hybrid_cgroup2() {
     }
 }
 
+/// What a runtime working inside the container's user namespace needs
+/// from the host: a path it may traverse to the bundle and the root (the
+/// hull root and the container's directory gain o+x, as Docker's 0711
+/// /var/lib/docker; a directory above the root without it is an error),
+/// and a sysfs of the container's network namespace.
+/// The runtime cannot mount sysfs itself there, because that namespace
+/// belongs to the host's user namespace; hull mounts it from inside the
+/// network namespace, and the spec binds it read-only.
+fn userns_access(root: &Path, dir: &Path, ns: &Path) -> Result<PathBuf, OciError> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let meta =
+            std::fs::metadata(d).map_err(OciError::io(format!("reading {}", d.display())))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 != 0 {
+            continue;
+        }
+        if !d.starts_with(root) {
+            // Not hull's to change: say what to do instead of letting the
+            // runtime fail with "permission denied" on some later path.
+            return Err(OciError::NotSearchable(d.to_path_buf()));
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode & 0o7777 | 0o001))
+            .map_err(OciError::io(format!("chmod o+x {}", d.display())))?;
+    }
+    let sysfs = dir.join("sys");
+    std::fs::create_dir_all(&sysfs).map_err(OciError::io("creating sys"))?;
+    netns::mount_sysfs(ns, &sysfs)?;
+    Ok(sysfs)
+}
+
 /// `dir/rootfs`: the lower directory under this container's upper and
-/// work directories (kept across restarts until `rm`). `nodev`: device
-/// nodes a layer carried open nothing.
-fn mount_overlay(dir: &Path, lower: &Path) -> Result<PathBuf, OciError> {
+/// work directories (kept across restarts until `rm`), owned by the
+/// container's root when it has a user namespace (the merged "/" is the
+/// upper directory's). `nodev`: device nodes a layer carried open nothing.
+fn mount_overlay(
+    dir: &Path,
+    lower: &Path,
+    shift: Option<agent::unpack::IdShift>,
+) -> Result<PathBuf, OciError> {
     let rootfs = dir.join("rootfs");
     for d in ["upper", "work", "rootfs"] {
         std::fs::create_dir_all(dir.join(d)).map_err(OciError::io(format!("creating {d}")))?;
+    }
+    if let Some(s) = shift {
+        for d in ["upper", "work"] {
+            std::os::unix::fs::chown(dir.join(d), Some(s.uid), Some(s.gid))
+                .map_err(OciError::io(format!("chown {d}")))?;
+        }
     }
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -287,7 +348,9 @@ fn write_bundle(
     rootfs: &Path,
     ids: user::Ids,
     ns: &Path,
+    sysfs: Option<PathBuf>,
 ) -> anyhow::Result<PathBuf> {
+    let shift = config.userns.as_ref().and_then(|u| u.shift());
     let bundle_dir = dir.join("bundle");
     std::fs::create_dir_all(&bundle_dir)?;
     let hosts = format!(
@@ -311,6 +374,10 @@ fn write_bundle(
     for (name, text, target) in files {
         let p = bundle_dir.join(name);
         std::fs::write(&p, text)?;
+        if let Some(s) = shift {
+            // Container root's, as in Docker: it may edit its /etc/hosts.
+            std::os::unix::fs::chown(&p, Some(s.uid), Some(s.gid))?;
+        }
         etc_files.push((p, target));
     }
     let spec = bundle::spec(&BundleInput {
@@ -320,6 +387,8 @@ fn write_bundle(
         netns: ns,
         etc_files,
         limits: limits_allowed(),
+        userns: shift,
+        sysfs,
     })?;
     let tmp = bundle_dir.join(".config.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&spec)?)?;
@@ -411,6 +480,12 @@ fn supervise(
             let _ = std::io::copy(&mut std::io::stdin(), &mut i);
         });
     }
+    // -t attached: the container's terminal gets our size once it runs.
+    let sized = master
+        .as_ref()
+        .filter(|_| attached)
+        .map(|m| m.try_clone())
+        .transpose()?;
     // -t: everything comes through the terminal, as one stream (stdout).
     let pty_out = match master {
         Some(m) => {
@@ -431,6 +506,9 @@ fn supervise(
             if let Some(pid) = read_pid(&pid_file) {
                 container_pid.store(pid, Ordering::Release);
                 let _ = update(dir, |s| s.process_id = Some(pid));
+                if let Some(m) = &sized {
+                    resize(m, pid);
+                }
             }
         }
         if let Some(st) = child.try_wait()? {
@@ -531,13 +609,20 @@ fn copy_thread<R: Read + Send + 'static, W: Write + Send + 'static>(
 
 /// Blocks the forwarded signals in this (single) thread, so every thread
 /// made later inherits the mask, and sends each one that arrives to the
-/// container's process once its PID is known.
-fn forward_signals(pid: Arc<AtomicU32>) -> std::io::Result<()> {
+/// container's process once its PID is known. With `terminal` (`-t`),
+/// SIGWINCH too: our terminal's new size is set on the runtime's PTY
+/// (the master hull holds), whose kernel signals the runtime, which
+/// resizes the container's own PTY as it does for a shell.
+fn forward_signals(
+    pid: Arc<AtomicU32>,
+    terminal: Option<Arc<OnceLock<std::fs::File>>>,
+) -> std::io::Result<()> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t for these calls.
     unsafe { libc::sigemptyset(&mut set) };
-    for sig in FORWARDED {
+    let winch = terminal.as_ref().map(|_| libc::SIGWINCH);
+    for sig in FORWARDED.into_iter().chain(winch) {
         // SAFETY: as above, with valid signal numbers.
         unsafe { libc::sigaddset(&mut set, sig) };
     }
@@ -554,6 +639,12 @@ fn forward_signals(pid: Arc<AtomicU32>) -> std::io::Result<()> {
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
                 return;
             }
+            if sig == libc::SIGWINCH {
+                if let Some(master) = terminal.as_ref().and_then(|t| t.get()) {
+                    resize(master, pid.load(Ordering::Acquire));
+                }
+                continue;
+            }
             let p = pid.load(Ordering::Acquire);
             if p != 0 {
                 // SAFETY: kill(2) of the container's init, a host PID.
@@ -561,6 +652,53 @@ fn forward_signals(pid: Arc<AtomicU32>) -> std::io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// Gives the container's terminal our terminal's size: the runtime's PTY
+/// (`master`, hull's; runc passes a change on to the container's PTY)
+/// and the container's own PTY through its process `pid`'s stdin (crun
+/// passes nothing on, and neither runtime sizes it at start).
+fn resize(master: &std::fs::File, pid: u32) {
+    let size =
+        crate::container::terminal::size_source().and_then(crate::container::terminal::window_size);
+    let Some(size) = size else {
+        return;
+    };
+    let _ = super::tty::set_size(master, size);
+    if pid != 0 {
+        if let Ok(tty) = super::tty::open_terminal_of(pid) {
+            let _ = super::tty::set_size(&tty, size);
+        }
+    }
+}
+
+/// The container's processes as it sees them (its PIDs and IDs), for
+/// `hull top`: its own /proc, which the runtime mounted in its mount
+/// namespace, reached through its init process's root. The container
+/// cannot swap that mount (no CAP_SYS_ADMIN, and seccomp refuses mount),
+/// and what it writes into its processes' names is only text here.
+pub fn processes(
+    init: u32,
+    userns: Option<&super::userns::UserNamespace>,
+) -> Result<Vec<agent_protocol::protocol::ProcessInfo>, OciError> {
+    let uptime =
+        std::fs::read_to_string("/proc/uptime").map_err(OciError::io("reading /proc/uptime"))?;
+    let uptime: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0.0);
+    let proc = PathBuf::from(format!("/proc/{init}/root/proc"));
+    let mut procs = agent::procs::list(&proc, uptime, -1);
+    // /proc shows IDs as its reader's (host) user namespace maps them.
+    if let Some(s) = userns.and_then(|u| u.shift()) {
+        for p in &mut procs {
+            if (s.uid..s.uid.saturating_add(s.size)).contains(&p.uid) {
+                p.uid -= s.uid;
+            }
+        }
+    }
+    Ok(procs)
 }
 
 /// What `hull exec` runs in a container-mode container.
@@ -576,6 +714,9 @@ pub fn exec(
         Path::new(&format!("/proc/{pid}/root")),
         opts.user.as_deref().unwrap_or(&config.user),
     )?;
+    if let Some(s) = config.userns.as_ref().and_then(|u| u.shift()) {
+        user::check_mapped(&ids, s.size)?;
+    }
     let mut env = config.env.clone();
     for e in opts.env {
         let key = e.split('=').next().unwrap_or_default().to_string();

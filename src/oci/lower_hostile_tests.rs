@@ -120,7 +120,10 @@ fn left_in(cache: &LowerCache) -> Vec<String> {
 /// returns the error's one line (`Err`), else the directory (`Ok`).
 fn unpack(cache: &LowerCache, blob: &Path) -> Result<PathBuf, String> {
     let start = Instant::now();
-    let r = cache.get_or_unpack(&[("sha256:0123456789abcdef0123".into(), blob.to_owned())]);
+    let r = cache.get_or_unpack(
+        &[("sha256:0123456789abcdef0123".into(), blob.to_owned())],
+        None,
+    );
     eprintln!("{}: {:?}", blob.display(), start.elapsed());
     r.map_err(|e| {
         let line = format!("{:#}", anyhow::Error::from(e));

@@ -14,8 +14,12 @@ pub mod engine;
 pub mod lower;
 pub mod netns;
 pub mod runtime;
+pub mod seccomp;
 pub mod tty;
 pub mod user;
+pub mod userns;
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +57,15 @@ pub enum OciError {
     /// The user named by `-u` or the image is not in the image.
     #[error("Unable to find user {0}: no matching entries in passwd file")]
     NoUser(String),
+    /// `-u` names an ID the container's user namespace cannot map.
+    #[error("User {0} is outside the container's user namespace (IDs 0-{1})")]
+    Unmapped(u32, u32),
+    /// A directory above the hull root that container root (an
+    /// unprivileged host user) cannot pass through.
+    #[error(
+        "{0} is not searchable by others, so the container's root (a subordinate host ID) cannot reach the hull root: chmod o+x it, or run with HULL_USERNS=host"
+    )]
+    NotSearchable(PathBuf),
     /// The runtime refused the container.
     #[error("OCI runtime {0} failed: {1}")]
     Runtime(String, String),

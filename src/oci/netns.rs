@@ -56,6 +56,7 @@ pub fn create(path: &Path) -> Result<(), OciError> {
         // SAFETY: unshare(2) with a flag, on this thread only.
         check(unsafe { libc::unshare(libc::CLONE_NEWNET) })?;
         loopback_up()?;
+        unprivileged_ports_and_ping()?;
         std::fs::File::create(&path)?;
         let src = c"/proc/thread-self/ns/net";
         let dst = cstr(&path)?;
@@ -73,6 +74,44 @@ pub fn create(path: &Path) -> Result<(), OciError> {
     .join()
     .map_err(|_| OciError::Io("network namespace".into(), std::io::Error::other("panic")))?
     .map_err(OciError::io("creating the container's network namespace"))
+}
+
+/// Mounts, read-only, a sysfs that shows the network namespace bound at
+/// `ns` (sysfs takes the mounter's namespace) on `target`.
+pub fn mount_sysfs(ns: &Path, target: &Path) -> Result<(), OciError> {
+    let (ns, target) = (ns.to_path_buf(), target.to_path_buf());
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let f = std::fs::File::open(&ns)?;
+        // SAFETY: setns(2) of this short-lived thread only.
+        check(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) })?;
+        let dst = cstr(&target)?;
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // SAFETY: mount(2) of a new sysfs on a valid NUL-terminated path.
+        check(unsafe {
+            libc::mount(
+                c"sysfs".as_ptr(),
+                dst.as_ptr(),
+                c"sysfs".as_ptr(),
+                flags,
+                std::ptr::null(),
+            )
+        })
+    })
+    .join()
+    .map_err(|_| OciError::Io("sysfs".into(), std::io::Error::other("panic")))?
+    .map_err(OciError::io("mounting the container's sysfs"))
+}
+
+/// Lets any user of the calling thread's network namespace bind ports
+/// below 1024 and open ICMP echo sockets, as Docker sets up every
+/// container's. Needed with a user namespace: the network namespace
+/// belongs to the host's user namespace (hull made it), so the
+/// container's CAP_NET_BIND_SERVICE and CAP_NET_RAW, held in its own
+/// user namespace, do not count there.
+fn unprivileged_ports_and_ping() -> std::io::Result<()> {
+    // /proc/sys/net shows the network namespace of the thread opening it.
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")?;
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.

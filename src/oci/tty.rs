@@ -18,15 +18,55 @@ pub struct Pty {
     slave: OwnedFd,
 }
 
-/// Opens a PTY of `size` (80x24 when unknown).
-pub fn open(size: Option<WindowSize>) -> std::io::Result<Pty> {
-    let size = size.unwrap_or(WindowSize { rows: 24, cols: 80 });
-    let ws = libc::winsize {
+fn winsize(size: WindowSize) -> libc::winsize {
+    libc::winsize {
         ws_row: size.rows,
         ws_col: size.cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
+    }
+}
+
+/// Sets the window size of the PTY whose master is `master`; the kernel
+/// sends SIGWINCH to the slave's foreground process group (the runtime).
+pub fn set_size(master: &File, size: WindowSize) -> std::io::Result<()> {
+    let ws = winsize(size);
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the
+    // descriptor is the open master.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(master),
+            libc::TIOCSWINSZ,
+            &ws,
+        )
     };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The terminal on the standard input of container process `pid`, as
+/// the host reaches it (`/proc/PID/fd/0`). The container chooses what
+/// that is: opened without blocking and without becoming our controlling
+/// terminal, and refused unless it is a terminal; device nodes of the
+/// image do not open (the overlay is `nodev`).
+pub fn open_terminal_of(pid: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/{pid}/fd/0"))?;
+    // SAFETY: isatty on a descriptor we own.
+    if unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 1 {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTTY));
+    }
+    Ok(f)
+}
+
+/// Opens a PTY of `size` (80x24 when unknown).
+pub fn open(size: Option<WindowSize>) -> std::io::Result<Pty> {
+    let ws = winsize(size.unwrap_or(WindowSize { rows: 24, cols: 80 }));
     let (mut m, mut s) = (-1, -1);
     // SAFETY: openpty writes two descriptors; name and termios are null
     // (not wanted), `ws` is a valid winsize it reads.

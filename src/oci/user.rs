@@ -121,6 +121,18 @@ pub fn resolve(root: &Path, spec: &str) -> Result<Ids, OciError> {
     })
 }
 
+/// Refuses IDs the container's user namespace (IDs `0..size`) cannot
+/// map: the runtime would fail later with a less clear message.
+pub fn check_mapped(ids: &Ids, size: u32) -> Result<(), OciError> {
+    let all = [ids.uid, ids.gid]
+        .into_iter()
+        .chain(ids.additional.iter().copied());
+    match all.into_iter().find(|id| *id >= size) {
+        Some(id) => Err(OciError::Unmapped(id, size - 1)),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +173,12 @@ mod tests {
             resolve(d.path(), "nobody"),
             Err(OciError::NoUser(_))
         ));
+        assert!(check_mapped(&r("app"), 65_536).is_ok());
+        let err = check_mapped(&r("70000"), 65_536).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "User 70000 is outside the container's user namespace (IDs 0-65535)"
+        );
     }
 
     #[test]

@@ -251,6 +251,53 @@ pub struct Options {
     /// bounds the inodes a hostile layer takes where the target is the
     /// host's own filesystem (container mode). Default: no limit.
     pub max_entries: u64,
+    /// Owners shifted into a user namespace's range on the host
+    /// (container mode): entries are written owned by host IDs, so a
+    /// cached tree serves every container of that namespace without a
+    /// chown per container. Default: none (owners as in the archive).
+    pub id_shift: Option<IdShift>,
+}
+
+/// Container IDs `0..size` stored as host IDs `uid..uid+size` (and
+/// `gid..gid+size` for groups), as a user namespace maps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdShift {
+    /// Host UID of container UID 0.
+    pub uid: u32,
+    /// Host GID of container GID 0.
+    pub gid: u32,
+    /// IDs mapped.
+    pub size: u32,
+}
+
+impl IdShift {
+    /// `e`'s owner as the host stores it. An ID outside the range could
+    /// not be mapped back in the container: refused (as Docker's
+    /// userns-remap refuses it) rather than stored under some host ID.
+    fn apply(&self, e: &mut Entry) -> Result<(), Error> {
+        let (uid, gid) = (
+            self.shift(e, e.uid, self.uid, "uid")?,
+            self.shift(e, e.gid, self.gid, "gid")?,
+        );
+        (e.uid, e.gid) = (uid, gid);
+        Ok(())
+    }
+
+    fn shift(&self, e: &Entry, id: u32, base: u32, what: &str) -> Result<u32, Error> {
+        if id >= self.size {
+            return Err(Error::Unsafe {
+                path: e.display(),
+                reason: format!(
+                    "{what} {id} is outside the container's user namespace (0-{})",
+                    self.size.saturating_sub(1)
+                ),
+            });
+        }
+        base.checked_add(id).ok_or_else(|| Error::Unsafe {
+            path: e.display(),
+            reason: format!("{what} {id} overflows the host's IDs"),
+        })
+    }
 }
 
 impl Default for Options {
@@ -261,6 +308,7 @@ impl Default for Options {
             xattrs: true,
             buffer_size: DEFAULT_BUFFER,
             max_entries: u64::MAX,
+            id_shift: None,
         }
     }
 }
@@ -384,7 +432,10 @@ impl Unpacker {
         tar: &mut tar::TarReader<R>,
         layer: &mut Layer,
     ) -> Result<(), Error> {
-        while let Some(e) = tar.next_entry()? {
+        while let Some(mut e) = tar.next_entry()? {
+            if let Some(shift) = self.opts.id_shift {
+                shift.apply(&mut e)?;
+            }
             self.entry(tar, e, layer)?;
         }
         Ok(())

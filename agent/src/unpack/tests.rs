@@ -343,6 +343,51 @@ fn owners_modes_times_xattrs() {
     }
 }
 
+/// Container mode: owners land shifted into the user namespace's range;
+/// an owner the namespace cannot map is refused, not stored as is.
+#[test]
+fn owners_shift_into_a_user_namespace_range() {
+    let env = new_env();
+    let shift = IdShift {
+        uid: 100_000,
+        gid: 200_000,
+        size: 65_536,
+    };
+    let opts = Options {
+        id_shift: Some(shift),
+        ..Options::default()
+    };
+    let mut t = T::default();
+    let mut f = H::new("f", b'0');
+    (f.uid, f.gid) = (1000, 50);
+    let root_dir = H::new("d", b'5');
+    let mut link = H::new("d/l", b'2');
+    (link.link, link.uid) = (b"../f".to_vec(), 7);
+    t.entry(f, b"x").entry(root_dir, b"").entry(link, b"");
+    let mut u = Unpacker::new(&env.root, opts.clone()).unwrap();
+    u.apply_layer(&t.finish()[..]).unwrap();
+    if is_root() {
+        let owner = |p: &str| {
+            let m = lmeta(&env.p(p));
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner("f"), (101_000, 200_050));
+        assert_eq!(owner("d"), (100_000, 200_000));
+        assert_eq!(owner("d/l"), (100_007, 200_000));
+    }
+    let mut t = T::default();
+    let mut far = H::new("far", b'0');
+    far.uid = 70_000;
+    t.entry(far, b"");
+    let mut u = Unpacker::new(&env.root, opts).unwrap();
+    let err = u.apply_layer(&t.finish()[..]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "far: uid 70000 is outside the container's user namespace (0-65535)"
+    );
+    assert!(!exists(&env.p("far")));
+}
+
 #[test]
 fn long_names_pax_and_gnu() {
     let env = new_env();

@@ -259,10 +259,12 @@ fn prepared(root: &Path, image: &str, iso: Isolation) -> anyhow::Result<bool> {
         .map(|l| (l.digest.to_string(), l.path.clone()))
         .collect();
     Ok(match iso {
-        Isolation::Container => crate::oci::lower::LowerCache::new(root)
-            .dir()
-            .join(crate::oci::lower::chain_key(&layers))
-            .is_dir(),
+        Isolation::Container => {
+            let userns = crate::oci::userns::choose(Path::new("/etc"));
+            crate::oci::lower::LowerCache::new(root)
+                .path_of(&layers, userns.shift())
+                .is_dir()
+        }
         Isolation::Vm => {
             let digests: Vec<String> = layers.iter().map(|(d, _)| d.clone()).collect();
             crate::guest::rootfs::RootfsCache::new(root)
@@ -451,8 +453,8 @@ fn verdicts(vm: &ModeReport, ct: &ModeReport) -> Vec<(String, String)> {
     v.push((
         "attack surface".to_string(),
         format!(
-            "container: every host syscall but {} (seccomp mode {}: hull's deny list); VM: guest syscalls reach only the guest kernel, the host sees KVM exits and the VMM's syscalls",
-            crate::oci::bundle::DENIED_SYSCALLS.len(),
+            "container: {} host syscalls allowed (seccomp mode {}: hull's allow list, EPERM for the rest); VM: guest syscalls reach only the guest kernel, the host sees KVM exits and the VMM's syscalls",
+            crate::oci::seccomp::allowed_count(),
             ct.probes.seccomp
         ),
     ));

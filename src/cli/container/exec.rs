@@ -37,11 +37,13 @@ pub fn top(root: &Path, store: &ContainerStore, container: &str) -> anyhow::Resu
         return Err(CommandError::NotRunning(container.to_string()).into());
     }
     if c.config.isolation == crate::oci::Isolation::Container {
-        return Err(CommandError::Invalid(
-            "container for top",
-            format!("{container} runs with --isolation container (not supported yet)"),
-        )
-        .into());
+        let pid = c
+            .state
+            .process_id
+            .ok_or_else(|| CommandError::NotRunning(container.to_string()))?;
+        let procs = crate::oci::engine::processes(pid, c.config.userns.as_ref())?;
+        print!("{}", crate::container::top::table(&procs));
+        return Ok(0);
     }
     let procs = AgentClient::connect(&engine::socket_path(root, &c.config.id))?.processes()?;
     print!("{}", crate::container::top::table(&procs));

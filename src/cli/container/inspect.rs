@@ -173,7 +173,10 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "Pid": c.state.process_id,
             "Runtime": crate::oci::runtime::Runtime::find(c.config.runtime.as_deref()).ok().map(|r| r.path),
             "Bundle": c.dir.join("bundle"),
-            "LowerDir": crate::oci::lower::LowerCache::new(root).dir().join(crate::oci::lower::chain_key(&c.config.layers)),
+            "LowerDir": crate::oci::lower::LowerCache::new(root).path_of(&c.config.layers, userns_shift(c)),
+            "UserNamespace": c.config.userns.clone().unwrap_or_else(|| crate::oci::userns::UserNamespace::Host {
+                reason: "created before hull used user namespaces".into(),
+            }),
         })),
         "VM": {
             "VCPUs": c.config.cpus,
@@ -188,6 +191,11 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             },
         },
     })
+}
+
+/// The owner shift of a container-mode container's lower directory.
+fn userns_shift(c: &Container) -> Option<agent::unpack::IdShift> {
+    c.config.userns.as_ref().and_then(|u| u.shift())
 }
 
 /// Docker's `Mounts`: the container's volumes, with hull's disk files as

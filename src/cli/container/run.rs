@@ -192,6 +192,9 @@ fn create_container(
         .runtime
         .clone()
         .filter(|_| isolation == Isolation::Container);
+    if isolation == Isolation::Container {
+        config.userns = Some(user_namespace());
+    }
     config.mounts = super::volumes::create(root, mounts)?;
     match store.create(&config) {
         Ok(dir) => Ok((config, dir)),
@@ -237,6 +240,16 @@ fn network_of(
         .into());
     }
     Ok(mode)
+}
+
+/// The user namespace of a new container-mode container; a container
+/// that must run with host IDs is never silent about it.
+fn user_namespace() -> crate::oci::userns::UserNamespace {
+    let ns = crate::oci::userns::choose(Path::new("/etc"));
+    if let crate::oci::userns::UserNamespace::Host { reason } = &ns {
+        eprintln!("WARNING: no user namespace ({reason}): container root is host root");
+    }
+    ns
 }
 
 /// `--isolation`, else the root's default (`<root>/isolation` holding
@@ -386,6 +399,7 @@ fn container_config(
         labels: labels(cfg.labels().clone().unwrap_or_default(), &args.label),
         isolation: Isolation::Vm,
         runtime: None,
+        userns: None,
         mounts: Vec::new(),
     })
 }
