@@ -313,7 +313,11 @@ mod tests {
             Filter::Label("a".into(), None)
         );
         assert!(Filter::parse("status=sleeping").is_err());
-        assert_eq!(Filter::parse("status=dead").unwrap(), Filter::NoSuchState);
+        assert_eq!(
+            Filter::parse("status=dead").unwrap(),
+            Filter::Status(Status::Dead)
+        );
+        assert_eq!(Filter::parse("status=paused").unwrap(), Filter::NoSuchState);
         assert!(Filter::parse("colour=red").is_err());
         assert!(Filter::parse("name").is_err());
     }
