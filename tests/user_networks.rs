@@ -248,12 +248,15 @@ fn containers_on_a_network_reach_each_other_by_name_and_only_there() {
         "front",
         &format!(
             "for h in {ip} web site {short}; do timeout 20 wget -q -O - http://$h/ || echo failed $h; done; \
-             ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; cat /etc/resolv.conf"
+             ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; cat /etc/resolv.conf; \
+             ping -c 1 -W 3 -I eth0 {ip} >/dev/null 2>&1 && echo reached || echo unreached"
         ),
     );
+    // The ping through eth0 here is the control for the other network's
+    // "unreached" below.
     assert_eq!(
         out,
-        "hello-from-web\nhello-from-web\nhello-from-web\nhello-from-web\ninet 10.89.0.3/24\nnameserver 10.89.0.1\n"
+        "hello-from-web\nhello-from-web\nhello-from-web\nhello-from-web\ninet 10.89.0.3/24\nnameserver 10.89.0.1\nreached\n"
     );
 
     // Another network: the name does not resolve, and the address is not
