@@ -189,6 +189,17 @@ const KVM_RUN: u64 = 0xae80;
 /// The vCPU thread's ioctls: `KVM_RUN` and nothing else.
 const VCPU_IOCTLS: &[u64] = &[KVM_RUN];
 
+/// How many syscalls a thread of `kind` may make (`hull compare`'s
+/// attack-surface row).
+pub fn allowed_count(kind: ThreadKind) -> usize {
+    COMMON.len()
+        + match kind {
+            ThreadKind::Vcpu => 1,
+            ThreadKind::EventLoop => EVENT_LOOP.len(),
+            ThreadKind::PortRelay => PORT_RELAY.len(),
+        }
+}
+
 /// The filter of `kind` for `mode` (None for [`Mode::Off`]).
 fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
@@ -333,6 +344,24 @@ mod tests {
             assert!(program(kind, Mode::Enforce).unwrap().is_some());
             assert!(program(kind, Mode::Log).unwrap().is_some());
             assert!(program(kind, Mode::Off).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn counts_match_the_lists() {
+        assert_eq!(allowed_count(ThreadKind::Vcpu), COMMON.len() + 1);
+        assert!(allowed_count(ThreadKind::EventLoop) > allowed_count(ThreadKind::Vcpu));
+        for list in [COMMON, EVENT_LOOP, PORT_RELAY] {
+            let mut sorted = list.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), list.len(), "a call listed twice");
+        }
+        for extra in [EVENT_LOOP, PORT_RELAY] {
+            assert!(
+                extra.iter().all(|n| !COMMON.contains(n)),
+                "listed in COMMON too"
+            );
         }
     }
 

@@ -453,9 +453,12 @@ fn verdicts(vm: &ModeReport, ct: &ModeReport) -> Vec<(String, String)> {
     v.push((
         "attack surface".to_string(),
         format!(
-            "container: {} host syscalls allowed (seccomp mode {}: hull's allow list, EPERM for the rest); VM: guest syscalls reach only the guest kernel, the host sees KVM exits and the VMM's syscalls",
+            "container: {} host syscalls allowed (seccomp mode {}: hull's allow list, EPERM for the rest); VM: guest syscalls reach only the guest kernel, the host sees KVM exits handled by VMM threads allowed {} (vCPU, ioctl KVM_RUN only), {} (event loop) and {} (port relay) host syscalls",
             crate::oci::seccomp::allowed_count(),
-            ct.probes.seccomp
+            ct.probes.seccomp,
+            vmm::seccomp::allowed_count(vmm::seccomp::ThreadKind::Vcpu),
+            vmm::seccomp::allowed_count(vmm::seccomp::ThreadKind::EventLoop),
+            vmm::seccomp::allowed_count(vmm::seccomp::ThreadKind::PortRelay),
         ),
     ));
     v.push((
