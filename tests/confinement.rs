@@ -1,7 +1,8 @@
-//! The VMM's syscall filters (issue 16's first layer): the threads a guest
-//! reaches — vCPUs and the device event loop — run under seccomp from
-//! before the guest's first instruction, and a call outside their lists
-//! ends the VMM with the call named in `ps` and `inspect`.
+//! The VMM's walls (issue 16): the VM runs in a process of its own,
+//! jailed (empty root, no capabilities, unprivileged user, own
+//! namespaces), whose threads run under seccomp from before the guest's
+//! first instruction; a call outside their lists ends the VMM with the
+//! call named in `ps` and `inspect`.
 
 mod common;
 
@@ -44,6 +45,64 @@ fn http_get(addr: &str) -> Option<String> {
     Some(reply)
 }
 
+/// What the host sees of a VMM process's jail, read while it runs.
+#[derive(Debug)]
+struct JailWalls {
+    status: String,
+    root_entries: Vec<String>,
+    shadow_visible: bool,
+    shared_namespaces: Vec<String>,
+}
+
+fn jail_walls(pid: &str) -> JailWalls {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let root = format!("/proc/{pid}/root");
+    let root_entries = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let shadow_visible = Path::new(&root).join("etc/shadow").exists();
+    let shared_namespaces = ["pid", "mnt", "net", "ipc", "uts"]
+        .into_iter()
+        .filter(|ns| {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+            theirs == ours
+        })
+        .map(String::from)
+        .collect();
+    JailWalls {
+        status,
+        root_entries,
+        shadow_visible,
+        shared_namespaces,
+    }
+}
+
+impl JailWalls {
+    fn field(&self, name: &str) -> &str {
+        self.status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or("?")
+            .trim()
+    }
+
+    /// Jailed: an empty root (no host file), no capability in any set,
+    /// an unprivileged user, no way back to privileges, own namespaces.
+    fn assert_confined(&self) {
+        assert!(self.root_entries.is_empty(), "{self:?}");
+        assert!(!self.shadow_visible, "{self:?}");
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(self.field(caps), "0000000000000000", "{caps}: {self:?}");
+        }
+        assert_eq!(self.field("Uid"), "65534\t65534\t65534\t65534", "{self:?}");
+        assert_eq!(self.field("Gid"), "65534\t65534\t65534\t65534", "{self:?}");
+        assert_eq!(self.field("NoNewPrivs"), "1", "{self:?}");
+        assert!(self.shared_namespaces.is_empty(), "{self:?}");
+    }
+}
+
 fn remove(root: &Path, name: &str) {
     let _ = hull(root).args(["rm", "-f", name]).output();
 }
@@ -74,21 +133,34 @@ fn guest_facing_threads_are_filtered_and_a_violation_is_recorded() {
         })
         .expect("the published port never answered");
     assert!(page.ends_with("\n"), "{page}");
-    let pid = ok(&hull(root)
-        .args(["inspect", "-f", "{{.State.Pid}}", "calm"])
+    let pids = ok(&hull(root)
+        .args(["inspect", "-f", "{{.State.Pid}} {{.VM.VmmPid}}", "calm"])
         .output()
         .unwrap());
-    let threads = thread_seccomp(pid.trim());
+    let (vm, supervisor) = pids.trim().split_once(' ').unwrap();
+    assert_ne!(vm, supervisor, "the VM runs in a process of its own");
+    let vm_threads = thread_seccomp(vm);
+    let supervisor_threads = thread_seccomp(supervisor);
+    let walls = jail_walls(vm);
     remove(root, "calm");
-    let filtered: Vec<&str> = threads
-        .iter()
-        .filter(|(_, mode)| mode == "2")
-        .map(|(name, _)| name.as_str())
-        .collect();
-    assert!(filtered.contains(&"vcpu0"), "{threads:?}");
-    assert!(filtered.contains(&"vm"), "{threads:?}");
+    // Every thread of the VMM process is filtered, from its vCPUs and
+    // event loop to whatever else it runs.
+    assert!(
+        vm_threads.iter().any(|(name, _)| name == "vcpu0"),
+        "{vm_threads:?}"
+    );
+    assert!(
+        vm_threads.iter().all(|(_, mode)| mode == "2"),
+        "{vm_threads:?}"
+    );
+    // The published port's relay runs in the supervising hull process,
+    // filtered too.
     let relay = format!("port-{}", addr.rsplit(':').next().unwrap());
-    assert!(filtered.contains(&relay.as_str()), "{threads:?}");
+    assert!(
+        supervisor_threads.contains(&(relay.clone(), "2".into())),
+        "{supervisor_threads:?}"
+    );
+    walls.assert_confined();
 
     // 2. A VMM that makes a call outside its list (the test hook makes the
     //    event loop call getppid): the start fails in one line naming the
@@ -142,15 +214,19 @@ fn guest_facing_threads_are_filtered_and_a_violation_is_recorded() {
     // A dead container is removed like an exited one.
     ok(&hull(root).args(["rm", "bad"]).output().unwrap());
 
-    // 3. Attached, the VMM is the hull process itself: it ends with
-    //    128 + SIGSYS and says why.
+    // 3. Attached: hull says why in one line and fails as `run` does
+    //    when hull itself fails; the VMM process's own line is there too.
     let out = hull(root)
         .env("HULL_TEST_SECCOMP_VIOLATION", "1")
         .args(["run", "--name", "bad2", "busybox:test", "true"])
         .output()
         .unwrap();
     let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(159), "{stderr}");
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("hull: seccomp violation: getppid"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("hull: seccomp violation: syscall 110"),
         "{stderr}"

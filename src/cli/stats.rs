@@ -64,12 +64,12 @@ pub fn run(args: &StatsArgs, root: &Path) -> anyhow::Result<u8> {
     let format = Format::parse(args.format.as_deref().unwrap_or("table"), DEFAULT_TABLE)?;
     loop {
         let list = containers(&store, &args.containers)?;
-        let first: Vec<Option<Sample>> = list.iter().map(|c| pid(c).and_then(sample)).collect();
+        let first: Vec<Option<Sample>> = list.iter().map(sample_container).collect();
         std::thread::sleep(Duration::from_millis(500));
         let rows: Vec<Value> = list
             .iter()
             .zip(first)
-            .map(|(c, before)| row(c, before, pid(c).and_then(sample)))
+            .map(|(c, before)| row(c, before, sample_container(c)))
             .collect();
         if !args.no_stream {
             // Docker redraws the table in place.
@@ -97,10 +97,19 @@ fn containers(store: &ContainerStore, names: &[String]) -> anyhow::Result<Vec<Co
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-fn pid(c: &Container) -> Option<i32> {
-    (c.state.status == Status::Running)
-        .then_some(c.state.vmm_pid)
-        .flatten()
+/// The counters of a running container's hull process and its confined
+/// VMM process (which holds the guest), summed.
+fn sample_container(c: &Container) -> Option<Sample> {
+    if c.state.status != Status::Running {
+        return None;
+    }
+    let mut total = sample(c.state.vmm_pid?)?;
+    if let Some(vm) = c.state.vm_pid.and_then(sample) {
+        total.ticks += vm.ticks;
+        total.rss_bytes += vm.rss_bytes;
+        total.threads += vm.threads;
+    }
+    Some(total)
 }
 
 fn headers() -> Value {

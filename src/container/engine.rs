@@ -98,8 +98,10 @@ pub fn run(
     // Where the VM's threads record a call their seccomp filter refuses
     // (read back by `State::load` once this process is gone); empty
     // unless that happens.
-    let record = std::fs::File::create(dir.join(super::state::SECCOMP_RECORD))?;
+    let record_path = dir.join(super::state::SECCOMP_RECORD);
+    let record = std::fs::File::create(&record_path)?;
     vmm::seccomp::install_violation_handler(Some(record))?;
+    crate::guest::vmm_process::record_violations_in(&record_path);
     // Held for the VM's life: one writer or many readers per volume.
     let (volumes, attached) = attach_volumes(root, config)?;
     update(dir, |s| {
@@ -112,7 +114,8 @@ pub fn run(
         s.error = None;
     })?;
     crate::events::container(root, config, "start", &[]);
-    let result = run_inner(root, dir, config, attach, progress, volumes);
+    let result = run_inner(root, dir, config, attach, progress, volumes)
+        .map_err(|e| stopped_by_filter(dir).unwrap_or(e));
     // The VM is gone: its disks are free before the state says so.
     drop((attached, disk));
     // Off its user network: the address is free and the name stops
@@ -128,6 +131,7 @@ pub fn run(
         s.status = Status::Exited;
         s.vmm_pid = None;
         s.vmm_start = None;
+        s.vm_pid = None;
         s.process_id = None;
         s.ports.clear();
         s.finished_at = Some(now_rfc3339());
@@ -135,8 +139,19 @@ pub fn run(
         if let Err(e) = &result {
             s.error = Some(format!("{e:#}"));
         }
+        if super::state::seccomp_violation(dir).is_some() {
+            s.status = Status::Dead;
+            s.exit_code = Some(vmm::seccomp::VIOLATION_EXIT);
+        }
     })?;
     result
+}
+
+/// The error of a run whose VMM process its seccomp filter stopped (what
+/// the guest did is the cause, not the connection the VMM's end broke).
+fn stopped_by_filter(dir: &Path) -> Option<anyhow::Error> {
+    let call = super::state::seccomp_violation(dir)?;
+    Some(anyhow::anyhow!("seccomp violation: {call}"))
 }
 
 /// The exit code recorded for a run's result. As Docker records it:
@@ -193,6 +208,7 @@ fn run_inner(
     let t0 = std::time::Instant::now();
     let (vm, mut client) = start_vm(root, dir, config, disks, &network, progress, &volumes)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
+    update(dir, |s| s.vm_pid = vm.vmm_pid())?;
     mark_populated(&mut volumes, config)?;
     ports.start(&vm.uds)?;
 

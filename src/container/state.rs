@@ -31,6 +31,10 @@ pub struct State {
     /// is not taken for the VMM (and never signalled as it).
     #[serde(default)]
     pub vmm_start: Option<u64>,
+    /// PID of the confined VMM process that holds the guest (its RAM,
+    /// vCPUs and devices; `guest::vmm_process`), while running.
+    #[serde(default)]
+    pub vm_pid: Option<i32>,
     /// Agent's id of the container's main process, while running.
     pub process_id: Option<u32>,
     /// When it last started (RFC 3339).
@@ -53,6 +57,7 @@ impl State {
             status: Status::Created,
             vmm_pid: None,
             vmm_start: None,
+            vm_pid: None,
             process_id: None,
             started_at: None,
             finished_at: None,
@@ -83,6 +88,7 @@ impl State {
             }
             s.vmm_pid = None;
             s.vmm_start = None;
+            s.vm_pid = None;
             s.ports.clear();
         }
         Ok(s)
@@ -120,7 +126,7 @@ impl State {
 pub const SECCOMP_RECORD: &str = "seccomp-violation";
 
 /// The name of the call recorded in `dir`'s [`SECCOMP_RECORD`], if any.
-fn seccomp_violation(dir: &Path) -> Option<String> {
+pub fn seccomp_violation(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(SECCOMP_RECORD)).ok()?;
     let nr: i64 = text.trim().parse().ok()?;
     Some(syscall_name(nr))

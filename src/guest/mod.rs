@@ -9,7 +9,8 @@
 //! - [`files`]: finding the guest kernel and the agent binary;
 //! - [`serial_watch`]: the agent's status lines on the serial console;
 //! - [`agent_client`]: the host side of the agent protocol over vsock;
-//! - [`rootfs`]: image root filesystems, unpacked inside a helper VM.
+//! - [`rootfs`]: image root filesystems, unpacked inside a helper VM;
+//! - [`vmm_process`]: the VMM in a confined process of its own.
 
 pub mod agent_client;
 pub mod fast_start;
@@ -18,3 +19,4 @@ pub mod initramfs;
 pub mod rootfs;
 pub mod serial_watch;
 pub mod vm;
+pub mod vmm_process;

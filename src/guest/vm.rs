@@ -8,7 +8,9 @@ use agent_protocol::Status;
 
 use super::files as guest_files;
 use super::initramfs;
+use super::vmm_process;
 use crate::guest::serial_watch::{SeenStatus, SerialWatcher};
+use crate::guest::vmm_process::VmmProcess;
 use crate::units;
 
 /// Errors preparing or waiting for a guest.
@@ -133,66 +135,99 @@ pub fn wait_ready(
     }
 }
 
-/// A VM running on a thread of this process, reachable through its hybrid
-/// vsock socket once the agent is ready.
+/// A running VM, reachable through its hybrid vsock socket once the agent
+/// is ready: in a confined VMM process of its own
+/// ([`super::vmm_process`]), or on a thread of this process (the
+/// fast-start templates, which run only hull's agent, and `HULL_JAIL=off`).
 pub struct RunningVm {
     /// The VM's hybrid vsock socket.
     pub uds: std::path::PathBuf,
+    runner: Runner,
+}
+
+/// Where the VM runs.
+enum Runner {
+    Thread(VmThread),
+    Process(VmmProcess),
+}
+
+/// A VM on a thread of this process.
+struct VmThread {
     stop: vmm::StopHandle,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<vmm::Result<vmm::VmExit>>>,
 }
 
 impl RunningVm {
-    /// Creates the VM from `config` (which must have `vsock_uds` set and
-    /// `hull.serve` on its command line) and starts it; waits for the agent.
+    /// Boots the VM of `config` (which must have `vsock_uds` set and
+    /// `hull.serve` on its command line) in a VMM process; waits for the
+    /// agent.
     pub fn start(
         config: vmm::VmConfig,
         seen: &SeenStatus,
         ready_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        use std::sync::atomic::Ordering;
         let uds = vm_socket(&config)?;
-        let mut running = Self::spawn(vmm::Vm::new(config)?, uds)?;
-        let done = running.done.clone();
-        if let Err(e) = wait_ready(seen, || done.load(Ordering::Acquire), ready_timeout) {
+        let mut running = if vmm_process::enabled() {
+            Self {
+                uds,
+                runner: Runner::Process(VmmProcess::spawn(config, None)?),
+            }
+        } else {
+            Self::spawn(vmm::Vm::new(config)?, uds)?
+        };
+        if let Err(e) = wait_ready(seen, || running.is_done(), ready_timeout) {
             running.kill();
             return Err(e.into());
         }
         Ok(running)
     }
 
-    /// Restores the VM saved in `snapshot` with the devices of `config` and
-    /// starts it; returns once its agent answers on vsock (it was already
-    /// listening when the snapshot was taken).
+    /// Restores the VM saved in `snapshot` with the devices of `config` in
+    /// a VMM process and starts it; returns once its agent answers on
+    /// vsock (it was already listening when the snapshot was taken).
     pub fn restore(
         config: vmm::VmConfig,
         snapshot: &Path,
         ready_timeout: Duration,
     ) -> anyhow::Result<(Self, crate::guest::agent_client::AgentClient)> {
         let uds = vm_socket(&config)?;
-        Self::start_restored(vmm::Vm::restore(config, snapshot)?, uds, ready_timeout)
+        let running = if vmm_process::enabled() {
+            Self {
+                uds,
+                runner: Runner::Process(VmmProcess::spawn(config, Some(snapshot))?),
+            }
+        } else {
+            Self::spawn(vmm::Vm::restore(config, snapshot)?, uds)?
+        };
+        running.until_agent_answers(ready_timeout)
     }
 
-    /// Starts `vm`, restored from a snapshot, whose vsock socket is `uds`;
-    /// returns once its agent answers.
+    /// Starts `vm`, restored from a snapshot, on a thread of ours; returns
+    /// once its agent (listening on `uds`) answers.
     pub fn start_restored(
         vm: vmm::Vm,
         uds: PathBuf,
         ready_timeout: Duration,
     ) -> anyhow::Result<(Self, crate::guest::agent_client::AgentClient)> {
-        use std::sync::atomic::Ordering;
-        let mut running = Self::spawn(vm, uds)?;
+        Self::spawn(vm, uds)?.until_agent_answers(ready_timeout)
+    }
+
+    /// Returns once the restored guest's agent answers.
+    fn until_agent_answers(
+        mut self,
+        ready_timeout: Duration,
+    ) -> anyhow::Result<(Self, crate::guest::agent_client::AgentClient)> {
         let start = Instant::now();
         loop {
-            match crate::guest::agent_client::AgentClient::connect(&running.uds) {
-                Ok(client) => return Ok((running, client)),
-                Err(e) if running.done.load(Ordering::Acquire) => {
-                    running.kill();
-                    return Err(anyhow::anyhow!(e).context("restored VM ended"));
+            match crate::guest::agent_client::AgentClient::connect(&self.uds) {
+                Ok(client) => return Ok((self, client)),
+                Err(e) if self.is_done() => {
+                    self.kill();
+                    return Err(self.explain(anyhow::anyhow!(e).context("restored VM ended")));
                 }
                 Err(e) if start.elapsed() > ready_timeout => {
-                    running.kill();
+                    self.kill();
                     return Err(anyhow::anyhow!(e).context("restored VM's agent does not answer"));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -234,37 +269,58 @@ impl RunningVm {
         };
         Ok(Self {
             uds,
-            stop,
-            done,
-            thread: Some(thread),
+            runner: Runner::Thread(VmThread {
+                stop,
+                done,
+                thread: Some(thread),
+            }),
         })
+    }
+
+    /// The PID of the VMM process, when the VM runs in one.
+    pub fn vmm_pid(&self) -> Option<i32> {
+        match &self.runner {
+            Runner::Process(p) => Some(p.pid()),
+            Runner::Thread(_) => None,
+        }
     }
 
     /// Whether the VM has ended.
     pub fn is_done(&self) -> bool {
-        self.done.load(std::sync::atomic::Ordering::Acquire)
+        match &self.runner {
+            Runner::Thread(t) => t.done.load(std::sync::atomic::Ordering::Acquire),
+            Runner::Process(p) => p.is_done(),
+        }
     }
 
     /// Stops the VM at once (no guest shutdown) and waits for it.
     pub fn kill(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match &mut self.runner {
+            Runner::Thread(t) => {
+                t.stop.stop();
+                if let Some(t) = t.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Runner::Process(p) => p.kill(),
         }
     }
 
     /// Waits for the VM to end (after an agent `Shutdown`), at most `timeout`.
     pub fn wait(mut self, timeout: Duration) -> anyhow::Result<vmm::VmExit> {
-        use std::sync::atomic::Ordering;
+        let t = match &mut self.runner {
+            Runner::Process(p) => return Ok(p.wait(timeout)?),
+            Runner::Thread(t) => t,
+        };
         let start = Instant::now();
-        while !self.done.load(Ordering::Acquire) {
+        while !t.done.load(std::sync::atomic::Ordering::Acquire) {
             if start.elapsed() > timeout {
                 self.kill();
                 anyhow::bail!("VM did not shut down within {} s", timeout.as_secs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let thread = self
+        let thread = t
             .thread
             .take()
             .ok_or_else(|| anyhow::anyhow!("internal: VM already joined"))?;

@@ -107,7 +107,10 @@ fn state_json(c: &Container) -> serde_json::Value {
         "Running": running,
         "Paused": false,
         "Dead": c.state.status == Status::Dead,
-        "Pid": if running { c.state.vmm_pid.unwrap_or(0) } else { 0 },
+        // The process that holds the guest: the confined VMM process (the
+        // hull process supervising it, `VM.VmmPid`, when the VM runs on
+        // one of its threads).
+        "Pid": if running { c.state.vm_pid.or(c.state.vmm_pid).unwrap_or(0) } else { 0 },
         "ExitCode": c.state.exit_code.unwrap_or(0),
         "Error": c.state.error.clone().unwrap_or_default(),
         "StartedAt": c.state.started_at.as_deref().unwrap_or(NEVER),
@@ -182,6 +185,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "VCPUs": c.config.cpus,
             "MemoryMiB": c.config.mem_mib,
             "VmmPid": c.state.vmm_pid,
+            "VmProcessPid": c.state.vm_pid,
             "Kernel": crate::guest::files::kernel(root).ok(),
             "VsockSocket": engine::socket_path(root, &c.config.id),
             "Devices": {

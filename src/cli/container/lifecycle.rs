@@ -357,6 +357,7 @@ fn kill_vmm(root: &Path, c: &Container) {
         s.exit_code = s.exit_code.or(Some(137));
         s.finished_at = Some(now_rfc3339());
         s.vmm_pid = None;
+        s.vm_pid = None;
         s.vmm_start = None;
         s.save(&c.dir)
     });

@@ -1,0 +1,148 @@
+//! The VMM process's walls, raised after it opened everything it needs
+//! (KVM, disks, snapshot memory, sockets) and before the guest runs: an
+//! empty read-only root, no capabilities, an unprivileged user, no way to
+//! regain privileges, and no ptrace or core dumps of its memory.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The user and group a jailed VMM runs as: `nobody`, which owns no file
+/// (the VMM needs none once its descriptors are open). Other VMMs run as
+/// the same user but cannot reach it: each sees only its own PID
+/// namespace, and a non-dumpable process cannot be traced.
+pub const VMM_UID: libc::uid_t = 65534;
+/// See [`VMM_UID`].
+pub const VMM_GID: libc::gid_t = 65534;
+
+/// Errors raising the jail's walls.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// A system call the jail needs failed.
+    #[error("jail: {0} failed: {1}")]
+    Call(&'static str, std::io::Error),
+    /// A path with a NUL byte.
+    #[error("jail: bad path {0}")]
+    Path(String),
+}
+
+fn check(what: &'static str, ret: libc::c_long) -> Result<(), JailError> {
+    if ret < 0 {
+        return Err(JailError::Call(what, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Confines the calling process, which must be alone in its mount
+/// namespace and single-threaded: its root becomes an empty read-only
+/// file system mounted on `mount_point` (an existing directory; the mount
+/// is seen only in this namespace), then it drops every privilege.
+pub fn confine(mount_point: &Path) -> Result<(), JailError> {
+    enter_empty_root(mount_point)?;
+    drop_privileges()
+}
+
+/// `pivot_root` into a fresh tmpfs holding nothing, then make it
+/// read-only: the host's file system is gone from this process's view.
+fn enter_empty_root(mount_point: &Path) -> Result<(), JailError> {
+    let dir = CString::new(mount_point.as_os_str().as_bytes())
+        .map_err(|_| JailError::Path(mount_point.display().to_string()))?;
+    let none = c"none";
+    // SAFETY: mount(2), umount2(2), chdir(2) and pivot_root(2) with valid
+    // NUL-terminated strings; each result is checked.
+    unsafe {
+        // Our mounts stay ours: nothing propagates back to the host.
+        check(
+            "making mounts private",
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) as _,
+        )?;
+        check(
+            "mounting the jail's root",
+            libc::mount(
+                none.as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"size=4k,nr_inodes=2,mode=0555".as_ptr().cast(),
+            ) as _,
+        )?;
+        check("chdir to the jail", libc::chdir(dir.as_ptr()) as _)?;
+        // pivot_root(".", "."): the old root ends up under the new one and
+        // is then detached: no path leads back to it.
+        check(
+            "pivot_root",
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
+        )?;
+        check(
+            "detaching the old root",
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as _,
+        )?;
+        check("chdir /", libc::chdir(c"/".as_ptr()) as _)?;
+        check(
+            "making the jail read-only",
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) as _,
+        )?;
+    }
+    Ok(())
+}
+
+/// Capabilities (all sets, bounding and ambient included), user and groups
+/// dropped for good; `no_new_privs` (nothing it could exec gains any) and
+/// not dumpable (no ptrace, no core dump of guest memory).
+fn drop_privileges() -> Result<(), JailError> {
+    // SAFETY: prctl/setgroups/setresgid/setresuid with integer arguments
+    // or a null list; results are checked.
+    unsafe {
+        for cap in 0..64 {
+            // EINVAL past the kernel's last capability is fine.
+            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+        }
+        check(
+            "clearing ambient capabilities",
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) as _,
+        )?;
+        check("setgroups", libc::setgroups(0, std::ptr::null()) as _)?;
+        check("setresgid", libc::setresgid(VMM_GID, VMM_GID, VMM_GID) as _)?;
+        // Leaving uid 0 without SECBIT_KEEP_CAPS clears the permitted and
+        // effective sets.
+        check("setresuid", libc::setresuid(VMM_UID, VMM_UID, VMM_UID) as _)?;
+        check(
+            "no_new_privs",
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _,
+        )?;
+        check(
+            "not dumpable",
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) as _,
+        )?;
+        // The credential change cleared the parent-death signal the
+        // spawner set; set it again (the caller then checks the parent
+        // is still there).
+        check(
+            "parent-death signal",
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as _,
+        )?;
+    }
+    Ok(())
+}
