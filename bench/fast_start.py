@@ -55,19 +55,22 @@ def timed(cmd, env=None):
 
 
 def vmm_memory(root, env, names):
-    """Sum of PSS and RSS (KiB) of the VMM processes of the named containers."""
+    """Sum of PSS and RSS (KiB) of the VMM processes of the named containers
+    (the hull process supervising each VM and its confined VMM process)."""
     pss = rss = 0
     for n in names:
         info = json.loads(sh([HULL, "inspect", n], env=env).stdout)
         info = info[0] if isinstance(info, list) else info
-        pid = info.get("State", {}).get("Pid") or info.get("VM", {}).get("VmmPid")
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                if k == "Pss":
-                    pss += int(v.split()[0])
-                elif k == "Rss":
-                    rss += int(v.split()[0])
+        vm = info.get("VM", {})
+        pids = {vm.get("VmmPid"), vm.get("VmProcessPid")} - {None}
+        for pid in pids:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    k, v = line.split(":", 1)
+                    if k == "Pss":
+                        pss += int(v.split()[0])
+                    elif k == "Rss":
+                        rss += int(v.split()[0])
     return pss, rss
 
 

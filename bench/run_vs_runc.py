@@ -153,22 +153,24 @@ def meminfo_kib(key):
     return 0
 
 
-def vmm_memory_kib(pid, guest_kib):
-    """(RSS of guest memory, RSS of everything else, PSS) of a VMM in KiB.
-    Guest memory is the anonymous mapping of exactly the guest's size: its
-    RSS is the guest pages touched so far."""
+def vmm_memory_kib(pids, guest_kib):
+    """(RSS of guest memory, RSS of everything else, PSS) in KiB of a VMM:
+    its processes (the hull process supervising the VM and the confined
+    VMM process that holds it). Guest memory is the mapping of exactly the
+    guest's size: its RSS is the guest pages touched so far."""
     guest, own, pss, size = 0, 0, 0, None
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if line.startswith("Size:"):
-                size = int(line.split()[1])
-            elif line.startswith("Rss:"):
-                if size == guest_kib:
-                    guest += int(line.split()[1])
-                else:
-                    own += int(line.split()[1])
-            elif line.startswith("Pss:"):
-                pss += int(line.split()[1])
+    for pid in {p for p in pids if p}:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line.startswith("Size:"):
+                    size = int(line.split()[1])
+                elif line.startswith("Rss:"):
+                    if size == guest_kib:
+                        guest += int(line.split()[1])
+                    else:
+                        own += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
     return guest, own, pss
 
 
@@ -194,7 +196,8 @@ def idle_containers(hull, n, parallel):
             if not info["State"]["Running"]:
                 die(f"{name} is not running: {info['State']}")
             guest_mib = info["VM"]["MemoryMiB"]
-            guest, own, pss = vmm_memory_kib(info["VM"]["VmmPid"], guest_mib * 1024)
+            guest, own, pss = vmm_memory_kib(
+                [info["VM"]["VmmPid"], info["VM"].get("VmProcessPid")], guest_mib * 1024)
             per.append({"guest": guest / 1024, "own": own / 1024, "pss": pss / 1024, "memory": guest_mib})
     finally:
         for name in started:

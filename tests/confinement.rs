@@ -243,3 +243,118 @@ fn guest_facing_threads_are_filtered_and_a_violation_is_recorded() {
     assert_eq!(state, "dead seccomp violation: getppid\n");
     remove(root, "bad2");
 }
+
+/// The cgroup directory of process `pid` in the hierarchy of
+/// `controller` (cgroup v1), or its one cgroup (v2).
+fn cgroup_dir(pid: &str, controller: &str) -> std::path::PathBuf {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in table.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        if controllers.split(',').any(|c| c == controller) {
+            let base = Path::new("/sys/fs/cgroup").join(controller);
+            return base.join(path.trim_start_matches('/'));
+        }
+    }
+    let v2 = table.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    Path::new("/sys/fs/cgroup").join(v2.trim_start_matches('/'))
+}
+
+fn read_first(dir: &Path, names: &[&str]) -> String {
+    names
+        .iter()
+        .find_map(|n| std::fs::read_to_string(dir.join(n)).ok())
+        .unwrap_or_else(|| panic!("none of {names:?} in {}", dir.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_vmm_process_is_capped_by_its_own_cgroup() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    import_busybox(root);
+
+    // 1. Its cgroup caps memory at guest RAM + the stated 64 MiB and CPU
+    //    at its vCPUs, and goes with the container (even after rm -f
+    //    killed the hull process supervising it).
+    ok(&hull(root)
+        .args(["run", "-d", "--name", "capped", "-m", "128m", "--cpus", "2"])
+        .args(["-e", "TOKEN=s3cret", "busybox:test", "sleep", "100000"])
+        .output()
+        .unwrap());
+    // What holds its secrets and data is its owner's alone.
+    let id = ok(&hull(root)
+        .args(["inspect", "-f", "{{.Id}}", "capped"])
+        .output()
+        .unwrap());
+    let cdir = root.join("containers").join(id.trim());
+    for f in ["config.json", "container.log", "vmm.log", "upper.ext4"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cdir.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}: {mode:o}");
+    }
+    let pid = ok(&hull(root)
+        .args(["inspect", "-f", "{{.State.Pid}}", "capped"])
+        .output()
+        .unwrap());
+    let memory = cgroup_dir(pid.trim(), "memory");
+    let cpu = cgroup_dir(pid.trim(), "cpu");
+    let limit = read_first(&memory, &["memory.limit_in_bytes", "memory.max"]);
+    let quota = read_first(&cpu, &["cpu.cfs_quota_us", "cpu.max"]);
+    ok(&hull(root).args(["rm", "-f", "capped"]).output().unwrap());
+    assert_eq!(limit, ((128u64 + 64) << 20).to_string());
+    assert!(quota == "200000" || quota == "200000 100000", "{quota}");
+    assert!(!memory.exists(), "{} left behind", memory.display());
+    assert!(!cpu.exists(), "{} left behind", cpu.display());
+    let sockets: Vec<_> = std::fs::read_dir(root.join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".vsock"))
+        .collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
+
+    // 2. Enforced: with a limit below what the guest makes it use (a
+    //    test-only override), the kernel kills the VMM, not the host's
+    //    other processes, and the container says why.
+    ok(&hull(root)
+        .env("HULL_TEST_VMM_MEMORY_LIMIT_MIB", "8")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            "hog",
+            "busybox:test",
+            "sleep",
+            "100000",
+        ])
+        .output()
+        .unwrap());
+    let fill = hull(root)
+        .args(["exec", "hog", "dd", "if=/dev/zero", "of=/dev/shm/fill"])
+        .args(["bs=1M", "count=16"])
+        .output()
+        .unwrap();
+    assert!(!fill.status.success(), "{:?}", text(&fill));
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = ok(&hull(root)
+            .args(["inspect", "-f", "{{.State.Status}} {{.State.Error}}", "hog"])
+            .output()
+            .unwrap());
+        if !state.starts_with("running") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    remove(root, "hog");
+    assert!(state.starts_with("exited "), "{state}");
+    assert!(
+        state.contains("the VMM went over its memory limit (8 MiB"),
+        "{state}"
+    );
+}

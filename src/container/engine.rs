@@ -132,6 +132,7 @@ pub fn run(
         s.vmm_pid = None;
         s.vmm_start = None;
         s.vm_pid = None;
+        s.vm_cgroups.clear();
         s.process_id = None;
         s.ports.clear();
         s.finished_at = Some(now_rfc3339());
@@ -206,9 +207,12 @@ fn run_inner(
         Some(&dir.join("passt.log")),
     )?;
     let t0 = std::time::Instant::now();
-    let (vm, mut client) = start_vm(root, dir, config, disks, &network, progress, &volumes)?;
+    let (mut vm, mut client) = start_vm(root, dir, config, disks, &network, progress, &volumes)?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
-    update(dir, |s| s.vm_pid = vm.vmm_pid())?;
+    update(dir, |s| {
+        s.vm_pid = vm.vmm_pid();
+        s.vm_cgroups = vm.vmm_cgroups();
+    })?;
     mark_populated(&mut volumes, config)?;
     ports.start(&vm.uds)?;
 
@@ -228,7 +232,12 @@ fn run_inner(
         main_process.store(id, Ordering::Release);
         let _ = update(dir, |s| s.process_id = Some(id));
     };
-    let code = run_main(&mut client, spec, attach, dir, config.tty, record_pid)?;
+    let code = run_main(&mut client, spec, attach, dir, config.tty, record_pid).map_err(|e| {
+        match vm.why_ended() {
+            Some(why) => e.context(why),
+            None => e,
+        }
+    })?;
     // The container's process is gone: refuse new connections now.
     drop(ports);
     tracing::debug!("process exited at {:?}", t0.elapsed());
@@ -269,7 +278,7 @@ fn container_disks(
     // guest could write it).
     let second = if config.auto_remove {
         let scratch = dir.join("scratch.img");
-        std::fs::File::create(&scratch)?.set_len(SCRATCH_DISK_BYTES)?;
+        super::store::create_private(&scratch)?.set_len(SCRATCH_DISK_BYTES)?;
         scratch
     } else {
         upper

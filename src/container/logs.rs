@@ -24,9 +24,12 @@ pub struct Entry {
 
 /// Opens (appending) the log file of a container directory.
 pub fn open(dir: &Path) -> std::io::Result<Arc<Mutex<File>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Its owner only: what the container prints may be secret.
     let f = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(dir.join("container.log"))?;
     Ok(Arc::new(Mutex::new(f)))
 }

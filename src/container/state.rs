@@ -35,6 +35,10 @@ pub struct State {
     /// vCPUs and devices; `guest::vmm_process`), while running.
     #[serde(default)]
     pub vm_pid: Option<i32>,
+    /// That process's cgroup directories, removed when it ends (by hull
+    /// after a kill -9 of the process supervising it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vm_cgroups: Vec<std::path::PathBuf>,
     /// Agent's id of the container's main process, while running.
     pub process_id: Option<u32>,
     /// When it last started (RFC 3339).
@@ -58,6 +62,7 @@ impl State {
             vmm_pid: None,
             vmm_start: None,
             vm_pid: None,
+            vm_cgroups: Vec::new(),
             process_id: None,
             started_at: None,
             finished_at: None,

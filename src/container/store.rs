@@ -2,6 +2,7 @@
 //! `<root>/containers/<id>/` (config.json, state.json, logs, disks, socket).
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{ContainerConfig, State};
@@ -119,10 +120,8 @@ impl ContainerStore {
         let tmp = self.dir.join(format!(".{}.tmp", config.id));
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&tmp)?;
-            std::fs::write(
-                tmp.join("config.json"),
-                serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?,
-            )?;
+            create_private(&tmp.join("config.json"))?
+                .write_all(&serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?)?;
             State::created().save(&tmp)?;
             std::fs::rename(&tmp, &dir)
         };
@@ -141,7 +140,8 @@ impl ContainerStore {
         let tmp = dir.join(".config.json.tmp");
         let bytes =
             serde_json::to_vec_pretty(config).map_err(|e| self.io(std::io::Error::other(e)))?;
-        std::fs::write(&tmp, bytes)
+        create_private(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
             .and_then(|()| std::fs::rename(&tmp, dir.join("config.json")))
             .map_err(|e| self.io(e))
     }
@@ -163,11 +163,31 @@ impl ContainerStore {
             dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
         ));
         std::fs::rename(dir, &gone).map_err(|e| self.io(e))?;
+        if let (Some(config), Ok(state)) = (&config, super::state::State::load(&gone)) {
+            // A VMM process whose supervisor was killed leaves these.
+            crate::guest::vmm_process::remove_leftovers(
+                &super::engine::socket_path(self.root(), &config.id),
+                &state.vm_cgroups,
+            );
+        }
         if let Some(config) = config {
             crate::events::container(self.root(), &config, "destroy", &[]);
         }
         std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))
     }
+}
+
+/// Creates (or truncates) `path` readable and writable by its owner only:
+/// a container's configuration holds its `-e` values, its log and disks
+/// its data.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// The 12-digit short form of an ID (the same as images').

@@ -117,7 +117,10 @@ pub fn disk_size(compressed: u64) -> u64 {
 
 /// Makes an empty ext4 filesystem in a new sparse file of `size` bytes.
 pub fn mkfs(path: &Path, size: u64, label: &str) -> Result<(), RootfsError> {
-    let f = File::create(path).map_err(|e| RootfsError::Disk(path.into(), e))?;
+    // Only root (and the VMM that opens it as root) reads a disk: it holds
+    // a container's or a volume's data.
+    let f = crate::container::store::create_private(path)
+        .map_err(|e| RootfsError::Disk(path.into(), e))?;
     f.set_len(size)
         .map_err(|e| RootfsError::Disk(path.into(), e))?;
     drop(f);

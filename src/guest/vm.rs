@@ -285,6 +285,24 @@ impl RunningVm {
         }
     }
 
+    /// Why the VM's process ended, when it did so on its own (killed for
+    /// its memory, by a signal, or failing): what an error seen on the
+    /// agent connection was caused by.
+    pub fn why_ended(&mut self) -> Option<String> {
+        match &mut self.runner {
+            Runner::Process(p) => p.why_ended(Duration::from_secs(2)),
+            Runner::Thread(_) => None,
+        }
+    }
+
+    /// The cgroup directories of the VMM process, if it has them.
+    pub fn vmm_cgroups(&self) -> Vec<PathBuf> {
+        match &self.runner {
+            Runner::Process(p) => p.cgroup_dirs(),
+            Runner::Thread(_) => Vec::new(),
+        }
+    }
+
     /// Whether the VM has ended.
     pub fn is_done(&self) -> bool {
         match &self.runner {

@@ -198,7 +198,9 @@ fn spawn_vmm(root: &Path, c: &Container) -> anyhow::Result<std::process::Child> 
         .args(["__container-vmm", &c.config.id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(c.dir.join("vmm.log"))?);
+        .stderr(crate::container::store::create_private(
+            &c.dir.join("vmm.log"),
+        )?);
     // SAFETY: setsid is async-signal-safe; it detaches the VMM from our
     // session so it outlives this command and our terminal.
     unsafe {
@@ -326,6 +328,25 @@ fn kill_recorded_vmm(state: &State, pid: i32) {
     }
 }
 
+/// A pidfd on `pid`, if it exists.
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open(2) with a PID and no flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: a fresh descriptor we own.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits at most `timeout` for `pidfd`'s process to end.
+fn wait_readable(pidfd: &std::os::fd::OwnedFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+}
+
 /// Ends the VMM process at once and records the container as exited.
 fn kill_vmm(root: &Path, c: &Container) {
     if c.config.isolation == crate::oci::Isolation::Container {
@@ -333,11 +354,23 @@ fn kill_vmm(root: &Path, c: &Container) {
         crate::oci::engine::force_end(root, &c.config, c.state.process_id);
     }
     if let Some(pid) = c.state.vmm_process() {
+        // Opened before its supervisor dies: then the PID cannot be
+        // another process's by the time we wait on it.
+        let vm = c.state.vm_pid.and_then(pidfd_open);
         kill_recorded_vmm(&c.state, pid);
         let start = Instant::now();
         while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The VMM process dies with its supervisor (parent-death signal);
+        // its files (disks) are closed when it is gone.
+        if let Some(vm) = vm {
+            wait_readable(&vm, Duration::from_secs(10));
+        }
+        crate::guest::vmm_process::remove_leftovers(
+            &engine::socket_path(root, &c.config.id),
+            &c.state.vm_cgroups,
+        );
         // The leader shows as a zombie while its other threads still
         // exit; the process's locks (disk, volumes) go with the last one.
         let disk = c.dir.join(crate::container::fs_vm::DISK_LOCK);
@@ -358,6 +391,7 @@ fn kill_vmm(root: &Path, c: &Container) {
         s.finished_at = Some(now_rfc3339());
         s.vmm_pid = None;
         s.vm_pid = None;
+        s.vm_cgroups.clear();
         s.vmm_start = None;
         s.save(&c.dir)
     });

@@ -30,6 +30,12 @@ fn run() -> anyhow::Result<u8> {
         None => None,
     };
     vmm::seccomp::install_violation_handler(record)?;
+    // Before guest memory exists: what the VM allocates is charged to
+    // its own cgroup.
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, "0")
+            .map_err(|e| anyhow::anyhow!("joining cgroup {}: {e}", procs.display()))?;
+    }
     let snapshot = spec.snapshot.clone();
     let jail_at = match (spec.jail, &spec.vsock_uds) {
         // The socket's directory exists (the VM binds the socket in it):

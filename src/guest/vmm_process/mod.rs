@@ -20,6 +20,7 @@
 //! jail: for measuring what it costs). Not being root, hull runs the VMM
 //! process without namespaces or jail (rootless confinement is not done).
 
+pub mod cgroup;
 pub mod child;
 mod jail;
 mod spawn;
@@ -80,6 +81,8 @@ pub struct VmmProcess {
     serial: Option<std::thread::JoinHandle<()>>,
     /// The VM's vsock socket, which the jailed process cannot remove.
     uds: Option<PathBuf>,
+    /// Its cgroup, removed once it is gone.
+    cgroup: Option<cgroup::VmCgroup>,
     /// Its wait status once reaped.
     ended: Option<Ended>,
 }
@@ -103,6 +106,8 @@ impl VmmProcess {
         spec.snapshot = snapshot.map(Path::to_path_buf);
         spec.violation_record = VIOLATION_RECORD.get().cloned();
         spec.jail = jailed();
+        let cgroup = cgroup_for(&spec);
+        spec.cgroup_procs = cgroup.as_ref().map_or(Vec::new(), |c| c.procs_files());
         let json = serde_json::to_vec(&spec).map_err(|e| VmmProcessError::Spawn(e.into()))?;
         let (spec_read, spec_write) = pipe()?;
         let (serial_read, serial_write) = pipe()?;
@@ -124,6 +129,7 @@ impl VmmProcess {
             pidfd: spawned.pidfd,
             serial: None,
             uds: spec.vsock_uds.clone(),
+            cgroup,
             ended: None,
         };
         // A pipe holds 64 KiB; the spec is far smaller, so this never
@@ -212,6 +218,28 @@ impl VmmProcess {
         }
     }
 
+    /// Why it ended, waiting at most `timeout` for it to end: `None` if
+    /// it still runs, ended normally or through its seccomp filter (the
+    /// container's state says that).
+    pub fn why_ended(&mut self, timeout: Duration) -> Option<String> {
+        self.pidfd_readable(timeout.as_millis() as i32);
+        self.reap(false);
+        match self.ended? {
+            Ended::Signalled(libc::SIGKILL) if self.cgroup.as_ref()?.oom_kills() > 0 => {
+                Some(format!(
+                    "the VMM went over its memory limit ({} MiB: guest RAM + {} MiB) and the kernel killed it",
+                    self.cgroup.as_ref()?.limits.memory_bytes >> 20,
+                    cgroup::OVERHEAD_MIB
+                ))
+            }
+            Ended::Signalled(s) => Some(format!("the VMM process was killed by signal {s}")),
+            Ended::Exited(c) if c == child::EXIT_FAILED as i32 => {
+                Some("the VMM process failed (its reason is in the VMM log)".into())
+            }
+            Ended::Exited(_) => None,
+        }
+    }
+
     /// Collects its exit status if it has one (waiting for it when
     /// `block`).
     fn reap(&mut self, block: bool) {
@@ -252,6 +280,12 @@ impl VmmProcess {
         if let Some(uds) = self.uds.take() {
             let _ = std::fs::remove_file(uds);
         }
+        drop(self.cgroup.take());
+    }
+
+    /// The directories of its cgroup, if it has one.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map_or(Vec::new(), |c| c.dirs.clone())
     }
 }
 
@@ -260,6 +294,31 @@ impl Drop for VmmProcess {
         // Never leave a VMM behind an error path.
         self.kill();
     }
+}
+
+/// The cgroup of the VMM process `spec` describes, named after its
+/// socket (the container's short ID for containers); none where the host
+/// offers none (the reason is in the debug log).
+fn cgroup_for(spec: &LaunchSpec) -> Option<cgroup::VmCgroup> {
+    if !jailed() {
+        return None;
+    }
+    let stem = (spec.vsock_uds.as_deref())
+        .and_then(Path::file_stem)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| std::process::id().to_string());
+    let limits = cgroup::Limits::for_vm(spec.mem_mib, spec.vcpus);
+    cgroup::VmCgroup::create(&format!("hull-{stem}"), limits)
+        .ok()
+        .flatten()
+}
+
+/// Removes what a VMM process whose supervising hull process was killed
+/// leaves behind: its vsock socket and its cgroup directories. Call once
+/// it is gone (it dies with its supervisor).
+pub fn remove_leftovers(uds: &Path, cgroups: &[PathBuf]) {
+    let _ = std::fs::remove_file(uds);
+    cgroup::remove_dirs(cgroups);
 }
 
 /// A close-on-exec pipe: `(read, write)`.

@@ -64,6 +64,9 @@ pub struct LaunchSpec {
     pub violation_record: Option<PathBuf>,
     /// Enter the jail (namespaces were made by the spawner).
     pub jail: bool,
+    /// The `cgroup.procs` files to join before anything is allocated.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 impl LaunchSpec {
@@ -106,6 +109,7 @@ impl LaunchSpec {
             snapshot: None,
             violation_record: None,
             jail: false,
+            cgroup_procs: Vec::new(),
         };
         (spec, fds)
     }

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""What the VMM's seccomp filters cost: `hull run --rm busybox true` and the
-host memory of idle containers, with the filters (HULL_SECCOMP unset) and
-without (HULL_SECCOMP=off), in one invocation, runs interleaved.
+"""What a layer of the VMM's confinement costs: `hull run --rm busybox true`
+and the host memory of idle containers, with the layer and without, in one
+invocation, runs interleaved. --layer seccomp: the syscall filters
+(HULL_SECCOMP=off without); --layer jail: the VMM in its own jailed process
+with its cgroup (HULL_JAIL=off without: the VM on a thread of hull).
 
-Prints the median of --runs per mode and the ratio filtered / unfiltered,
-and the summed PSS/RSS of --idle idle containers per mode.
+Prints the median of --runs per mode and the ratio with / without, and the
+summed PSS/RSS of --idle idle containers per mode.
 
 Needs hull built (HULL_BIN or target/release/hull), HULL_KERNEL/HULL_AGENT
 as for the tests, and /bin/busybox. Reuses bench/fast_start.py's helpers.
@@ -27,11 +29,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--idle", type=int, default=3, help="idle containers per mode")
+    ap.add_argument("--layer", choices=["seccomp", "jail"], default="jail")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="hull-bench-seccomp-")
+    switch = {"seccomp": "HULL_SECCOMP", "jail": "HULL_JAIL"}[args.layer]
+    work = tempfile.mkdtemp(prefix="hull-bench-confinement-")
     on = dict(os.environ, HULL_ROOT=os.path.join(work, "root"))
     on.pop("HULL_SECCOMP", None)
-    off = dict(on, HULL_SECCOMP="off")
+    on.pop("HULL_JAIL", None)
+    off = dict(on, **{switch: "off"})
     try:
         rootfs = os.path.join(work, "rootfs")
         fast_start.busybox_rootfs(rootfs)
@@ -40,20 +45,20 @@ def main():
         fast_start.sh([HULL, "import", tar, "busybox:bench"], env=on)
         # Preparation, template and warm snapshots: not part of what is compared.
         fast_start.timed([HULL, "run", "--rm", "busybox:bench", "true"], env=on)
-        times = {"filtered": [], "unfiltered": []}
+        times = {"with": [], "without": []}
         for _ in range(args.runs):
-            times["unfiltered"].append(
+            times["without"].append(
                 fast_start.timed([HULL, "run", "--rm", "busybox:bench", "true"], env=off))
-            times["filtered"].append(
+            times["with"].append(
                 fast_start.timed([HULL, "run", "--rm", "busybox:bench", "true"], env=on))
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in times.items():
             runs = " ".join(f"{x:.2f}" for x in v)
-            print(f"run --rm true {k:10s} median {med[k]:.3f} s  runs: {runs}")
-        print(f"filtered / unfiltered: {med['filtered'] / med['unfiltered']:.3f}")
-        for label, env in [("unfiltered", off), ("filtered", on)]:
+            print(f"{args.layer}: run --rm true {k:7s} median {med[k]:.3f} s  runs: {runs}")
+        print(f"{args.layer}: with / without: {med['with'] / med['without']:.3f}")
+        for label, env in [("without", off), ("with", on)]:
             _, pss, rss = fast_start.idle(env, args.idle, label)
-            print(f"idle x{args.idle} {label:10s} PSS {pss / 1024 / args.idle:.1f} MiB"
+            print(f"{args.layer}: idle x{args.idle} {label:7s} PSS {pss / 1024 / args.idle:.1f} MiB"
                   f"  RSS {rss / 1024 / args.idle:.1f} MiB per VMM")
     finally:
         shutil.rmtree(work, ignore_errors=True)
