@@ -237,10 +237,16 @@ fn container_disks(
     config: &ContainerConfig,
     progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<Vec<vmm::DiskConfig>> {
-    let (image_disk, _) = RootfsCache::new(root)
-        .with_progress(progress)
-        .get_or_prepare(root, &config.layers)
-        .map_err(|e| e.context("preparing the image's root filesystem"))?;
+    let image_disk = match &config.rootfs_disk {
+        Some(disk) => disk.clone(),
+        None => {
+            RootfsCache::new(root)
+                .with_progress(progress)
+                .get_or_prepare(root, &config.layers)
+                .map_err(|e| e.context("preparing the image's root filesystem"))?
+                .0
+        }
+    };
     let upper = dir.join("upper.ext4");
     if !config.auto_remove && !upper.exists() {
         let tmp = dir.join(".upper.ext4.tmp");
