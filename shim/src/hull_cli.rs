@@ -89,10 +89,13 @@ pub fn vm_options(spec: &Spec) -> VmOptions {
         .filter(|l| *l > 0)
         // A VM below 64 MiB cannot boot; hull refuses it with a clear error.
         .map(|l| format!("{}m", (l as u64).div_ceil(1 << 20)));
-    let quota_cpus = resources.as_ref().and_then(|r| r.cpu().clone()).and_then(|c| {
-        let (quota, period) = (c.quota()?, c.period()?);
-        (quota > 0 && period > 0).then(|| (quota as u64).div_ceil(period).min(255) as u8)
-    });
+    let quota_cpus = resources
+        .as_ref()
+        .and_then(|r| r.cpu().clone())
+        .and_then(|c| {
+            let (quota, period) = (c.quota()?, c.period()?);
+            (quota > 0 && period > 0).then(|| (quota as u64).div_ceil(period).min(255) as u8)
+        });
     VmOptions {
         memory: annotations.get(ANNOTATION_MEMORY).cloned().or(memory_limit),
         cpus: annotations
@@ -144,7 +147,15 @@ pub fn run_command(
     stdio: StdioFlags,
 ) -> Command {
     let mut cmd = Command::new(hull);
-    cmd.args(["run", "--rm", "--quiet", "--progress", "quiet", "--name", name]);
+    cmd.args([
+        "run",
+        "--rm",
+        "--quiet",
+        "--progress",
+        "quiet",
+        "--name",
+        name,
+    ]);
     cmd.arg("--rootfs-disk").arg(disk);
     cmd.args(["--network", &vm.network, "--entrypoint", ""]);
     if let Some(m) = &vm.memory {
@@ -156,7 +167,11 @@ pub fn run_command(
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         cmd.args(["--hostname", h]);
     }
-    if spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)) {
+    if spec
+        .root()
+        .as_ref()
+        .is_some_and(|r| r.readonly() == Some(true))
+    {
         cmd.arg("--read-only");
     }
     stdio_flags(&mut cmd, stdio);
@@ -212,6 +227,45 @@ pub fn remove(hull: &Path, name: &str) -> Result<(), HullCliError> {
     run_to_end(cmd, "hull rm")
 }
 
+/// The directory of hull container `name` under `root`.
+fn container_dir(root: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(root.join("containers"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| {
+            std::fs::read(dir.join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|c| c["name"] == name)
+        })
+}
+
+/// Waits until container `name`'s main process runs in its VM (hull
+/// records the agent's process id in its state.json then, which is also
+/// what `hull run -d` waits for), or `gone` says the hull process ended.
+/// Returns whether it started.
+pub fn wait_main_started(root: &Path, name: &str, gone: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let mut dir = None;
+    while std::time::Instant::now() < deadline && !gone() {
+        if dir.is_none() {
+            dir = container_dir(root, name);
+        }
+        let started = dir.as_ref().is_some_and(|d| {
+            std::fs::read(d.join("state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|s| s["process_id"].is_u64())
+        });
+        if started {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,10 +301,22 @@ mod tests {
             "process": {"args": ["echo", "-n", "hi"], "cwd": "/tmp",
                         "env": ["A=1"], "user": {"uid": 5, "gid": 6}}
         }));
-        let stdio = StdioFlags { stdin: false, terminal: true };
-        let cmd = run_command(Path::new("/h"), "n", Path::new("/d"), &s, &vm_options(&s), stdio);
+        let stdio = StdioFlags {
+            stdin: false,
+            terminal: true,
+        };
+        let cmd = run_command(
+            Path::new("/h"),
+            "n",
+            Path::new("/d"),
+            &s,
+            &vm_options(&s),
+            stdio,
+        );
         let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into()).collect();
-        let tail = ["-t", "-u", "5:6", "-w", "/tmp", "-e", "A=1", "n", "echo", "-n", "hi"];
+        let tail = [
+            "-t", "-u", "5:6", "-w", "/tmp", "-e", "A=1", "n", "echo", "-n", "hi",
+        ];
         assert!(args.ends_with(&tail.map(String::from)), "{args:?}");
         assert!(args.windows(2).any(|w| w == ["--hostname", "h"]));
     }

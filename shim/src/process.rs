@@ -140,10 +140,7 @@ impl Process {
             if let Some(exit) = state.exit {
                 return exit;
             }
-            state = self
-                .exited
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.exited.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -207,7 +204,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "exit 7"]);
-        let pid = p.start(cmd, move |pid, exit| tx.send((pid, exit.code)).unwrap()).unwrap();
+        let pid = p
+            .start(cmd, move |pid, exit| tx.send((pid, exit.code)).unwrap())
+            .unwrap();
         assert_eq!(p.wait().code, 7);
         assert_eq!(rx.recv().unwrap(), (pid, 7));
         assert_eq!(p.snapshot().0, Status::Stopped);

@@ -71,6 +71,8 @@ impl shim::Shim for HullShim {
         // One shim per container: grouped by its own ID.
         let grouping = opts.id.clone();
         let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+        // The serving shim reads it back to remove its socket at exit.
+        shim::synchronous::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -136,7 +138,10 @@ fn internal(e: impl std::fmt::Display) -> shim::protos::ttrpc::Error {
 }
 
 fn not_found(what: &str) -> shim::protos::ttrpc::Error {
-    ttrpc_error(shim::protos::ttrpc::Code::NOT_FOUND, format!("{what} not found"))
+    ttrpc_error(
+        shim::protos::ttrpc::Code::NOT_FOUND,
+        format!("{what} not found"),
+    )
 }
 
 /// An error with its sources, on one line.
@@ -202,8 +207,8 @@ impl TaskService {
         let bundle = PathBuf::from(&req.bundle);
         let spec = Spec::load(bundle.join("config.json")).map_err(internal)?;
         let cache = hull_root().join("containerd").join("disks");
-        let (disk, mounted) =
-            rootfs::image_disk(&root_mounts(req), &bundle, &cache).map_err(|e| internal(chain(&e)))?;
+        let (disk, mounted) = rootfs::image_disk(&root_mounts(req), &bundle, &cache)
+            .map_err(|e| internal(chain(&e)))?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -254,7 +259,12 @@ impl TaskService {
             .map_err(|e| internal(chain(&e)))
     }
 
-    fn start_exec(&self, task: &Task, proc: &Arc<Process>, spec: &oci_spec::runtime::Process) -> TtrpcResult<u32> {
+    fn start_exec(
+        &self,
+        task: &Task,
+        proc: &Arc<Process>,
+        spec: &oci_spec::runtime::Process,
+    ) -> TtrpcResult<u32> {
         let hull = hull_cli::hull_binary().map_err(internal)?;
         let stdio = hull_cli::StdioFlags {
             stdin: !proc.stdio.stdin.is_empty(),
@@ -310,7 +320,10 @@ impl TaskService {
             Ok(()) => Ok(()),
             // Before the VM's process runs (or hull refused): our hull
             // child gets the signal itself.
-            Err(e) => task.init.signal_host(signal).map_err(|_| internal(chain(&e))),
+            Err(e) => task
+                .init
+                .signal_host(signal)
+                .map_err(|_| internal(chain(&e))),
         }
     }
 }

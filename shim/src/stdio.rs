@@ -58,7 +58,9 @@ pub fn spawn(mut cmd: Command, paths: &StdioPaths) -> Result<(Child, Attached), 
     } else {
         Stdio::piped()
     });
-    let mut child = cmd.spawn().map_err(|e| StdioError::Fifo("hull".into(), e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| StdioError::Fifo("hull".into(), e))?;
     let stdin: StdinSlot = Arc::new(Mutex::new(
         child
             .stdin
@@ -192,7 +194,9 @@ fn spawn_on_pty(mut cmd: Command, paths: &StdioPaths) -> Result<(Child, Attached
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| StdioError::Fifo("hull".into(), e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| StdioError::Fifo("hull".into(), e))?;
     // The command (and so our copies of the slave) is gone after spawn:
     // the master reads EIO once hull and its children closed theirs.
     drop(cmd);

@@ -1,7 +1,9 @@
 //! The ttrpc Task service: each request mapped onto the task, its
 //! processes and the `hull` CLI.
 
-use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
 
@@ -43,11 +45,26 @@ impl shim::Task for TaskService {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         let mut guard = self.inner.task();
         let task = guard.as_mut().ok_or_else(|| not_found("task"))?;
         let pid = if req.exec_id.is_empty() {
             let pid = self.start_init(task)?;
+            let (name, init) = (task.name.clone(), task.init.clone());
+            // Start returns once the process runs (as runc's does), so that
+            // an exec or a kill right after it finds the container; the
+            // task's lock is not held meanwhile.
+            drop(guard);
+            let gone = || init.snapshot().0 == Status::Stopped;
+            hull_cli::wait_main_started(&hull_root(), &name, gone);
+            let guard = self.inner.task();
+            let Some(task) = guard.as_ref() else {
+                return Err(not_found("task"));
+            };
             self.inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
@@ -71,7 +88,11 @@ impl shim::Task for TaskService {
         })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let guard = self.inner.task();
         let task = guard.as_ref().ok_or_else(|| not_found("task"))?;
         let proc = task.process(&req.exec_id)?;
@@ -86,7 +107,9 @@ impl shim::Task for TaskService {
             stderr: proc.stdio.stderr.clone(),
             terminal: proc.stdio.terminal,
             exit_status: exit.map_or(0, |e| e.code),
-            exited_at: exit.map_or(MessageField::none(), |e| MessageField::some(timestamp(e.at))),
+            exited_at: exit.map_or(MessageField::none(), |e| {
+                MessageField::some(timestamp(e.at))
+            }),
             exec_id: req.exec_id,
             ..Default::default()
         })
@@ -119,7 +142,11 @@ impl shim::Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         let mut guard = self.inner.task();
         let task = guard.as_mut().ok_or_else(|| not_found("task"))?;
         let proc = task.process(&req.exec_id)?;
@@ -190,7 +217,11 @@ impl shim::Task for TaskService {
                 format!("exec {} exists", req.exec_id),
             ));
         }
-        let spec = req.spec.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or_default();
         let process: oci_spec::runtime::Process =
             serde_json::from_slice(spec).map_err(|e| internal(format!("exec spec: {e}")))?;
         let stdio = StdioPaths {
@@ -205,7 +236,11 @@ impl shim::Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         let guard = self.inner.task();
         let task = guard.as_ref().ok_or_else(|| not_found("task"))?;
         let proc = task.process(&req.exec_id)?;
@@ -223,7 +258,11 @@ impl shim::Task for TaskService {
         Ok(api::Empty::default())
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, _req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         let guard = self.inner.task();
         let task = guard.as_ref().ok_or_else(|| not_found("task"))?;
         let (_, pid, _) = task.init.snapshot();
@@ -239,7 +278,11 @@ impl shim::Task for TaskService {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, _req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         let task_pid = self
             .inner
             .task()
@@ -275,8 +318,18 @@ fn vm_metrics(pid: u32) -> std::io::Result<Metrics> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command's closing parenthesis; utime and stime
     // are the 14th and 15th of the line, in clock ticks.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let ns = |t: u64| t * 1_000_000_000 / hz;
