@@ -56,8 +56,13 @@ pub struct ImageDisk {
     pub private: bool,
 }
 
-/// The cache key of a fresh overlay snapshot: its lower directories, when
-/// its upper directory is empty (nothing but the image in it).
+/// The cache key of a fresh overlay snapshot (empty upper directory):
+/// a digest of its layer directories' trees (names, types, modes,
+/// owners, sizes, mtimes, link targets, devices). containerd's committed
+/// layer snapshots never change, and their directory names are only
+/// sequence numbers of one containerd root, so the trees themselves name
+/// the image: the same image under another containerd root or namespace
+/// finds the same disk (and the same warm VM snapshot).
 pub fn shared_key(mounts: &[RootMount]) -> Option<String> {
     let [m] = mounts else { return None };
     if m.kind != "overlay" {
@@ -72,7 +77,50 @@ pub fn shared_key(mounts: &[RootMount]) -> Option<String> {
     let upper_is_empty = option("upperdir")
         .map(|u| std::fs::read_dir(u).is_ok_and(|mut d| d.next().is_none()))
         .unwrap_or(true);
-    upper_is_empty.then(|| hex::encode(Sha256::digest(lower.as_bytes())))
+    if !upper_is_empty {
+        return None;
+    }
+    let mut h = Sha256::new();
+    for layer in lower.split(':') {
+        h.update(b"layer\0");
+        digest_tree(Path::new(layer), Path::new(""), &mut h).ok()?;
+    }
+    Some(hex::encode(h.finalize()))
+}
+
+/// Feeds the metadata of every entry under `root/rel`, in name order.
+fn digest_tree(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut names: Vec<_> = std::fs::read_dir(root.join(rel))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let m = std::fs::symlink_metadata(root.join(&path))?;
+        let link = if m.file_type().is_symlink() {
+            std::fs::read_link(root.join(&path))?
+        } else {
+            PathBuf::new()
+        };
+        let line = format!(
+            "{}\0{:o}\0{}:{}\0{}\0{}.{}\0{}\0{}\n",
+            path.display(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.rdev(),
+            link.display()
+        );
+        h.update(line.as_bytes());
+        if m.is_dir() {
+            digest_tree(root, &path, h)?;
+        }
+    }
+    Ok(())
 }
 
 /// The task's image disk: the cached one of its layers (made once), or a
@@ -211,25 +259,39 @@ fn make_erofs(dir: &Path, disk: &Path) -> Result<(), RootfsError> {
 mod tests {
     use super::*;
 
-    fn overlay(upper: &Path) -> RootMount {
+    fn overlay(lower: &[&Path], upper: &Path) -> RootMount {
+        let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
         RootMount {
             kind: "overlay".into(),
             source: "overlay".into(),
             options: vec![
                 "index=off".into(),
-                "lowerdir=/s/2/fs:/s/1/fs".into(),
+                format!("lowerdir={}", lower.join(":")),
                 format!("upperdir={}", upper.display()),
             ],
         }
     }
 
+    /// A layer directory with one file whose mtime is fixed.
+    fn layer(content: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("etc");
+        std::fs::write(&f, content).unwrap();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+        d
+    }
+
     #[test]
-    fn a_fresh_overlay_snapshot_shares_its_layers_disk() {
+    fn a_fresh_overlay_snapshot_is_keyed_by_its_layers_trees() {
         let upper = tempfile::tempdir().unwrap();
-        let key = shared_key(&[overlay(upper.path())]).unwrap();
-        assert_eq!(key, hex::encode(Sha256::digest(b"/s/2/fs:/s/1/fs")));
+        let (a, a_again, b) = (layer("x"), layer("x"), layer("yy"));
+        let key = |l: &tempfile::TempDir| shared_key(&[overlay(&[l.path()], upper.path())]);
+        // Same tree in another directory (another containerd root): same key.
+        assert_eq!(key(&a).unwrap(), key(&a_again).unwrap());
+        assert_ne!(key(&a), key(&b));
         std::fs::write(upper.path().join("f"), "x").unwrap();
-        assert_eq!(shared_key(&[overlay(upper.path())]), None);
+        assert_eq!(key(&a), None);
     }
 
     #[test]
@@ -240,7 +302,8 @@ mod tests {
             options: vec!["rbind".into(), "ro".into()],
         };
         assert_eq!(shared_key(&[bind]), None);
-        let (flags, data) = mount_flags(&["rbind".into(), "ro".into(), "index=off".into()]);
+        let options = ["rbind".into(), "ro".into(), "index=off".into()];
+        let (flags, data) = mount_flags(&options);
         assert_eq!(flags, libc::MS_BIND | libc::MS_REC | libc::MS_RDONLY);
         assert_eq!(data, ["index=off"]);
     }
