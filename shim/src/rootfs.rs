@@ -278,7 +278,12 @@ mod tests {
         let f = d.path().join("etc");
         std::fs::write(&f, content).unwrap();
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        std::fs::File::options().write(true).open(&f).unwrap().set_modified(t).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
         d
     }
 

@@ -84,6 +84,7 @@ fn containerd() -> &'static Containerd {
     static DAEMON: OnceLock<Containerd> = OnceLock::new();
     DAEMON.get_or_init(|| {
         require_tools();
+        remove_dead_runs();
         let base = std::env::temp_dir().join(format!("hull-containerd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
@@ -98,6 +99,23 @@ fn containerd() -> &'static Containerd {
         import_image(&daemon, &base);
         daemon
     })
+}
+
+/// Removes the containerd directories of earlier test processes that
+/// are gone (their daemons died with them).
+fn remove_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("hull-containerd-") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn containerd_config(base: &Path, d: &Containerd) -> String {
@@ -139,12 +157,14 @@ fn spawn_daemon(config: &Path, log: &Path) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let child = cmd.spawn();
-        let ok = child.is_ok();
+        let started = child.is_ok();
         tx.send(child.map(|c| c.id()).map_err(|e| e.to_string()))
             .unwrap();
         // This thread is containerd's parent: it must outlive every test.
-        while ok {
-            std::thread::park();
+        if started {
+            loop {
+                std::thread::park();
+            }
         }
     });
     rx.recv().unwrap().expect("starting containerd");
@@ -188,13 +208,21 @@ fn busybox_tar(dir: &Path) -> PathBuf {
         .arg(".")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tar
 }
 
 fn import_image(d: &Containerd, base: &Path) {
     let tar = busybox_tar(base);
-    let out = hull(&["import"]).arg(&tar).arg("busybox:hull-ctr").output().unwrap();
+    let out = hull(&["import"])
+        .arg(&tar)
+        .arg("busybox:hull-ctr")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "hull import: {}", text(&out));
     let oci = base.join("busybox-oci.tar");
     let out = hull(&["save", "--format", "oci-archive", "-o"])
@@ -209,7 +237,11 @@ fn import_image(d: &Containerd, base: &Path) {
         .unwrap();
     assert!(out.status.success(), "ctr image import: {}", text(&out));
     let out = ctr(d, &["image", "ls", "-q"]).output().unwrap();
-    assert!(text(&out).contains(IMAGE), "imported images: {}", text(&out));
+    assert!(
+        text(&out).contains(IMAGE),
+        "imported images: {}",
+        text(&out)
+    );
 }
 
 fn ctr(d: &Containerd, args: &[&str]) -> Command {
@@ -327,7 +359,12 @@ fn ctr_run_prints_the_output_and_exits_zero() {
     let d = containerd();
     let out = ctr_run(d, "echo-hi", &["echo", "hi"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi\n",
+        "{}",
+        text(&out)
+    );
     assert_eq!(wait_no_leftovers("echo-hi", None), Vec::<String>::new());
 }
 
@@ -337,7 +374,11 @@ fn exit_codes_and_stderr_pass_through() {
     let out = ctr_run(d, "exit-3", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("err\n"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A detached task: exec into it (output and exit code), list its
@@ -347,13 +388,28 @@ fn exit_codes_and_stderr_pass_through() {
 fn exec_kill_and_delete_a_detached_task() {
     let d = containerd();
     let id = "detached";
-    let mut run = ctr(d, &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"]);
+    let mut run = ctr(
+        d,
+        &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"],
+    );
     run.stdout(Stdio::null());
     let out = run_limited(run, RUN_LIMIT);
     assert!(out.status.success(), "{}", text(&out));
     let socket = shim_socket(d, id);
     assert!(socket.exists(), "no shim socket at {}", socket.display());
-    let exec = ctr(d, &["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo in-vm; exit 5"]);
+    let exec = ctr(
+        d,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            id,
+            "sh",
+            "-c",
+            "echo in-vm; exit 5",
+        ],
+    );
     let out = run_limited(exec, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "in-vm\n");
@@ -362,14 +418,22 @@ fn exec_kill_and_delete_a_detached_task() {
         .lines()
         .find(|l| l.starts_with(id))
         .map(String::from);
-    assert!(line.as_deref().is_some_and(|l| l.contains("RUNNING")), "{}", text(&out));
+    assert!(
+        line.as_deref().is_some_and(|l| l.contains("RUNNING")),
+        "{}",
+        text(&out)
+    );
     let out = run_limited(ctr(d, &["task", "kill", id]), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     wait_stopped(d, id);
     let out = run_limited(ctr(d, &["task", "delete", id]), Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out));
     // ctr warns of the non-zero exit status that the delete returned.
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 143"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exit code 143"),
+        "{}",
+        text(&out)
+    );
     let out = run_limited(ctr(d, &["container", "rm", id]), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(wait_no_leftovers(id, Some(&socket)), Vec::<String>::new());
@@ -380,10 +444,16 @@ fn wait_stopped(d: &Containerd, id: &str) {
     loop {
         let out = run_limited(ctr(d, &["task", "ls"]), Duration::from_secs(30));
         let ls = String::from_utf8_lossy(&out.stdout).into_owned();
-        if ls.lines().any(|l| l.starts_with(id) && l.contains("STOPPED")) {
+        if ls
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "not stopped: {ls}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not stopped: {ls}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -399,13 +469,20 @@ fn ctr_run_with_a_tty() {
         d.socket.display()
     );
     let mut cmd = Command::new("script");
-    cmd.args(["-qec", &format!("stty cols 100 rows 30; {ctr_cmd}"), "/dev/null"]);
+    cmd.args([
+        "-qec",
+        &format!("stty cols 100 rows 30; {ctr_cmd}"),
+        "/dev/null",
+    ]);
     cmd.stdin(Stdio::piped());
     let out = run_limited(cmd, RUN_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(stdout.contains("/dev/pts/"), "no tty in: {stdout:?}");
-    assert!(stdout.contains("30 100"), "terminal size not passed on: {stdout:?}");
+    assert!(
+        stdout.contains("30 100"),
+        "terminal size not passed on: {stdout:?}"
+    );
     assert_eq!(wait_no_leftovers("tty-1", None), Vec::<String>::new());
 }
 
@@ -416,7 +493,10 @@ fn ctr_run_with_a_tty() {
 fn a_killed_vmm_shows_as_an_exited_task() {
     let d = containerd();
     let id = "crash";
-    let mut run = ctr(d, &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"]);
+    let mut run = ctr(
+        d,
+        &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"],
+    );
     run.stdout(Stdio::null());
     let out = run_limited(run, RUN_LIMIT);
     assert!(out.status.success(), "{}", text(&out));
@@ -439,11 +519,17 @@ fn a_killed_vmm_shows_as_an_exited_task() {
     wait_stopped(d, id);
     let out = run_limited(ctr(d, &["task", "delete", id]), Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exit code 137"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exit code 137"),
+        "{}",
+        text(&out)
+    );
     let out = run_limited(ctr(d, &["container", "rm", id]), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(wait_no_leftovers(id, Some(&socket)), Vec::<String>::new());
-    let ps = hull(&["ps", "-a", "--format", "{{.Names}}"]).output().unwrap();
+    let ps = hull(&["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
     assert!(
         !String::from_utf8_lossy(&ps.stdout).contains("ctrd.hulltest.crash"),
         "hull still lists the container: {}",
