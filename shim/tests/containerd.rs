@@ -423,6 +423,16 @@ fn exec_kill_and_delete_a_detached_task() {
         "{}",
         text(&out)
     );
+    // Stats: the VM's host memory (the hull process's RSS holds the VMM
+    // and the guest pages it touched) and CPU time.
+    let out = run_limited(ctr(d, &["task", "metrics", id]), Duration::from_secs(30));
+    let usage = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.strip_prefix("memory.usage_in_bytes")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    assert!(usage.is_some_and(|u| u > 1 << 20), "{}", text(&out));
     let out = run_limited(ctr(d, &["task", "kill", id]), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     wait_stopped(d, id);
@@ -535,4 +545,39 @@ fn a_killed_vmm_shows_as_an_exited_task() {
         "hull still lists the container: {}",
         text(&ps)
     );
+}
+
+/// The shim publishes the task's create, start, exit and delete events,
+/// which containerd forwards to `ctr events`.
+#[test]
+fn task_events_are_published() {
+    let d = containerd();
+    let mut events = ctr(d, &["events"]);
+    let mut events = events.stdout(Stdio::piped()).spawn().unwrap();
+    let mut stream = events.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stream.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    });
+    // `ctr events` subscribes asynchronously: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ctr_run(d, "evented", &["true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let _ = events.wait();
+    let log = reader.join().unwrap();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(topic) && l.contains("\"evented\"")),
+            "no {topic} event of the task in: {log}"
+        );
+    }
 }
