@@ -233,9 +233,15 @@ fn create_disk_container(
     ports: Vec<ports::PortSpec>,
 ) -> anyhow::Result<(ContainerConfig, PathBuf)> {
     let unsupported = [
-        ("--volume", !args.volume.is_empty() || !args.mount.is_empty()),
+        (
+            "--volume",
+            !args.volume.is_empty() || !args.mount.is_empty(),
+        ),
         ("--publish-all", args.publish_all),
-        ("--isolation", args.isolation.as_deref().is_some_and(|i| i != "vm")),
+        (
+            "--isolation",
+            args.isolation.as_deref().is_some_and(|i| i != "vm"),
+        ),
     ];
     if let Some((flag, _)) = unsupported.iter().find(|(_, given)| *given) {
         let why = "not supported with --rootfs-disk".to_string();
