@@ -205,3 +205,36 @@ fn help_version_and_completions_succeed_and_hide_internal_commands() {
     }
     assert_fails(&run(root, &["completion", "tcsh"]), 125, "tcsh");
 }
+
+/// `--rootfs-disk` (containerd's shim runs a container on a disk made
+/// from containerd's snapshot, docs/kubernetes.md) is hidden from help,
+/// refuses what it cannot honour, and fails in one line on a missing disk.
+#[test]
+fn rootfs_disk_is_hidden_and_checked_before_a_vm() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let help = run(root, &["run", "--help"]);
+    assert!(!text(&help).0.contains("rootfs-disk"), "{}", text(&help).0);
+    assert_fails(
+        &run(
+            root,
+            &["run", "--rootfs-disk", "/nonexistent.erofs", "x", "true"],
+        ),
+        125,
+        "/nonexistent.erofs",
+    );
+    let disk = root.join("d.erofs");
+    std::fs::write(&disk, b"").unwrap();
+    let disk = disk.to_str().unwrap();
+    assert_fails(
+        &run(
+            root,
+            &["run", "--rootfs-disk", disk, "-v", "v:/v", "x", "true"],
+        ),
+        125,
+        "not supported with --rootfs-disk",
+    );
+    // Nothing was created by the refusals.
+    let ps = run(root, &["ps", "-aq"]);
+    assert_eq!(text(&ps).0, "", "{}", text(&ps).1);
+}
