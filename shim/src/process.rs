@@ -126,7 +126,10 @@ impl Process {
         let mut state = self.lock();
         state.status = Status::Stopped;
         state.exit = Some(exit);
-        state.stdin = None;
+        // Its relay thread ends once the FIFO is drained.
+        if let Some(relay) = state.stdin.take() {
+            relay.close();
+        }
         state.pty = None;
         self.exited.notify_all();
         exit
@@ -153,9 +156,9 @@ impl Process {
 
     /// CloseIO: ends the process's stdin.
     pub fn close_stdin(&self) {
-        let slot = self.lock().stdin.clone();
-        if let Some(slot) = slot {
-            slot.lock().map(|mut s| s.take()).ok();
+        let relay = self.lock().stdin.clone();
+        if let Some(relay) = relay {
+            relay.close();
         }
     }
 

@@ -1,6 +1,7 @@
 //! A process's stdio through containerd's FIFOs. Without a terminal the
 //! `hull` child writes the stdout/stderr FIFOs itself and its stdin is a
-//! pipe we fill from the stdin FIFO (so that CloseIO can end it). With a
+//! pipe we fill from the stdin FIFO (so that CloseIO can end it, see
+//! [`StdinRelay`]). With a
 //! terminal the child gets a host PTY (its controlling terminal, so that
 //! a resize reaches hull as SIGWINCH and hull passes it to the guest's
 //! PTY); we relay between the FIFOs and the PTY's master.
@@ -9,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -32,8 +34,47 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
-/// Where the process's input goes; taken (and so closed) by CloseIO.
-pub type StdinSlot = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+/// A process's input: the stdin FIFO relayed into `target` (hull's stdin
+/// pipe, or the PTY's master). The FIFO is opened read-write, so it never
+/// reads as ended while the client reopens it; the input ends on CloseIO,
+/// once everything written before it has been relayed (the client closes
+/// its end after its last write, then asks CloseIO).
+pub struct StdinRelay {
+    target: Mutex<Option<Box<dyn Write + Send>>>,
+    closing: AtomicBool,
+}
+
+/// The relay's share of the process's input.
+pub type StdinSlot = Arc<StdinRelay>;
+
+impl StdinRelay {
+    fn new(target: Option<Box<dyn Write + Send>>) -> StdinSlot {
+        Arc::new(StdinRelay {
+            target: Mutex::new(target),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// CloseIO: the input ends once the FIFO is drained.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        self.target.lock().map(|mut t| t.take()).ok();
+    }
+
+    /// Writes `data` on; false once there is nowhere to write.
+    fn forward(&self, data: &[u8]) -> bool {
+        let Ok(mut guard) = self.target.lock() else {
+            return false;
+        };
+        let Some(w) = guard.as_mut() else {
+            return false;
+        };
+        w.write_all(data).and_then(|()| w.flush()).is_ok()
+    }
+}
 
 /// The parent's ends of a started process's stdio.
 pub struct Attached {
@@ -61,13 +102,13 @@ pub fn spawn(mut cmd: Command, paths: &StdioPaths) -> Result<(Child, Attached), 
     let mut child = cmd
         .spawn()
         .map_err(|e| StdioError::Fifo("hull".into(), e))?;
-    let stdin: StdinSlot = Arc::new(Mutex::new(
+    let stdin = StdinRelay::new(
         child
             .stdin
             .take()
             .map(|s| Box::new(s) as Box<dyn Write + Send>),
-    ));
-    relay_input(&paths.stdin, stdin.clone());
+    );
+    relay_input(&paths.stdin, stdin.clone())?;
     let attached = Attached {
         stdin,
         pty: None,
@@ -89,36 +130,52 @@ fn open_output(path: &str) -> Result<Stdio, StdioError> {
     Ok(f.into())
 }
 
-/// Copies the stdin FIFO into the slot until the FIFO ends or the slot is
-/// taken. The FIFO is opened here: its writer (the client) may come later.
-fn relay_input(path: &str, slot: StdinSlot) {
+/// Opens the stdin FIFO (read-write: never blocks, never a premature
+/// end) and relays it into `relay` from a thread until CloseIO and the
+/// FIFO is drained, or the process's input is gone.
+fn relay_input(path: &str, relay: StdinSlot) -> Result<(), StdioError> {
     if path.is_empty() {
-        return;
+        return Ok(());
     }
-    let path = path.to_string();
-    std::thread::spawn(move || {
-        let Ok(mut fifo) = File::open(&path) else {
-            slot.lock().map(|mut s| s.take()).ok();
-            return;
-        };
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = match fifo.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let mut guard = match slot.lock() {
-                Ok(g) => g,
-                Err(_) => return,
-            };
-            let Some(w) = guard.as_mut() else { return };
-            if w.write_all(&buf[..n]).and_then(|()| w.flush()).is_err() {
+    let fifo = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StdioError::Fifo(path.into(), e))?;
+    std::thread::spawn(move || copy_input(fifo, &relay));
+    Ok(())
+}
+
+fn copy_input(mut fifo: File, relay: &StdinRelay) {
+    let mut buf = [0u8; 8192];
+    loop {
+        // Decided before polling: data written before CloseIO is in the
+        // FIFO by then, so an empty poll after it means drained.
+        let closing = relay.closing.load(Ordering::SeqCst);
+        if !readable(&fifo, 100) {
+            if closing {
                 break;
             }
+            continue;
         }
-        // The FIFO's end is the process's stdin's end.
-        slot.lock().map(|mut s| s.take()).ok();
-    });
+        match fifo.read(&mut buf) {
+            Ok(n) if n > 0 && relay.forward(&buf[..n]) => {}
+            _ => break,
+        }
+    }
+    relay.end();
+}
+
+/// Whether `f` has data within `timeout_ms`.
+fn readable(f: &File, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, for an fd open for the call's duration.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
 /// A host PTY: (master, slave), the slave raw (the guest's PTY does the
@@ -206,12 +263,12 @@ fn spawn_on_pty(mut cmd: Command, paths: &StdioPaths) -> Result<(Child, Attached
         .transpose()
         .map_err(|e| StdioError::Fifo(paths.stdout.clone(), e))?;
     let relay = std::thread::spawn(move || copy_output(reader, writer));
-    let stdin: StdinSlot = Arc::new(Mutex::new(
+    let stdin = StdinRelay::new(
         (!paths.stdin.is_empty())
             .then(|| dup(&master).map(|m| Box::new(File::from(m)) as Box<dyn Write + Send>))
             .transpose()?,
-    ));
-    relay_input(&paths.stdin, stdin.clone());
+    );
+    relay_input(&paths.stdin, stdin.clone())?;
     let attached = Attached {
         stdin,
         pty: Some(Arc::new(master)),

@@ -581,3 +581,46 @@ fn task_events_are_published() {
         );
     }
 }
+
+/// The task's stdin is ctr's: piped data reaches the process in the VM
+/// and its end (CloseIO) ends the process's input.
+#[test]
+fn stdin_reaches_the_process_and_its_end_closes_it() {
+    let d = containerd();
+    let mut cmd = ctr(
+        d,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "stdin-1",
+            "sh",
+            "-c",
+        ],
+    );
+    cmd.arg("wc -c; echo done");
+    cmd.stdin(Stdio::piped());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"hello from the host\n").unwrap();
+    drop(stdin);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            panic!("ctr run with stdin did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "20\ndone\n",
+        "{}",
+        text(&out)
+    );
+}
