@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim as shim;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -229,6 +231,55 @@ impl TaskService {
         *self.inner.task() = Some(task);
         // No host process yet: the VM starts with Start; our PID stands in.
         Ok(std::process::id())
+    }
+
+    /// Start of the task: its VM runs and its process started in it (as
+    /// runc's start returns once the process runs, so that an exec or a
+    /// kill right after finds it); the task's lock is not held meanwhile.
+    fn run_init(&self) -> TtrpcResult<u32> {
+        let (pid, name, init) = {
+            let guard = self.inner.task();
+            let task = guard.as_ref().ok_or_else(|| not_found("task"))?;
+            let pid = self.start_init(task)?;
+            (pid, task.name.clone(), task.init.clone())
+        };
+        let gone = || init.snapshot().0 == Status::Stopped;
+        hull_cli::wait_main_started(&hull_root(), &name, gone);
+        let container_id = self.inner.task().as_ref().map(|t| t.id.clone());
+        let container_id = container_id.ok_or_else(|| not_found("task"))?;
+        self.inner.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id,
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(pid)
+    }
+
+    /// Start of exec `exec_id` (its `hull exec`).
+    fn run_exec(&self, exec_id: &str) -> TtrpcResult<u32> {
+        let mut guard = self.inner.task();
+        let task = guard.as_mut().ok_or_else(|| not_found("task"))?;
+        let proc = task.process(exec_id)?;
+        let spec = task
+            .exec_specs
+            .remove(exec_id)
+            .ok_or_else(|| not_found(&format!("exec {exec_id}")))?;
+        let pid = self.start_exec(task, &proc, &spec)?;
+        let container_id = task.id.clone();
+        drop(guard);
+        self.inner.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id,
+                exec_id: exec_id.into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(pid)
     }
 
     fn start_init(&self, task: &Task) -> TtrpcResult<u32> {

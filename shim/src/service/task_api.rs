@@ -50,37 +50,10 @@ impl shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let mut guard = self.inner.task();
-        let task = guard.as_mut().ok_or_else(|| not_found("task"))?;
         let pid = if req.exec_id.is_empty() {
-            let pid = self.start_init(task)?;
-            let (name, init) = (task.name.clone(), task.init.clone());
-            // Start returns once the process runs (as runc's does), so that
-            // an exec or a kill right after it finds the container; the
-            // task's lock is not held meanwhile.
-            drop(guard);
-            let gone = || init.snapshot().0 == Status::Stopped;
-            hull_cli::wait_main_started(&hull_root(), &name, gone);
-            let guard = self.inner.task();
-            let Some(task) = guard.as_ref() else {
-                return Err(not_found("task"));
-            };
-            self.inner.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
-                    container_id: task.id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            );
-            pid
+            self.run_init()?
         } else {
-            let proc = task.process(&req.exec_id)?;
-            let spec = task
-                .exec_specs
-                .remove(&req.exec_id)
-                .ok_or_else(|| not_found(&format!("exec {}", req.exec_id)))?;
-            self.start_exec(task, &proc, &spec)?
+            self.run_exec(&req.exec_id)?
         };
         Ok(api::StartResponse {
             pid,
@@ -232,7 +205,17 @@ impl shim::Task for TaskService {
         };
         let proc = Process::new(&req.exec_id, stdio);
         task.execs.insert(req.exec_id.clone(), proc);
-        task.exec_specs.insert(req.exec_id, process);
+        task.exec_specs.insert(req.exec_id.clone(), process);
+        let container_id = task.id.clone();
+        drop(guard);
+        self.inner.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id,
+                exec_id: req.exec_id,
+                ..Default::default()
+            }),
+        );
         Ok(api::Empty::default())
     }
 
