@@ -210,11 +210,18 @@ fn help_version_and_completions_succeed_and_hide_internal_commands() {
 /// from containerd's snapshot, docs/kubernetes.md) is hidden from help,
 /// refuses what it cannot honour, and fails in one line on a missing disk.
 #[test]
-fn rootfs_disk_is_hidden_and_checked_before_a_vm() {
+fn shim_flags_are_hidden_and_rootfs_disk_checked_before_a_vm() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let help = run(root, &["run", "--help"]);
-    assert!(!text(&help).0.contains("rootfs-disk"), "{}", text(&help).0);
+    // The shim's other hidden flags too (exec --pid-file, kill --process).
+    for (command, flag) in [
+        ("run", "rootfs-disk"),
+        ("exec", "pid-file"),
+        ("kill", "--process"),
+    ] {
+        let help = run(root, &[command, "--help"]);
+        assert!(!text(&help).0.contains(flag), "{}", text(&help).0);
+    }
     assert_fails(
         &run(
             root,

@@ -183,10 +183,17 @@ pub fn run_command(
     cmd
 }
 
-/// `hull exec` of an exec process in the task's VM.
-pub fn exec_command(hull: &Path, name: &str, process: &Process, stdio: StdioFlags) -> Command {
+/// `hull exec` of an exec process in the task's VM; hull writes the
+/// process's agent id to `pid_file` once it runs (for [`kill_process`]).
+pub fn exec_command(
+    hull: &Path,
+    name: &str,
+    process: &Process,
+    stdio: StdioFlags,
+    pid_file: &Path,
+) -> Command {
     let mut cmd = Command::new(hull);
-    cmd.arg("exec");
+    cmd.arg("exec").arg("--pid-file").arg(pid_file);
     stdio_flags(&mut cmd, stdio);
     process_flags(&mut cmd, process);
     cmd.arg(name);
@@ -217,6 +224,22 @@ pub fn run_to_end(mut cmd: Command, what: &str) -> Result<(), HullCliError> {
 pub fn kill(hull: &Path, name: &str, signal: u32) -> Result<(), HullCliError> {
     let mut cmd = Command::new(hull);
     cmd.args(["kill", "-s", &signal.to_string(), name]);
+    run_to_end(cmd, "hull kill")
+}
+
+/// `hull kill -s SIGNAL --process ID NAME`: the signal reaches an exec's
+/// process in the VM (signalling its `hull exec` would not: SIGKILL ends
+/// hull and leaves the process running).
+pub fn kill_process(hull: &Path, name: &str, id: u32, signal: u32) -> Result<(), HullCliError> {
+    let mut cmd = Command::new(hull);
+    cmd.args([
+        "kill",
+        "-s",
+        &signal.to_string(),
+        "--process",
+        &id.to_string(),
+        name,
+    ]);
     run_to_end(cmd, "hull kill")
 }
 

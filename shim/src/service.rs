@@ -2,7 +2,7 @@
 //! delete) and the task's requests, one task (container) per shim.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -184,6 +184,21 @@ impl Task {
     }
 }
 
+/// Where `hull exec --pid-file` puts exec `exec_id`'s agent process id.
+fn exec_pid_file(bundle: &Path, exec_id: &str) -> PathBuf {
+    let clean: String = exec_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    bundle.join(format!("exec-{clean}.pid"))
+}
+
 /// The Create request's rootfs mounts as [`RootMount`]s.
 fn root_mounts(req: &api::CreateTaskRequest) -> Vec<RootMount> {
     req.rootfs
@@ -321,7 +336,8 @@ impl TaskService {
             stdin: !proc.stdio.stdin.is_empty(),
             terminal: proc.stdio.terminal,
         };
-        let cmd = hull_cli::exec_command(&hull, &task.name, spec, stdio);
+        let pid_file = exec_pid_file(&task.bundle, &proc.exec_id);
+        let cmd = hull_cli::exec_command(&hull, &task.name, spec, stdio, &pid_file);
         let inner = self.inner.clone();
         let (id, exec_id) = (task.id.clone(), proc.exec_id.clone());
         let on_exit = move |pid, exit: Exit| {
@@ -353,6 +369,23 @@ impl TaskService {
         if task.disk.private {
             let _ = std::fs::remove_file(&task.disk.path);
         }
+    }
+
+    /// Kill of an exec: through the agent to its process in the VM once
+    /// hull wrote its id; before that, to its `hull exec` (which forwards
+    /// INT, TERM, HUP and QUIT, and dies of the rest).
+    fn kill_exec(task: &Task, proc: &Process, signal: u32) -> TtrpcResult<()> {
+        let pid_file = exec_pid_file(&task.bundle, &proc.exec_id);
+        let agent_id = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if let (Some(id), Status::Running) = (agent_id, proc.snapshot().0) {
+            let hull = hull_cli::hull_binary().map_err(internal)?;
+            if hull_cli::kill_process(&hull, &task.name, id, signal).is_ok() {
+                return Ok(());
+            }
+        }
+        proc.signal_host(signal).map_err(internal)
     }
 
     fn kill_init(task: &Task, signal: u32) -> TtrpcResult<()> {

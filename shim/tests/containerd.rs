@@ -423,6 +423,26 @@ fn exec_kill_and_delete_a_detached_task() {
         "{}",
         text(&out)
     );
+    // An exec killed with SIGKILL is gone from the VM (not only its
+    // host-side `hull exec`).
+    let exec = ctr(
+        d,
+        &["task", "exec", "-d", "--exec-id", "e2", id, "sleep", "777"],
+    );
+    let out = run_limited(exec, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(guest_ps(d, id, "ps1").contains("sleep 777"));
+    let kill = ctr(d, &["task", "kill", "--exec-id", "e2", "-s", "KILL", id]);
+    let out = run_limited(kill, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out));
+    let start = Instant::now();
+    while guest_ps(d, id, "ps2").contains("sleep 777") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "exec e2 outlived its SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Stats: the VM's host memory (the hull process's RSS holds the VMM
     // and the guest pages it touched) and CPU time.
     let out = run_limited(ctr(d, &["task", "metrics", id]), Duration::from_secs(30));
@@ -447,6 +467,14 @@ fn exec_kill_and_delete_a_detached_task() {
     let out = run_limited(ctr(d, &["container", "rm", id]), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(wait_no_leftovers(id, Some(&socket)), Vec::<String>::new());
+}
+
+/// The guest's processes (`ps` in the VM, through an exec `exec_id`).
+fn guest_ps(d: &Containerd, id: &str, exec_id: &str) -> String {
+    let exec = ctr(d, &["task", "exec", "--exec-id", exec_id, id, "ps"]);
+    let out = run_limited(exec, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn wait_stopped(d: &Containerd, id: &str) {

@@ -655,6 +655,8 @@ pub struct ExecOptions {
     pub stdin: bool,
     /// Run on a pseudo-terminal (`-t`).
     pub tty: bool,
+    /// Where to write the process's agent id once it runs (VMs only).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Runs another process in a running container (`hull exec`).
@@ -666,6 +668,7 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
         user,
         stdin,
         tty,
+        pid_file,
     } = opts;
     let uds = socket_path(root, &config.id);
     let process = Arc::new(AtomicU32::new(0));
@@ -700,10 +703,23 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
         |id| {
             process.store(id, Ordering::Release);
             raw = raw_stdin(tty && stdin);
+            if let Some(f) = &pid_file {
+                write_pid_file(f, id);
+            }
         },
     );
     drop(raw);
     Ok(code?)
+}
+
+/// `exec --pid-file`: the id, written whole (temp + rename) so that a
+/// reader never sees a part of it.
+fn write_pid_file(path: &Path, id: u32) {
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, id.to_string()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!("writing {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]

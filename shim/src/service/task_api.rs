@@ -110,7 +110,7 @@ impl shim::Task for TaskService {
             Self::kill_init(task, req.signal)?;
         } else {
             let proc = task.process(&req.exec_id)?;
-            proc.signal_host(req.signal).map_err(internal)?;
+            Self::kill_exec(task, &proc, req.signal)?;
         }
         Ok(api::Empty::default())
     }
@@ -151,6 +151,7 @@ impl shim::Task for TaskService {
         } else {
             task.execs.remove(&req.exec_id);
             task.exec_specs.remove(&req.exec_id);
+            let _ = std::fs::remove_file(exec_pid_file(&task.bundle, &req.exec_id));
         }
         Ok(api::DeleteResponse {
             pid,
