@@ -205,3 +205,43 @@ fn help_version_and_completions_succeed_and_hide_internal_commands() {
     }
     assert_fails(&run(root, &["completion", "tcsh"]), 125, "tcsh");
 }
+
+/// `--rootfs-disk` (containerd's shim runs a container on a disk made
+/// from containerd's snapshot, docs/kubernetes.md) is hidden from help,
+/// refuses what it cannot honour, and fails in one line on a missing disk.
+#[test]
+fn shim_flags_are_hidden_and_rootfs_disk_checked_before_a_vm() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    // The shim's other hidden flags too (exec --pid-file, kill --process).
+    for (command, flag) in [
+        ("run", "rootfs-disk"),
+        ("exec", "pid-file"),
+        ("kill", "--process"),
+    ] {
+        let help = run(root, &[command, "--help"]);
+        assert!(!text(&help).0.contains(flag), "{}", text(&help).0);
+    }
+    assert_fails(
+        &run(
+            root,
+            &["run", "--rootfs-disk", "/nonexistent.erofs", "x", "true"],
+        ),
+        125,
+        "/nonexistent.erofs",
+    );
+    let disk = root.join("d.erofs");
+    std::fs::write(&disk, b"").unwrap();
+    let disk = disk.to_str().unwrap();
+    assert_fails(
+        &run(
+            root,
+            &["run", "--rootfs-disk", disk, "-v", "v:/v", "x", "true"],
+        ),
+        125,
+        "not supported with --rootfs-disk",
+    );
+    // Nothing was created by the refusals.
+    let ps = run(root, &["ps", "-aq"]);
+    assert_eq!(text(&ps).0, "", "{}", text(&ps).1);
+}

@@ -262,10 +262,16 @@ fn container_disks(
     config: &ContainerConfig,
     progress: &dyn crate::progress::Progress,
 ) -> anyhow::Result<Vec<vmm::DiskConfig>> {
-    let (image_disk, _) = RootfsCache::new(root)
-        .with_progress(progress)
-        .get_or_prepare(root, &config.layers)
-        .map_err(|e| e.context("preparing the image's root filesystem"))?;
+    let image_disk = match &config.rootfs_disk {
+        Some(disk) => disk.clone(),
+        None => {
+            RootfsCache::new(root)
+                .with_progress(progress)
+                .get_or_prepare(root, &config.layers)
+                .map_err(|e| e.context("preparing the image's root filesystem"))?
+                .0
+        }
+    };
     let upper = dir.join("upper.ext4");
     if !config.auto_remove && !upper.exists() {
         let tmp = dir.join(".upper.ext4.tmp");
@@ -674,6 +680,8 @@ pub struct ExecOptions {
     pub stdin: bool,
     /// Run on a pseudo-terminal (`-t`).
     pub tty: bool,
+    /// Where to write the process's agent id once it runs (VMs only).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Runs another process in a running container (`hull exec`).
@@ -685,6 +693,7 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
         user,
         stdin,
         tty,
+        pid_file,
     } = opts;
     let uds = socket_path(root, &config.id);
     let process = Arc::new(AtomicU32::new(0));
@@ -719,10 +728,23 @@ pub fn exec(root: &Path, config: &ContainerConfig, opts: ExecOptions) -> anyhow:
         |id| {
             process.store(id, Ordering::Release);
             raw = raw_stdin(tty && stdin);
+            if let Some(f) = &pid_file {
+                write_pid_file(f, id);
+            }
         },
     );
     drop(raw);
     Ok(code?)
+}
+
+/// `exec --pid-file`: the id, written whole (temp + rename) so that a
+/// reader never sees a part of it.
+fn write_pid_file(path: &Path, id: u32) {
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, id.to_string()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!("writing {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]

@@ -160,9 +160,16 @@ impl FsVm {
             rootfs::mkfs(&tmp, engine::UPPER_DISK_BYTES, "hull-upper")?;
             std::fs::rename(&tmp, &upper)?;
         }
-        let (image_disk, _) = RootfsCache::new(root)
-            .get_or_prepare(root, &c.config.layers)
-            .map_err(|e| e.context("preparing the image's root filesystem"))?;
+        let image_disk = match &c.config.rootfs_disk {
+            // containerd's shim gave the container its disk (`--rootfs-disk`).
+            Some(disk) => disk.clone(),
+            None => {
+                RootfsCache::new(root)
+                    .get_or_prepare(root, &c.config.layers)
+                    .map_err(|e| e.context("preparing the image's root filesystem"))?
+                    .0
+            }
+        };
         let writable = matches!(access, Access::Write(_));
         let disks = [(image_disk, true), (upper, false)];
         let requests = root_requests(running, writable);

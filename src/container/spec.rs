@@ -79,6 +79,10 @@ pub struct ContainerConfig {
     /// the order of their disks.
     #[serde(default)]
     pub mounts: Vec<crate::volume::spec::VolumeMount>,
+    /// A prepared image disk given instead of an image (`--rootfs-disk`,
+    /// containerd's shim): used as it is, never prepared nor removed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_disk: Option<PathBuf>,
 }
 
 /// Docker's default PATH for images whose config sets none.

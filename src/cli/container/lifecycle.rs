@@ -50,10 +50,25 @@ pub fn kill(
     root: &Path,
     store: &ContainerStore,
     signal: &str,
+    process: Option<u32>,
     containers: &[String],
 ) -> anyhow::Result<u8> {
     let sig = parse_signal(signal)?;
-    each(store, containers, |_, c| signal_main(root, c, sig))
+    match process {
+        Some(id) => each(store, containers, |_, c| signal_process(root, c, id, sig)),
+        None => each(store, containers, |_, c| signal_main(root, c, sig)),
+    }
+}
+
+/// `kill --process ID`: a VM's agent process other than the main one (an
+/// exec whose `--pid-file` gave its id).
+fn signal_process(root: &Path, c: &Container, id: u32, sig: i32) -> anyhow::Result<()> {
+    if c.state.status != Status::Running || c.config.isolation != crate::oci::Isolation::Vm {
+        return Err(CommandError::NotRunning(c.config.name.clone()).into());
+    }
+    crate::guest::agent_client::AgentClient::connect(&engine::socket_path(root, &c.config.id))?
+        .signal(id, sig)?;
+    Ok(())
 }
 
 /// `hull rm`.

@@ -72,6 +72,10 @@ pub enum ContainerCommand {
         /// Signal name or number.
         #[arg(short = 's', long, default_value = "KILL")]
         signal: String,
+        /// Signal this agent process of the VM (an exec's, from `exec
+        /// --pid-file`) instead of the main process: containerd's shim.
+        #[arg(long, hide = true, value_name = "ID")]
+        process: Option<u32>,
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -120,6 +124,10 @@ pub enum ContainerCommand {
         /// User.
         #[arg(short = 'u', long)]
         user: Option<String>,
+        /// Write the process's agent id here once it runs (for `kill
+        /// --process`): containerd's shim.
+        #[arg(long, hide = true, value_name = "PATH")]
+        pid_file: Option<std::path::PathBuf>,
         /// Container.
         container: String,
         /// Command and arguments.
@@ -265,9 +273,11 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
         ContainerCommand::Restart { time, containers } => {
             lifecycle::restart(root, &store, time, &containers)
         }
-        ContainerCommand::Kill { signal, containers } => {
-            lifecycle::kill(root, &store, &signal, &containers)
-        }
+        ContainerCommand::Kill {
+            signal,
+            process,
+            containers,
+        } => lifecycle::kill(root, &store, &signal, process, &containers),
         ContainerCommand::Rm {
             force,
             volumes,
@@ -283,6 +293,7 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
             env,
             workdir,
             user,
+            pid_file,
             container,
             command,
         } => exec::exec(
@@ -296,6 +307,7 @@ pub fn run(cmd: ContainerCommand, root: &Path) -> anyhow::Result<u8> {
                 user,
                 stdin: interactive,
                 tty,
+                pid_file,
             },
         ),
         ContainerCommand::Top { container } => exec::top(root, &store, &container),

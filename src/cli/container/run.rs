@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// Mount the volumes of another container (`NAME[:ro]`).
     #[arg(long = "volumes-from", value_name = "CONTAINER")]
     pub volumes_from: Vec<String>,
+    /// Run this prepared image disk (EROFS) instead of an image from the
+    /// store; IMAGE is then only its name. For containerd's shim, whose
+    /// snapshotter has already unpacked the layers on the host.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub rootfs_disk: Option<PathBuf>,
     /// Image to run.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -168,6 +173,9 @@ fn create_container(
         .iter()
         .map(|p| ports::spec::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(disk) = &args.rootfs_disk {
+        return create_disk_container(args, store, disk, mem_mib, network, ports);
+    }
     let images = images::Store::open(root)?;
     let image = super::auto_pull::image(&images, root, &args.image, args.pull, args.quiet)?;
     let ports = with_exposed_ports(args, &image, ports)?;
@@ -184,7 +192,15 @@ fn create_container(
         )
         .into());
     }
-    let mut config = container_config(args, store, &image, mem_mib, ports)?;
+    let layers = image
+        .layers
+        .iter()
+        .map(|l| (l.digest.to_string(), l.path.clone()))
+        .collect();
+    let image_config = image.config.config().clone().unwrap_or_default();
+    let mut config = container_config(args, store, &image_config, mem_mib, ports)?;
+    config.image_id = image.id().to_string();
+    config.layers = layers;
     config.network = network;
     config.network_aliases = args.network_alias.clone();
     config.isolation = isolation;
@@ -203,6 +219,42 @@ fn create_container(
             Err(e.into())
         }
     }
+}
+
+/// `--rootfs-disk`: a VM container of a prepared image disk, with no
+/// image defaults (the caller, containerd's shim, passes the whole
+/// process), no volumes and no `-P`.
+fn create_disk_container(
+    args: &RunArgs,
+    store: &ContainerStore,
+    disk: &Path,
+    mem_mib: u64,
+    network: crate::network::NetworkMode,
+    ports: Vec<ports::PortSpec>,
+) -> anyhow::Result<(ContainerConfig, PathBuf)> {
+    let unsupported = [
+        (
+            "--volume",
+            !args.volume.is_empty() || !args.mount.is_empty(),
+        ),
+        ("--publish-all", args.publish_all),
+        (
+            "--isolation",
+            args.isolation.as_deref().is_some_and(|i| i != "vm"),
+        ),
+    ];
+    if let Some((flag, _)) = unsupported.iter().find(|(_, given)| *given) {
+        let why = "not supported with --rootfs-disk".to_string();
+        return Err(CommandError::Invalid(flag, why).into());
+    }
+    let disk = std::fs::canonicalize(disk)
+        .map_err(|e| CommandError::Invalid("--rootfs-disk", format!("{}: {e}", disk.display())))?;
+    let no_defaults = oci_spec::image::Config::default();
+    let mut config = container_config(args, store, &no_defaults, mem_mib, ports)?;
+    config.network = network;
+    config.rootfs_disk = Some(disk);
+    let dir = store.create(&config)?;
+    Ok((config, dir))
 }
 
 /// `--network` (a user network must exist) and `--network-alias` (only
@@ -332,11 +384,10 @@ fn with_exposed_ports(
 fn container_config(
     args: &RunArgs,
     store: &ContainerStore,
-    image: &Image,
+    cfg: &oci_spec::image::Config,
     mem_mib: u64,
     ports: Vec<ports::PortSpec>,
 ) -> anyhow::Result<ContainerConfig> {
-    let cfg = image.config.config().clone().unwrap_or_default();
     let mut env_flags = Vec::new();
     for f in &args.env_file {
         env_flags.extend(
@@ -364,12 +415,8 @@ fn container_config(
         id: id.clone(),
         name,
         image: args.image.clone(),
-        image_id: image.id().to_string(),
-        layers: image
-            .layers
-            .iter()
-            .map(|l| (l.digest.to_string(), l.path.clone()))
-            .collect(),
+        image_id: String::new(),
+        layers: Vec::new(),
         argv,
         env,
         cwd: args
@@ -401,6 +448,7 @@ fn container_config(
         runtime: None,
         userns: None,
         mounts: Vec::new(),
+        rootfs_disk: None,
     })
 }
 
