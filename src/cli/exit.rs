@@ -72,6 +72,19 @@ fn one_line(rendered: &str, hidden: &[String]) -> String {
     format!("{line}; see '{command} --help'")
 }
 
+/// Fails in one line when hull is not root and `feature` needs it (it
+/// makes network namespaces, bridges and taps, or runs runc as root);
+/// everything else of hull runs rootless.
+pub fn require_root(feature: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "{feature} needs root; without root hull runs VM containers, images, volumes and published ports"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,7 @@ pub fn run(cmd: NetworkCommand, root: &Path) -> anyhow::Result<u8> {
             driver,
             name,
         } => {
+            super::exit::require_root("user networks (hull network create)")?;
             if driver != "bridge" {
                 return Err(NetworkCommandError::Driver(driver).into());
             }

@@ -177,8 +177,9 @@ impl RunningVm {
             Self::spawn(vmm::Vm::new(config)?, uds)?
         };
         if let Err(e) = wait_ready(seen, || running.is_done(), ready_timeout) {
+            let why = running.why_ended();
             running.kill();
-            return Err(e.into());
+            return Err(why.map_or_else(|| e.into(), |why| anyhow::anyhow!(why)));
         }
         Ok(running)
     }
@@ -223,8 +224,13 @@ impl RunningVm {
             match crate::guest::agent_client::AgentClient::connect(&self.uds) {
                 Ok(client) => return Ok((self, client)),
                 Err(e) if self.is_done() => {
+                    let why = self.why_ended();
                     self.kill();
-                    return Err(self.explain(anyhow::anyhow!(e).context("restored VM ended")));
+                    let e = anyhow::anyhow!(e).context("restored VM ended");
+                    return Err(match why {
+                        Some(why) => e.context(why),
+                        None => self.explain(e),
+                    });
                 }
                 Err(e) if start.elapsed() > ready_timeout => {
                     self.kill();

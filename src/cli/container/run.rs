@@ -165,6 +165,7 @@ fn create_container(
     let isolation = isolation_of(args, root)?;
     let network = network_of(args, root, isolation)?;
     if isolation == Isolation::Container {
+        super::super::exit::require_root("--isolation container")?;
         // A missing runtime is an error before anything is created.
         crate::oci::runtime::Runtime::find(args.runtime.as_deref())?;
     }

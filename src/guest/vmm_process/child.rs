@@ -12,12 +12,13 @@ pub const EXIT_GUEST_CRASH: u8 = 2;
 /// Exit status: the VMM could not create or run the VM (on stderr).
 pub const EXIT_FAILED: u8 = 3;
 
-/// Runs the VMM process; returns its exit status.
+/// Runs the VMM process; returns its exit status. Why it failed goes to
+/// its stdout, a pipe hull reads: hull says it in its own one line.
 pub fn main() -> u8 {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hull-vmm: {e:#}");
+            print!("{e:#}");
             EXIT_FAILED
         }
     }
@@ -37,6 +38,7 @@ fn run() -> anyhow::Result<u8> {
             .map_err(|e| anyhow::anyhow!("joining cgroup {}: {e}", procs.display()))?;
     }
     let snapshot = spec.snapshot.clone();
+    let spec_rootless = spec.rootless;
     let jail_at = match (spec.jail, &spec.vsock_uds) {
         // The socket's directory exists (the VM binds the socket in it):
         // the jail's empty root is mounted over it in our namespace.
@@ -52,7 +54,7 @@ fn run() -> anyhow::Result<u8> {
         None => vmm::Vm::new(config)?,
     };
     if let Some(dir) = jail_at {
-        jail::confine(&dir)?;
+        jail::confine(&dir, spec_rootless)?;
         exit_if_orphaned();
     }
     Ok(match vm.run()? {

@@ -1,6 +1,7 @@
 //! The VMM process's walls, raised after it opened everything it needs
 //! (KVM, disks, snapshot memory, sockets) and before the guest runs: an
-//! empty read-only root, no capabilities, an unprivileged user, no way to
+//! empty read-only root, no capabilities, an unprivileged user (`nobody`
+//! under a root hull; the user itself under a rootless one), no way to
 //! regain privileges, and no ptrace or core dumps of its memory.
 
 use std::ffi::CString;
@@ -37,9 +38,18 @@ fn check(what: &'static str, ret: libc::c_long) -> Result<(), JailError> {
 /// namespace and single-threaded: its root becomes an empty read-only
 /// file system mounted on `mount_point` (an existing directory; the mount
 /// is seen only in this namespace), then it drops every privilege.
-pub fn confine(mount_point: &Path) -> Result<(), JailError> {
+/// `rootless`: it is root of a user namespace mapped to the user who ran
+/// hull, with no other user to become: it keeps that user and drops every
+/// capability.
+pub fn confine(mount_point: &Path, rootless: bool) -> Result<(), JailError> {
     enter_empty_root(mount_point)?;
-    drop_privileges()
+    limit_capabilities()?;
+    if !rootless {
+        // Needs CAP_SETUID and CAP_SETGID, which are still effective.
+        become_nobody()?;
+    }
+    clear_capability_sets()?;
+    lock_down()
 }
 
 /// `pivot_root` into a fresh tmpfs holding nothing, then make it
@@ -102,12 +112,17 @@ fn enter_empty_root(mount_point: &Path) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Capabilities (all sets, bounding and ambient included), user and groups
-/// dropped for good; `no_new_privs` (nothing it could exec gains any) and
-/// not dumpable (no ptrace, no core dump of guest memory).
-fn drop_privileges() -> Result<(), JailError> {
-    // SAFETY: prctl/setgroups/setresgid/setresuid with integer arguments
-    // or a null list; results are checked.
+/// Empties the bounding and ambient sets and locks root's special
+/// treatment away (an `execve` as uid 0 would otherwise grant full
+/// capabilities again).
+fn limit_capabilities() -> Result<(), JailError> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    // SAFETY: prctl with integer arguments; results are checked.
     unsafe {
         for cap in 0..64 {
             // EINVAL past the kernel's last capability is fine.
@@ -123,11 +138,74 @@ fn drop_privileges() -> Result<(), JailError> {
                 0,
             ) as _,
         )?;
+        check(
+            "securebits",
+            libc::prctl(
+                libc::PR_SET_SECUREBITS,
+                SECBIT_NOROOT
+                    | SECBIT_NOROOT_LOCKED
+                    | SECBIT_NO_SETUID_FIXUP_LOCKED
+                    | SECBIT_KEEP_CAPS_LOCKED
+                    | SECBIT_NO_CAP_AMBIENT_RAISE
+                    | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+                0,
+                0,
+                0,
+            ) as _,
+        )?;
+    }
+    Ok(())
+}
+
+/// capset(2) with every set empty.
+fn clear_capability_sets() -> Result<(), JailError> {
+    /// `struct __user_cap_header_struct`.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    /// `struct __user_cap_data_struct` (two of them for 64 capabilities).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset(2) with a version-3 header and its two data structs.
+    check("capset", unsafe {
+        libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr())
+    })
+}
+
+/// Becomes `nobody` (root only: it may switch users).
+fn become_nobody() -> Result<(), JailError> {
+    // SAFETY: setgroups/setresgid/setresuid with a null list or integers;
+    // results are checked.
+    unsafe {
         check("setgroups", libc::setgroups(0, std::ptr::null()) as _)?;
         check("setresgid", libc::setresgid(VMM_GID, VMM_GID, VMM_GID) as _)?;
-        // Leaving uid 0 without SECBIT_KEEP_CAPS clears the permitted and
-        // effective sets.
         check("setresuid", libc::setresuid(VMM_UID, VMM_UID, VMM_UID) as _)?;
+    }
+    Ok(())
+}
+
+/// `no_new_privs` (nothing it could exec gains any) and not dumpable (no
+/// ptrace, no core dump of guest memory); the parent-death signal again.
+fn lock_down() -> Result<(), JailError> {
+    // SAFETY: prctl with integer arguments; results are checked.
+    unsafe {
         check(
             "no_new_privs",
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _,
@@ -136,9 +214,9 @@ fn drop_privileges() -> Result<(), JailError> {
             "not dumpable",
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) as _,
         )?;
-        // The credential change cleared the parent-death signal the
-        // spawner set; set it again (the caller then checks the parent
-        // is still there).
+        // A credential change clears the parent-death signal the spawner
+        // set; set it again (the caller then checks the parent is still
+        // there).
         check(
             "parent-death signal",
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as _,

@@ -17,8 +17,11 @@
 //! (parent-death signal): hull starts VMs from its main thread.
 //!
 //! `HULL_JAIL=off` keeps the VM on a thread of hull itself (as before the
-//! jail: for measuring what it costs). Not being root, hull runs the VMM
-//! process without namespaces or jail (rootless confinement is not done).
+//! jail: for measuring what it costs). Not being root, hull makes the
+//! same jail inside a new user namespace where the VMM is root mapped to
+//! the user (it cannot switch to another user there; it drops every
+//! capability instead), without a cgroup (a user cannot make one unless
+//! the host delegates it).
 
 pub mod cgroup;
 pub mod child;
@@ -39,9 +42,9 @@ pub enum VmmProcessError {
     /// It could not be started.
     #[error("starting the VMM process: {0}")]
     Spawn(std::io::Error),
-    /// It ended with a failure of its own (the reason is in its stderr).
-    #[error("the VMM process failed (exit status {0}; its reason is in the VMM log)")]
-    Failed(i32),
+    /// It ended with a failure of its own.
+    #[error("{0}")]
+    Failed(String),
     /// Its seccomp filter stopped it.
     #[error("the VMM was stopped by its seccomp filter")]
     Seccomp,
@@ -68,8 +71,8 @@ pub fn enabled() -> bool {
     std::env::var("HULL_JAIL").map_or(true, |v| v != "off")
 }
 
-/// Whether the VMM process is jailed: it needs root to make namespaces.
-fn jailed() -> bool {
+/// Whether hull runs as root (else the jail needs a user namespace).
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -79,6 +82,8 @@ pub struct VmmProcess {
     pid: i32,
     pidfd: OwnedFd,
     serial: Option<std::thread::JoinHandle<()>>,
+    /// Its stdout: why it failed, when it does.
+    report: Option<OwnedFd>,
     /// The VM's vsock socket, which the jailed process cannot remove.
     uds: Option<PathBuf>,
     /// Its cgroup, removed once it is gone.
@@ -105,29 +110,43 @@ impl VmmProcess {
         let (mut spec, net_fds) = LaunchSpec::from_config(&config);
         spec.snapshot = snapshot.map(Path::to_path_buf);
         spec.violation_record = VIOLATION_RECORD.get().cloned();
-        spec.jail = jailed();
+        spec.jail = true;
+        spec.rootless = !is_root();
         let cgroup = cgroup_for(&spec);
         spec.cgroup_procs = cgroup.as_ref().map_or(Vec::new(), |c| c.procs_files());
         let json = serde_json::to_vec(&spec).map_err(|e| VmmProcessError::Spawn(e.into()))?;
         let (spec_read, spec_write) = pipe()?;
         let (serial_read, serial_write) = pipe()?;
-        let null = std::fs::File::open("/dev/null").map_err(VmmProcessError::Spawn)?;
+        let (report_read, report_write) = pipe()?;
         let mut fds = vec![
             (spec_read.as_raw_fd(), 0),
-            (null.as_raw_fd(), 1),
+            (report_write.as_raw_fd(), 1),
             (serial_write.as_raw_fd(), SERIAL_FD),
         ];
         fds.extend((net_fds.iter().zip(FIRST_NET_FD..)).map(|(&fd, n)| (fd, n)));
         let exe = std::env::current_exe().map_err(VmmProcessError::Spawn)?;
-        let spawned =
-            spawn::spawn(&exe, &["__vmm"], &fds, spec.jail).map_err(VmmProcessError::Spawn)?;
+        let namespaces = if spec.rootless {
+            spawn::Namespaces::RootlessJail
+        } else {
+            spawn::Namespaces::Jail
+        };
+        let spawned = spawn::spawn(&exe, &["__vmm"], &fds, namespaces).map_err(|e| {
+            VmmProcessError::Spawn(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (making the VMM's namespaces{})",
+                    rootless_hint(spec.rootless)
+                ),
+            ))
+        })?;
         // Only the process holds the write end: end of file on the read
         // end means it is gone.
-        drop((spec_read, serial_write, null));
+        drop((spec_read, serial_write, report_write));
         let mut process = Self {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
             serial: None,
+            report: Some(report_read),
             uds: spec.vsock_uds.clone(),
             cgroup,
             ended: None,
@@ -212,7 +231,10 @@ impl VmmProcess {
             Some(Ended::Exited(c)) if c == vmm::seccomp::VIOLATION_EXIT => {
                 Err(VmmProcessError::Seccomp)
             }
-            Some(Ended::Exited(c)) => Err(VmmProcessError::Failed(c)),
+            Some(Ended::Exited(c)) if c == child::EXIT_FAILED as i32 => {
+                Err(VmmProcessError::Failed(self.failure()))
+            }
+            Some(Ended::Exited(c)) => Err(VmmProcessError::Failed(format!("exit status {c}"))),
             Some(Ended::Signalled(s)) => Err(VmmProcessError::Signal(s)),
             None => Err(VmmProcessError::Signal(0)),
         }
@@ -233,10 +255,21 @@ impl VmmProcess {
                 ))
             }
             Ended::Signalled(s) => Some(format!("the VMM process was killed by signal {s}")),
-            Ended::Exited(c) if c == child::EXIT_FAILED as i32 => {
-                Some("the VMM process failed (its reason is in the VMM log)".into())
-            }
+            Ended::Exited(c) if c == child::EXIT_FAILED as i32 => Some(self.failure()),
             Ended::Exited(_) => None,
+        }
+    }
+
+    /// What the ended process said about its failure.
+    fn failure(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(fd) = self.report.take() {
+            // It has ended: the pipe's only writer is gone, so this ends.
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text);
+        }
+        match text.trim() {
+            "" => "the VMM process failed without saying why".into(),
+            why => why.to_string(),
         }
     }
 
@@ -300,7 +333,7 @@ impl Drop for VmmProcess {
 /// socket (the container's short ID for containers); none where the host
 /// offers none (the reason is in the debug log).
 fn cgroup_for(spec: &LaunchSpec) -> Option<cgroup::VmCgroup> {
-    if !jailed() {
+    if spec.rootless {
         return None;
     }
     let stem = (spec.vsock_uds.as_deref())
@@ -319,6 +352,16 @@ fn cgroup_for(spec: &LaunchSpec) -> Option<cgroup::VmCgroup> {
 pub fn remove_leftovers(uds: &Path, cgroups: &[PathBuf]) {
     let _ = std::fs::remove_file(uds);
     cgroup::remove_dirs(cgroups);
+}
+
+/// What a user without root may lack for the jail.
+fn rootless_hint(rootless: bool) -> &'static str {
+    if rootless {
+        "; without root they need unprivileged user namespaces \
+         (sysctl kernel.unprivileged_userns_clone=1)"
+    } else {
+        ""
+    }
 }
 
 /// A close-on-exec pipe: `(read, write)`.

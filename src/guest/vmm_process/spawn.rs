@@ -34,6 +34,20 @@ const JAIL_NAMESPACES: libc::c_int = libc::CLONE_NEWPID
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWNET;
 
+/// The jail of a non-root hull: its user namespace too, where it is root
+/// with the capabilities it needs to build the jail, and the user itself
+/// outside.
+const ROOTLESS_NAMESPACES: libc::c_int = JAIL_NAMESPACES | libc::CLONE_NEWUSER;
+
+/// Which namespaces a VMM process gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespaces {
+    /// New ones, made by root.
+    Jail,
+    /// New ones in a new user namespace (hull is not root).
+    RootlessJail,
+}
+
 /// Descriptors at or above this number are the spawner's temporary
 /// copies, out of the way of the numbers the child gets.
 const HIGH_FD: libc::c_int = 100;
@@ -81,12 +95,12 @@ impl ExecImage {
 }
 
 /// Starts `exe args` with `fds` (`(ours, theirs)`) at the given numbers
-/// (no other descriptor of ours), in new namespaces when `jail`.
+/// (no other descriptor of ours), in `namespaces`.
 pub fn spawn(
     exe: &Path,
     args: &[&str],
     fds: &[(RawFd, RawFd)],
-    jail: bool,
+    namespaces: Namespaces,
 ) -> std::io::Result<Spawned> {
     let image = ExecImage::new(exe, args)?;
     let argv: Vec<*const libc::c_char> = (image.argv.iter().map(|a| a.as_ptr()))
@@ -112,8 +126,15 @@ pub fn spawn(
         })
         .collect::<std::io::Result<_>>()?;
     let places: Vec<(RawFd, RawFd)> = high.iter().map(|(h, t)| (h.as_raw_fd(), *t)).collect();
+    // In a new user namespace, the process must not exec before its root
+    // is mapped (exec as an unmapped user would drop the capabilities it
+    // needs to build the jail): it waits for our byte on this pipe.
+    let gate = Gate::new()?;
     let mut pidfd: libc::c_int = -1;
-    let namespaces = if jail { JAIL_NAMESPACES } else { 0 };
+    let namespaces = match namespaces {
+        Namespaces::Jail => JAIL_NAMESPACES,
+        Namespaces::RootlessJail => ROOTLESS_NAMESPACES,
+    };
     let args = CloneArgs {
         flags: (libc::CLONE_PIDFD | namespaces) as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
@@ -131,6 +152,10 @@ pub fn spawn(
         )
     };
     if pid == 0 {
+        if namespaces & libc::CLONE_NEWUSER != 0 && !gate.pass() {
+            // SAFETY: _exit is always safe to call.
+            unsafe { libc::_exit(126) };
+        }
         // SAFETY: we are the new process; everything it uses was built
         // before the clone.
         unsafe { become_program(&image.path, &argv, &envp, &places) }
@@ -139,11 +164,75 @@ pub fn spawn(
         return Err(std::io::Error::last_os_error());
     }
     drop(high);
+    if namespaces & libc::CLONE_NEWUSER != 0 {
+        // On failure the gate closes unopened and the process ends.
+        map_own_ids(pid as i32)?;
+        gate.open()?;
+    }
     Ok(Spawned {
         pid: pid as i32,
         // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor.
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
     })
+}
+
+/// A pipe the new process waits on until the spawner lets it go.
+struct Gate {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Gate {
+    fn new() -> std::io::Result<Self> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2(2) fills two descriptors; the result is checked.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: two fresh descriptors nothing else owns.
+        Ok(unsafe {
+            Self {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+
+    /// In the new process: waits for the spawner's byte (async-signal
+    /// safe); false if the spawner closed the gate without one.
+    fn pass(&self) -> bool {
+        // Our copy of the write end would keep the read from ever seeing
+        // the end of the pipe.
+        // SAFETY: close(2) of our copy of a descriptor; read(2) of one
+        // byte into a local.
+        unsafe {
+            libc::close(self.write.as_raw_fd());
+            let mut byte = 0u8;
+            libc::read(self.read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) == 1
+        }
+    }
+
+    /// In the spawner: lets the new process go.
+    fn open(self) -> std::io::Result<()> {
+        // SAFETY: write(2) of one byte from a local to our pipe.
+        let n = unsafe { libc::write(self.write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        if n != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Maps root of `pid`'s new user namespace to our user and group (the
+/// only ids an unprivileged process may map), with `setgroups` denied as
+/// the kernel requires for that.
+fn map_own_ids(pid: i32) -> std::io::Result<()> {
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let proc = format!("/proc/{pid}");
+    std::fs::write(format!("{proc}/setgroups"), "deny")?;
+    std::fs::write(format!("{proc}/uid_map"), format!("0 {uid} 1"))?;
+    std::fs::write(format!("{proc}/gid_map"), format!("0 {gid} 1"))
 }
 
 /// The child's side: place the descriptors, unblock signals, die with

@@ -64,6 +64,10 @@ pub struct LaunchSpec {
     pub violation_record: Option<PathBuf>,
     /// Enter the jail (namespaces were made by the spawner).
     pub jail: bool,
+    /// The jail is in a user namespace of a non-root user (who is root
+    /// there, mapped to itself outside): no other user to switch to.
+    #[serde(default)]
+    pub rootless: bool,
     /// The `cgroup.procs` files to join before anything is allocated.
     #[serde(default)]
     pub cgroup_procs: Vec<PathBuf>,
@@ -109,6 +113,7 @@ impl LaunchSpec {
             snapshot: None,
             violation_record: None,
             jail: false,
+            rootless: false,
             cgroup_procs: Vec::new(),
         };
         (spec, fds)
