@@ -278,9 +278,10 @@ fn the_vmm_process_is_capped_by_its_own_cgroup() {
 
     // 1. Its cgroup caps memory at guest RAM + the stated 64 MiB and CPU
     //    at its vCPUs, and goes with the container (even after rm -f
-    //    killed the hull process supervising it).
+    //    killed the hull process supervising it). The default VM shape
+    //    (256 MiB, 1 vCPU): its fast-start snapshot is the suite's.
     ok(&hull(root)
-        .args(["run", "-d", "--name", "capped", "-m", "128m", "--cpus", "2"])
+        .args(["run", "-d", "--name", "capped"])
         .args(["-e", "TOKEN=s3cret", "busybox:test", "sleep", "100000"])
         .output()
         .unwrap());
@@ -307,8 +308,8 @@ fn the_vmm_process_is_capped_by_its_own_cgroup() {
     let limit = read_first(&memory, &["memory.limit_in_bytes", "memory.max"]);
     let quota = read_first(&cpu, &["cpu.cfs_quota_us", "cpu.max"]);
     ok(&hull(root).args(["rm", "-f", "capped"]).output().unwrap());
-    assert_eq!(limit, ((128u64 + 64) << 20).to_string());
-    assert!(quota == "200000" || quota == "200000 100000", "{quota}");
+    assert_eq!(limit, ((256u64 + 64) << 20).to_string());
+    assert!(quota == "100000" || quota == "100000 100000", "{quota}");
     assert!(!memory.exists(), "{} left behind", memory.display());
     assert!(!cpu.exists(), "{} left behind", cpu.display());
     let sockets: Vec<_> = std::fs::read_dir(root.join("run"))
