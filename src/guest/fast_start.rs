@@ -376,10 +376,11 @@ fn make_derived(
                 client.call(req)?;
             }
             client.end_batch().map_err(|e| running.explain(e.into()))?;
-            // Closed before saving; a guest socket still closing when the
-            // snapshot is taken is reset by the restored VMM (it knows no such
-            // connection) and never mistaken for a new one (the VMM's
-            // connection ports start at a random offset).
+            // Closed before saving. A guest socket still closing when the
+            // snapshot is taken is reset on restore by protocol (the vsock
+            // device's transport-reset event) before any new connection
+            // reaches the guest; the pause only spares the restored guest
+            // that work.
             drop(client);
             std::thread::sleep(Duration::from_millis(300));
             Ok((running, snapshot))

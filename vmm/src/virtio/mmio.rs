@@ -320,6 +320,7 @@ impl MmioTransport {
             if !self.activated {
                 return Err(RestoreError::Activate);
             }
+            lock(&self.device).restored();
             for evt in &self.queue_evts {
                 let _ = evt.write(1);
             }

@@ -93,6 +93,10 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool {
         false
     }
+    /// Called once the device was activated again from a snapshot: a
+    /// device whose guest-side state refers to host state that did not
+    /// survive (vsock connections) tells the driver here.
+    fn restored(&mut self) {}
     /// The state of the queues the device took at activation (empty while
     /// not activated), for a snapshot. Only meaningful while the device is
     /// quiescent: no chain popped and not yet returned.

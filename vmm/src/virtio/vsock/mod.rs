@@ -46,6 +46,10 @@ use packet::{RxBuffer, TxPacket};
 pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the driver resets every connected
+/// socket (and rereads the CID); listening sockets stay.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// How often connection deadlines are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -87,7 +91,30 @@ pub struct Vsock {
     /// Queue eventfds of an activation undone by a reset, to take out of
     /// epoll on the event thread before they are closed.
     retired_evts: Vec<EventFd>,
+    /// Where a transport reset stands (restored from a snapshot: the
+    /// guest's connections were to a VMM that is gone).
+    reset: TransportReset,
 }
+
+/// A transport reset, from restore until the driver has handled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransportReset {
+    /// None to tell.
+    Done,
+    /// The driver has yet to be told (no event buffer so far).
+    Pending,
+    /// Told at this instant, when the driver's available index on the
+    /// event queue was this; the driver gives the buffer back (advances
+    /// the index) once it has reset its sockets. Until then nothing goes
+    /// to the guest's rx queue: a new connection's request must not be
+    /// reset with the old ones (the driver handles events and rx on
+    /// separate work items).
+    Delivered(Instant, u16),
+}
+
+/// How long a delivered reset holds rx back at most (a driver that never
+/// refills its event queue must not stall the device).
+const RESET_HOLD: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Vsock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,6 +171,7 @@ impl Vsock {
             timer,
             active: None,
             retired_evts: Vec::new(),
+            reset: TransportReset::Done,
         })
     }
 
@@ -193,6 +221,9 @@ impl Vsock {
 
     /// Fills the guest's rx buffers with whatever the muxer has for it.
     fn process_rx(&mut self, now: Instant) {
+        if self.rx_held(now) {
+            return;
+        }
         let Some(a) = self.active.as_mut() else {
             return;
         };
@@ -229,6 +260,75 @@ impl Vsock {
         }
         if used {
             signal(&a.interrupt);
+        }
+    }
+
+    /// Tells the driver of a pending transport reset, in the first buffer
+    /// it gave the event queue (kept pending until there is one).
+    fn deliver_transport_reset(&mut self, now: Instant) {
+        let Some(a) = self
+            .active
+            .as_mut()
+            .filter(|_| self.reset == TransportReset::Pending)
+        else {
+            return;
+        };
+        let Some(chain) = a.queues[EVENT].pop_descriptor_chain(&a.mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writable()
+            .next()
+            .filter(|d| d.len() >= 4)
+            .and_then(|d| {
+                use vm_memory::Bytes;
+                a.mem
+                    .write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                    .ok()
+            })
+            .map_or(0, |()| 4);
+        if written == 0 {
+            tracing::debug!("vsock: unusable event buffer");
+        }
+        match a.queues[EVENT].add_used(&a.mem, head, written) {
+            Ok(()) => signal(&a.interrupt),
+            Err(e) => tracing::debug!("vsock: bad event chain: {e}"),
+        }
+        if written > 0 {
+            let avail = a.queues[EVENT]
+                .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+                .map_or(0, |i| i.0);
+            self.reset = TransportReset::Delivered(now, avail);
+        }
+    }
+
+    /// Whether the driver has offered an event buffer again after a
+    /// delivered reset (a notification alone proves nothing: restore
+    /// notifies every queue once).
+    fn event_buffer_returned(&self) -> bool {
+        let (TransportReset::Delivered(_, then), Some(a)) = (self.reset, self.active.as_ref())
+        else {
+            return false;
+        };
+        // The driver keeps several event buffers posted: only one more
+        // than it had when it was told is its answer.
+        a.queues[EVENT]
+            .avail_idx(&a.mem, std::sync::atomic::Ordering::Acquire)
+            .is_ok_and(|avail| avail.0 != then)
+    }
+
+    /// Whether rx must wait for the driver to finish a transport reset.
+    fn rx_held(&mut self, now: Instant) -> bool {
+        match self.reset {
+            TransportReset::Done => false,
+            TransportReset::Pending => true,
+            TransportReset::Delivered(at, _) if now.duration_since(at) >= RESET_HOLD => {
+                tracing::debug!("vsock: the driver never refilled its event queue");
+                self.reset = TransportReset::Done;
+                false
+            }
+            TransportReset::Delivered(..) => true,
         }
     }
 
@@ -325,6 +425,14 @@ impl VirtioDevice for Vsock {
         true
     }
 
+    fn restored(&mut self) {
+        // The guest's sockets were connected to a VMM process that is
+        // gone; a fresh muxer knows none of them. Resetting them by
+        // protocol, as Firecracker does, keeps a stale one from ever being
+        // taken for a new connection.
+        self.reset = TransportReset::Pending;
+    }
+
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         self.active
             .iter()
@@ -350,9 +458,14 @@ impl MutEventSubscriber for Vsock {
             if let Some(a) = self.active.as_ref() {
                 let _ = a.evts[i].read();
             }
-            // RX: new buffers, filled below. The event queue is unused.
+            // RX: new buffers, filled below. EVENT: the driver gives a
+            // buffer back once it has handled a reset (or a first one for a
+            // pending reset, delivered below).
             if i == TX {
                 self.process_tx(now);
+            }
+            if i == EVENT && self.event_buffer_returned() {
+                self.reset = TransportReset::Done;
             }
         } else if self.muxer.owns_fd(fd) {
             self.muxer.handle_fd_event(fd, events.event_set());
@@ -361,6 +474,7 @@ impl MutEventSubscriber for Vsock {
             // stop it firing.
             let _ = ops.remove(Events::empty_raw(fd));
         }
+        self.deliver_transport_reset(now);
         self.process_rx(now);
         self.muxer.sync_epoll(ops);
     }

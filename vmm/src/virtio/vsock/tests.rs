@@ -870,3 +870,60 @@ fn reset_drops_connections_and_reactivation_works() {
     assert_eq!(h.connections(), 0);
     assert!(!h.dev.lock().unwrap().is_activated());
 }
+
+/// After a restore the driver is told its transport was reset (its
+/// sockets were connected to a VMM that is gone), in the first event
+/// buffer it offers; nothing reaches its rx queue until it has handled
+/// the event (it gives the buffer back), so a new connection's request is
+/// never reset with the old ones.
+#[test]
+fn restore_resets_the_transport_before_new_connections() {
+    const EVENT_AREA: u64 = 0x80_0000;
+    let mut h = Harness::new("restored");
+    h.give_rx(4, false);
+    h.dev.lock().unwrap().restored();
+    // A host client connects before the driver has an event buffer.
+    let mut s = UnixStream::connect(&h.path).unwrap();
+    s.write_all(b"CONNECT 1234\n").unwrap();
+    h.pump();
+    assert!(h.recv().is_empty(), "rx before the reset was told");
+
+    // The driver offers event buffers (it keeps several posted): the
+    // first gets the reset event.
+    let head = h.guest.alloc_head(EVENT);
+    h.guest
+        .mem
+        .write_obj(0xffff_ffffu32, GuestAddress(EVENT_AREA))
+        .unwrap();
+    h.guest
+        .put_desc(EVENT, head, EVENT_AREA, 4, VRING_DESC_F_WRITE, 0);
+    let spare = h.guest.alloc_head(EVENT);
+    h.guest
+        .put_desc(EVENT, spare, EVENT_AREA + 0x100, 4, VRING_DESC_F_WRITE, 0);
+    h.guest.publish(EVENT, head);
+    h.guest.publish(EVENT, spare);
+    h.pump();
+    assert_eq!(h.guest.used(EVENT), vec![(head, 4)]);
+    let id: u32 = h.guest.mem.read_obj(GuestAddress(EVENT_AREA)).unwrap();
+    assert_eq!(u32::from_le(id), 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert!(
+        h.recv().is_empty(),
+        "rx before the driver handled the reset"
+    );
+    // A notification without a new buffer (restore notifies every queue
+    // once), with a spare buffer still posted, is not the driver's answer.
+    h.guest.kicks[EVENT].write(1).unwrap();
+    h.pump();
+    assert!(h.recv().is_empty(), "rx on a bare notification");
+
+    // It handled it (the buffer comes back): the request goes through.
+    let again = h.guest.alloc_head(EVENT);
+    h.guest
+        .put_desc(EVENT, again, EVENT_AREA, 4, VRING_DESC_F_WRITE, 0);
+    h.guest.publish(EVENT, again);
+    h.pump();
+    let (req, _) = h.recv_one();
+    assert_eq!((req.op, req.dst_port), (op::REQUEST, 1234));
+    // One reset per restore.
+    assert!(h.guest.used(EVENT).is_empty());
+}
