@@ -50,10 +50,32 @@ impl ContainerStore {
         StoreError::Io(self.dir.clone(), e)
     }
 
-    /// Takes the store's lock (names are unique across hull processes).
+    /// Takes the store's lock (names are unique across hull processes),
+    /// then removes what a creation or removal killed half-way left.
     fn lock(&self) -> Result<File, StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        crate::file_lock::lock_exclusive(&self.dir.join(".lock")).map_err(|e| self.io(e))
+        let lock =
+            crate::file_lock::lock_exclusive(&self.dir.join(".lock")).map_err(|e| self.io(e))?;
+        self.remove_half_done();
+        Ok(lock)
+    }
+
+    /// `.ID.tmp` and `.removing.ID` directories: they exist only while
+    /// `create` or `remove` holds the lock, so under it any one found is
+    /// the leftover of a killed hull.
+    fn remove_half_done(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let half_done =
+                name.starts_with(".removing.") || (name.starts_with('.') && name.ends_with(".tmp"));
+            if half_done && e.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::debug!("removing {name}, left by an interrupted hull");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Every container, newest first.
@@ -164,9 +186,25 @@ impl ContainerStore {
         ));
         std::fs::rename(dir, &gone).map_err(|e| self.io(e))?;
         if let Some(config) = config {
+            // A VMM killed with -9 leaves its vsock sockets behind.
+            remove_sockets(&self.root().join("run"), &config.id);
             crate::events::container(self.root(), &config, "destroy", &[]);
         }
         std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))
+    }
+}
+
+/// The container's vsock socket (`ID12.vsock`) and its per-port
+/// sockets (`ID12.vsock_PORT`) in `run`.
+fn remove_sockets(run: &Path, id: &str) {
+    let prefix = format!("{}.vsock", &id[..12.min(id.len())]);
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
