@@ -141,11 +141,13 @@ fn run_to_end(root: &Path, args: &[String]) -> Output {
 }
 
 /// One operation of the campaign: how to reset the root before a point,
-/// and the command killed (then run again as the next command).
+/// the command killed, and the next command (the same one again, unless
+/// that cannot succeed twice, as `rm` of a container that is gone).
 struct Op {
     name: &'static str,
     reset: Box<dyn Fn(&Path)>,
     args: Vec<String>,
+    next: Option<Vec<String>>,
     vm: bool,
 }
 
@@ -169,7 +171,7 @@ fn try_point(root: &Path, op: &Op, delay: Duration, tally: &mut Tally) {
             .left_after_kill
             .push(format!("{} at {delay:?}: {p}", op.name));
     }
-    let again = run_to_end(root, &op.args);
+    let again = run_to_end(root, op.next.as_ref().unwrap_or(&op.args));
     if !again.status.success() {
         tally.damage.push(format!(
             "{} at {delay:?}: the next command failed: {:?}",
@@ -229,6 +231,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
                 let _ = hull(root).args(["rmi", "-f", &pulled]).output();
             }),
             args: strings(&["pull", reference]),
+            next: None,
             vm: false,
         },
         Op {
@@ -237,6 +240,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
                 let _ = hull(root).args(["rmi", "-f", loaded]).output();
             }),
             args: strings(&["load", "-i", archive.to_str().unwrap()]),
+            next: None,
             vm: false,
         },
         Op {
@@ -246,6 +250,8 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
                 ok(root, &["create", "--name", "victim", "busybox:test"]);
             }),
             args: strings(&["rm", "-f", "victim"]),
+            // The container may be gone (the kill came after its removal).
+            next: Some(strings(&["ps", "-a"])),
             vm: false,
         },
         Op {
@@ -266,6 +272,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
                 }
             }),
             args: strings(&["image", "prune", "-f"]),
+            next: None,
             vm: false,
         },
         Op {
@@ -274,6 +281,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
                 remove_all_containers(root);
             }),
             args: strings(&["run", "--rm", "busybox:test", "true"]),
+            next: None,
             vm: true,
         },
     ]
