@@ -134,6 +134,51 @@ fn kill_after(root: &Path, args: &[String], delay: Duration) -> bool {
     killed
 }
 
+/// SIGKILLs every `hull --root ROOT __container-vmm` process (the
+/// detached VMMs of `root`); the test's `hull` passes the root by
+/// `HULL_ROOT`, which the VMM gets as `--root`.
+fn kill_vmms(root: &Path) {
+    let root = root.canonicalize().unwrap();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        let vmm = args.iter().any(|a| *a == b"__container-vmm");
+        let ours = args.windows(2).any(|w| {
+            w[0] == b"--root"
+                && Path::new(std::str::from_utf8(w[1]).unwrap_or(""))
+                    .canonicalize()
+                    .ok()
+                    == Some(root.clone())
+        });
+        if vmm && ours {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_dead(pid);
+        }
+    }
+}
+
+/// Waits until `pid` is gone or a zombie (its reaper may be slow).
+fn wait_dead(pid: i32) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+            .unwrap_or(false);
+        if !alive {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("killed VMM {pid} still runs");
+}
+
 fn run_to_end(root: &Path, args: &[String]) -> Output {
     let mut cmd = hull(root);
     cmd.args(args).stdin(Stdio::null());
@@ -149,6 +194,8 @@ struct Op {
     args: Vec<String>,
     next: Option<Vec<String>>,
     vm: bool,
+    /// Kill the root's detached VMM processes too, right after `hull`.
+    kill_vmm: bool,
 }
 
 /// What the campaign saw.
@@ -165,6 +212,9 @@ fn try_point(root: &Path, op: &Op, delay: Duration, tally: &mut Tally) {
     tally.points += 1;
     if kill_after(root, &op.args, delay) {
         tally.killed += 1;
+    }
+    if op.kill_vmm {
+        kill_vmms(root);
     }
     for p in check(root) {
         tally
@@ -233,6 +283,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             args: strings(&["pull", reference]),
             next: None,
             vm: false,
+            kill_vmm: false,
         },
         Op {
             name: "load",
@@ -242,6 +293,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             args: strings(&["load", "-i", archive.to_str().unwrap()]),
             next: None,
             vm: false,
+            kill_vmm: false,
         },
         Op {
             name: "rm",
@@ -253,6 +305,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             // The container may be gone (the kill came after its removal).
             next: Some(strings(&["ps", "-a"])),
             vm: false,
+            kill_vmm: false,
         },
         Op {
             name: "image prune",
@@ -274,6 +327,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             args: strings(&["image", "prune", "-f"]),
             next: None,
             vm: false,
+            kill_vmm: false,
         },
         Op {
             name: "run",
@@ -283,6 +337,18 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             args: strings(&["run", "--rm", "busybox:test", "true"]),
             next: None,
             vm: true,
+            kill_vmm: false,
+        },
+        Op {
+            name: "run -d, hull and VMM killed",
+            reset: Box::new(|root| {
+                remove_all_containers(root);
+            }),
+            args: strings(&["run", "-d", "--name", "bg", "busybox:test", "sleep", "1000"]),
+            // A container named bg may exist (killed after its creation).
+            next: Some(strings(&["run", "--rm", "busybox:test", "true"])),
+            vm: true,
+            kill_vmm: true,
         },
     ]
 }
