@@ -1,6 +1,7 @@
 //! Crash consistency: `hull system check` finds damage, and a campaign
 //! that kills `hull` with SIGKILL at random points of `pull`, `load`,
-//! `run`, `rm` and `image prune` leaves nothing the next command does not
+//! `run` (attached, and `run -d` with its VMM killed too), `rm` and
+//! `image prune` leaves nothing the next command does not
 //! cope with.
 //!
 //! After each kill: `hull system check` (what the kill left, recorded),
