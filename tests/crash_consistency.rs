@@ -197,6 +197,8 @@ struct Op {
     vm: bool,
     /// Kill the root's detached VMM processes too, right after `hull`.
     kill_vmm: bool,
+    /// Points per campaign point budget: 1 = all, 2 = half (costly ones).
+    share: u32,
 }
 
 /// What the campaign saw.
@@ -271,10 +273,32 @@ fn remove_all_containers(root: &Path) {
     }
 }
 
+/// Imports, as `fresh:latest`, a busybox image whose layer no image
+/// had before (a file named after a counter kept in `base`): its first
+/// run prepares its disk in the helper VM and saves its warm snapshot.
+fn fresh_image(root: &Path, base: &Path) {
+    let rootfs = base.join("rootfs");
+    if !rootfs.exists() {
+        std::fs::create_dir_all(&rootfs).unwrap();
+        common::busybox_rootfs(&rootfs);
+    }
+    let counter = base.join("counter");
+    let n: u64 = std::fs::read_to_string(&counter)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&counter, n.to_string()).unwrap();
+    let _ = std::fs::remove_file(rootfs.join(format!("etc/fresh-{}", n - 1)));
+    std::fs::write(rootfs.join(format!("etc/fresh-{n}")), format!("{n}\n")).unwrap();
+    common::import_rootfs(root, &rootfs, "fresh:latest", &[]);
+}
+
 fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
     let pulled = reference.to_string();
     let loaded = "localhost/crash/loaded:1";
     let spare = common_images::busybox_tar(dir);
+    let fresh_base = dir.join("fresh");
     vec![
         Op {
             name: "pull",
@@ -285,6 +309,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: false,
             kill_vmm: false,
+            share: 1,
         },
         Op {
             name: "load",
@@ -295,6 +320,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: false,
             kill_vmm: false,
+            share: 1,
         },
         Op {
             name: "rm",
@@ -307,6 +333,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: Some(strings(&["ps", "-a"])),
             vm: false,
             kill_vmm: false,
+            share: 1,
         },
         Op {
             name: "image prune",
@@ -329,6 +356,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: false,
             kill_vmm: false,
+            share: 1,
         },
         Op {
             name: "run",
@@ -339,6 +367,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: true,
             kill_vmm: false,
+            share: 1,
         },
         Op {
             name: "run -d, hull and VMM killed",
@@ -350,6 +379,21 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: Some(strings(&["run", "--rm", "busybox:test", "true"])),
             vm: true,
             kill_vmm: true,
+            share: 1,
+        },
+        Op {
+            name: "first run of a new image",
+            reset: Box::new(move |root| {
+                remove_all_containers(root);
+                fresh_image(root, &fresh_base);
+            }),
+            args: strings(&["run", "--rm", "fresh:latest", "true"]),
+            next: None,
+            vm: true,
+            kill_vmm: false,
+            // Each point prepares an image in the helper VM and saves
+            // its warm snapshot.
+            share: 2,
         },
     ]
 }
@@ -410,7 +454,7 @@ fn killed_commands_leave_no_damage_the_next_command_keeps() {
             full = duration_of(&root, &op);
         }
         eprintln!("{}: {full:?} uninterrupted (vm: {})", op.name, op.vm);
-        for _ in 0..per_op {
+        for _ in 0..per_op / op.share {
             // Mostly inside the command's run, some just after its start.
             let span = full.as_micros() as u64 * 11 / 10;
             let delay = Duration::from_micros(rng.below(span.max(1)));

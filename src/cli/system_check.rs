@@ -17,6 +17,7 @@ use anyhow::Context;
 
 use crate::container::state::{pid_alive, Status};
 use crate::container::store::{Container, ContainerStore};
+use crate::guest::fast_start;
 
 /// `hull system check`.
 pub fn check(root: &Path) -> anyhow::Result<u8> {
@@ -44,6 +45,7 @@ pub fn problems(root: &Path) -> anyhow::Result<Vec<String>> {
     problems.extend(rootfs_temporaries(&root.join("rootfs")));
     problems.extend(leaked_vmms(root, &containers));
     problems.extend(leaked_sockets(&root.join("run"), &containers));
+    problems.extend(interrupted_snapshot_saves(&fast_start::snapshots_dir(root)));
     problems.extend(leaked_mounts(root, &containers));
     Ok(problems)
 }
@@ -191,6 +193,14 @@ fn leaked_sockets(run: &Path, containers: &[Container]) -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = fast_start::snapshot_socket_pid(&n) {
+                return (!pid_alive(pid)).then(|| {
+                    format!(
+                        "leaked vsock socket of a killed snapshot save: {}",
+                        e.path().display()
+                    )
+                });
+            }
             let (short, _) = n.split_once(".vsock")?;
             let owned = containers.iter().any(|c| c.config.id.starts_with(short));
             (!owned).then(|| {
@@ -199,6 +209,23 @@ fn leaked_sockets(run: &Path, containers: &[Container]) -> Vec<String> {
                     e.path().display()
                 )
             })
+        })
+        .collect()
+}
+
+/// `.tmp-PID` directories of the snapshot store whose saving process is
+/// gone (a save in progress has a live PID).
+fn interrupted_snapshot_saves(store: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let pid: i32 = n.strip_prefix(".tmp-")?.parse().ok()?;
+            (!pid_alive(pid))
+                .then(|| format!("leftover snapshot of a killed save: {}", e.path().display()))
         })
         .collect()
 }
@@ -262,6 +289,15 @@ mod tests {
         assert_eq!(rootfs_temporary_pid(".abc123.4567.tmp"), Some(4567));
         assert_eq!(rootfs_temporary_pid("abc123.erofs"), None);
         assert_eq!(rootfs_temporary_pid(".abc.tmp"), None);
+        assert_eq!(
+            fast_start::snapshot_socket_pid("snapshot-42.vsock"),
+            Some(42)
+        );
+        assert_eq!(
+            fast_start::snapshot_socket_pid("snapshot-42.vsock_1024"),
+            Some(42)
+        );
+        assert_eq!(fast_start::snapshot_socket_pid("0123456789ab.vsock"), None);
     }
 
     #[test]
