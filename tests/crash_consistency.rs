@@ -47,6 +47,7 @@ fn system_check_reports_damage_one_line_each() {
     let root = dir.path();
     common::import_busybox(root);
     ok(root, &["create", "--name", "c1", "busybox:test"]);
+    let c3 = ok(root, &["create", "--name", "c3", "busybox:test"]);
     assert_eq!(check(root), Vec::<String>::new());
 
     let blobs = root.join("images/blobs/sha256");
@@ -62,7 +63,18 @@ fn system_check_reports_damage_one_line_each() {
     bytes[mid] ^= 1;
     std::fs::write(&layer, bytes).unwrap();
     std::fs::create_dir(root.join("containers/.0123456789ab.tmp")).unwrap();
-    std::fs::create_dir(root.join("containers/.removing.0123456789cd")).unwrap();
+    // A `hull rm` killed between its rename and its removal.
+    let containers = root.join("containers");
+    std::fs::rename(
+        containers.join(c3.trim()),
+        containers.join(format!(".removing.{}", c3.trim())),
+    )
+    .unwrap();
+    assert_eq!(
+        ok(root, &["ps", "-aq"]).lines().count(),
+        1,
+        "a half-removed container is listed"
+    );
     std::fs::create_dir_all(root.join("run")).unwrap();
     std::fs::write(root.join("run/0123456789ef.vsock"), "").unwrap();
     std::fs::write(root.join("images/.tmp/.tmpXYZ"), "half a blob").unwrap();

@@ -87,6 +87,12 @@ impl ContainerStore {
             Err(e) => return Err(self.io(e)),
         };
         for entry in entries.flatten() {
+            // `.ID.tmp` (being created) and `.removing.ID` (being removed)
+            // hold a config.json too, but are no container: a `hull rm`
+            // killed after its rename must not leave one listed.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let dir = entry.path();
             // Directories without both files are half-made or half-removed.
             let Ok(bytes) = std::fs::read(dir.join("config.json")) else {
@@ -176,6 +182,10 @@ impl ContainerStore {
     /// Removes a container's directory (disks, logs, socket, state).
     pub fn remove(&self, dir: &Path) -> Result<(), StoreError> {
         let _lock = self.lock()?;
+        if !dir.exists() {
+            // Another hull removed it while we waited for the lock.
+            return Ok(());
+        }
         let config: Option<ContainerConfig> = std::fs::read(dir.join("config.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
