@@ -136,3 +136,35 @@ fn management_forms_df_prune_and_stats() {
         .starts_with("Total reclaimed space: "));
     assert_eq!(ok(root, &["images", "-q"]), "");
 }
+
+/// `inspect` names every disk of the container's VM: a `--rm` container
+/// has a scratch disk as `/dev/vdb` (its writable layer is tmpfs), which
+/// `inspect` once reported as `none`; a plain one has its writable layer.
+#[test]
+fn inspect_names_the_scratch_disk_of_rm_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    import_busybox(root);
+    let devices = |name: &str| -> serde_json::Value {
+        let out = ok(root, &["inspect", "-f", "{{json .VM.Devices}}", name]);
+        serde_json::from_str(&out).unwrap()
+    };
+    ok(root, &["create", "--rm", "--name", "gone", "busybox:test"]);
+    ok(root, &["create", "--name", "kept", "busybox:test"]);
+    let rm = devices("gone");
+    let vdb = rm["vdb"].as_str().unwrap();
+    assert!(
+        vdb.starts_with("scratch disk (virtio-blk, 1024 KiB"),
+        "{rm}"
+    );
+    assert!(!vdb.contains("none"), "{rm}");
+    let path = rm["Disks"]["vdb"].as_str().unwrap();
+    assert!(path.ends_with("/scratch.img"), "{rm}");
+    assert!(path.starts_with(root.to_str().unwrap()), "{rm}");
+    let kept = devices("kept");
+    assert_eq!(kept["vdb"], "writable layer (virtio-blk)", "{kept}");
+    assert!(kept["Disks"]["vdb"]
+        .as_str()
+        .unwrap()
+        .ends_with("/upper.ext4"));
+}

@@ -938,3 +938,74 @@ fn millions_of_empty_files_are_refused_in_the_vm() {
     assert_one_line_error(&out, "more than 2097152 entries in the image");
     assert_no_image_cached(root);
 }
+
+/// A busybox image whose set-up paths are symlinks out of the root: the
+/// volume target `/data -> /run/hull/volumes` (a directory of the guest's
+/// own, where the agent stages volume disks), `/etc/hostname` and
+/// `/etc/resolv.conf` to paths above the root. The agent must resolve
+/// them inside the root (as a chroot would): the volume lands at the
+/// root's own `/run/hull/volumes` (so the container sees it at `/data`),
+/// the files are replaced by hull's, and the guest's own tree (seen from
+/// the container through `/proc/1/root`, the agent's root) is untouched.
+#[test]
+fn setup_mounts_and_files_stay_inside_the_container_root() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    busybox_rootfs(&rootfs);
+    let link = |target: &str, at: &str| {
+        let at = rootfs.join(at);
+        let _ = std::fs::remove_dir(&at);
+        let _ = std::fs::remove_file(&at);
+        std::os::unix::fs::symlink(target, at).unwrap();
+    };
+    link("/run/hull/volumes", "data");
+    link("/../../../../escaped-hostname", "etc/hostname");
+    link("../../../../../escaped-resolv", "etc/resolv.conf");
+    common::import_rootfs(root, &rootfs, "symlinked:1", &[]);
+    let script = "echo in-vol > /data/mark && cat /data/mark; \
+                  echo guest-volumes: $(ls /proc/1/root/run/hull/volumes); \
+                  ls /proc/1/root/escaped-hostname /proc/1/root/escaped-resolv >/dev/null 2>&1 \
+                  || echo guest-root-clean; \
+                  cat /etc/hostname; grep -c nameserver /etc/resolv.conf";
+    let mut cmd = hull(root);
+    cmd.args([
+        "run",
+        "--rm",
+        "--hostname",
+        "inside",
+        "-v",
+        "symvol:/data",
+        "symlinked:1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let out = common::run_limited(cmd, Duration::from_secs(600));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "in-vol", "{stdout}");
+    // The guest's staging directory holds only its staging mount point
+    // (`0`), not the volume's files.
+    assert_eq!(lines[1], "guest-volumes: 0", "{stdout}");
+    assert_eq!(lines[2], "guest-root-clean", "{stdout}");
+    assert_eq!(lines[3], "inside", "{stdout}");
+    assert_ne!(lines[4], "0", "no nameserver: {stdout}");
+    // The volume itself got the write (it was mounted at the root's path).
+    let mut cmd = hull(root);
+    cmd.args([
+        "run",
+        "--rm",
+        "-v",
+        "symvol:/v",
+        "symlinked:1",
+        "cat",
+        "/v/mark",
+    ]);
+    let out = common::run_limited(cmd, Duration::from_secs(600));
+    assert_eq!(text(&out).0, "in-vol\n", "{:?}", text(&out));
+}

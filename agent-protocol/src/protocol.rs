@@ -148,11 +148,23 @@ pub enum Request {
         read_only: bool,
         /// Filesystem options (`mode=0755`, ...).
         options: String,
+        /// The container root `target` lies in, when the image made the
+        /// directories on the way: the agent then resolves `target` inside
+        /// it (its symlinks and `..` cannot lead out), as a chroot would.
+        /// `None`: a path of the agent's own (staging, scratch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within: Option<String>,
     },
     /// Create a directory and its parents.
     Mkdir {
         /// Absolute guest path.
         path: String,
+        /// The container root `path` lies in, when the image made the
+        /// directories on the way: the agent then resolves `path` inside
+        /// it (its symlinks and `..` cannot lead out), as a chroot would.
+        /// `None`: a path of the agent's own (staging, scratch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within: Option<String>,
     },
     /// Set the guest's hostname.
     SetHostname {
@@ -167,6 +179,12 @@ pub enum Request {
         content: String,
         /// Permission bits.
         mode: u32,
+        /// The container root `path` lies in, when the image made the
+        /// directories on the way: the agent then resolves `path` inside
+        /// it (its symlinks and `..` cannot lead out), as a chroot would.
+        /// `None`: a path of the agent's own (staging, scratch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        within: Option<String>,
     },
     /// Prepare a process; its streams attach before `Start`.
     Create(ExecSpec),

@@ -20,5 +20,9 @@ pub mod container_fs;
 /// container-mode containers on the host).
 pub mod procs;
 
+/// Set-up paths (mount points, written files) resolved inside a
+/// container root the image made (host-testable).
+pub mod in_root;
+
 /// Host files mapped into the agent as memory windows (`/dev/mem`).
 pub mod window;

@@ -58,12 +58,20 @@ impl Agent {
                 fstype,
                 read_only,
                 options,
+                within,
             } => answer(
-                mount(&source, &target, &fstype, read_only, &options),
+                mount(
+                    &source,
+                    &target,
+                    within.as_deref(),
+                    &fstype,
+                    read_only,
+                    &options,
+                ),
                 || format!("mount {source} on {target}"),
             ),
-            Request::Mkdir { path } => {
-                answer(std::fs::create_dir_all(&path), || format!("mkdir {path}"))
+            Request::Mkdir { path, within } => {
+                answer(mkdir(&path, within.as_deref()), || format!("mkdir {path}"))
             }
             Request::SetHostname { name } => {
                 answer(set_hostname(&name), || format!("sethostname {name}"))
@@ -72,7 +80,8 @@ impl Agent {
                 path,
                 content,
                 mode,
-            } => answer(write_file(&path, &content, mode), || {
+                within,
+            } => answer(write_file(&path, within.as_deref(), &content, mode), || {
                 format!("write {path}")
             }),
             Request::Create(spec) => self.create(spec),
@@ -549,8 +558,18 @@ fn error(message: impl Into<String>) -> Response {
     }
 }
 
-fn write_file(path: &str, content: &str, mode: u32) -> std::io::Result<()> {
+fn mkdir(path: &str, within: Option<&str>) -> std::io::Result<()> {
+    match within {
+        Some(root) => agent::in_root::mkdir(root, path).map(drop),
+        None => std::fs::create_dir_all(path),
+    }
+}
+
+fn write_file(path: &str, within: Option<&str>, content: &str, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if let Some(root) = within {
+        return agent::in_root::write_file(root, path, content.as_bytes(), mode);
+    }
     let path = std::path::Path::new(path);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -562,19 +581,43 @@ fn write_file(path: &str, content: &str, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// Mounts `source` on `target`, made first if missing. Inside a
+/// container root (`within`) the mount point is resolved there and held
+/// open, so the image's symlinks cannot move it out of the root.
 fn mount(
     source: &str,
     target: &str,
+    within: Option<&str>,
     fstype: &str,
     read_only: bool,
     options: &str,
 ) -> std::io::Result<()> {
     let file_bind = fstype == "bind" && std::path::Path::new(source).is_file();
+    let held = match within {
+        Some(root) if file_bind => Some(agent::in_root::mount_file(root, target)?),
+        Some(root) if fstype != "remount" => Some(agent::in_root::mkdir(root, target)?),
+        _ => None,
+    };
+    match &held {
+        Some(fd) => mount_at(
+            source,
+            &agent::in_root::fd_path(fd),
+            fstype,
+            read_only,
+            options,
+        ),
+        None => {
+            make_mount_point(target, file_bind, fstype)?;
+            mount_at(source, target, fstype, read_only, options)
+        }
+    }
+}
+
+/// A mount point of the agent's own (not in a container root).
+fn make_mount_point(target: &str, file_bind: bool, fstype: &str) -> std::io::Result<()> {
     if file_bind {
-        // A file mounted over a file (/etc/hosts): the mount point must
-        // be a regular file. A symlink is replaced (mount would follow it,
-        // out of the container's root if it is absolute); none is made
-        // only if the image has no such file.
+        // A file mounted over a file: the mount point must be a regular
+        // file; a symlink is replaced (mount would follow it).
         match std::fs::symlink_metadata(target) {
             Ok(m) if m.is_file() => {}
             Ok(m) if m.file_type().is_symlink() => {
@@ -592,6 +635,17 @@ fn mount(
     } else if fstype != "remount" {
         std::fs::create_dir_all(target)?;
     }
+    Ok(())
+}
+
+/// `mount(2)` of `source` on an existing `target`.
+fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    read_only: bool,
+    options: &str,
+) -> std::io::Result<()> {
     let c = |s: &str| {
         CString::new(s)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte"))
@@ -686,16 +740,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
         let batch = Request::Batch(vec![
-            Request::Mkdir { path: p("one") },
+            Request::Mkdir {
+                path: p("one"),
+                within: None,
+            },
             Request::WriteFile {
                 path: p("one/f"),
                 content: "x".into(),
                 mode: 0o600,
+                within: None,
             },
             Request::Mkdir {
                 path: p("one/f/under-a-file"),
+                within: None,
             },
-            Request::Mkdir { path: p("never") },
+            Request::Mkdir {
+                path: p("never"),
+                within: None,
+            },
         ]);
         match a.handle(batch) {
             Response::Error { message } => assert!(message.contains("under-a-file"), "{message}"),
@@ -704,7 +766,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(p("one/f")).unwrap(), "x");
         assert!(!std::path::Path::new(&p("never")).exists());
         assert_eq!(
-            a.handle(Request::Batch(vec![Request::Mkdir { path: p("two") }])),
+            a.handle(Request::Batch(vec![Request::Mkdir {
+                path: p("two"),
+                within: None,
+            }])),
             Response::Ok
         );
         assert!(matches!(

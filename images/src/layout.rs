@@ -199,7 +199,8 @@ impl Layout {
         &self,
         f: impl FnOnce(&mut ImageIndex) -> Result<T, E>,
     ) -> Result<T, E> {
-        let _g = self.lock("index.lock", FlockOperation::LockExclusive)?;
+        let _g = self.index_lock()?;
+        self.remove_index_temporaries()?;
         let mut index = self.read_index()?;
         let out = f(&mut index)?;
         let p = self.dir.join("index.json");
@@ -209,6 +210,33 @@ impl Layout {
         })?;
         write_atomic(&p, &bytes)?;
         Ok(out)
+    }
+
+    /// The exclusive lock index.json is rewritten under.
+    pub fn index_lock(&self) -> Result<LockGuard> {
+        self.lock("index.lock", FlockOperation::LockExclusive)
+    }
+
+    /// Temporary copies of index.json an interrupted rewrite left (named
+    /// `.tmp*` by `write_atomic`); only meaningful under [`Layout::index_lock`].
+    pub fn index_temporaries(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn remove_index_temporaries(&self) -> Result<()> {
+        for p in self.index_temporaries() {
+            fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
+        }
+        Ok(())
     }
 
     /// Shared lock held while blobs are added and not yet referenced from
@@ -266,6 +294,20 @@ impl Layout {
             }
         }
         Ok((n, bytes))
+    }
+}
+
+impl Layout {
+    /// Removes every file of `.tmp/`. Call with the GC lock held (no blob
+    /// is being written).
+    pub fn remove_temporaries(&self) -> Result<()> {
+        let dir = self.dir.join(".tmp");
+        let entries = fs::read_dir(&dir).map_err(io_err("cannot list", &dir))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
+        }
+        Ok(())
     }
 }
 

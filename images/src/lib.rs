@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+mod check;
 pub mod compression;
 pub mod digest;
 pub mod import;

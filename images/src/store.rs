@@ -284,8 +284,13 @@ impl Store {
         Ok(self.layout.ingest_lock()?)
     }
 
-    /// Starts adding blobs for one image operation.
+    /// Starts adding blobs for one image operation. When no other one
+    /// runs, first removes what an interrupted one (a killed `hull pull`)
+    /// left in the layout's `.tmp/`.
     pub fn ingest(&self) -> Result<Ingest<'_>> {
+        if let Some(_g) = self.layout.try_gc_lock()? {
+            self.layout.remove_temporaries()?;
+        }
         Ok(Ingest {
             store: self,
             guard: Some(self.layout.ingest_lock()?),
@@ -722,7 +727,7 @@ fn without_name(d: &Descriptor) -> Option<HashMap<String, String>> {
     (!a.is_empty()).then_some(a)
 }
 
-fn ref_name(d: &Descriptor) -> Option<&String> {
+pub(crate) fn ref_name(d: &Descriptor) -> Option<&String> {
     d.annotations().as_ref().and_then(|a| a.get(REF_NAME))
 }
 

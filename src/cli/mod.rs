@@ -30,6 +30,7 @@ pub mod output;
 pub mod progress_view;
 pub mod stats;
 pub mod system;
+pub mod system_check;
 pub mod template;
 pub mod version;
 pub mod volume;
@@ -76,7 +77,8 @@ enum Command {
         #[command(subcommand)]
         command: DebugCommand,
     },
-    /// Disk usage and housekeeping: `hull system df`, `hull system prune`.
+    /// Disk usage and housekeeping: `hull system df`, `hull system prune`,
+    /// `hull system check`.
     System {
         #[command(subcommand)]
         command: SystemCommand,
@@ -121,6 +123,11 @@ enum SystemCommand {
     /// Show the disk space images, containers, snapshots and prepared
     /// root filesystems use.
     Df,
+    /// Check the hull root after a crash: image blobs present and matching
+    /// their digests, no half-written container, no leftover temporary
+    /// file, no leaked VMM process, socket or mount. One problem per line;
+    /// exit status 1 if any.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +186,9 @@ impl Cli {
             Command::System {
                 command: SystemCommand::Df,
             } => system::df(root),
+            Command::System {
+                command: SystemCommand::Check,
+            } => system_check::check(root),
             Command::Image(cmd) => image::run(cmd, root),
             Command::Container(cmd) => container::run(cmd, root),
             Command::ContainerManage { command } => container::manage(command, root),

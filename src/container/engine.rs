@@ -51,7 +51,7 @@ pub const MAILBOX_LOCK: &str = "mailbox.lock";
 /// Mount options of a writable-layer ext4 disk (see `root_mounts`).
 pub const SCRATCH_EXT4_OPTIONS: &str = "noinit_itable";
 /// Size of the unused second disk of a `--rm` container.
-const SCRATCH_DISK_BYTES: u64 = 1 << 20;
+pub const SCRATCH_DISK_BYTES: u64 = 1 << 20;
 
 /// How the container's stdio is connected.
 pub enum Attach {
@@ -272,7 +272,7 @@ fn container_disks(
                 .0
         }
     };
-    let upper = dir.join("upper.ext4");
+    let upper = second_disk(dir, false);
     if !config.auto_remove && !upper.exists() {
         let tmp = dir.join(".upper.ext4.tmp");
         rootfs::mkfs(&tmp, UPPER_DISK_BYTES, "hull-upper")?;
@@ -283,7 +283,7 @@ fn container_disks(
     // a small unused file of this container's own (never a shared one: the
     // guest could write it).
     let second = if config.auto_remove {
-        let scratch = dir.join("scratch.img");
+        let scratch = second_disk(dir, true);
         super::store::create_private(&scratch)?.set_len(SCRATCH_DISK_BYTES)?;
         scratch
     } else {
@@ -299,6 +299,19 @@ fn container_disks(
             read_only: false,
         },
     ])
+}
+
+/// The container VM's second disk (`/dev/vdb`) in the container's
+/// directory: its writable layer, or with `--rm` a scratch disk of
+/// [`SCRATCH_DISK_BYTES`] that the guest leaves unmounted (the writable
+/// layer is tmpfs; the disk is there so all containers share one VM
+/// shape, and one snapshot).
+pub fn second_disk(dir: &Path, auto_remove: bool) -> PathBuf {
+    dir.join(if auto_remove {
+        "scratch.img"
+    } else {
+        "upper.ext4"
+    })
 }
 
 /// Starts the container's VM (from a snapshot when it can) and assembles
@@ -428,7 +441,26 @@ pub fn mount(source: &str, target: &str, fstype: &str, read_only: bool, options:
         fstype: fstype.into(),
         read_only,
         options: options.into(),
+        within: None,
     }
+}
+
+/// A mount on `path` of the container root `root`: the agent resolves
+/// `path` inside the root, so the image's symlinks cannot lead the
+/// mount out of it.
+pub fn mount_in(
+    root: &str,
+    path: &str,
+    source: &str,
+    fstype: &str,
+    read_only: bool,
+    options: &str,
+) -> Request {
+    let mut req = mount(source, &format!("{root}{path}"), fstype, read_only, options);
+    if let Request::Mount { within, .. } = &mut req {
+        *within = Some(root.into());
+    }
+    req
 }
 
 /// The container's root on the mounted image disk: the writable layer on
@@ -455,9 +487,11 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
         scratch,
         Request::Mkdir {
             path: format!("{GUEST_SCRATCH}/upper"),
+            within: None,
         },
         Request::Mkdir {
             path: format!("{GUEST_SCRATCH}/work"),
+            within: None,
         },
         mount("overlay", GUEST_ROOT, "overlay", false, &options),
     ]
@@ -470,22 +504,17 @@ fn root_mounts(auto_remove: bool) -> Vec<Request> {
 /// the guest's /dev, its own /dev/shm and terminals.
 pub fn pseudo_mounts(root: &str) -> Vec<Request> {
     vec![
-        mount("proc", &format!("{root}/proc"), "proc", false, ""),
-        mount("sysfs", &format!("{root}/sys"), "sysfs", true, ""),
-        mount("/dev", &format!("{root}/dev"), "bind", false, ""),
-        mount(
-            "shm",
-            &format!("{root}/dev/shm"),
-            "tmpfs",
-            false,
-            "mode=1777",
-        ),
+        mount_in(root, "/proc", "proc", "proc", false, ""),
+        mount_in(root, "/sys", "sysfs", "sysfs", true, ""),
+        mount_in(root, "/dev", "/dev", "bind", false, ""),
+        mount_in(root, "/dev/shm", "shm", "tmpfs", false, "mode=1777"),
         // The container's own terminals, as Docker mounts them (gid 5:
         // tty); its /dev/ptmx allocates from this instance, so `-t`
         // terminals are /dev/pts/N inside.
-        mount(
+        mount_in(
+            root,
+            "/dev/pts",
             "devpts",
-            &format!("{root}/dev/pts"),
             "devpts",
             false,
             "newinstance,ptmxmode=0666,mode=0620,gid=5",
@@ -529,13 +558,7 @@ fn setup_root(
         // does: they never show in `diff` or `commit`.
         let own = format!("{GUEST_FILES}{path}");
         client.write_file(&own, &content, 0o644)?;
-        client.call(&mount(
-            &own,
-            &format!("{GUEST_ROOT}{path}"),
-            "bind",
-            false,
-            "",
-        ))?;
+        client.call(&mount_in(GUEST_ROOT, path, &own, "bind", false, ""))?;
     }
     if config.read_only {
         client.remount_read_only(GUEST_ROOT)?;
@@ -635,13 +658,7 @@ fn volume_mounts(config: &ContainerConfig, volumes: &[Volume]) -> Vec<Request> {
                 to: staging.clone(),
             });
         }
-        requests.push(mount(
-            &staging,
-            &format!("{GUEST_ROOT}{}", m.target),
-            "bind",
-            false,
-            "",
-        ));
+        requests.push(mount_in(GUEST_ROOT, &m.target, &staging, "bind", false, ""));
     }
     requests
 }

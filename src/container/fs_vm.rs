@@ -490,8 +490,12 @@ fn root_requests(frozen: bool, writable: bool) -> Vec<Request> {
         ));
         requests.push(Request::Mkdir {
             path: upper.clone(),
+            within: None,
         });
-        requests.push(Request::Mkdir { path: work.clone() });
+        requests.push(Request::Mkdir {
+            path: work.clone(),
+            within: None,
+        });
     }
     let options = if writable {
         format!("lowerdir={GUEST_LOWER},upperdir={upper},workdir={work}")

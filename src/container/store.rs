@@ -51,10 +51,32 @@ impl ContainerStore {
         StoreError::Io(self.dir.clone(), e)
     }
 
-    /// Takes the store's lock (names are unique across hull processes).
+    /// Takes the store's lock (names are unique across hull processes),
+    /// then removes what a creation or removal killed half-way left.
     fn lock(&self) -> Result<File, StoreError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
-        crate::file_lock::lock_exclusive(&self.dir.join(".lock")).map_err(|e| self.io(e))
+        let lock =
+            crate::file_lock::lock_exclusive(&self.dir.join(".lock")).map_err(|e| self.io(e))?;
+        self.remove_half_done();
+        Ok(lock)
+    }
+
+    /// `.ID.tmp` and `.removing.ID` directories: they exist only while
+    /// `create` or `remove` holds the lock, so under it any one found is
+    /// the leftover of a killed hull.
+    fn remove_half_done(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let half_done =
+                name.starts_with(".removing.") || (name.starts_with('.') && name.ends_with(".tmp"));
+            if half_done && e.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::debug!("removing {name}, left by an interrupted hull");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Every container, newest first.
@@ -66,6 +88,12 @@ impl ContainerStore {
             Err(e) => return Err(self.io(e)),
         };
         for entry in entries.flatten() {
+            // `.ID.tmp` (being created) and `.removing.ID` (being removed)
+            // hold a config.json too, but are no container: a `hull rm`
+            // killed after its rename must not leave one listed.
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let dir = entry.path();
             // Directories without both files are half-made or half-removed.
             let Ok(bytes) = std::fs::read(dir.join("config.json")) else {
@@ -154,6 +182,10 @@ impl ContainerStore {
     /// Removes a container's directory (disks, logs, socket, state).
     pub fn remove(&self, dir: &Path) -> Result<(), StoreError> {
         let _lock = self.lock()?;
+        if !dir.exists() {
+            // Another hull removed it while we waited for the lock.
+            return Ok(());
+        }
         let config: Option<ContainerConfig> = std::fs::read(dir.join("config.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -171,6 +203,8 @@ impl ContainerStore {
             );
         }
         if let Some(config) = config {
+            // A VMM killed with -9 leaves its vsock sockets behind.
+            remove_sockets(&self.root().join("run"), &config.id);
             crate::events::container(self.root(), &config, "destroy", &[]);
         }
         std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))
@@ -188,6 +222,20 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
         .truncate(true)
         .mode(0o600)
         .open(path)
+}
+
+/// The container's vsock socket (`ID12.vsock`) and its per-port
+/// sockets (`ID12.vsock_PORT`) in `run`.
+fn remove_sockets(run: &Path, id: &str) {
+    let prefix = format!("{}.vsock", &id[..12.min(id.len())]);
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The 12-digit short form of an ID (the same as images').

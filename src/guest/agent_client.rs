@@ -189,6 +189,7 @@ impl AgentClient {
             fstype: fstype.into(),
             read_only,
             options: options.into(),
+            within: None,
         })
         .map(|_| ())
     }
@@ -224,6 +225,7 @@ impl AgentClient {
             path: path.into(),
             content: content.into(),
             mode,
+            within: None,
         })
         .map(|_| ())
     }

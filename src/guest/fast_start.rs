@@ -411,6 +411,37 @@ fn make(
     })
 }
 
+/// What saves killed half-way left: `.tmp-PID` directories in the
+/// snapshot store (any: one save at a time holds the store's lock, and
+/// the caller does) and `snapshot-PID.vsock*` sockets of dead PIDs.
+fn remove_interrupted_saves(store: &Path, run: &Path) {
+    if let Ok(entries) = std::fs::read_dir(store) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(run) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if snapshot_socket_pid(&name).is_some_and(|p| !crate::container::state::pid_alive(p)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// The PID in a template VM's socket name (`snapshot-PID.vsock`, and its
+/// per-port `snapshot-PID.vsock_PORT`).
+pub fn snapshot_socket_pid(name: &str) -> Option<i32> {
+    name.strip_prefix("snapshot-")?
+        .split_once(".vsock")?
+        .0
+        .parse()
+        .ok()
+}
+
 /// Makes snapshot `dir` of the store (under its lock; nothing if another
 /// hull made it meanwhile): a VM of `opts` with `config`'s first `fixed`
 /// disks and 1 MiB placeholders for the others is brought up by `bring_up`
@@ -439,10 +470,10 @@ fn save(
         return Ok(());
     }
     let started = Instant::now();
-    let tmp = store.join(format!(".tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let run = root.join("run");
+    remove_interrupted_saves(store, &run);
+    let tmp = store.join(format!(".tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let uds = run.join(format!("snapshot-{}.vsock", std::process::id()));
     let result = (|| -> anyhow::Result<()> {
         let (mut vm, seen) = guest_vm::config(root, opts)?;

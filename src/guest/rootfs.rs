@@ -192,6 +192,23 @@ impl<'p> RootfsCache<'p> {
         Ok(())
     }
 
+    /// Disks of this key a killed preparation left half-written (`.KEY.PID.tmp`
+    /// of a PID that is gone). Call under the key's lock.
+    fn remove_dead_temporaries(&self, key: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(&format!(".{key}."))
+                .and_then(|_| crate::cli::system_check::rootfs_temporary_pid(&name));
+            if pid.is_some_and(|p| !crate::container::state::pid_alive(p)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// The prepared disk for these layers, preparing it first if needed.
     /// Returns the path and, when it was prepared now, the measurements.
     pub fn get_or_prepare(
@@ -211,6 +228,7 @@ impl<'p> RootfsCache<'p> {
         if path.exists() {
             return Ok((path, None));
         }
+        self.remove_dead_temporaries(&key);
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         // A cache of an older hull held ext4 disks under the same key.
         let _ = std::fs::remove_file(self.dir.join(format!("{key}.ext4")));

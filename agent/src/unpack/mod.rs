@@ -23,7 +23,8 @@
 //! inside the target (`openat2(RESOLVE_IN_ROOT)`), final components are
 //! never followed, and streams that lie about sizes end in an error.
 
-mod apply;
+/// `*at` calls and path resolution inside a root (`openat2(RESOLVE_IN_ROOT)`).
+pub mod apply;
 mod erofs;
 mod gzip;
 mod image;

@@ -284,8 +284,12 @@ impl BuildVm {
         let mut batch = vec![
             Request::Mkdir {
                 path: upper.clone(),
+                within: None,
             },
-            Request::Mkdir { path: work },
+            Request::Mkdir {
+                path: work,
+                within: None,
+            },
             mount("overlay", &step_root, "overlay", false, &options),
         ];
         batch.extend(engine::pseudo_mounts(&step_root));
@@ -308,10 +312,12 @@ impl BuildVm {
                 path: format!("{step_root}{path}"),
                 content,
                 mode: 0o644,
+                within: Some(step_root.clone()),
             });
         }
         batch.push(Request::Mkdir {
             path: format!("{step_root}{cwd}"),
+            within: Some(step_root.clone()),
         });
         self.ok(Request::Batch(batch))?;
         Ok(step_root)

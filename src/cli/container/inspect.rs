@@ -188,13 +188,43 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "VmProcessPid": c.state.vm_pid,
             "Kernel": crate::guest::files::kernel(root).ok(),
             "VsockSocket": engine::socket_path(root, &c.config.id),
-            "Devices": {
-                "vda": "image root filesystem (virtio-blk, read-only)",
-                "vdb": if c.config.auto_remove { "none (writable layer on tmpfs)" } else { "writable layer (virtio-blk)" },
-                "vsock": "virtio-vsock (hybrid, Unix socket)",
-            },
+            "Devices": devices(root, c),
         },
     })
+}
+
+/// The container VM's devices: what each disk holds, with the host file
+/// behind the container's own disks. A `--rm` container has a second
+/// disk too (a scratch file the guest leaves unmounted): its writable
+/// layer is tmpfs, but the VM still has the disk.
+fn devices(root: &Path, c: &Container) -> serde_json::Value {
+    let vdb = if c.config.auto_remove {
+        format!(
+            "scratch disk (virtio-blk, {} KiB, not mounted: the writable layer is tmpfs)",
+            engine::SCRATCH_DISK_BYTES >> 10
+        )
+    } else {
+        "writable layer (virtio-blk)".to_string()
+    };
+    let volumes = crate::volume::VolumeStore::new(root);
+    let mut devices = serde_json::json!({
+        "vda": "image root filesystem (virtio-blk, read-only)",
+        "vdb": vdb,
+        "vsock": "virtio-vsock (hybrid, Unix socket)",
+        "Disks": {
+            "vdb": engine::second_disk(&c.dir, c.config.auto_remove),
+        },
+    });
+    for (i, m) in c.config.mounts.iter().enumerate() {
+        let name = format!("vd{}", (b'c' + i as u8) as char);
+        devices[&name] = format!("volume {} at {} (virtio-blk)", m.name, m.target).into();
+        devices["Disks"][&name] = volumes
+            .get(&m.name)
+            .map(|v| v.disk().display().to_string())
+            .unwrap_or_default()
+            .into();
+    }
+    devices
 }
 
 /// The owner shift of a container-mode container's lower directory.
