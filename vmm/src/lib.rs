@@ -308,6 +308,18 @@ impl Vm {
         Self::restore_from(config, &state, &file)
     }
 
+    /// Like [`Vm::restore`], from a snapshot's `state.json` and memory
+    /// files already open (whoever chose the snapshot opened them, so a
+    /// snapshot store cleaned meanwhile cannot take them away).
+    pub fn restore_files(
+        config: VmConfig,
+        state: std::fs::File,
+        memory: &std::fs::File,
+    ) -> Result<Self> {
+        let state = snapshot::VmState::read(state, snapshot::STATE_FILE)?;
+        Self::restore_from(config, &state, memory)
+    }
+
     /// Where the memory windows of the config landed, in config order.
     pub fn window_places(&self) -> &[window::WindowPlace] {
         self.windows.places()

@@ -3,7 +3,7 @@
 //! until it ends. Its exit status tells the host how.
 
 use super::jail;
-use super::spec::{LaunchSpec, SERIAL_FD};
+use super::spec::{LaunchSpec, SERIAL_FD, SNAPSHOT_MEMORY_FD, SNAPSHOT_STATE_FD};
 
 /// Exit status: the guest shut down (or reset).
 pub const EXIT_SHUTDOWN: u8 = 0;
@@ -50,7 +50,19 @@ fn run() -> anyhow::Result<u8> {
     // descriptors placed at the spec's numbers; nothing else owns them.
     let config = unsafe { spec.into_config() };
     let vm = match snapshot {
-        Some(dir) => vmm::Vm::restore(config, &dir)?,
+        Some(dir) => {
+            use std::os::fd::FromRawFd;
+            // SAFETY: the spawner placed the snapshot's files at these
+            // numbers when it gave a snapshot; nothing else owns them.
+            let (state, memory) = unsafe {
+                (
+                    std::fs::File::from_raw_fd(SNAPSHOT_STATE_FD),
+                    std::fs::File::from_raw_fd(SNAPSHOT_MEMORY_FD),
+                )
+            };
+            vmm::Vm::restore_files(config, state, &memory)
+                .map_err(|e| anyhow::anyhow!(e).context(format!("snapshot {}", dir.display())))?
+        }
         None => vmm::Vm::new(config)?,
     };
     if let Some(dir) = jail_at {

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use spec::{LaunchSpec, FIRST_NET_FD, SERIAL_FD};
+use spec::{LaunchSpec, FIRST_NET_FD, SERIAL_FD, SNAPSHOT_MEMORY_FD, SNAPSHOT_STATE_FD};
 
 /// Errors of a VMM process.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,13 @@ impl VmmProcess {
             (report_write.as_raw_fd(), 1),
             (serial_write.as_raw_fd(), SERIAL_FD),
         ];
+        // Opened now, by whoever chose the snapshot: a snapshot store
+        // cleaned before the process reads them cannot take them away.
+        let snapshot_files = snapshot.map(open_snapshot).transpose()?;
+        if let Some((state, memory)) = &snapshot_files {
+            fds.push((state.as_raw_fd(), SNAPSHOT_STATE_FD));
+            fds.push((memory.as_raw_fd(), SNAPSHOT_MEMORY_FD));
+        }
         fds.extend((net_fds.iter().zip(FIRST_NET_FD..)).map(|(&fd, n)| (fd, n)));
         let exe = std::env::current_exe().map_err(VmmProcessError::Spawn)?;
         let namespaces = if spec.rootless {
@@ -141,7 +148,7 @@ impl VmmProcess {
         })?;
         // Only the process holds the write end: end of file on the read
         // end means it is gone.
-        drop((spec_read, serial_write, report_write));
+        drop((spec_read, serial_write, report_write, snapshot_files));
         let mut process = Self {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
@@ -352,6 +359,23 @@ fn cgroup_for(spec: &LaunchSpec) -> Option<cgroup::VmCgroup> {
 pub fn remove_leftovers(uds: &Path, cgroups: &[PathBuf]) {
     let _ = std::fs::remove_file(uds);
     cgroup::remove_dirs(cgroups);
+}
+
+/// The `state.json` and memory files of the snapshot in `dir`.
+fn open_snapshot(dir: &Path) -> Result<(std::fs::File, std::fs::File), VmmProcessError> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        std::fs::File::open(&path).map_err(|e| {
+            VmmProcessError::Spawn(std::io::Error::new(
+                e.kind(),
+                format!("snapshot {}: {e}", path.display()),
+            ))
+        })
+    };
+    Ok((
+        open(vmm::snapshot::STATE_FILE)?,
+        open(vmm::snapshot::MEMORY_FILE)?,
+    ))
 }
 
 /// What a user without root may lack for the jail.

@@ -11,8 +11,12 @@ use vmm::virtio::net::{Backend, NetConfig};
 
 /// The descriptor the VMM process writes the guest's serial output to.
 pub const SERIAL_FD: RawFd = 3;
+/// The descriptor of the snapshot's `state.json` when restoring.
+pub const SNAPSHOT_STATE_FD: RawFd = 4;
+/// The descriptor of the snapshot's memory file when restoring.
+pub const SNAPSHOT_MEMORY_FD: RawFd = 5;
 /// The descriptor of the first network back end; the next ones follow.
-pub const FIRST_NET_FD: RawFd = 4;
+pub const FIRST_NET_FD: RawFd = 6;
 
 /// A network device as the VMM process gets it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,7 +62,9 @@ pub struct LaunchSpec {
     pub nics: Vec<NicSpec>,
     /// `(path, writable)` of each memory window.
     pub windows: Vec<(PathBuf, bool)>,
-    /// The snapshot to restore; `None` boots the kernel.
+    /// The snapshot to restore (its files at [`SNAPSHOT_STATE_FD`] and
+    /// [`SNAPSHOT_MEMORY_FD`]; the path is for messages); `None` boots the
+    /// kernel.
     pub snapshot: Option<PathBuf>,
     /// Where a seccomp violation is recorded (`vmm::seccomp`).
     pub violation_record: Option<PathBuf>,

@@ -96,10 +96,19 @@ impl VmState {
     /// Reads `state.json` from `dir` and checks its format.
     pub fn load(dir: &Path) -> Result<Self, SnapshotError> {
         let path = dir.join(STATE_FILE);
-        let bytes =
-            std::fs::read(&path).map_err(|e| SnapshotError::Io(path.display().to_string(), e))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| SnapshotError::Io(path.display().to_string(), e))?;
+        Self::read(file, &path.display().to_string())
+    }
+
+    /// Reads a `state.json` already open (`name` for messages) and checks
+    /// its format.
+    pub fn read(mut file: std::fs::File, name: &str) -> Result<Self, SnapshotError> {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)
+            .map_err(|e| SnapshotError::Io(name.to_string(), e))?;
         let state: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| SnapshotError::Invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| SnapshotError::Invalid(format!("{name}: {e}")))?;
         if state.format != FORMAT {
             return Err(SnapshotError::Invalid(format!(
                 "format {} (this hull writes {FORMAT})",
