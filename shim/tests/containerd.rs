@@ -343,6 +343,18 @@ fn wait_no_leftovers(id: &str, socket: Option<&Path>) -> Vec<String> {
 }
 
 /// The shim's ttrpc socket of a live task (its bundle's `address` file).
+/// `ctr run -d` of a task that sleeps; its shim's socket.
+fn run_detached_sleep(d: &Containerd, id: &str) -> PathBuf {
+    let mut run = ctr(
+        d,
+        &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"],
+    );
+    run.stdout(Stdio::null());
+    let out = run_limited(run, RUN_LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    shim_socket(d, id)
+}
+
 fn shim_socket(d: &Containerd, id: &str) -> PathBuf {
     let address = d
         .state
@@ -388,14 +400,7 @@ fn exit_codes_and_stderr_pass_through() {
 fn exec_kill_and_delete_a_detached_task() {
     let d = containerd();
     let id = "detached";
-    let mut run = ctr(
-        d,
-        &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"],
-    );
-    run.stdout(Stdio::null());
-    let out = run_limited(run, RUN_LIMIT);
-    assert!(out.status.success(), "{}", text(&out));
-    let socket = shim_socket(d, id);
+    let socket = run_detached_sleep(d, id);
     assert!(socket.exists(), "no shim socket at {}", socket.display());
     let exec = ctr(
         d,
@@ -531,14 +536,7 @@ fn ctr_run_with_a_tty() {
 fn a_killed_vmm_shows_as_an_exited_task() {
     let d = containerd();
     let id = "crash";
-    let mut run = ctr(
-        d,
-        &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"],
-    );
-    run.stdout(Stdio::null());
-    let out = run_limited(run, RUN_LIMIT);
-    assert!(out.status.success(), "{}", text(&out));
-    let socket = shim_socket(d, id);
+    let socket = run_detached_sleep(d, id);
     let out = run_limited(ctr(d, &["task", "ls"]), Duration::from_secs(30));
     let ls = String::from_utf8_lossy(&out.stdout).into_owned();
     let pid: i32 = ls
