@@ -43,6 +43,7 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         net: Vec::new(),
         windows: Vec::new(),
         extra_cmdline: "",
+        fs: Vec::new(),
         progress: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;

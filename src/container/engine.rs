@@ -206,8 +206,18 @@ fn run_inner(
         (&config.name, &config.network_aliases),
         Some(&dir.join("passt.log")),
     )?;
+    // Dropped (each virtiofsd killed and reaped) when the container ends.
+    let shared_dirs = crate::volume::bind::SharedDirs::start(dir, &config.binds)?;
     let t0 = std::time::Instant::now();
-    let (mut vm, mut client) = start_vm(root, dir, config, disks, &network, progress, &volumes)?;
+    let (mut vm, mut client) = start_vm(
+        root,
+        dir,
+        config,
+        disks,
+        (&network, &shared_dirs),
+        progress,
+        &volumes,
+    )?;
     tracing::debug!("container root ready at {:?}", t0.elapsed());
     update(dir, |s| {
         s.vm_pid = vm.vmm_pid();
@@ -321,7 +331,7 @@ fn start_vm(
     dir: &Path,
     config: &ContainerConfig,
     disks: Vec<vmm::DiskConfig>,
-    network: &network::Attachment,
+    (network, shared_dirs): (&network::Attachment, &crate::volume::bind::SharedDirs),
     progress: &dyn crate::progress::Progress,
     volumes: &[Volume],
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
@@ -338,6 +348,7 @@ fn start_vm(
             writable: false,
         }],
         extra_cmdline: "",
+        fs: shared_dirs.devices.clone(),
         progress: Some(progress),
     };
     std::fs::create_dir_all(root.join("run"))?;
@@ -539,6 +550,9 @@ fn setup_root(
     for req in volume_mounts(config, volumes) {
         client.call(&req)?;
     }
+    for req in bind_mounts(config) {
+        client.call(&req)?;
+    }
     client.set_hostname(&config.hostname)?;
     for link in network {
         client.call(&link.configure_request())?;
@@ -659,6 +673,20 @@ fn volume_mounts(config: &ContainerConfig, volumes: &[Volume]) -> Vec<Request> {
             });
         }
         requests.push(mount_in(GUEST_ROOT, &m.target, &staging, "bind", false, ""));
+    }
+    requests
+}
+
+/// Mounts each shared host directory (virtio-fs tag `hull-bind<i>`) in
+/// the guest and binds it at its path in the container. Read-only twice
+/// over: virtiofsd refuses writes, and so does the guest's mount.
+fn bind_mounts(config: &ContainerConfig) -> Vec<Request> {
+    let mut requests = Vec::new();
+    for (i, b) in config.binds.iter().enumerate() {
+        let staging = crate::volume::bind::guest_staging(i);
+        let tag = crate::volume::bind::tag(i);
+        requests.push(mount(&tag, &staging, "virtiofs", b.read_only, ""));
+        requests.push(mount_in(GUEST_ROOT, &b.target, &staging, "bind", false, ""));
     }
     requests
 }

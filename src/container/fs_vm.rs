@@ -310,6 +310,7 @@ impl FsVm {
             net: Vec::new(),
             windows,
             extra_cmdline: "",
+            fs: Vec::new(),
             progress: None,
         };
         std::fs::create_dir_all(root.join("run"))?;

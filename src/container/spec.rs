@@ -79,6 +79,10 @@ pub struct ContainerConfig {
     /// the order of their disks.
     #[serde(default)]
     pub mounts: Vec<crate::volume::spec::VolumeMount>,
+    /// Host directories mounted in it (`-v /dir:/path`, `--mount
+    /// type=bind`), shared through virtio-fs.
+    #[serde(default)]
+    pub binds: Vec<crate::volume::bind::BindMount>,
     /// A prepared image disk given instead of an image (`--rootfs-disk`,
     /// containerd's shim): used as it is, never prepared nor removed here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -208,7 +208,9 @@ pub fn start(
     config.cmdline.push_str(" hull.serve");
     config.disks = disks;
     config.vsock_uds = Some(uds);
-    if !enabled() {
+    // virtiofsd holds a shared directory's state, and a snapshot cannot
+    // take it along (vmm::virtio::fs): such a VM boots.
+    if !enabled() || !config.fs.is_empty() {
         return boot_cold(config, &seen, timeout, warmup, setup);
     }
     let (dir, fixed, warm_requests) = snapshot_for(root, opts, &config, warmup, timeout)?;

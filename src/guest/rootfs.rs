@@ -293,6 +293,7 @@ fn start_helper(
         // Its own snapshot, whose agent has a warm heap (the agent's
         // `warm_heap`).
         extra_cmdline: "hull.prepare",
+        fs: Vec::new(),
         progress: Some(progress),
     };
     let run_dir = root.join("run");

@@ -60,6 +60,8 @@ pub struct GuestOptions<'a> {
     pub windows: Vec<vmm::window::WindowConfig>,
     /// Words added to the kernel command line (part of the snapshot key).
     pub extra_cmdline: &'a str,
+    /// Shared host directories (virtio-fs); a VM with any boots cold.
+    pub fs: Vec<vmm::virtio::fs::FsConfig>,
     /// Told when a template VM boots or a snapshot is saved (None: nobody).
     pub progress: Option<&'a dyn crate::progress::Progress>,
 }
@@ -89,6 +91,7 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     config.serial_out = Box::new(watcher);
     config.net = opts.net.clone();
     config.windows = opts.windows.clone();
+    config.fs = opts.fs.clone();
     if !opts.extra_cmdline.is_empty() {
         config.cmdline.push(' ');
         config.cmdline.push_str(opts.extra_cmdline);

@@ -9,6 +9,7 @@
 //! the container's VMM holds a lock on the volume for its whole run
 //! (exclusive for read-write, shared for `:ro`). See docs/volumes.md.
 
+pub mod bind;
 pub mod spec;
 
 use std::fs::File;

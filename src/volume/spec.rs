@@ -5,12 +5,28 @@ use serde::{Deserialize, Serialize};
 /// Errors in `-v` / `--mount` values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    /// A host directory (bind mount).
-    #[error("bind mounts ({0}) are not supported yet: a microVM has no access to host directories without virtio-fs; use a named volume (-v NAME:/path) or hull cp")]
-    Bind(String),
+    /// A bind mount without a source.
+    #[error("bind mount {0:?} has no source")]
+    NoSource(String),
     /// Malformed value.
     #[error("invalid volume specification {0:?}: {1}")]
     Invalid(String, &'static str),
+}
+
+/// What one `-v` or `--mount` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    /// A volume (named, or anonymous while unnamed).
+    Volume(VolumeMount),
+    /// A host directory, as given (resolved by [`super::bind::resolve_source`]).
+    Bind {
+        /// The host path as given.
+        source: String,
+        /// Absolute path in the container.
+        target: String,
+        /// Mounted read-only.
+        read_only: bool,
+    },
 }
 
 /// A volume mounted in a container.
@@ -48,7 +64,7 @@ fn is_host_path(source: &str) -> bool {
 }
 
 /// Parses `-v SOURCE:TARGET[:ro|rw]` or `-v TARGET` (anonymous).
-pub fn parse_volume_flag(value: &str) -> Result<VolumeMount, SpecError> {
+pub fn parse_volume_flag(value: &str) -> Result<Requested, SpecError> {
     let parts: Vec<&str> = value.split(':').collect();
     let (source, target, mode) = match parts[..] {
         [target] => (None, target, None),
@@ -56,9 +72,6 @@ pub fn parse_volume_flag(value: &str) -> Result<VolumeMount, SpecError> {
         [source, target, mode] => (Some(source), target, Some(mode)),
         _ => return Err(SpecError::Invalid(value.into(), "too many colons")),
     };
-    if let Some(s) = source.filter(|s| is_host_path(s)) {
-        return Err(SpecError::Bind(s.into()));
-    }
     let read_only = match mode {
         None | Some("rw") => false,
         Some("ro") => true,
@@ -70,16 +83,23 @@ pub fn parse_volume_flag(value: &str) -> Result<VolumeMount, SpecError> {
         }
     };
     let target = check_target(value, target)?;
-    Ok(VolumeMount {
+    if let Some(s) = source.filter(|s| is_host_path(s)) {
+        return Ok(Requested::Bind {
+            source: s.into(),
+            target,
+            read_only,
+        });
+    }
+    Ok(Requested::Volume(VolumeMount {
         name: source.unwrap_or_default().to_string(),
         target,
         read_only,
         anonymous: source.is_none(),
-    })
+    }))
 }
 
-/// Parses `--mount type=volume,source=NAME,target=/path[,readonly]`.
-pub fn parse_mount_flag(value: &str) -> Result<VolumeMount, SpecError> {
+/// Parses `--mount type=volume|bind,source=NAME|/dir,target=/path[,readonly]`.
+pub fn parse_mount_flag(value: &str) -> Result<Requested, SpecError> {
     let mut kind = "volume";
     let (mut source, mut target, mut read_only) = (None, None, false);
     for field in value.split(',') {
@@ -92,36 +112,48 @@ pub fn parse_mount_flag(value: &str) -> Result<VolumeMount, SpecError> {
             _ => return Err(SpecError::Invalid(value.into(), "unknown field")),
         }
     }
-    match kind {
-        "volume" => {}
-        "bind" => return Err(SpecError::Bind(source.unwrap_or_default().into())),
-        _ => {
-            return Err(SpecError::Invalid(
-                value.into(),
-                "only type=volume is supported",
-            ))
-        }
-    }
     let target = target.ok_or(SpecError::Invalid(value.into(), "target is missing"))?;
     let target = check_target(value, target)?;
-    Ok(VolumeMount {
-        name: source.unwrap_or_default().to_string(),
-        target,
-        read_only,
-        anonymous: source.is_none_or(str::is_empty),
-    })
+    match kind {
+        "volume" => Ok(Requested::Volume(VolumeMount {
+            name: source.unwrap_or_default().to_string(),
+            target,
+            read_only,
+            anonymous: source.is_none_or(str::is_empty),
+        })),
+        "bind" => match source.filter(|s| !s.is_empty()) {
+            Some(s) => Ok(Requested::Bind {
+                source: s.into(),
+                target,
+                read_only,
+            }),
+            None => Err(SpecError::NoSource(value.into())),
+        },
+        _ => Err(SpecError::Invalid(
+            value.into(),
+            "type must be volume or bind",
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn m(name: &str, target: &str, ro: bool, anon: bool) -> VolumeMount {
-        VolumeMount {
+    fn m(name: &str, target: &str, ro: bool, anon: bool) -> Requested {
+        Requested::Volume(VolumeMount {
             name: name.into(),
             target: target.into(),
             read_only: ro,
             anonymous: anon,
+        })
+    }
+
+    fn bind(source: &str, target: &str, ro: bool) -> Requested {
+        Requested::Bind {
+            source: source.into(),
+            target: target.into(),
+            read_only: ro,
         }
     }
 
@@ -139,11 +171,12 @@ mod tests {
             parse_volume_flag("/cache"),
             Ok(m("", "/cache", false, true))
         );
+        assert_eq!(parse_volume_flag("/srv:/x"), Ok(bind("/srv", "/x", false)));
         assert_eq!(
-            parse_volume_flag("/srv:/x"),
-            Err(SpecError::Bind("/srv".into()))
+            parse_volume_flag("./src:/x/:ro"),
+            Ok(bind("./src", "/x", true))
         );
-        assert!(parse_volume_flag("./src:/x").is_err());
+        assert!(parse_volume_flag("/srv:rel").is_err());
         assert!(parse_volume_flag("data:rel").is_err());
         assert!(parse_volume_flag("data:/").is_err());
         assert!(parse_volume_flag("data:/x:rx").is_err());
@@ -160,9 +193,13 @@ mod tests {
             parse_mount_flag("target=/data"),
             Ok(m("", "/data", false, true))
         );
+        assert_eq!(
+            parse_mount_flag("type=bind,source=/srv,target=/x,readonly"),
+            Ok(bind("/srv", "/x", true))
+        );
         assert!(matches!(
-            parse_mount_flag("type=bind,source=/srv,target=/x"),
-            Err(SpecError::Bind(_))
+            parse_mount_flag("type=bind,target=/x"),
+            Err(SpecError::NoSource(_))
         ));
         assert!(parse_mount_flag("type=volume,source=db").is_err());
         assert!(parse_mount_flag("type=tmpfs,target=/x").is_err());

@@ -31,7 +31,11 @@ impl Vm {
         let kvm = open_checked(&config)?;
         check_size(&kvm, &config)?;
         let vm = create_vm(&kvm)?;
-        let mem = memory::create(&vm, config.mem_mib)?;
+        let mem = if config.fs.is_empty() {
+            memory::create(&vm, config.mem_mib)?
+        } else {
+            memory::create_shared(&vm, config.mem_mib)?
+        };
         let windows = window::Windows::attach(&vm, config.mem_mib, &config.windows)?;
         let serial = SerialDevice::new(serial_irq(&vm)?, take_serial_out(&mut config));
         let devices = Devices::attach(&vm, &mem, &config, serial)?;
@@ -139,6 +143,7 @@ impl Vm {
                 disks_read_only: config.disks.iter().map(|d| d.read_only).collect(),
                 vsock_cid: config.vsock_uds.as_ref().map(|_| config.vsock_cid),
                 nics: config.net.len(),
+                shared_dirs: config.fs.len(),
             },
             mem,
             windows,
@@ -171,6 +176,7 @@ fn fit_snapshot(config: &mut VmConfig, state: &snapshot::VmState) -> Result<()> 
         || state.disks_read_only != disks
         || state.vsock_cid.is_some() != config.vsock_uds.is_some()
         || state.nic_count() != config.net.len()
+        || !config.fs.is_empty()
     {
         return Err(snapshot::SnapshotError::Invalid(
             "it was made for a different VM size or device set".into(),
@@ -319,7 +325,7 @@ impl Devices {
     }
 }
 
-/// Puts the configured disks, vsock and network devices on the MMIO bus; returns
+/// Puts the configured disks, vsock, network and virtio-fs devices on the MMIO bus; returns
 /// their transports and what they add to the kernel command line.
 fn attach_virtio(
     vm: &VmFd,
@@ -354,6 +360,11 @@ fn attach_virtio(
         let net = virtio::net::Net::new(net.clone())
             .map_err(|e| VmError::Device(format!("network device {i}"), Box::new(e)))?;
         attacher.attach(Arc::new(Mutex::new(net)))?;
+    }
+    for fs in &config.fs {
+        let fs = virtio::fs::Fs::new(fs)
+            .map_err(|e| VmError::Device(format!("shared directory {}", fs.tag), Box::new(e)))?;
+        attacher.attach(Arc::new(Mutex::new(fs)))?;
     }
     Ok((attacher.transports, attacher.cmdline))
 }

@@ -147,6 +147,10 @@ pub struct VmConfig {
     /// Host files shown to the guest as physical memory above RAM
     /// ([`window`]); not part of snapshots.
     pub windows: Vec<window::WindowConfig>,
+    /// Shared host directories (virtio-fs, served by virtiofsd), attached
+    /// after the network devices. A VM with any has shared guest memory
+    /// and cannot be snapshotted.
+    pub fs: Vec<virtio::fs::FsConfig>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -187,6 +191,7 @@ impl VmConfig {
             vsock_cid: 3,
             net: Vec::new(),
             windows: Vec::new(),
+            fs: Vec::new(),
         }
     }
 
@@ -263,6 +268,9 @@ struct Layout {
     disks_read_only: Vec<bool>,
     vsock_cid: Option<u64>,
     nics: usize,
+    /// virtio-fs devices: their state lives in virtiofsd, so a VM with
+    /// any is never snapshotted.
+    shared_dirs: usize,
 }
 
 /// A pending snapshot request: where to write it.
@@ -411,6 +419,12 @@ impl Vm {
 
     /// Saves the paused VM into `dir`.
     fn write_snapshot(&self, vcpus: &mut [VcpuFd], dir: &std::path::Path) -> Result<()> {
+        if self.layout.shared_dirs > 0 {
+            return Err(snapshot::SnapshotError::Invalid(
+                "a VM with shared directories (virtio-fs) cannot be snapshotted".into(),
+            )
+            .into());
+        }
         let started = std::time::Instant::now();
         // A vCPU may have left KVM_RUN with an I/O exit whose result KVM
         // applies only on the next entry: enter once with immediate_exit so

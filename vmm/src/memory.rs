@@ -88,6 +88,60 @@ pub fn create(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     Ok(mem)
 }
 
+/// Allocates guest memory that another process can map too (a memfd,
+/// shared): what a vhost-user backend such as virtiofsd needs to reach the
+/// guest's buffers. Still `MAP_NORESERVE`; the memfd grows as the guest
+/// touches pages.
+pub fn create_shared(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = ram_ranges(mem_mib)?;
+    let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+    let memfd = guest_memfd(total)?;
+    map_regions(vm, ranges, &memfd, libc::MAP_SHARED)
+}
+
+/// An anonymous memory file of `len` bytes, closed on exec.
+fn guest_memfd(len: u64) -> Result<std::fs::File, MemoryError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated literal; the flags are valid.
+    let fd = unsafe { libc::memfd_create(c"hull-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::MapFile(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(len).map_err(MemoryError::MapFile)?;
+    Ok(file)
+}
+
+/// Maps `file` region after region (`flags`: private or shared) as guest
+/// memory and hands it to KVM.
+fn map_regions(
+    vm: &VmFd,
+    ranges: Vec<(GuestAddress, usize)>,
+    file: &std::fs::File,
+    flags: libc::c_int,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut regions = Vec::with_capacity(ranges.len());
+    let mut offset = 0u64;
+    for (start, len) in ranges {
+        let fd = file.try_clone().map_err(MemoryError::MapFile)?;
+        let map = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::new(fd, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| MemoryError::MapFile(std::io::Error::other(e.to_string())))?;
+        let region = GuestRegionMmap::new(map, start)
+            .ok_or_else(|| MemoryError::MapFile(std::io::Error::other("guest region overflows")))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    let mem = GuestMemoryMmap::from_regions(regions)
+        .map_err(|e| MemoryError::MapFile(std::io::Error::other(e.to_string())))?;
+    register(vm, &mem)?;
+    Ok(mem)
+}
+
 /// Maps `file` (written by [`dump`] for a guest of the same size) private
 /// and copy-on-write as guest memory and hands it to KVM.
 pub fn create_from_file(
@@ -104,25 +158,7 @@ pub fn create_from_file(
             format!("memory file is {file_len} bytes, guest has {total}"),
         )));
     }
-    let mut regions = Vec::with_capacity(ranges.len());
-    let mut offset = 0u64;
-    for (start, len) in ranges {
-        let fd = file.try_clone().map_err(MemoryError::MapFile)?;
-        let map = MmapRegionBuilder::new(len)
-            .with_file_offset(FileOffset::new(fd, offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| MemoryError::MapFile(std::io::Error::other(e.to_string())))?;
-        let region = GuestRegionMmap::new(map, start)
-            .ok_or_else(|| MemoryError::MapFile(std::io::Error::other("guest region overflows")))?;
-        regions.push(region);
-        offset += len as u64;
-    }
-    let mem = GuestMemoryMmap::from_regions(regions)
-        .map_err(|e| MemoryError::MapFile(std::io::Error::other(e.to_string())))?;
-    register(vm, &mem)?;
-    Ok(mem)
+    map_regions(vm, ranges, file, libc::MAP_PRIVATE)
 }
 
 /// Writes guest memory, regions back to back, to `file`; pages that are all

@@ -121,6 +121,7 @@ impl BuildVm {
                 writable: true,
             }],
             extra_cmdline: "",
+            fs: Vec::new(),
             progress: None,
         };
         let disks = vec![

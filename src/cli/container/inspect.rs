@@ -233,22 +233,29 @@ fn userns_shift(c: &Container) -> Option<agent::unpack::IdShift> {
 }
 
 /// Docker's `Mounts`: the container's volumes, with hull's disk files as
-/// their sources.
+/// their sources, then its bind mounts.
 fn mounts(root: &Path, c: &Container) -> serde_json::Value {
     let volumes = crate::volume::VolumeStore::new(root);
-    c.config
-        .mounts
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "Type": "volume",
-                "Name": m.name,
-                "Source": volumes.get(&m.name).map(|v| v.disk()).unwrap_or_default(),
-                "Destination": m.target,
-                "Driver": "local",
-                "Mode": if m.read_only { "ro" } else { "" },
-                "RW": !m.read_only,
-            })
+    let volume_mounts = c.config.mounts.iter().map(|m| {
+        serde_json::json!({
+            "Type": "volume",
+            "Name": m.name,
+            "Source": volumes.get(&m.name).map(|v| v.disk()).unwrap_or_default(),
+            "Destination": m.target,
+            "Driver": "local",
+            "Mode": if m.read_only { "ro" } else { "" },
+            "RW": !m.read_only,
         })
-        .collect()
+    });
+    let bind_mounts = c.config.binds.iter().map(|b| {
+        serde_json::json!({
+            "Type": "bind",
+            "Source": b.source,
+            "Destination": b.target,
+            "Mode": if b.read_only { "ro" } else { "" },
+            "RW": !b.read_only,
+            "Propagation": "rprivate",
+        })
+    });
+    volume_mounts.chain(bind_mounts).collect()
 }

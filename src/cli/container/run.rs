@@ -185,8 +185,8 @@ fn create_container(
         // binds again (and would report a port taken in between).
         drop(ports::PortForwarder::bind(&ports)?);
     }
-    let mounts = super::volumes::requested(args, &image, store)?;
-    if isolation == Isolation::Container && !mounts.is_empty() {
+    let (mounts, binds) = super::volumes::requested(args, &image, store)?;
+    if isolation == Isolation::Container && !(mounts.is_empty() && binds.is_empty()) {
         return Err(CommandError::Invalid(
             "--volume",
             "volumes are not supported with --isolation container yet".into(),
@@ -212,6 +212,7 @@ fn create_container(
     if isolation == Isolation::Container {
         config.userns = Some(user_namespace());
     }
+    config.binds = binds;
     config.mounts = super::volumes::create(root, mounts)?;
     match store.create(&config) {
         Ok(dir) => Ok((config, dir)),
@@ -449,6 +450,7 @@ fn container_config(
         runtime: None,
         userns: None,
         mounts: Vec::new(),
+        binds: Vec::new(),
         rootfs_disk: None,
     })
 }

@@ -10,22 +10,35 @@ use super::run::RunArgs;
 use super::CommandError;
 use crate::container::store::ContainerStore;
 use crate::container::ContainerConfig;
-use crate::volume::spec::{self, VolumeMount};
+use crate::volume::bind::{self, BindMount};
+use crate::volume::spec::{self, Requested, VolumeMount};
 use crate::volume::{VolumeStore, DEFAULT_SIZE};
 
-/// The mounts `args` ask for (anonymous ones still unnamed), with the
-/// image's VOLUMEs that no flag covers; one error for any bad value.
+/// The mounts `args` ask for: volumes (anonymous ones still unnamed,
+/// with the image's VOLUMEs that no flag covers) and bind mounts (sources
+/// resolved); one error for any bad value.
 pub fn requested(
     args: &RunArgs,
     image: &Image,
     store: &ContainerStore,
-) -> anyhow::Result<Vec<VolumeMount>> {
+) -> anyhow::Result<(Vec<VolumeMount>, Vec<BindMount>)> {
     let mut mounts = Vec::new();
-    for v in &args.volume {
-        mounts.push(spec::parse_volume_flag(v)?);
-    }
-    for m in &args.mount {
-        mounts.push(spec::parse_mount_flag(m)?);
+    let mut binds = Vec::new();
+    let flags = (args.volume.iter().map(|v| spec::parse_volume_flag(v)))
+        .chain(args.mount.iter().map(|m| spec::parse_mount_flag(m)));
+    for flag in flags {
+        match flag? {
+            Requested::Volume(v) => mounts.push(v),
+            Requested::Bind {
+                source,
+                target,
+                read_only,
+            } => binds.push(BindMount {
+                source: bind::resolve_source(&source)?,
+                target,
+                read_only,
+            }),
+        }
     }
     for from in &args.volumes_from {
         let (name, mode) = from.split_once(':').unwrap_or((from, ""));
@@ -37,18 +50,27 @@ pub fn requested(
                 ..m
             });
         }
+        for b in other.config.binds {
+            binds.push(BindMount {
+                read_only: b.read_only || mode == "ro",
+                ..b
+            });
+        }
     }
     for m in &mounts {
         if !m.name.is_empty() && !crate::volume::valid_name(&m.name) {
             return Err(crate::volume::VolumeError::InvalidName(m.name.clone()).into());
         }
     }
+    let taken = |target: &str, mounts: &[VolumeMount]| {
+        mounts.iter().any(|m| m.target == target) || binds.iter().any(|b| b.target == target)
+    };
     let cfg = image.config.config().clone().unwrap_or_default();
     let mut image_volumes: Vec<String> = cfg.volumes().clone().unwrap_or_default();
     image_volumes.sort();
     for path in image_volumes {
         let target = crate::build::engine::state::clean_absolute(&path);
-        if target != "/" && !mounts.iter().any(|m| m.target == target) {
+        if target != "/" && !taken(&target, &mounts) {
             mounts.push(VolumeMount {
                 name: String::new(),
                 target,
@@ -57,14 +79,16 @@ pub fn requested(
             });
         }
     }
-    let mut targets: Vec<&str> = mounts.iter().map(|m| m.target.as_str()).collect();
+    let mut targets: Vec<&str> = (mounts.iter().map(|m| m.target.as_str()))
+        .chain(binds.iter().map(|b| b.target.as_str()))
+        .collect();
     targets.sort();
     if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
         return Err(
             CommandError::Invalid("--volume", format!("duplicate mount point {}", w[0])).into(),
         );
     }
-    Ok(mounts)
+    Ok((mounts, binds))
 }
 
 /// Makes the volumes of `mounts` (named ones if missing, anonymous ones

@@ -77,6 +77,10 @@ pub struct LaunchSpec {
     /// The `cgroup.procs` files to join before anything is allocated.
     #[serde(default)]
     pub cgroup_procs: Vec<PathBuf>,
+    /// Shared directories: virtiofsd sockets the VMM connects to before
+    /// it enters the jail.
+    #[serde(default)]
+    pub fs: Vec<vmm::virtio::fs::FsConfig>,
 }
 
 impl LaunchSpec {
@@ -121,6 +125,7 @@ impl LaunchSpec {
             jail: false,
             rootless: false,
             cgroup_procs: Vec::new(),
+            fs: config.fs.clone(),
         };
         (spec, fds)
     }
@@ -146,6 +151,7 @@ impl LaunchSpec {
         config.windows = (self.windows.into_iter())
             .map(|(path, writable)| vmm::window::WindowConfig { path, writable })
             .collect();
+        config.fs = self.fs;
         // SAFETY: the caller guarantees the serial descriptor is ours.
         let serial = unsafe { OwnedFd::from_raw_fd(SERIAL_FD) };
         config.serial_out = Box::new(std::fs::File::from(serial));

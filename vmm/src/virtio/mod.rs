@@ -11,6 +11,7 @@
 //! fails that request (or that device, marked NEEDS_RESET), never the VMM.
 
 pub mod block;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -34,6 +35,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+    /// File system device (virtio-fs).
+    pub const FS: u32 = 26;
 }
 
 /// Feature bit every modern device offers.
