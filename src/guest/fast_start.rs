@@ -167,6 +167,10 @@ fn key(config: &vmm::VmConfig, meta: &SnapshotMeta) -> String {
     if config.net.len() > 1 {
         h.update(format!("nics={}\n", config.net.len()));
     }
+    // Likewise for shared directories (virtio-fs).
+    if !config.fs.is_empty() {
+        h.update(format!("shared_dirs={}\n", config.fs.len()));
+    }
     hex::encode(h.finalize())[..16].to_string()
 }
 
@@ -208,9 +212,7 @@ pub fn start(
     config.cmdline.push_str(" hull.serve");
     config.disks = disks;
     config.vsock_uds = Some(uds);
-    // virtiofsd holds a shared directory's state, and a snapshot cannot
-    // take it along (vmm::virtio::fs): such a VM boots.
-    if !enabled() || !config.fs.is_empty() {
+    if !enabled() {
         return boot_cold(config, &seen, timeout, warmup, setup);
     }
     let (dir, fixed, warm_requests) = snapshot_for(root, opts, &config, warmup, timeout)?;
@@ -428,7 +430,10 @@ fn remove_interrupted_saves(store: &Path, run: &Path) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if snapshot_socket_pid(&name).is_some_and(|p| !crate::container::state::pid_alive(p)) {
+                // A socket, or the directory of a template's virtiofsd
+                // sockets (`snapshot-PID.vsock-fs`).
                 let _ = std::fs::remove_file(e.path());
+                let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
@@ -477,9 +482,15 @@ fn save(
     let tmp = store.join(format!(".tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let uds = run.join(format!("snapshot-{}.vsock", std::process::id()));
+    let fs_dir = run.join(format!("snapshot-{}.vsock-fs", std::process::id()));
     let result = (|| -> anyhow::Result<()> {
         let (mut vm, seen) = guest_vm::config(root, opts)?;
         vm.cmdline.push_str(" hull.serve");
+        // The template's virtio-fs devices are served by daemons of its
+        // own (an empty directory): the guest sets the devices up but
+        // mounts nothing, and each restored VM connects to its own.
+        let placeholders = placeholder_shared_dirs(&fs_dir, vm.fs.len())?;
+        vm.fs = placeholders.devices.clone();
         // The template has the network devices but no link: its guest
         // keeps the interfaces down, and each restored VM gets its own
         // backends and MACs.
@@ -527,12 +538,33 @@ fn save(
         Ok(())
     })();
     let _ = std::fs::remove_file(&uds);
+    let _ = std::fs::remove_dir_all(&fs_dir);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         return result;
     }
     remove_stale(store, &meta);
     Ok(())
+}
+
+/// `count` virtiofsd daemons sharing an empty directory, read-only, with
+/// their sockets and logs in `dir` (made here).
+fn placeholder_shared_dirs(
+    dir: &Path,
+    count: usize,
+) -> anyhow::Result<crate::volume::bind::SharedDirs> {
+    let empty = dir.join("empty");
+    if count > 0 {
+        std::fs::create_dir_all(&empty).map_err(io(&empty))?;
+    }
+    let binds: Vec<_> = (0..count)
+        .map(|_| crate::volume::bind::BindMount {
+            source: empty.clone(),
+            target: "/".into(),
+            read_only: true,
+        })
+        .collect();
+    Ok(crate::volume::bind::SharedDirs::start(dir, &binds)?)
 }
 
 /// Deletes snapshots made from another kernel or agent. VMs restored from

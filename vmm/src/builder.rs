@@ -74,7 +74,13 @@ impl Vm {
         fit_snapshot(&mut config, state)?;
         check_size(&kvm, &config)?;
         let vm = create_vm(&kvm)?;
-        let mem = memory::create_from_file(&vm, config.mem_mib, memory_file)?;
+        let mem = if config.fs.is_empty() {
+            memory::create_from_file(&vm, config.mem_mib, memory_file)?
+        } else {
+            // virtiofsd must see the guest's pages: a private mapping of
+            // the file would hide every page the guest writes.
+            memory::create_shared_from_file(&vm, config.mem_mib, memory_file)?
+        };
         let windows = window::Windows::attach(&vm, config.mem_mib, &config.windows)?;
         let serial = SerialDevice::from_state(
             &state.serial,
@@ -176,7 +182,7 @@ fn fit_snapshot(config: &mut VmConfig, state: &snapshot::VmState) -> Result<()> 
         || state.disks_read_only != disks
         || state.vsock_cid.is_some() != config.vsock_uds.is_some()
         || state.nic_count() != config.net.len()
-        || !config.fs.is_empty()
+        || state.shared_dirs != config.fs.len()
     {
         return Err(snapshot::SnapshotError::Invalid(
             "it was made for a different VM size or device set".into(),

@@ -149,7 +149,7 @@ pub struct VmConfig {
     pub windows: Vec<window::WindowConfig>,
     /// Shared host directories (virtio-fs, served by virtiofsd), attached
     /// after the network devices. A VM with any has shared guest memory
-    /// and cannot be snapshotted.
+    /// (a restored one gets a copy of the snapshot's).
     pub fs: Vec<virtio::fs::FsConfig>,
 }
 
@@ -268,8 +268,8 @@ struct Layout {
     disks_read_only: Vec<bool>,
     vsock_cid: Option<u64>,
     nics: usize,
-    /// virtio-fs devices: their state lives in virtiofsd, so a VM with
-    /// any is never snapshotted.
+    /// virtio-fs devices (snapshotted only before the guest mounts any:
+    /// see [`virtio::fs`]).
     shared_dirs: usize,
 }
 
@@ -419,12 +419,6 @@ impl Vm {
 
     /// Saves the paused VM into `dir`.
     fn write_snapshot(&self, vcpus: &mut [VcpuFd], dir: &std::path::Path) -> Result<()> {
-        if self.layout.shared_dirs > 0 {
-            return Err(snapshot::SnapshotError::Invalid(
-                "a VM with shared directories (virtio-fs) cannot be snapshotted".into(),
-            )
-            .into());
-        }
         let started = std::time::Instant::now();
         // A vCPU may have left KVM_RUN with an I/O exit whose result KVM
         // applies only on the next entry: enter once with immediate_exit so
@@ -465,6 +459,7 @@ impl Vm {
             vsock_cid: self.layout.vsock_cid,
             nics: self.layout.nics,
             net: false,
+            shared_dirs: self.layout.shared_dirs,
             clock: self
                 .vm
                 .get_clock()

@@ -99,6 +99,63 @@ pub fn create_shared(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryE
     map_regions(vm, ranges, &memfd, libc::MAP_SHARED)
 }
 
+/// Like [`create_shared`], filled with the data of `file` (written by
+/// [`dump`] for a guest of the same size). Only the file's data extents
+/// are copied: its holes are zero pages the memfd has already.
+pub fn create_shared_from_file(
+    vm: &VmFd,
+    mem_mib: u64,
+    file: &std::fs::File,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = ram_ranges(mem_mib)?;
+    let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+    check_file_len(file, total)?;
+    let memfd = guest_memfd(total)?;
+    copy_data_extents(file, &memfd, total).map_err(MemoryError::MapFile)?;
+    map_regions(vm, ranges, &memfd, libc::MAP_SHARED)
+}
+
+fn check_file_len(file: &std::fs::File, total: u64) -> Result<(), MemoryError> {
+    let file_len = file.metadata().map_err(MemoryError::MapFile)?.len();
+    if file_len != total {
+        return Err(MemoryError::MapFile(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("memory file is {file_len} bytes, guest has {total}"),
+        )));
+    }
+    Ok(())
+}
+
+/// Copies the data extents of `from` (`SEEK_DATA`/`SEEK_HOLE`) to the
+/// same offsets of `to`.
+fn copy_data_extents(from: &std::fs::File, to: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let seek = |offset: u64, whence: libc::c_int| -> Option<u64> {
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let r = unsafe { libc::lseek(from.as_raw_fd(), offset as libc::off_t, whence) };
+        (r >= 0).then_some(r as u64)
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < len {
+        // ENXIO: no data after `offset`.
+        let Some(start) = seek(offset, libc::SEEK_DATA) else {
+            break;
+        };
+        let end = seek(start, libc::SEEK_HOLE).unwrap_or(len).min(len);
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], at)?;
+            to.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        offset = end;
+    }
+    Ok(())
+}
+
 /// An anonymous memory file of `len` bytes, closed on exec.
 fn guest_memfd(len: u64) -> Result<std::fs::File, MemoryError> {
     use std::os::fd::FromRawFd;
@@ -151,13 +208,7 @@ pub fn create_from_file(
 ) -> Result<GuestMemoryMmap, MemoryError> {
     let ranges = ram_ranges(mem_mib)?;
     let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
-    let file_len = file.metadata().map_err(MemoryError::MapFile)?.len();
-    if file_len != total {
-        return Err(MemoryError::MapFile(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("memory file is {file_len} bytes, guest has {total}"),
-        )));
-    }
+    check_file_len(file, total)?;
     map_regions(vm, ranges, file, libc::MAP_PRIVATE)
 }
 
@@ -259,6 +310,39 @@ mod tests {
         let again = create_from_file(&kvm.create_vm().unwrap(), 32, &file).unwrap();
         assert_eq!(again.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
         assert!(create_from_file(&kvm.create_vm().unwrap(), 64, &file).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dumped_memory_restores_into_shared_memory_another_mapping_sees() {
+        use std::os::fd::AsRawFd;
+        use vm_memory::Bytes;
+        let kvm = kvm_ioctls::Kvm::new().expect("this test needs /dev/kvm");
+        let mem = create(&kvm.create_vm().unwrap(), 32).unwrap();
+        mem.write_obj(0xfeed_u64, GuestAddress(0x5000)).unwrap();
+        mem.write_obj(0xbeef_u64, GuestAddress((32 << 20) - 8))
+            .unwrap();
+        let dir = tempfile_dir().join("shared");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join("mem")).unwrap();
+        dump(&mem, &file).unwrap();
+        let file = std::fs::File::open(dir.join("mem")).unwrap();
+        let back = create_shared_from_file(&kvm.create_vm().unwrap(), 32, &file).unwrap();
+        assert_eq!(back.read_obj::<u64>(GuestAddress(0x5000)).unwrap(), 0xfeed);
+        assert_eq!(
+            back.read_obj::<u64>(GuestAddress((32 << 20) - 8)).unwrap(),
+            0xbeef
+        );
+        assert_eq!(back.read_obj::<u64>(GuestAddress(0x9000)).unwrap(), 0);
+        // A write through the guest mapping is seen through the memfd, as
+        // virtiofsd would see it.
+        back.write_obj(7u64, GuestAddress(0x5000)).unwrap();
+        let region = back.iter().next().unwrap();
+        let fd = region.file_offset().unwrap().file().as_raw_fd();
+        let memfd = std::fs::File::open(format!("/proc/self/fd/{fd}")).unwrap();
+        let mut word = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&memfd, &mut word, 0x5000).unwrap();
+        assert_eq!(u64::from_le_bytes(word), 7);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -64,6 +64,11 @@ pub struct VmState {
     /// written `false` now ([`VmState::nic_count`] reads both).
     #[serde(default)]
     pub net: bool,
+    /// How many virtio-fs devices the VM has (their transports follow the
+    /// network devices'). Saved only before the guest mounted any: the
+    /// state of a FUSE session lives in virtiofsd, not here.
+    #[serde(default)]
+    pub shared_dirs: usize,
     /// kvmclock.
     pub clock: kvm_clock_data,
     /// The PIT.
@@ -72,7 +77,7 @@ pub struct VmState {
     pub irqchips: Vec<kvm_irqchip>,
     /// COM1.
     pub serial: SerialSaved,
-    /// The virtio transports, in attach order (disks, vsock, network).
+    /// The virtio transports, in attach order (disks, vsock, network, virtio-fs).
     pub transports: Vec<TransportState>,
     /// The vCPUs, in id order.
     pub vcpus: Vec<VcpuState>,

@@ -14,8 +14,14 @@
 //!
 //! The connection is made when the device is created, before the VMM
 //! process jails itself; the rest of the protocol runs on the event-loop
-//! thread once the driver sets DRIVER_OK. The device cannot be reset or
-//! snapshotted: a VM with one boots cold.
+//! thread once the driver sets DRIVER_OK. The device cannot be reset.
+//!
+//! Snapshots: a FUSE session's state (inodes, open files) lives in
+//! virtiofsd and cannot move to another one, but the guest driver sends
+//! nothing until the file system is mounted. So a template VM is saved
+//! with its devices set up and nothing mounted; a VM restored from it
+//! connects to its own virtiofsd, hands it the saved rings, and the
+//! mount's FUSE_INIT is the first request that virtiofsd sees.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -86,6 +92,8 @@ pub struct Fs {
     calls: Vec<EventFd>,
     pending: Option<ActivateContext>,
     active: Option<Active>,
+    /// The queues as the driver set them up, for a snapshot.
+    queue_states: Vec<virtio_queue::QueueState>,
 }
 
 /// What a running device keeps: the interrupt its call eventfds raise,
@@ -128,6 +136,7 @@ impl Fs {
                 .map_err(FsError::EventFd)?,
             pending: None,
             active: None,
+            queue_states: Vec::new(),
         })
     }
 
@@ -283,8 +292,17 @@ impl VirtioDevice for Fs {
         }
         // The vhost-user exchange runs on the event loop: this is a vCPU
         // thread, whose filter allows no new sockets or fds.
+        self.queue_states = ctx.queues.iter().map(|q| q.state()).collect();
         self.pending = Some(ctx);
         self.activate_evt.write(1).map_err(ActivateError::Signal)
+    }
+
+    /// The queues as the driver set them up. Right only while the guest
+    /// has never mounted the file system (a template VM): the indices
+    /// move in virtiofsd afterwards, and a FUSE session cannot move to
+    /// another virtiofsd anyway.
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queue_states.clone()
     }
 }
 
