@@ -94,6 +94,7 @@ impl State {
             s.vmm_pid = None;
             s.vmm_start = None;
             s.vm_pid = None;
+            s.process_id = None;
             s.ports.clear();
         }
         Ok(s)

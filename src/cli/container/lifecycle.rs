@@ -198,6 +198,10 @@ const PROGRESS_FILE: &str = "start-progress.jsonl";
 /// start on `progress`.
 pub fn start_detached(root: &Path, c: &Container, progress: &dyn Progress) -> anyhow::Result<()> {
     let mut stages = StageFileReader::create(&c.dir.join(PROGRESS_FILE))?;
+    // `wait_started` waits for a process id: not the last run's.
+    let mut state = State::load(&c.dir)?;
+    state.process_id = None;
+    state.save(&c.dir)?;
     let result = wait_started(spawn_vmm(root, c)?, c, &mut stages, progress);
     stages.replay(progress);
     result
@@ -308,8 +312,18 @@ fn stop(root: &Path, c: &Container, grace: Duration) -> anyhow::Result<()> {
     if c.state.status != Status::Running {
         return Ok(());
     }
-    let ended = (signal_main(root, c, libc::SIGTERM).is_ok() && wait_exited(c, grace))
-        || (signal_main(root, c, libc::SIGKILL).is_ok() && wait_exited(c, Duration::from_secs(30)));
+    let ended = (signal_main(root, c, libc::SIGTERM).is_ok() && wait_exited(c, grace)) || {
+        // A SIGKILL that cannot be delivered most often means the process
+        // ended after the grace time ran out and its exit is being
+        // recorded (the guest's clean shutdown): wait for that too,
+        // shorter, rather than kill the VMM in the middle of it.
+        let wait = if signal_main(root, c, libc::SIGKILL).is_ok() {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(10)
+        };
+        wait_exited(c, wait)
+    };
     if !ended {
         kill_vmm(root, c);
     }
@@ -404,6 +418,7 @@ fn kill_vmm(root: &Path, c: &Container) {
         s.status = Status::Exited;
         s.exit_code = s.exit_code.or(Some(137));
         s.finished_at = Some(now_rfc3339());
+        s.process_id = None;
         s.vmm_pid = None;
         s.vm_pid = None;
         s.vm_cgroups.clear();
