@@ -247,3 +247,53 @@ fn bad_bind_sources_are_one_line_errors_that_leave_nothing() {
         "a container was left"
     );
 }
+
+#[test]
+fn container_isolation_binds_the_same_host_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    common::import_busybox(root);
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    // Writable by the container's root, which a user namespace maps to an
+    // unprivileged host ID.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(dir.join("in.txt"), "from the host\n").unwrap();
+    let flag = format!("{}:/data", dir.display());
+    let out = ok(hull(root).args([
+        "run",
+        "--rm",
+        "--isolation",
+        "container",
+        "-v",
+        &flag,
+        "busybox:test",
+        "sh",
+        "-c",
+        "cat /data/in.txt; echo from-the-container > /data/out.txt",
+    ]));
+    assert_eq!(out, "from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out.txt")).unwrap(),
+        "from-the-container\n"
+    );
+    let ro = format!("{}:/data:ro", dir.display());
+    let out = hull(root)
+        .args([
+            "run",
+            "--rm",
+            "--isolation",
+            "container",
+            "-v",
+            &ro,
+            "busybox:test",
+            "sh",
+            "-c",
+            "echo x > /data/ro.txt",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a :ro bind mount was writable");
+    assert!(!dir.join("ro.txt").exists());
+}

@@ -136,8 +136,8 @@ fn nofile_limit() -> Result<oci_spec::runtime::PosixRlimit, OciError> {
 }
 
 /// oci-spec's defaults (Docker's: /proc, /dev, /dev/pts, /dev/shm,
-/// /dev/mqueue, /sys read-only, cgroup read-only) and the container's own
-/// /etc files.
+/// /dev/mqueue, /sys read-only, cgroup read-only), the container's own
+/// /etc files and its bind mounts.
 fn mounts(input: &BundleInput<'_>) -> Result<Vec<Mount>, OciError> {
     let mut m = oci_spec::runtime::get_default_mounts();
     if let Some(sysfs) = &input.sysfs {
@@ -150,6 +150,14 @@ fn mounts(input: &BundleInput<'_>) -> Result<Vec<Mount>, OciError> {
     }
     for (src, dst) in &input.etc_files {
         m.push(bind(src, dst, &["rbind", "rprivate"])?);
+    }
+    // `-v /host/dir:/path`: the host directory itself, as Docker binds
+    // it (with a user namespace, host owners outside its range show as
+    // the overflow ID, as under Docker's userns-remap).
+    for b in &input.config.binds {
+        let ro: &[&str] = if b.read_only { &["ro"] } else { &[] };
+        let options = [&["rbind", "rprivate"][..], ro].concat();
+        m.push(bind(&b.source, &b.target, &options)?);
     }
     Ok(m)
 }
@@ -265,7 +273,12 @@ mod tests {
 
     #[test]
     fn spec_has_the_process_namespaces_and_docker_caps() {
-        let c = config();
+        let mut c = config();
+        c.binds = vec![crate::volume::bind::BindMount {
+            source: "/srv/app".into(),
+            target: "/app".into(),
+            read_only: true,
+        }];
         let input = BundleInput {
             config: &c,
             rootfs: Path::new("/r"),
@@ -319,5 +332,14 @@ mod tests {
             .unwrap()
             .iter()
             .any(|m| m["destination"] == "/etc/hosts" && m["source"] == "/h"));
+        let app = v["mounts"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            (&app["source"], &app["destination"], &app["options"]),
+            (
+                &serde_json::json!("/srv/app"),
+                &serde_json::json!("/app"),
+                &serde_json::json!(["rbind", "rprivate", "ro"])
+            )
+        );
     }
 }

@@ -186,7 +186,7 @@ fn create_container(
         drop(ports::PortForwarder::bind(&ports)?);
     }
     let (mounts, binds) = super::volumes::requested(args, &image, store)?;
-    if isolation == Isolation::Container && !(mounts.is_empty() && binds.is_empty()) {
+    if isolation == Isolation::Container && !mounts.is_empty() {
         return Err(CommandError::Invalid(
             "--volume",
             "volumes are not supported with --isolation container yet".into(),
