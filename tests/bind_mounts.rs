@@ -32,7 +32,7 @@ fn virtiofsd_for(dir: &Path) -> Vec<i32> {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
                 args.first().is_some_and(|a| a.ends_with(b"virtiofsd"))
-                    && args.iter().any(|a| *a == needle.as_bytes())
+                    && args.contains(&needle.as_bytes())
             })
         })
         .collect()
