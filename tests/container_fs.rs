@@ -280,3 +280,76 @@ fn a_running_container_is_frozen_only_while_it_is_read() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A running `--rm` container's writable layer is tmpfs in its VM: its own
+/// agent writes diff, commit, export and cp output into its mailbox.
+#[test]
+fn a_running_rm_container_hands_out_its_in_memory_layer() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let host = tempfile::tempdir().unwrap();
+    let host = host.path();
+    import_image(root, "fsimg:1");
+    ok(hull(root).args([
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "mem1",
+        "fsimg:1",
+        "sh",
+        "-c",
+        &format!("{CHANGES}; sleep 600"),
+    ]));
+    let _remove = Remove(root, "mem1");
+    // The changes are made by the time /pw exists (the last of them).
+    let start = Instant::now();
+    while !hull(root)
+        .args(["exec", "mem1", "test", "-L", "/pw"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "no changes made");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(ok(hull(root).args(["diff", "mem1"])), DIFF);
+
+    ok(hull(root).args(["cp", "mem1:/pw"]).arg(host.join("pw")));
+    assert!(std::fs::read_to_string(host.join("pw"))
+        .unwrap()
+        .starts_with("root:x:0:0:root:/root:/bin/sh\n"));
+
+    let export = host.join("mem1.tar");
+    ok(hull(root).args(["export", "mem1", "-o"]).arg(&export));
+    let list = ok(Command::new("tar").arg("-tf").arg(&export));
+    assert!(list.lines().any(|l| l == "new/x/hard"), "{list}");
+    assert!(!list.lines().any(|l| l == "opt/keep/gone"), "{list}");
+
+    ok(hull(root).args(["commit", "mem1", "fsimg:from-memory"]));
+    let out = ok(hull(root).args([
+        "run",
+        "--rm",
+        "fsimg:from-memory",
+        "sh",
+        "-c",
+        "cat /etc/motd; ls /opt/dir /opt/keep",
+    ]));
+    assert_eq!(out, "new\n/opt/dir:\nc\n\n/opt/keep:\nstay\n");
+
+    // Still running, and the mailbox holds none of its data any more.
+    assert_eq!(
+        ok(hull(root).args(["exec", "mem1", "cat", "/new/x/f"])),
+        "hi\n"
+    );
+    let dir = root.join("containers");
+    let mailbox = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("mailbox"))
+        .find(|p| p.exists())
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&mailbox).unwrap().blocks(), 0);
+}

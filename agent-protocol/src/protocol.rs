@@ -301,6 +301,10 @@ pub enum Request {
         output: WindowRange,
         /// Where in the window the tar starts.
         offset: u64,
+        /// Leave out the contents of mount points under a source (a live
+        /// container root's /proc, /dev, /sys), as `tar --one-file-system`.
+        #[serde(default)]
+        one_file_system: bool,
     },
     /// Freezes the file system mounted at `path` (FIFREEZE: dirty data
     /// and the journal written out, writers blocked) so that another VM

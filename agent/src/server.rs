@@ -512,6 +512,7 @@ fn layer_request(req: Request) -> Response {
             mode,
             output,
             offset,
+            one_file_system,
         } => {
             let sources: Vec<agent::layer_out::CopySource> = sources
                 .into_iter()
@@ -524,6 +525,7 @@ fn layer_request(req: Request) -> Response {
             let opts = agent::layer_out::LayerOptions {
                 owner,
                 mode,
+                one_file_system,
                 ..Default::default()
             };
             agent::layer_out::copy_to_window(&root, &sources, &opts, output, offset)

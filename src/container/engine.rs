@@ -345,7 +345,7 @@ fn start_vm(
         net: network.devices.clone(),
         windows: vec![vmm::window::WindowConfig {
             path: mailbox(dir)?,
-            writable: false,
+            writable: mailbox_is_writable(config),
         }],
         extra_cmdline: "",
         fs: shared_dirs.devices.clone(),
@@ -583,7 +583,9 @@ fn setup_root(
 /// The container's mailbox: a sparse host file every container VM has
 /// as a read-only memory window, through which `hull cp` hands a running
 /// container's agent a tar (the guest reads it in place, no copy over
-/// vsock). Only hull writes it, only while holding [`MAILBOX_LOCK`].
+/// vsock). Hull writes it only while holding [`MAILBOX_LOCK`]; a `--rm`
+/// container's agent writes what hull asks of it there too
+/// ([`mailbox_is_writable`]).
 fn mailbox(dir: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join(MAILBOX);
     let f = std::fs::OpenOptions::new()
@@ -595,6 +597,32 @@ fn mailbox(dir: &Path) -> std::io::Result<PathBuf> {
         f.set_len(MAILBOX_BYTES)?;
     }
     Ok(path)
+}
+
+/// Whether the container's VM may write its mailbox: only a `--rm`
+/// container's, whose writable layer is in its VM's memory, so that
+/// `commit`, `diff`, `export` and `cp` out of it are written there by its
+/// own agent (the guest can then fill at most [`MAILBOX_BYTES`] of host
+/// disk, as it can its own disks).
+pub fn mailbox_is_writable(config: &ContainerConfig) -> bool {
+    config.auto_remove
+}
+
+/// Frees what a container's VM wrote into its mailbox (the file keeps
+/// its size: the VM maps it).
+pub fn clear_mailbox(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                MAILBOX_BYTES as libc::off_t,
+            )
+        };
+    }
 }
 
 /// Where a running container's mailbox window is in its guest's memory.

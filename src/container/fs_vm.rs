@@ -34,8 +34,8 @@ use crate::guest::vm::{GuestOptions, RunningVm};
 /// Errors of the helper VM.
 #[derive(Debug, thiserror::Error)]
 pub enum FsVmError {
-    /// A container whose writable layer lives in its VM's memory.
-    #[error("container {0} was started with --rm: its writable layer is in its VM's memory, not on a disk hull can read")]
+    /// A running `--rm` container started before its mailbox was writable.
+    #[error("container {0} was started with --rm by an older hull: its writable layer is in its VM's memory and its VM cannot hand it out")]
     InMemoryLayer(String),
     /// A container-mode container (its layer is a host directory).
     #[error("container {0} runs with --isolation container: not supported for it yet")]
@@ -54,7 +54,7 @@ pub enum FsVmError {
     #[error("{0}")]
     Agent(String),
     /// The output does not fit the window.
-    #[error("the output does not fit the helper VM's {0} GiB window")]
+    #[error("the output does not fit the {0} MiB window it is written into")]
     WindowFull(u64),
 }
 
@@ -88,6 +88,10 @@ pub struct FsVm {
     _guards: Vec<Box<dyn std::any::Any>>,
     dir: tempfile::TempDir,
     output: WindowRange,
+    /// The host file behind the output window.
+    output_file: PathBuf,
+    /// Served by a running container's own VM and mailbox.
+    in_place: bool,
     input: Option<(WindowRange, u64)>,
 }
 
@@ -123,6 +127,7 @@ pub fn copy_into_running(root: &Path, c: &Container, tar: &Path, dest: &str) -> 
         input: engine::mailbox_window(&c.config),
         len,
     })?;
+    engine::clear_mailbox(&mailbox);
     Ok(())
 }
 
@@ -141,11 +146,11 @@ impl FsVm {
         }
         let lock = crate::file_lock::try_lock_exclusive(&c.dir.join(DISK_LOCK))?;
         let running = lock.is_none();
-        if running && c.config.auto_remove {
-            return Err(FsVmError::InMemoryLayer(id).into());
-        }
         if running && matches!(access, Access::Write(_)) {
             return Err(FsVmError::RunningWrite(id).into());
+        }
+        if running && c.config.auto_remove {
+            return Self::in_place(root, c);
         }
         let frozen = if running {
             Some(freeze_layer(root, &c.config.id)?)
@@ -174,6 +179,37 @@ impl FsVm {
         let disks = [(image_disk, true), (upper, false)];
         let requests = root_requests(running, writable);
         Self::start(root, &disks, requests, access, (frozen, lock))
+    }
+
+    /// A running `--rm` container's own VM serves the reads: its writable
+    /// layer is tmpfs in that VM's memory, where no helper VM can reach
+    /// it. Its agent writes the output into the container's mailbox (a
+    /// memory window over a host file that only `--rm` containers may
+    /// write, bounded by its size; the layer it holds is bounded by guest
+    /// RAM). Nothing is paused, as `docker commit --pause=false`: hull
+    /// has no pause yet.
+    fn in_place(root: &Path, c: &Container) -> anyhow::Result<Self> {
+        let id = c.config.id[..12].to_string();
+        let mailbox = c.dir.join(engine::MAILBOX);
+        if !mailbox.exists() || !engine::mailbox_is_writable(&c.config) {
+            return Err(FsVmError::InMemoryLayer(id).into());
+        }
+        let lock = crate::file_lock::lock_exclusive(&c.dir.join(engine::MAILBOX_LOCK))?;
+        let client = AgentClient::connect(&engine::socket_path(root, &c.config.id))?;
+        Ok(FsVm {
+            vm: None,
+            client: Some(client),
+            frozen: None,
+            _lock: Some(lock),
+            _guards: Vec::new(),
+            dir: tempfile::Builder::new()
+                .prefix(&format!("vm-{}-", std::process::id()))
+                .tempdir_in(Self::work_dir(root)?)?,
+            output: engine::mailbox_window(&c.config),
+            output_file: mailbox,
+            in_place: true,
+            input: None,
+        })
     }
 
     /// Starts a helper VM on volume `v`, mounted at [`GUEST_ROOT`]:
@@ -251,6 +287,8 @@ impl FsVm {
                 guest_addr: 0,
                 len: 0,
             },
+            output_file: PathBuf::new(),
+            in_place: false,
             input: None,
         };
         let disks = disks
@@ -275,6 +313,7 @@ impl FsVm {
     ) -> anyhow::Result<()> {
         let output = self.dir.path().join("out");
         File::create(&output)?.set_len(OUTPUT_BYTES)?;
+        self.output_file = output.clone();
         let mut windows = vec![vmm::window::WindowConfig {
             path: output,
             writable: true,
@@ -356,16 +395,27 @@ impl FsVm {
     /// The whole root as a tar (`export`, `volume export`); returns the
     /// tar's length.
     pub fn export_root(&mut self) -> anyhow::Result<u64> {
-        self.copy_out(vec![CopySource {
+        let root = vec![CopySource {
             path: "/".into(),
             dest: String::new(),
             dest_is_dir: true,
-        }])
+        }];
+        // A running container's own root has /proc, /dev, /sys and its
+        // volumes mounted in it: the export is its file system only.
+        self.copy_out_of(root, self.in_place)
     }
 
     /// `paths` of the container's root (resolved inside it) as a tar,
     /// each under its `dest` name; returns the tar's length.
     pub fn copy_out(&mut self, sources: Vec<CopySource>) -> anyhow::Result<u64> {
+        self.copy_out_of(sources, false)
+    }
+
+    fn copy_out_of(
+        &mut self,
+        sources: Vec<CopySource>,
+        one_file_system: bool,
+    ) -> anyhow::Result<u64> {
         let request = Request::CopyOut {
             root: GUEST_ROOT.into(),
             sources,
@@ -373,6 +423,7 @@ impl FsVm {
             mode: None,
             output: self.output,
             offset: 0,
+            one_file_system,
         };
         self.written(&request)
     }
@@ -427,7 +478,7 @@ impl FsVm {
             Err(crate::guest::agent_client::AgentError::Remote(m))
                 if m.contains("window") && m.contains("full") =>
             {
-                Err(FsVmError::WindowFull(OUTPUT_BYTES >> 30).into())
+                Err(FsVmError::WindowFull(self.output.len >> 20).into())
             }
             Err(e) => Err(e.into()),
         }
@@ -435,7 +486,7 @@ impl FsVm {
 
     /// A reader of the first `len` bytes of the output window's file.
     pub fn output(&self, len: u64) -> anyhow::Result<impl Read> {
-        let mut f = File::open(self.dir.path().join("out"))?;
+        let mut f = File::open(&self.output_file)?;
         f.seek(SeekFrom::Start(0))?;
         Ok(std::io::BufReader::with_capacity(1 << 20, f.take(len)))
     }
@@ -446,6 +497,11 @@ impl Drop for FsVm {
         self.client.take();
         self.vm.take();
         self.frozen.take();
+        if self.in_place {
+            // The container's data left in its mailbox goes (the file
+            // stays: its VM maps it).
+            engine::clear_mailbox(&self.output_file);
+        }
     }
 }
 

@@ -109,7 +109,15 @@ pub fn write_copy(
         let entry = walk::read_entry(&path, source.file_name())?;
         if matches!(entry.kind, walk::Kind::Dir { .. }) {
             let prefix = source.dest.trim_matches('/').as_bytes();
-            walk::walk_dir(&path, prefix, &[], &mut |e, p| w.entry(e, p))?;
+            let device = opts
+                .one_file_system
+                .then(|| {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::symlink_metadata(&path).map(|m| m.dev())
+                })
+                .transpose()
+                .map_err(|e| Error::Write(io::Error::other(format!("{}: {e}", path.display()))))?;
+            walk::walk_dir_on(&path, prefix, &[], device, &mut |e, p| w.entry(e, p))?;
         } else {
             w.entry(&entry, &path)?;
         }
@@ -184,6 +192,51 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn one_file_system_keeps_mount_points_but_not_what_is_mounted() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs");
+        let img = image();
+        let mnt = img.path().join("app/data");
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let (src, target, fs) = (c(Path::new("tmpfs")), c(&mnt), c(Path::new("tmpfs")));
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fs.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        std::fs::write(mnt.join("mounted"), "M").unwrap();
+        let sources = [CopySource {
+            path: "/".into(),
+            dest: String::new(),
+            dest_is_dir: true,
+        }];
+        let list = |one_file_system| {
+            let opts = LayerOptions {
+                one_file_system,
+                ..LayerOptions::default()
+            };
+            let mut tar = Vec::new();
+            write_copy(img.path(), &sources, &mut tar, &opts).unwrap();
+            names(&tar)
+                .into_iter()
+                .map(|(n, _, _)| n)
+                .collect::<Vec<_>>()
+        };
+        let (one, all) = (list(true), list(false));
+        // SAFETY: unmounting what this test mounted.
+        unsafe { libc::umount(target.as_ptr()) };
+        assert!(one.contains(&"app/data/".to_string()), "{one:?}");
+        assert!(!one.iter().any(|n| n.starts_with("app/data/m")), "{one:?}");
+        assert!(all.contains(&"app/data/mounted".to_string()), "{all:?}");
     }
 
     #[test]

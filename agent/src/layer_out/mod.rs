@@ -78,6 +78,10 @@ pub struct LayerOptions {
     pub owner: Option<(u64, u64)>,
     /// Permission bits of every file and directory (`COPY --chmod`).
     pub mode: Option<u32>,
+    /// Copy-outs only: a directory on another file system than the
+    /// source's (a mount point: /proc, /dev, a volume of a live root) is
+    /// written, its contents are not (`tar --one-file-system`).
+    pub one_file_system: bool,
 }
 
 /// What went into the layer.

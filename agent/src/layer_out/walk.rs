@@ -96,6 +96,18 @@ pub(super) fn walk_dir(
     exclude: &[Vec<u8>],
     visit: &mut dyn FnMut(&Entry, &Path) -> Result<(), Error>,
 ) -> Result<(), Error> {
+    walk_dir_on(dir, rel, exclude, None, visit)
+}
+
+/// [`walk_dir`] that, given the `device` of `dir`'s file system, does not
+/// descend into directories of another one (mount points).
+pub(super) fn walk_dir_on(
+    dir: &Path,
+    rel: &[u8],
+    exclude: &[Vec<u8>],
+    device: Option<u64>,
+    visit: &mut dyn FnMut(&Entry, &Path) -> Result<(), Error>,
+) -> Result<(), Error> {
     let mut names = Vec::new();
     for dirent in fs::read_dir(dir).map_err(io_err(rel, "read directory"))? {
         let dirent = dirent.map_err(io_err(rel, "read directory"))?;
@@ -114,8 +126,12 @@ pub(super) fn walk_dir(
         let path = dir.join(&name);
         let entry = read_entry(&path, child_rel)?;
         visit(&entry, &path)?;
-        if matches!(entry.kind, Kind::Dir { .. }) {
-            walk_dir(&path, &entry.rel, exclude, visit)?;
+        let same_fs = || {
+            use std::os::unix::fs::MetadataExt;
+            device.is_none_or(|d| fs::symlink_metadata(&path).is_ok_and(|m| m.dev() == d))
+        };
+        if matches!(entry.kind, Kind::Dir { .. }) && same_fs() {
+            walk_dir_on(&path, &entry.rel, exclude, device, visit)?;
         }
     }
     Ok(())

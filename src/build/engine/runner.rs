@@ -245,6 +245,7 @@ impl BuildVm {
             mode,
             output: self.output,
             offset,
+            one_file_system: false,
         };
         let len = self.written(&request)?;
         self.next_offset = (offset + len).next_multiple_of(4096);
