@@ -177,7 +177,12 @@ fn append(root: &Path, event: &Event) -> std::io::Result<()> {
     if std::fs::metadata(&path).is_ok_and(|m| m.len() >= MAX_LOG) {
         rotate(root)?;
     }
-    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+    // What ran on this host, and when: root's business only.
+    let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+        OpenOptions::new().create(true).append(true),
+        0o600,
+    )
+    .open(&path)?;
     f.write_all(&line)
 }
 

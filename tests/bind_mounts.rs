@@ -198,6 +198,7 @@ fn host_directories_are_shared_live_both_ways() {
     let out = exec(root, "binder", &["cat", "/data/moved.txt"]);
     assert_eq!(text(&out).0, "from-root\n", "{:?}", text(&out));
 
+    common::assert_private_files(root);
     let daemons = virtiofsd_for(&rw);
     assert!(!daemons.is_empty());
     ok(hull(root).args(["rm", "-f", "binder"]));

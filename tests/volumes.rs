@@ -181,6 +181,8 @@ fn volume_data_outlives_containers_and_has_one_writer() {
         .output()
         .unwrap();
     assert_one_line_error(&out, "cannot read /nonexistent.tar");
+    // Volume disks (made by run -v and by import), state and logs are root's only.
+    common::assert_private_files(root);
 
     ok(hull(root).args(["volume", "rm", "site", "restored"]));
     assert!(volumes(root).is_empty());

@@ -195,7 +195,8 @@ impl StageFileReader {
     /// Truncates `path` (no stale stages of an earlier start) and reads it
     /// from the start.
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        File::create(path)?;
+        // In the container's directory, where every file is root's only.
+        crate::container::store::create_private(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             offset: 0,

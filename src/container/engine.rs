@@ -99,7 +99,7 @@ pub fn run(
     // (read back by `State::load` once this process is gone); empty
     // unless that happens.
     let record_path = dir.join(super::state::SECCOMP_RECORD);
-    let record = std::fs::File::create(&record_path)?;
+    let record = super::store::create_private(&record_path)?;
     vmm::seccomp::install_violation_handler(Some(record))?;
     crate::guest::vmm_process::record_violations_in(&record_path);
     // Held for the VM's life: one writer or many readers per volume.
@@ -588,11 +588,15 @@ fn setup_root(
 /// ([`mailbox_is_writable`]).
 fn mailbox(dir: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join(MAILBOX);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
+    // It carries files copied into and out of the container.
+    let f = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+        0o600,
+    )
+    .open(&path)?;
     if f.metadata()?.len() != MAILBOX_BYTES {
         f.set_len(MAILBOX_BYTES)?;
     }

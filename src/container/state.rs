@@ -122,7 +122,7 @@ impl State {
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(format!(".state.json.{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, bytes)?;
+        std::io::Write::write_all(&mut super::store::create_private(&tmp)?, &bytes)?;
         std::fs::rename(tmp, dir.join("state.json"))
     }
 }

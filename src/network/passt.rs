@@ -86,10 +86,11 @@ impl Passt {
         let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
         let fd = theirs.as_raw_fd();
         let stderr = match log.map(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().create(true).append(true),
+                0o600,
+            )
+            .open(p)
         }) {
             Some(Ok(f)) => Stdio::from(f),
             _ => Stdio::null(),

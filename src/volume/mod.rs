@@ -225,7 +225,8 @@ impl VolumeStore {
 /// volume's data must survive a VM killed mid-write).
 fn mkfs(path: &Path, size: u64, label: &str) -> Result<(), VolumeError> {
     let io = |e| VolumeError::Io(path.to_path_buf(), e);
-    File::create(path)
+    // Only root (and the VMM that opens it as root) reads a volume's data.
+    crate::container::store::create_private(path)
         .and_then(|f| f.set_len(size))
         .map_err(io)?;
     // Labels are at most 16 bytes.

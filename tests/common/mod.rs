@@ -323,3 +323,32 @@ pub fn wait_gone(pid: i32, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Asserts that no file with content under the hull root's containers,
+/// volumes and event log is readable by anyone but its owner (config
+/// with `-e` values, logs, disks, state, mailboxes). Image data (blobs,
+/// image disks) and hull's own caches may be shared; empty lock files
+/// hold nothing.
+pub fn assert_private_files(root: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut open = Vec::new();
+    let mut stack = vec![
+        root.join("containers"),
+        root.join("volumes"),
+        root.join("events.jsonl"),
+    ];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+        } else if meta.is_file()
+            && meta.blocks() + meta.len() > 0
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            open.push(format!("{} {:o}", p.display(), meta.permissions().mode()));
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+}
