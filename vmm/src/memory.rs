@@ -93,8 +93,7 @@ pub fn create(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// guest's buffers. Still `MAP_NORESERVE`; the memfd grows as the guest
 /// touches pages.
 pub fn create_shared(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges = ram_ranges(mem_mib)?;
-    let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+    let (ranges, total) = ranges_and_total(mem_mib)?;
     let memfd = guest_memfd(total)?;
     map_regions(vm, ranges, &memfd, libc::MAP_SHARED)
 }
@@ -107,8 +106,7 @@ pub fn create_shared_from_file(
     mem_mib: u64,
     file: &std::fs::File,
 ) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges = ram_ranges(mem_mib)?;
-    let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+    let (ranges, total) = ranges_and_total(mem_mib)?;
     check_file_len(file, total)?;
     let memfd = guest_memfd(total)?;
     copy_data_extents(file, &memfd, total).map_err(MemoryError::MapFile)?;
@@ -154,6 +152,13 @@ fn copy_data_extents(from: &std::fs::File, to: &std::fs::File, len: u64) -> std:
         offset = end;
     }
     Ok(())
+}
+
+/// [`ram_ranges`] and the bytes they hold.
+fn ranges_and_total(mem_mib: u64) -> Result<(Vec<(GuestAddress, usize)>, u64), MemoryError> {
+    let ranges = ram_ranges(mem_mib)?;
+    let total = ranges.iter().map(|(_, len)| *len as u64).sum();
+    Ok((ranges, total))
 }
 
 /// An anonymous memory file of `len` bytes, closed on exec.
@@ -206,8 +211,7 @@ pub fn create_from_file(
     mem_mib: u64,
     file: &std::fs::File,
 ) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges = ram_ranges(mem_mib)?;
-    let total: u64 = ranges.iter().map(|(_, len)| *len as u64).sum();
+    let (ranges, total) = ranges_and_total(mem_mib)?;
     check_file_len(file, total)?;
     map_regions(vm, ranges, file, libc::MAP_PRIVATE)
 }
