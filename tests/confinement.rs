@@ -139,6 +139,14 @@ fn guest_facing_threads_are_filtered_and_a_violation_is_recorded() {
         .unwrap());
     let (vm, supervisor) = pids.trim().split_once(' ').unwrap();
     assert_ne!(vm, supervisor, "the VM runs in a process of its own");
+    // ... the slim VMM binary, not the hull CLI.
+    let cmdline = std::fs::read(format!("/proc/{vm}/cmdline")).unwrap();
+    let argv0 = cmdline.split(|&b| b == 0).next().unwrap();
+    assert!(
+        argv0.ends_with(b"/hull-vmm"),
+        "{:?}",
+        String::from_utf8_lossy(argv0)
+    );
     let vm_threads = thread_seccomp(vm);
     let supervisor_threads = thread_seccomp(supervisor);
     let walls = jail_walls(vm);

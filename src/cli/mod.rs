@@ -109,9 +109,6 @@ enum Command {
         #[command(subcommand)]
         command: volume::VolumeCommand,
     },
-    /// (internal) A VM's confined VMM process (`guest::vmm_process`).
-    #[command(name = "__vmm", hide = true)]
-    VmmProcess,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,7 +161,6 @@ impl Cli {
     pub fn run(self, root: &Path) -> anyhow::Result<u8> {
         match self.command {
             Command::Build(args) => build::run(args, root),
-            Command::VmmProcess => Ok(crate::guest::vmm_process::child::main()),
             Command::Info => info::run(root),
             Command::Version => version::run(root),
             Command::Completion { shell } => completion::run(shell),

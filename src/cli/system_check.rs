@@ -159,17 +159,23 @@ fn leaked_vmms(root: &Path, containers: &[Container]) -> Vec<String> {
     problems
 }
 
-/// `hull __vmm` processes (a VM's confined VMM process) whose hull
-/// process is gone: they die with it (parent-death signal), so one still
-/// there was missed. Their root is not on their command line: this is
-/// checked whatever the root.
+/// `hull-vmm` processes (a VM's confined VMM process) whose hull process
+/// is gone: they die with it (parent-death signal), so one still there
+/// was missed. Their root is not on their command line: this is checked
+/// whatever the root.
 fn orphaned_vm_processes() -> Vec<String> {
+    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let named = |p: i32, name: &str| exe(p).is_some_and(|e| e.file_name() == Some(name.as_ref()));
     processes()
         .into_iter()
-        .filter(|(_, args)| args.get(1).is_some_and(|a| a == "__vmm"))
+        .filter(|(pid, args)| {
+            named(*pid, "hull-vmm")
+                || args
+                    .first()
+                    .is_some_and(|a| a.rsplit('/').next() == Some("hull-vmm"))
+        })
         .filter(|(pid, _)| {
-            let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-            parent_of(*pid).is_none_or(|parent| parent <= 1 || exe(parent) != exe(*pid))
+            parent_of(*pid).is_none_or(|parent| parent <= 1 || !named(parent, "hull"))
         })
         .map(|(pid, _)| format!("VMM process {pid} outlived the hull process that started it"))
         .collect()

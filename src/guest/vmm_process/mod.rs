@@ -3,7 +3,8 @@
 //! A guest that escapes its kernel reaches the VMM: its vCPU loop and the
 //! devices parsing what the guest puts in memory. So the VMM runs apart
 //! from hull (which holds the image store, the container's state and its
-//! locks) in `hull __vmm`, made by one `clone3` in new PID, mount, IPC, UTS
+//! locks) in `hull-vmm`, a binary of its own (the `hull-vmm` crate: the
+//! VMM, its launch spec and its jail, nothing else), made by one `clone3` in new PID, mount, IPC, UTS
 //! and network namespaces ([`spawn`]). It opens what the VM needs, then
 //! ([`jail`]) pivots into an empty read-only root and drops to an
 //! unprivileged user with no capabilities before the guest runs; its
@@ -24,10 +25,9 @@
 //! the host delegates it).
 
 pub mod cgroup;
-pub mod child;
-mod jail;
 mod spawn;
-pub mod spec;
+
+pub use hull_vmm::{child, spec};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -131,13 +131,13 @@ impl VmmProcess {
             fds.push((memory.as_raw_fd(), SNAPSHOT_MEMORY_FD));
         }
         fds.extend((net_fds.iter().zip(FIRST_NET_FD..)).map(|(&fd, n)| (fd, n)));
-        let exe = std::env::current_exe().map_err(VmmProcessError::Spawn)?;
+        let exe = vmm_binary().map_err(VmmProcessError::Spawn)?;
         let namespaces = if spec.rootless {
             spawn::Namespaces::RootlessJail
         } else {
             spawn::Namespaces::Jail
         };
-        let spawned = spawn::spawn(&exe, &["__vmm"], &fds, namespaces).map_err(|e| {
+        let spawned = spawn::spawn(&exe, &[], &fds, namespaces).map_err(|e| {
             VmmProcessError::Spawn(std::io::Error::new(
                 e.kind(),
                 format!(
@@ -375,6 +375,29 @@ fn open_snapshot(dir: &Path) -> Result<(std::fs::File, std::fs::File), VmmProces
     Ok((
         open(vmm::snapshot::STATE_FILE)?,
         open(vmm::snapshot::MEMORY_FILE)?,
+    ))
+}
+
+/// Set to the VMM binary to run instead of the `hull-vmm` beside hull.
+pub const VMM_BIN_ENV: &str = "HULL_VMM_BIN";
+
+/// The slim VMM binary: `hull-vmm` in hull's own directory (installed and
+/// built together), or [`VMM_BIN_ENV`].
+fn vmm_binary() -> std::io::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(VMM_BIN_ENV) {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name("hull-vmm");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!(
+            "{} is missing: hull runs every VM in it (build it with hull: cargo build -p hull)",
+            beside.display()
+        ),
     ))
 }
 

@@ -1,6 +1,6 @@
 //! Making the VMM process: one `clone3` creates it in its own PID, mount,
 //! IPC, UTS and network namespaces and hands back a pidfd, then it `exec`s
-//! `hull __vmm`. `std::process::Command` cannot create namespaces for the
+//! `hull-vmm`. `std::process::Command` cannot create namespaces for the
 //! child itself (a `pre_exec` unshare of the PID namespace only applies to
 //! the child's children), and doing it in the child would need a second
 //! fork: one process more per VM.

@@ -1,9 +1,9 @@
-//! `hull __vmm`: the VMM process. It reads its [`LaunchSpec`], creates the
+//! `hull-vmm`: the VMM process. It reads its [`LaunchSpec`], creates the
 //! VM (restoring a snapshot or booting), confines itself and runs the VM
 //! until it ends. Its exit status tells the host how.
 
-use super::jail;
-use super::spec::{LaunchSpec, SERIAL_FD, SNAPSHOT_MEMORY_FD, SNAPSHOT_STATE_FD};
+use crate::jail;
+use crate::spec::{LaunchSpec, SERIAL_FD, SNAPSHOT_MEMORY_FD, SNAPSHOT_STATE_FD};
 
 /// Exit status: the guest shut down (or reset).
 pub const EXIT_SHUTDOWN: u8 = 0;
