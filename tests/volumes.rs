@@ -235,13 +235,16 @@ fn anonymous_volumes_and_bad_input() {
     let before = ok(hull(root).args(["ps", "-aq"]));
     for (args, needle) in [
         (
-            vec!["-v", "/srv:/x"],
-            "bind mounts (/srv) are not supported yet",
+            vec!["-v", "/nonexistent-hull-source:/x"],
+            "bind source path does not exist",
         ),
         (vec!["-v", "keep:relative"], "must be absolute"),
         (vec!["-v", "keep:/x:rx"], "must be ro or rw"),
         (vec!["--volume=-bad:/x"], "invalid volume name"),
-        (vec!["--mount", "type=tmpfs,target=/x"], "only type=volume"),
+        (
+            vec!["--mount", "type=tmpfs,target=/x"],
+            "type must be volume or bind",
+        ),
         (
             vec!["-v", "keep:/x", "-v", "other:/x"],
             "duplicate mount point /x",
