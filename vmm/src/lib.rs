@@ -471,7 +471,7 @@ impl Vm {
             vcpus: vcpu_states,
         };
         let path = dir.join(snapshot::MEMORY_FILE);
-        let file = std::fs::File::create(&path)
+        let file = snapshot::private_file(&path)
             .map_err(|e| snapshot::SnapshotError::Io(path.display().to_string(), e))?;
         memory::dump(&self.mem, &file)?;
         file.sync_all()

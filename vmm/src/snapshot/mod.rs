@@ -83,6 +83,18 @@ pub struct VmState {
     pub vcpus: Vec<VcpuState>,
 }
 
+/// A new file only its owner can read: a snapshot holds a guest's memory
+/// and registers.
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl VmState {
     /// The snapshot's network devices: [`VmState::nics`], or one for a
     /// snapshot written with only the older `net` flag.
@@ -95,7 +107,8 @@ impl VmState {
         let path = dir.join(STATE_FILE);
         let json = serde_json::to_vec(self)
             .map_err(|e| SnapshotError::Invalid(format!("cannot encode state: {e}")))?;
-        std::fs::write(&path, json).map_err(|e| SnapshotError::Io(path.display().to_string(), e))
+        let io = |e| SnapshotError::Io(path.display().to_string(), e);
+        std::io::Write::write_all(&mut private_file(&path).map_err(io)?, &json).map_err(io)
     }
 
     /// Reads `state.json` from `dir` and checks its format.
