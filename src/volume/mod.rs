@@ -116,8 +116,14 @@ pub fn valid_name(name: &str) -> bool {
 fn write_meta(dir: &Path, meta: &VolumeMeta) -> Result<(), VolumeError> {
     let tmp = dir.join(".volume.json.tmp");
     let io = |e| VolumeError::Io(dir.to_path_buf(), e);
-    std::fs::write(&tmp, serde_json::to_vec_pretty(meta).unwrap_or_default()).map_err(io)?;
+    write_private(&tmp, &serde_json::to_vec_pretty(meta).unwrap_or_default()).map_err(io)?;
     std::fs::rename(&tmp, dir.join(META)).map_err(io)
+}
+
+/// Writes `bytes` to a new file only root reads (like everything of a
+/// volume's: its metadata names the containers that use it).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::io::Write::write_all(&mut crate::container::store::create_private(path)?, bytes)
 }
 
 impl VolumeStore {
@@ -287,7 +293,7 @@ pub fn attach(v: &Volume, holder: &str, read_only: bool) -> Result<Attached, Vol
         None
     } else {
         let path = v.dir.join(HOLDER);
-        std::fs::write(&path, holder).map_err(io)?;
+        write_private(&path, holder.as_bytes()).map_err(io)?;
         Some(path)
     };
     Ok(Attached { _lock: f, holder })
