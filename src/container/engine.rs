@@ -251,11 +251,15 @@ fn run_inner(
     // The container's process is gone: refuse new connections now.
     drop(ports);
     tracing::debug!("process exited at {:?}", t0.elapsed());
-    if config.auto_remove && config.mounts.iter().all(|m| m.read_only) {
+    if config.auto_remove
+        && config.mounts.iter().all(|m| m.read_only)
+        && config.binds.iter().all(|b| b.read_only)
+    {
         // Nothing of a --rm container's VM outlives it (its writable layer
         // is guest tmpfs, its image disk read-only): end it without the
-        // guest's shutdown work. A volume it writes needs that work: its
-        // file system unmounted clean.
+        // guest's shutdown work. A volume or a bind mount it writes needs
+        // that work: its file system unmounted clean (the guest's dirty
+        // pages of a shared file written out through virtiofsd).
         drop(vm);
     } else {
         AgentClient::connect(&vm.uds)?.shutdown()?;
@@ -581,7 +585,7 @@ fn setup_root(
 }
 
 /// The container's mailbox: a sparse host file every container VM has
-/// as a read-only memory window, through which `hull cp` hands a running
+/// as a memory window (read-only but for `--rm` containers), through which `hull cp` hands a running
 /// container's agent a tar (the guest reads it in place, no copy over
 /// vsock). Hull writes it only while holding [`MAILBOX_LOCK`]; a `--rm`
 /// container's agent writes what hull asks of it there too
