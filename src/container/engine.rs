@@ -251,6 +251,12 @@ fn run_inner(
     // The container's process is gone: refuse new connections now.
     drop(ports);
     tracing::debug!("process exited at {:?}", t0.elapsed());
+    end_vm(vm, config)?;
+    Ok(code)
+}
+
+/// Ends a container's VM once its process has exited.
+fn end_vm(vm: RunningVm, config: &ContainerConfig) -> anyhow::Result<()> {
     if config.auto_remove
         && config.mounts.iter().all(|m| m.read_only)
         && config.binds.iter().all(|b| b.read_only)
@@ -265,7 +271,7 @@ fn run_inner(
         AgentClient::connect(&vm.uds)?.shutdown()?;
         vm.wait(Duration::from_secs(120))?;
     }
-    Ok(code)
+    Ok(())
 }
 
 /// The container VM's two disks: the image's root filesystem (prepared
