@@ -8,7 +8,6 @@
 //! The finished image is cut to its length, cached by the chain of layer
 //! digests and attached read-only to every container of the image.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -238,7 +237,8 @@ impl<'p> RootfsCache<'p> {
             Ok(stats) => {
                 stage.done_with(Some(&stats_line(layers.len(), &stats)));
                 std::fs::rename(&tmp, &path)?;
-                let mut meta = File::create(self.dir.join(format!("{key}.json")))?;
+                let mut meta =
+                    crate::container::store::create_private(&self.dir.join(format!("{key}.json")))?;
                 meta.write_all(&serde_json::to_vec_pretty(&stats)?)?;
                 Ok((path, Some(stats)))
             }
@@ -353,7 +353,9 @@ fn prepare(
         sizes.push(len);
     }
     let output_len = disk_size(sizes.iter().sum());
-    let f = File::create(disk).map_err(|e| RootfsError::Disk(disk.into(), e))?;
+    // An image's files, for root (and the VMMs it opens them for) only.
+    let f = crate::container::store::create_private(disk)
+        .map_err(|e| RootfsError::Disk(disk.into(), e))?;
     f.set_len(output_len)
         .map_err(|e| RootfsError::Disk(disk.into(), e))?;
     let request = unpack_request(&sizes, output_len)?;
@@ -480,7 +482,7 @@ mod tests {
     fn bytes_written_into_a_sparse_disk_are_reported_while_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("image");
-        let f = File::create(&disk).unwrap();
+        let f = std::fs::File::create(&disk).unwrap();
         f.set_len(64 << 20).unwrap();
         let updates = Updates::default();
         let answer = while_watching_written(&disk, &updates, || {

@@ -324,20 +324,22 @@ pub fn wait_gone(pid: i32, what: &str) {
     }
 }
 
-/// Asserts that no file with content under the hull root's containers,
-/// volumes and event log is readable by anyone but its owner (config
-/// with `-e` values, logs, disks, state, mailboxes). Image data (blobs,
-/// image disks) and hull's own caches may be shared; empty lock files
-/// hold nothing.
+/// Asserts that no file with content under the hull root is readable by
+/// anyone but its owner (containers' config with `-e` values, logs,
+/// disks, state and mailboxes; volumes; images and image disks; the event
+/// log), except what must be: hull's own initramfs (`cache/`: the agent,
+/// the same for everyone) and container mode's unpacked layers
+/// (`oci/lower`: the container's own users, mapped to unprivileged host
+/// IDs, read them). Empty lock files hold nothing.
 pub fn assert_private_files(root: &Path) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut open = Vec::new();
-    let mut stack = vec![
-        root.join("containers"),
-        root.join("volumes"),
-        root.join("events.jsonl"),
-    ];
+    let shared = [root.join("cache"), root.join("oci").join("lower")];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
+        if shared.contains(&p) {
+            continue;
+        }
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
