@@ -83,4 +83,36 @@ for i, (pick, doc) in enumerate([(1, manifest), (0, manifest), (2, index), (0, i
                                   (4, index), (3, manifest), (5, config)]):
     put("image_manifest", f"doc{i}", bytes([pick]) + json.dumps(doc).encode())
 PY
+# agent_unpack: the layers above, and layers that try to leave the target
+# (the fuzzer runs next to a directory "outside" holding "canary").
+mkdir -p "$corpus/agent_unpack"
+cp "$corpus/agent_tar/"* "$corpus/agent_unpack/"
+python3 - "$corpus/agent_unpack" <<'PY'
+import io, sys, tarfile
+out = sys.argv[1]
+def layer(name, entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for kind, path, arg in entries:
+            i = tarfile.TarInfo(path)
+            if kind == "file":
+                i.size = len(arg)
+                t.addfile(i, io.BytesIO(arg))
+                continue
+            if kind == "dir":
+                i.type, i.mode = tarfile.DIRTYPE, arg
+            elif kind == "sym":
+                i.type, i.linkname = tarfile.SYMTYPE, arg
+            elif kind == "hard":
+                i.type, i.linkname = tarfile.LNKTYPE, arg
+            t.addfile(i)
+    open(f"{out}/{name}", "wb").write(buf.getvalue())
+layer("dotdot", [("file", "../outside/canary", b"x"), ("file", "../../x", b"y")])
+layer("symlink-dir", [("sym", "l", "../outside"), ("file", "l/canary", b"x"), ("file", "l/new", b"n")])
+layer("symlink-abs", [("sym", "a", "/"), ("dir", "a/d", 0o755), ("file", "a/f", b"f")])
+layer("hardlink-out", [("hard", "h", "../outside/canary"), ("file", "h", b"x")])
+layer("whiteouts", [("dir", "d", 0o000), ("file", "d/f", b"f"), ("file", "d/.wh.f", b""),
+                    ("file", ".wh...", b""), ("file", "d/.wh..wh..opq", b""), ("sym", "s", ".."),
+                    ("file", ".wh.s", b""), ("file", "s/.wh.outside", b"")])
+PY
 echo "seeded $corpus"
