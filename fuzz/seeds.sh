@@ -83,6 +83,24 @@ for i, (pick, doc) in enumerate([(1, manifest), (0, manifest), (2, index), (0, i
                                   (4, index), (3, manifest), (5, config)]):
     put("image_manifest", f"doc{i}", bytes([pick]) + json.dumps(doc).encode())
 PY
+# layer_tar, agent_tar: a checksummed header whose base-256 size is
+# 2^64 - 1 (tarwalk's padded length overflowed on it).
+python3 - "$corpus" <<'PY'
+import sys
+h = bytearray(512)
+h[0:3] = b"big"
+for at, field in ((100, b"0000644\0"), (108, b"0000000\0"), (116, b"0000000\0"),
+                  (136, b"00000000000\0")):
+    h[at:at + len(field)] = field
+h[124:136] = b"\x80\0\0\0" + b"\xff" * 8
+h[156] = ord("0")
+h[257:265] = b"ustar\x0000"
+h[148:156] = b" " * 8
+h[148:156] = ("%06o\0 " % sum(h)).encode()
+for target in ("layer_tar", "agent_tar"):
+    open(f"{sys.argv[1]}/{target}/size-overflow", "wb").write(bytes(h) + bytes(1024))
+PY
+
 # agent_unpack: the layers above, and layers that try to leave the target
 # (the fuzzer runs next to a directory "outside" holding "canary").
 mkdir -p "$corpus/agent_unpack"
