@@ -63,11 +63,7 @@ impl Reference {
             }
         }
         let (domain, path) = match name.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), rest.to_owned())
-            }
+            Some((first, rest)) if looks_like_host(first) => (first.to_owned(), rest.to_owned()),
             _ => (DOCKER_HUB.to_owned(), name.to_owned()),
         };
         if !valid_domain(&domain) {
@@ -161,15 +157,22 @@ impl Reference {
         s
     }
 
-    /// Short repository name (`busybox`, `localhost:5000/a/b`).
+    /// Short repository name (`busybox`, `localhost:5000/a/b`): shortened
+    /// only as far as it parses back to the same repository (found by the
+    /// `image_reference` fuzz target: `docker.io/example.com/x` was shown
+    /// as `example.com/x`, a repository on another registry).
     pub fn familiar_repository(&self) -> String {
-        if self.domain == DOCKER_HUB {
-            self.path
-                .strip_prefix("library/")
-                .unwrap_or(&self.path)
-                .to_owned()
-        } else {
-            self.repository()
+        if self.domain != DOCKER_HUB {
+            return self.repository();
+        }
+        // Docker's rule: `library/` goes only before a single component.
+        let short = match self.path.strip_prefix("library/") {
+            Some(rest) if !rest.contains('/') => rest,
+            _ => &self.path,
+        };
+        match short.split_once('/') {
+            Some((first, _)) if looks_like_host(first) => self.repository(),
+            _ => short.to_owned(),
         }
     }
 
@@ -201,6 +204,12 @@ impl std::str::FromStr for Reference {
     fn from_str(s: &str) -> Result<Self> {
         Self::parse(s)
     }
+}
+
+/// Whether the first component of a name is a registry host rather than
+/// part of a Docker Hub path (Docker's rule).
+fn looks_like_host(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost"
 }
 
 fn valid_tag(t: &str) -> bool {
@@ -306,6 +315,24 @@ mod tests {
             Reference::parse("localhost:5000/a").unwrap().familiar(),
             "localhost:5000/a:latest"
         );
+    }
+
+    #[test]
+    fn familiar_names_parse_back_to_the_same_image() {
+        // Found by fuzzing: a Docker Hub path whose first component looks
+        // like a host, or a nested path under `library/`, was shortened
+        // into a name for another repository.
+        for (input, familiar) in [
+            ("docker.io/example.com/x", "docker.io/example.com/x:latest"),
+            ("docker.io/localhost/x:1", "docker.io/localhost/x:1"),
+            ("docker.io/library/a/b", "library/a/b:latest"),
+            ("docker.io/library/a", "a:latest"),
+            ("docker.io/user/a.b", "user/a.b:latest"),
+        ] {
+            let r = Reference::parse(input).unwrap();
+            assert_eq!(r.familiar(), familiar, "{input}");
+            assert_eq!(Reference::parse(&r.familiar()).unwrap(), r, "{input}");
+        }
     }
 
     #[test]

@@ -59,14 +59,21 @@ pub fn walk<R: Read>(
         if kind == b'S' {
             offset += skip_sparse_extensions(r, &h)?;
         }
-        let padded = size.div_ceil(BLOCK) * BLOCK;
+        // A size of up to 2^64 - 1 (base-256 or PAX) must not wrap the
+        // padded length to a small one (found by review while writing the
+        // `layer_tar` fuzz target).
+        let padded = size
+            .checked_next_multiple_of(BLOCK)
+            .ok_or(Error::BadHeader(offset - BLOCK))?;
         if kind == b'x' {
             pax_size = pax_record_size(r, size)?;
             skip_exact(r, padded - size, &mut skip)?;
         } else {
             skip_exact(r, padded, &mut skip)?;
         }
-        offset += padded;
+        offset = offset
+            .checked_add(padded)
+            .ok_or(Error::BadHeader(offset - BLOCK))?;
         entries += u64::from(!meta);
     }
     // No end-of-archive blocks: accepted, as GNU tar does.
@@ -208,6 +215,36 @@ mod tests {
         assert_eq!(walk_bytes(&t).unwrap(), 2);
         // Cut inside the last entry's data.
         assert!(matches!(walk_bytes(&t[..2660]), Err(Error::Truncated)));
+    }
+
+    /// A header with its checksum recomputed after `edit`.
+    fn edited(name: &str, kind: u8, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut h = header(name, kind, 0);
+        edit(&mut h);
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    #[test]
+    fn sizes_near_the_u64_limit_are_bad_headers_not_overflows() {
+        // A base-256 size of 2^64 - 1: its padded length does not fit.
+        let mut t = edited("big", b'0', |h| {
+            h[124] = 0x80;
+            h[125..128].fill(0);
+            h[128..136].fill(0xff);
+        });
+        t.extend(vec![0u8; 1024]);
+        assert!(matches!(walk_bytes(&t), Err(Error::BadHeader(0))));
+        // The same size from a PAX record.
+        let rec = b"30 size=18446744073709551615\n";
+        let mut t = header("pax", b'x', rec.len() as u64);
+        t.extend(rec);
+        t.resize(1024, 0);
+        t.extend(header("big", b'0', 0));
+        t.extend(vec![0u8; 1024]);
+        assert!(matches!(walk_bytes(&t), Err(Error::BadHeader(1024))));
     }
 
     #[test]

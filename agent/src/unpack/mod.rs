@@ -26,7 +26,9 @@
 /// `*at` calls and path resolution inside a root (`openat2(RESOLVE_IN_ROOT)`).
 pub mod apply;
 mod erofs;
-mod gzip;
+// Public, hidden, for the fuzz target `agent_gzip` (fuzz/fuzz_targets).
+#[doc(hidden)]
+pub mod gzip;
 mod image;
 mod tar;
 mod tree;
@@ -860,6 +862,26 @@ fn read_layer(
     stats.compressed_bytes = counter.get();
     stats.elapsed = start.elapsed();
     Ok((stats, tar.into_buffer()))
+}
+
+/// Reads a layer blob through the same decompression, inflation cap and
+/// tar reader as [`Unpacker::apply_layer_within`], skipping every entry's
+/// data instead of applying it. Public, hidden, for the fuzz targets
+/// (`agent_tar`, `agent_gzip` in fuzz/fuzz_targets): it needs no target
+/// directory. The statistics count every entry as a file.
+#[doc(hidden)]
+pub fn scan_layer(mut blob: impl Read, max_tar: u64, buffer_size: usize) -> Result<Stats, Error> {
+    let buf = vec![0u8; buffer_size].into_boxed_slice();
+    let (stats, _) = read_layer(&mut blob, buf, max_tar, |tar| {
+        let mut stats = Stats::default();
+        while let Some(e) = tar.next_entry()? {
+            tar.skip(e.size, &e.path)?;
+            stats.files += 1;
+            stats.data_bytes += e.size;
+        }
+        Ok(stats)
+    })?;
+    Ok(stats)
 }
 
 /// Opens a layer blob (plain tar, gzip or zstd, told by its first bytes)
