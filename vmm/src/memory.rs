@@ -326,8 +326,9 @@ mod tests {
         mem.write_obj(0xfeed_u64, GuestAddress(0x5000)).unwrap();
         mem.write_obj(0xbeef_u64, GuestAddress((32 << 20) - 8))
             .unwrap();
-        let dir = tempfile_dir().join("shared");
-        std::fs::create_dir_all(&dir).unwrap();
+        // Its own directory: the test beside it removes the shared one.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let file = std::fs::File::create(dir.join("mem")).unwrap();
         dump(&mem, &file).unwrap();
         let file = std::fs::File::open(dir.join("mem")).unwrap();
@@ -347,7 +348,7 @@ mod tests {
         let mut word = [0u8; 8];
         std::os::unix::fs::FileExt::read_exact_at(&memfd, &mut word, 0x5000).unwrap();
         assert_eq!(u64::from_le_bytes(word), 7);
-        std::fs::remove_dir_all(dir).unwrap();
+        drop(tmp);
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
