@@ -101,7 +101,7 @@ pub fn is_running(c: &Container) -> std::io::Result<bool> {
 }
 
 /// `hull cp` into a running container: the tar goes into the container's
-/// mailbox file (a read-only memory window of its VM), and the
+/// mailbox file (a memory window of its VM), and the
 /// container's own agent unpacks it into its live root, so its processes
 /// see the files at once. No bytes cross vsock.
 pub fn copy_into_running(root: &Path, c: &Container, tar: &Path, dest: &str) -> anyhow::Result<()> {

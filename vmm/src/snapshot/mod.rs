@@ -162,6 +162,21 @@ mod tests {
     use super::nic_count;
 
     #[test]
+    fn snapshot_files_are_their_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        drop(super::private_file(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "truncated");
+        let fresh = dir.path().join("state.json");
+        drop(super::private_file(&fresh).unwrap());
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    #[test]
     fn snapshots_from_before_multi_nic_keep_their_one_device() {
         // Written with only `net`: none or one device.
         assert_eq!(nic_count(0, false), 0);
