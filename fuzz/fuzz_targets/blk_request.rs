@@ -73,6 +73,6 @@ fuzz_target!(|data: &[u8]| {
     let (rw, ro) = disks.get_or_insert_with(open_disks);
     let disk = if control & 2 != 0 { ro } else { rw };
     // Errors are fine (a broken used ring); panics and overflows are not.
-    let _ = process_queue(&mut queue, &mem, disk, &id);
+    let _ = process_queue(&mut queue, &mem, disk, &id, &vmm::virtio::Misbehaviour::new("fuzz"));
     assert_eq!(disk.sectors(), DISK_SECTORS, "the image changed size");
 });

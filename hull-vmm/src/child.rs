@@ -15,6 +15,7 @@ pub const EXIT_FAILED: u8 = 3;
 /// Runs the VMM process; returns its exit status. Why it failed goes to
 /// its stdout, a pipe hull reads: hull says it in its own one line.
 pub fn main() -> u8 {
+    crate::log::init();
     match run() {
         Ok(code) => code,
         Err(e) => {

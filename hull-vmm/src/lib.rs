@@ -7,4 +7,5 @@
 
 pub mod child;
 pub mod jail;
+pub mod log;
 pub mod spec;

@@ -21,6 +21,14 @@ pub struct DebugBootArgs {
     /// Extra kernel command-line parameters.
     #[arg(long)]
     pub append: Option<String>,
+    /// Attach a disk image as virtio-blk (FILE or FILE:ro); /dev/vda, vdb, ... in order.
+    #[arg(long = "disk", value_name = "FILE[:ro]")]
+    pub disks: Vec<String>,
+    /// Run this program of the first disk (an ext4 root) as PID 1 instead of
+    /// the agent; the VM also gets a vsock device. For testing the VMM with
+    /// guests that are not hull's (tests/hostile_guest.rs).
+    #[arg(long, value_name = "PATH")]
+    pub init: Option<String>,
 }
 
 /// Errors of a debug boot.
@@ -29,6 +37,37 @@ pub enum DebugBootError {
     /// The VM ended without the agent saying it shut down.
     #[error("VM ended without a clean agent shutdown ({0})")]
     NoShutdown(String),
+}
+
+/// Boots `init` from the first disk instead of the agent: the initramfs's
+/// init is skipped (an `rdinit` that does not exist makes the kernel mount
+/// `root=` and run `init=`). Returns the vsock socket it gave the VM.
+fn own_init(config: &mut vmm::VmConfig, root: &Path, init: &str) -> anyhow::Result<PathBuf> {
+    if config.disks.is_empty() || !init.starts_with('/') || init.contains(char::is_whitespace) {
+        anyhow::bail!("--init needs an absolute path without spaces and a --disk to find it on");
+    }
+    config.cmdline.push_str(&format!(
+        " rdinit=/hull-no-agent root=/dev/vda ro init={init}"
+    ));
+    let run_dir = root.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    let uds = run_dir.join(format!("debug-boot-{}.vsock", std::process::id()));
+    config.vsock_uds = Some(uds.clone());
+    Ok(uds)
+}
+
+/// A VM with its own init: a guest reset or power-off is its normal end.
+fn own_init_ended(exit: vmm::VmExit, total: f64) -> anyhow::Result<u8> {
+    match exit {
+        vmm::VmExit::GuestShutdown => {
+            eprintln!("hull: VM ended after {total:.2} s: the guest stopped");
+            Ok(0)
+        }
+        vmm::VmExit::GuestCrash(why) => Err(DebugBootError::NoShutdown(why).into()),
+        vmm::VmExit::HostStop | vmm::VmExit::Snapshotted => {
+            Err(DebugBootError::NoShutdown("stopped by host".into()).into())
+        }
+    }
 }
 
 /// Boots and reports; returns the agent's exit status.
@@ -47,6 +86,15 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         progress: None,
     };
     let (mut config, seen) = guest_vm::config(root, &opts)?;
+    config.disks = args
+        .disks
+        .iter()
+        .map(|d| super::debug_run::parse_disk(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vsock = match &args.init {
+        Some(init) => Some(own_init(&mut config, root, init)?),
+        None => None,
+    };
     if let Some(extra) = &args.append {
         config.cmdline.push(' ');
         config.cmdline.push_str(extra);
@@ -56,7 +104,11 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
     let start = Instant::now();
     // The VM runs on this thread, whose filter a refused call trips: say so.
     vmm::seccomp::install_violation_handler(None)?;
-    let exit = vmm::Vm::new(config)?.run()?;
+    let exit = vmm::Vm::new(config)?.run();
+    if let Some(uds) = vsock {
+        let _ = std::fs::remove_file(uds);
+    }
+    let exit = exit?;
     let total = start.elapsed().as_secs_f64();
 
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -66,6 +118,9 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
             seen.dropped(),
             seen.overlong()
         );
+    }
+    if args.init.is_some() {
+        return own_init_ended(exit, total);
     }
     for (at, status) in seen.iter() {
         if let Status::Ready { uptime, .. } = status {

@@ -52,7 +52,8 @@ pub enum DebugRunError {
     NoDisk(PathBuf),
 }
 
-fn parse_disk(s: &str) -> Result<vmm::DiskConfig, DebugRunError> {
+/// A `--disk FILE[:ro]` value.
+pub(crate) fn parse_disk(s: &str) -> Result<vmm::DiskConfig, DebugRunError> {
     let (path, read_only) = match s.strip_suffix(":ro") {
         Some(p) => (p, true),
         None => (s, false),

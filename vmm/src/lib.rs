@@ -388,6 +388,7 @@ impl Vm {
         self.shared.stop.store(true, Ordering::Release);
         let vcpus: Vec<Option<VcpuFd>> =
             threads.into_iter().map(VcpuThread::stop_and_join).collect();
+        self.log_misbehaviour();
         if let Some(e) = loop_error {
             return Err(VmError::EventLoop(e));
         }
@@ -414,6 +415,19 @@ impl Vm {
                 Ok(VmExit::Snapshotted)
             }
             (Some(ExitAction::Continue) | None, None) => Ok(VmExit::HostStop),
+        }
+    }
+
+    /// The guest's misbehaviour over the VM's life, one line, if any: the
+    /// devices logged only a bounded sample of it as it happened.
+    fn log_misbehaviour(&self) {
+        let recorders: Vec<_> = self
+            .transports
+            .iter()
+            .map(|t| lock(t).misbehaviour())
+            .collect();
+        if let Some(totals) = virtio::misbehaviour::summary(&recorders) {
+            tracing::warn!("guest misbehaviour over the VM's life: {totals}");
         }
     }
 

@@ -10,6 +10,9 @@ const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
 const SYSTEM_EVENT_CRASH: u32 = 3;
 
+/// What a KVM internal error ends with (the vCPU thread adds KVM's detail).
+pub const INTERNAL_ERROR: &str = "KVM internal error";
+
 /// The outcome of one exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitAction {
@@ -62,7 +65,7 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> ExitAction {
         VcpuExit::FailEntry(reason, cpu) => {
             ExitAction::Fatal(format!("KVM entry failed (reason {reason:#x}, cpu {cpu})"))
         }
-        VcpuExit::InternalError => ExitAction::Fatal("KVM internal error".into()),
+        VcpuExit::InternalError => ExitAction::Fatal(INTERNAL_ERROR.into()),
         other => ExitAction::Fatal(format!("unexpected vCPU exit {other:?}")),
     }
 }

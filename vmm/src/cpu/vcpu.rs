@@ -13,6 +13,40 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use super::exit::{handle_exit, ExitAction};
 use crate::bus::Bus;
 
+/// KVM_INTERNAL_ERROR_EMULATION (linux/kvm.h).
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// KVM's internal-error exits carry a suberror and a few words of data
+/// (for an emulation failure: the instruction's bytes and where): say them,
+/// or the user learns only that something failed.
+fn with_internal_error_detail(action: ExitAction, vcpu: &mut VcpuFd) -> ExitAction {
+    match action {
+        ExitAction::Fatal(why) if why == super::exit::INTERNAL_ERROR => {
+            let run = vcpu.get_kvm_run();
+            // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so the
+            // `internal` member of the exit union is the one KVM filled.
+            let internal = unsafe { run.__bindgen_anon_1.internal };
+            let n = (internal.ndata as usize).min(internal.data.len());
+            let data: Vec<String> = internal.data[..n]
+                .iter()
+                .map(|d| format!("{d:#x}"))
+                .collect();
+            let detail = format!("suberror {}, data [{}]", internal.suberror, data.join(", "));
+            if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
+                // The guest ran an instruction KVM cannot emulate (on
+                // MMIO, or anywhere in an emulated guest kernel): the
+                // guest's doing, not the host's.
+                ExitAction::GuestCrash(format!(
+                    "the guest ran an instruction KVM cannot emulate ({detail})"
+                ))
+            } else {
+                ExitAction::Fatal(format!("{why} ({detail})"))
+            }
+        }
+        other => other,
+    }
+}
+
 /// Signal that knocks a vCPU thread out of KVM_RUN.
 fn kick_signal() -> libc::c_int {
     SIGRTMIN()
@@ -98,6 +132,7 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
             Ok(exit) => match handle_exit(exit, &shared.pio, &shared.mmio) {
                 ExitAction::Continue => {}
                 action => {
+                    let action = with_internal_error_detail(action, vcpu);
                     tracing::debug!("vcpu{id}: {action:?}");
                     shared.end(action);
                     return;

@@ -35,8 +35,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    device_type, ActivateContext, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    device_type, ActivateContext, ActivateError, Interrupt, Misbehaviour, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Longest tag the config space holds (virtio spec 5.11.4).
@@ -94,6 +94,7 @@ pub struct Fs {
     active: Option<Active>,
     /// The queues as the driver set them up, for a snapshot.
     queue_states: Vec<virtio_queue::QueueState>,
+    misbehaviour: Arc<Misbehaviour>,
 }
 
 /// What a running device keeps: the interrupt its call eventfds raise,
@@ -137,6 +138,7 @@ impl Fs {
             pending: None,
             active: None,
             queue_states: Vec::new(),
+            misbehaviour: Misbehaviour::new("virtio-fs"),
         })
     }
 
@@ -276,6 +278,11 @@ impl VirtioDevice for Fs {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.config_space, offset, data);
+    }
+
+    /// virtiofsd serves the queues; the transport's findings land here.
+    fn misbehaviour(&self) -> Arc<Misbehaviour> {
+        self.misbehaviour.clone()
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::bus::BusDevice;
 use crate::lock;
+use crate::virtio::Misbehaviour;
 
 /// Size of one device's register window.
 pub const MMIO_WINDOW: u64 = 0x1000;
@@ -47,9 +48,16 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
+    /// The device's record of guest misbehaviour, shared with it.
+    misbehaviour: Arc<Misbehaviour>,
 }
 
 impl MmioTransport {
+    /// The device's record of guest misbehaviour.
+    pub fn misbehaviour(&self) -> Arc<Misbehaviour> {
+        self.misbehaviour.clone()
+    }
+
     /// Wraps `device`; `queue_evts` (one per queue) are the eventfds KVM
     /// writes on QueueNotify, `interrupt` the device's irqfd-backed line.
     pub fn new(
@@ -59,6 +67,7 @@ impl MmioTransport {
         queue_evts: Vec<EventFd>,
     ) -> Result<Self, virtio_queue::Error> {
         let sizes = lock(&device).queue_max_sizes().to_vec();
+        let misbehaviour = lock(&device).misbehaviour();
         let queues = sizes
             .iter()
             .map(|s| Queue::new(*s))
@@ -76,6 +85,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
+            misbehaviour,
         })
     }
 
@@ -170,7 +180,9 @@ impl MmioTransport {
             0x094 => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
             0x0a0 => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
             0x0a4 => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
-            _ => tracing::debug!("virtio-mmio: write to unknown register {offset:#x}"),
+            _ => self
+                .misbehaviour
+                .record(format_args!("write to unknown register {offset:#x}")),
         }
     }
 
@@ -241,7 +253,8 @@ impl MmioTransport {
         match result {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::warn!("virtio device activation failed: {e}");
+                self.misbehaviour
+                    .record(format_args!("activation failed: {e}"));
                 self.status |= STATUS_NEEDS_RESET;
                 let _ = self.interrupt.signal_config_change();
             }
@@ -459,6 +472,9 @@ mod tests {
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn misbehaviour(&self) -> Arc<Misbehaviour> {
+            Misbehaviour::new("dummy")
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             self.activated = Some((ctx.queues.len(), ctx.acked_features));

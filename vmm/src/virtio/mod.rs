@@ -13,6 +13,7 @@
 pub mod block;
 pub mod fs;
 pub mod interrupt;
+pub mod misbehaviour;
 pub mod mmio;
 pub mod net;
 pub mod vsock;
@@ -24,6 +25,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::Interrupt;
+pub use misbehaviour::Misbehaviour;
 
 /// Virtio device type IDs (virtio spec 5).
 pub mod device_type {
@@ -106,6 +108,9 @@ pub trait VirtioDevice: Send {
     fn queue_states(&self) -> Vec<QueueState> {
         Vec::new()
     }
+    /// Where the device counts what the guest did wrong to it (the
+    /// transport records its own findings there too).
+    fn misbehaviour(&self) -> Arc<Misbehaviour>;
 }
 
 /// Reads `data.len()` bytes at `offset` of a config space held as bytes;

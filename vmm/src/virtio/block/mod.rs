@@ -38,8 +38,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, Misbehaviour,
+    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 pub use disk::{DiskFile, SECTOR_SIZE};
 pub use request::ID_BYTES;
@@ -126,6 +126,7 @@ pub struct Block {
     /// the event-manager thread (only it holds `EventOps`).
     stale_evts: Vec<EventFd>,
     queue_sizes: [u16; 1],
+    misbehaviour: Arc<Misbehaviour>,
 }
 
 impl std::fmt::Debug for Block {
@@ -168,6 +169,7 @@ impl Block {
             active: None,
             stale_evts: Vec::new(),
             queue_sizes: [QUEUE_SIZE],
+            misbehaviour: Misbehaviour::new(format!("virtio-blk {}", config.id)),
         })
     }
 
@@ -224,14 +226,20 @@ impl Block {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        match request::process_queue(&mut active.queue, &active.mem, &mut self.disk, &self.id) {
+        match request::process_queue(
+            &mut active.queue,
+            &active.mem,
+            &mut self.disk,
+            &self.id,
+            &self.misbehaviour,
+        ) {
             Ok(true) => {
                 if let Err(e) = active.interrupt.signal_used_queue() {
                     tracing::warn!("virtio-blk: cannot raise the queue interrupt: {e}");
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!("virtio-blk: queue error: {e}"),
+            Err(e) => self.misbehaviour.record(format_args!("queue error: {e}")),
         }
     }
 
@@ -275,6 +283,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_space(), offset, data);
+    }
+
+    fn misbehaviour(&self) -> Arc<Misbehaviour> {
+        self.misbehaviour.clone()
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

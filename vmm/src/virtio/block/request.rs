@@ -18,6 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::disk::{DiskFile, Segment, SECTOR_SIZE};
+use crate::virtio::Misbehaviour;
 
 /// Size of the request header (`struct virtio_blk_outhdr`).
 pub const HEADER_SIZE: usize = 16;
@@ -372,6 +373,7 @@ pub fn handle_chain<I>(
     chain: I,
     disk: &mut DiskFile,
     id: &[u8; ID_BYTES],
+    misbehaviour: &Misbehaviour,
 ) -> u32
 where
     I: IntoIterator<Item = Descriptor>,
@@ -392,14 +394,14 @@ where
             error,
             status: Some(addr),
         }) => {
-            tracing::debug!("virtio-blk: bad request: {error}");
+            misbehaviour.record(format_args!("bad request: {error}"));
             (0, addr, error.status())
         }
         Err(Rejected {
             error,
             status: None,
         }) => {
-            tracing::debug!("virtio-blk: bad request, no status byte: {error}");
+            misbehaviour.record(format_args!("bad request, no status byte: {error}"));
             return 0;
         }
     };
@@ -419,6 +421,7 @@ pub fn process_queue(
     mem: &GuestMemoryMmap,
     disk: &mut DiskFile,
     id: &[u8; ID_BYTES],
+    misbehaviour: &Misbehaviour,
 ) -> Result<bool, virtio_queue::Error> {
     let event_idx = queue.event_idx_enabled();
     let mut used_any = false;
@@ -430,12 +433,15 @@ pub fn process_queue(
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             popped += 1;
             let head = chain.head_index();
-            let len = handle_chain(mem, chain, disk, id);
+            let len = handle_chain(mem, chain, disk, id, misbehaviour);
             match queue.add_used(mem, head, len) {
                 Ok(()) => used_any = true,
                 // A bad head index in the avail ring: drop that entry only.
-                Err(e) => tracing::debug!("virtio-blk: cannot return chain {head}: {e}"),
+                Err(e) => misbehaviour.record(format_args!("cannot return chain {head}: {e}")),
             }
+        }
+        if popped == 0 {
+            crate::virtio::misbehaviour::check_avail_index(queue, mem, misbehaviour);
         }
         if !event_idx {
             break;

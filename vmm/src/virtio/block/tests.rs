@@ -139,7 +139,14 @@ fn serve(mem: &GuestMemoryMmap, block: &mut Block, descs: &[D]) -> Outcome {
     let mq = MockSplitQueue::new(mem, QSIZE);
     offer(&mq, 0, descs);
     let mut queue: Queue = mq.create_queue().unwrap();
-    let notify = process_queue(&mut queue, mem, &mut block.disk, &block.id).unwrap();
+    let notify = process_queue(
+        &mut queue,
+        mem,
+        &mut block.disk,
+        &block.id,
+        &block.misbehaviour,
+    )
+    .unwrap();
     assert!(notify, "a used chain must interrupt without EVENT_IDX");
     assert_eq!(mq.used().idx().load(), 1, "exactly one chain used");
     let elem = mq.used().ring().ref_at(0).unwrap().load();
@@ -249,7 +256,7 @@ fn read_with_data_and_status_in_one_descriptor() {
     let mq = MockSplitQueue::new(&mem, QSIZE);
     offer(&mq, 0, &[rd(HDR, 16), wr(DATA, 513)]);
     let mut queue: Queue = mq.create_queue().unwrap();
-    process_queue(&mut queue, &mem, &mut dev.disk, &dev.id).unwrap();
+    process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap();
     assert_eq!(mq.used().ring().ref_at(0).unwrap().load().len(), 513);
     assert_eq!(get(&mem, DATA, 512), &contents[1536..2048]);
     assert_eq!(get(&mem, DATA + 512, 1), [OK]);
@@ -479,11 +486,26 @@ fn descriptor_loop_ends_and_fails_that_request() {
     mq.add_desc_chains(&table, 0).unwrap();
     let mut queue: Queue = mq.create_queue().unwrap();
     mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
-    process_queue(&mut queue, &mem, &mut dev.disk, &dev.id).unwrap();
+    process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap();
     assert_eq!(mq.used().idx().load(), 1);
     let elem = mq.used().ring().ref_at(0).unwrap().load();
     assert_eq!(elem.len(), 1);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), IOERR);
+    // Counted as the guest's misbehaviour.
+    assert_eq!(dev.misbehaviour.count(), 1);
+}
+
+#[test]
+fn an_available_index_more_than_a_queue_ahead_is_recorded() {
+    let image = TempImage::new(&pattern(4));
+    let mut dev = block(&image, false);
+    let mem = guest_mem();
+    let mq = MockSplitQueue::new(&mem, QSIZE);
+    let mut queue: Queue = mq.create_queue().unwrap();
+    mq.avail().idx().store(u16::to_le(QSIZE + 1));
+    process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap();
+    assert_eq!(mq.used().idx().load(), 0);
+    assert_eq!(dev.misbehaviour.count(), 1);
 }
 
 #[test]
@@ -539,7 +561,8 @@ fn bad_head_index_and_avail_index_storm_do_not_hang() {
     mq.avail().ring().ref_at(0).unwrap().store(1000);
     mq.avail().idx().store(1);
     let mut queue: Queue = mq.create_queue().unwrap();
-    let notify = process_queue(&mut queue, &mem, &mut dev.disk, &dev.id).unwrap();
+    let notify =
+        process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap();
     assert!(!notify);
     assert_eq!(mq.used().idx().load(), 0);
 
@@ -547,7 +570,8 @@ fn bad_head_index_and_avail_index_storm_do_not_hang() {
     mq.avail().idx().store(1 + 5000);
     for event_idx in [false, true] {
         queue.set_event_idx(event_idx);
-        let notify = process_queue(&mut queue, &mem, &mut dev.disk, &dev.id).unwrap();
+        let notify =
+            process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap();
         assert!(!notify);
         assert_eq!(mq.used().idx().load(), 0);
     }
@@ -567,13 +591,13 @@ fn event_idx_interrupts_only_when_the_driver_asks() {
     // used_event = 5: the driver wants to hear once the 6th chain is used.
     mem.write_obj(5u16, used_event).unwrap();
     offer(&mq, 0, &[rd(HDR, 16), wr(STATUS, 1)]);
-    assert!(!process_queue(&mut queue, &mem, &mut dev.disk, &dev.id).unwrap());
+    assert!(!process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap());
     assert_eq!(mq.used().idx().load(), 1);
 
     // used_event = 1: the 2nd chain crosses it.
     mem.write_obj(1u16, used_event).unwrap();
     offer(&mq, 2, &[rd(HDR, 16), wr(STATUS, 1)]);
-    assert!(process_queue(&mut queue, &mem, &mut dev.disk, &dev.id).unwrap());
+    assert!(process_queue(&mut queue, &mem, &mut dev.disk, &dev.id, &dev.misbehaviour).unwrap());
     assert_eq!(mq.used().idx().load(), 2);
     // The device asked to be kicked at the next avail index.
     let avail_event = GuestAddress(mq.used_addr().0 + 4 + 8 * u64::from(QSIZE));

@@ -44,8 +44,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, Misbehaviour,
+    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 pub use stream::Backend;
 use stream::{QemuStream, StreamError};
@@ -125,6 +125,7 @@ pub struct Net {
     retired_evts: Vec<EventFd>,
     tx_frame: Vec<u8>,
     counters: NetCounters,
+    misbehaviour: Arc<Misbehaviour>,
 }
 
 impl std::fmt::Debug for Net {
@@ -159,6 +160,7 @@ impl Net {
             retired_evts: Vec::new(),
             tx_frame: Vec::with_capacity(frame::HDR_SIZE + frame::MAX_FRAME),
             counters: NetCounters::default(),
+            misbehaviour: Misbehaviour::new("virtio-net"),
         })
     }
 
@@ -213,13 +215,16 @@ impl Net {
                         None => self.counters.tx_dropped += 1,
                     },
                     Err(e) => {
-                        tracing::debug!("virtio-net: dropped a tx chain: {e}");
+                        self.misbehaviour
+                            .record(format_args!("dropped a tx chain: {e}"));
                         self.counters.tx_dropped += 1;
                     }
                 }
                 match q.add_used(&a.mem, head, 0) {
                     Ok(()) => used = true,
-                    Err(e) => tracing::debug!("virtio-net: bad tx head {head}: {e}"),
+                    Err(e) => self
+                        .misbehaviour
+                        .record(format_args!("bad tx head {head}: {e}")),
                 }
             }
             let full = self.backend.as_ref().is_some_and(|b| !b.can_queue());
@@ -411,6 +416,10 @@ impl VirtioDevice for Net {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_net_config: mac, then fields of features not offered.
         read_config_bytes(&self.mac, offset, data);
+    }
+
+    fn misbehaviour(&self) -> Arc<Misbehaviour> {
+        self.misbehaviour.clone()
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

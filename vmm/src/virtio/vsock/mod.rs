@@ -36,8 +36,8 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    device_type, read_config_bytes, ActivateContext, ActivateError, Interrupt, Misbehaviour,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use muxer::Muxer;
 use packet::{RxBuffer, TxPacket};
@@ -94,6 +94,7 @@ pub struct Vsock {
     /// Where a transport reset stands (restored from a snapshot: the
     /// guest's connections were to a VMM that is gone).
     reset: TransportReset,
+    misbehaviour: Arc<Misbehaviour>,
 }
 
 /// A transport reset, from restore until the driver has handled it.
@@ -163,10 +164,12 @@ impl Vsock {
             .reset(SWEEP_INTERVAL, Some(SWEEP_INTERVAL))
             .map_err(timer_err)?;
         let listener = bind_listener(uds_path)?;
+        let misbehaviour = Misbehaviour::new("vsock");
         Ok(Self {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
-            muxer: Muxer::new(guest_cid, uds_path, listener),
+            muxer: Muxer::new(guest_cid, uds_path, listener, misbehaviour.clone()),
+            misbehaviour,
             activate_evt,
             timer,
             active: None,
@@ -205,17 +208,21 @@ impl Vsock {
             let head = chain.head_index();
             match TxPacket::from_descriptors(&a.mem, chain) {
                 Ok(pkt) => self.muxer.handle_guest_packet(&pkt, now),
-                Err(e) => tracing::debug!("vsock: dropped a tx packet: {e}"),
+                Err(e) => self
+                    .misbehaviour
+                    .record(format_args!("dropped a tx packet: {e}")),
             }
             // A head index beyond the queue cannot be returned; the chains
             // after it still can.
             match a.queues[TX].add_used(&a.mem, head, 0) {
                 Ok(()) => used = true,
-                Err(e) => tracing::debug!("vsock: bad tx chain: {e}"),
+                Err(e) => self.misbehaviour.record(format_args!("bad tx chain: {e}")),
             }
         }
         if used {
             signal(&a.interrupt);
+        } else {
+            super::misbehaviour::check_avail_index(&a.queues[TX], &a.mem, &self.misbehaviour);
         }
     }
 
@@ -249,13 +256,13 @@ impl Vsock {
                 },
                 Err(e) => {
                     // Returned unused (length 0): the driver drops it.
-                    tracing::debug!("vsock: bad rx buffer: {e}");
+                    self.misbehaviour.record(format_args!("bad rx buffer: {e}"));
                     0
                 }
             };
             match a.queues[RX].add_used(&a.mem, head, len) {
                 Ok(()) => used = true,
-                Err(e) => tracing::debug!("vsock: bad rx chain: {e}"),
+                Err(e) => self.misbehaviour.record(format_args!("bad rx chain: {e}")),
             }
         }
         if used {
@@ -387,6 +394,10 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn misbehaviour(&self) -> Arc<Misbehaviour> {
+        self.misbehaviour.clone()
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -17,6 +17,7 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use event_manager::{EventOps, Events};
@@ -24,6 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::connection::Connection;
 use super::packet::{op, Header, TxPacket, HOST_CID, TYPE_STREAM};
+use crate::virtio::Misbehaviour;
 
 /// Most connections (plus host clients still sending `CONNECT`) at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -101,12 +103,18 @@ pub struct Muxer {
     /// Sockets to take out of epoll, then close.
     closing: Vec<UnixStream>,
     next_local_port: u32,
+    misbehaviour: Arc<Misbehaviour>,
 }
 
 impl Muxer {
     /// A muxer for the guest `guest_cid` serving `listener`, bound at
     /// `uds_path` (non-blocking).
-    pub fn new(guest_cid: u64, uds_path: &Path, listener: UnixListener) -> Self {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: UnixListener,
+        misbehaviour: Arc<Misbehaviour>,
+    ) -> Self {
         Self {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
@@ -121,6 +129,7 @@ impl Muxer {
             registered: HashMap::new(),
             closing: Vec::new(),
             next_local_port: first_local_port(),
+            misbehaviour,
         }
     }
 
@@ -291,7 +300,8 @@ impl Muxer {
             return;
         }
         if self.rsts.len() >= MAX_PENDING_RST {
-            tracing::debug!("vsock: too many pending RSTs, dropping one");
+            self.misbehaviour
+                .record("too many pending RSTs (the guest takes none), dropping one");
             return;
         }
         self.rsts.push_back(Header {
@@ -310,7 +320,10 @@ impl Muxer {
         let hdr = &pkt.hdr;
         if hdr.src_cid != self.guest_cid {
             // A forged source: there is nobody sensible to answer.
-            tracing::debug!("vsock: dropped a packet from CID {}", hdr.src_cid);
+            self.misbehaviour.record(format_args!(
+                "dropped a packet from CID {} (the guest is {})",
+                hdr.src_cid, self.guest_cid
+            ));
             return;
         }
         if hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
@@ -344,7 +357,8 @@ impl Muxer {
     /// A guest connection to host port P: connect to `<uds_path>_P`.
     fn connect_to_host(&mut self, req: &Header) {
         if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
-            tracing::warn!("vsock: too many connections, refusing the guest");
+            self.misbehaviour
+                .record("too many connections, refusing the guest");
             self.push_rst(req);
             return;
         }
