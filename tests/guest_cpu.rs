@@ -37,18 +37,7 @@ fn avx_check_ext4(img: &Path) {
         "gcc -static avx-check.c (static libc from libc6-dev needed): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(dir.path())
-        .arg(img)
-        .arg("16M")
-        .output()
-        .expect("missing mkfs.ext4: install e2fsprogs");
-    assert!(
-        out.status.success(),
-        "mkfs.ext4: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ext4_of_dir(dir.path(), img, 16);
 }
 
 /// The `key=value` pairs of the output line starting with `tag `.

@@ -47,14 +47,7 @@ fn hostile_disk(dir: &Path) -> PathBuf {
     }
     std::fs::copy(hostile_binary(), tree.join("hull-hostile-guest")).unwrap();
     let img = dir.join("hostile.ext4");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&tree)
-        .arg(&img)
-        .arg("16M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mkfs.ext4: {out:?}");
+    common::ext4_of_dir(&tree, &img, 16);
     img
 }
 
@@ -102,6 +95,18 @@ fn host_writer(root: &Path, pid: u32) -> std::thread::JoinHandle<usize> {
         }
         written
     })
+}
+
+/// CPU time (user + system) of thread `tid` of `pid`, in seconds.
+fn thread_cpu_secs(pid: u32, tid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks as f64 / hz)
 }
 
 /// Resident memory of `pid` outside its guest RAM mapping (the one of
@@ -178,10 +183,16 @@ fn a_hostile_guest_cannot_crash_stall_or_bloat_the_vmm() {
         .unwrap();
 
     let (mut at_start, mut peak) = (None, 0u64);
+    // `hull debug boot` runs the VM's event loop (every device's queue
+    // handling) on its main thread.
+    let mut event_loop_cpu = 0.0;
     let started = Instant::now();
     let status = loop {
         if let Some(status) = hostile.try_wait().unwrap() {
             break status;
+        }
+        if let Some(cpu) = thread_cpu_secs(hostile.id(), hostile.id()) {
+            event_loop_cpu = cpu;
         }
         if let Some(own) = own_rss_kib(hostile.id()) {
             peak = peak.max(own);
@@ -263,6 +274,15 @@ fn a_hostile_guest_cannot_crash_stall_or_bloat_the_vmm() {
     assert!(
         written < 16 << 20,
         "the VMM took {written} bytes the guest did not take"
+    );
+
+    // Bounded CPU: floods and notify storms do not make the event loop
+    // spin (it would take the whole wall time).
+    let wall = started.elapsed().as_secs_f64();
+    eprintln!("event loop CPU {event_loop_cpu:.1} s over {wall:.1} s");
+    assert!(
+        event_loop_cpu < 0.5 * wall,
+        "the event loop used {event_loop_cpu:.1} s of CPU in {wall:.1} s"
     );
 
     // Bounded memory outside guest RAM.

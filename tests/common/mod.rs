@@ -54,11 +54,15 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
 /// busybox-static), `/etc/greeting` and empty `/data`, `/proc`, `/dev`.
 pub fn busybox_ext4(img: &Path, size_mib: u32) {
     let dir = tempfile::tempdir().unwrap();
-    let rootfs = dir.path();
-    busybox_rootfs(rootfs);
+    busybox_rootfs(dir.path());
+    ext4_of_dir(dir.path(), img, size_mib);
+}
+
+/// Makes an ext4 image at `img` holding the tree `dir`.
+pub fn ext4_of_dir(dir: &Path, img: &Path, size_mib: u32) {
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
-        .arg(rootfs)
+        .arg(dir)
         .arg(img)
         .arg(format!("{size_mib}M"))
         .output()
