@@ -1,8 +1,9 @@
 //! Crash consistency: `hull system check` finds damage, and a campaign
 //! that kills `hull` with SIGKILL at random points of `pull`, `load`,
-//! `run` (attached, and `run -d` with its VMM killed too), `rm` and
-//! `image prune` leaves nothing the next command does not
-//! cope with.
+//! `run` (attached, and `run -d` with its VMM killed too), `rm`,
+//! `image prune`, `commit` (of a stopped and of a running container) and
+//! `start` of a stopped container leaves nothing the next command does
+//! not cope with.
 //!
 //! After each kill: `hull system check` (what the kill left, recorded),
 //! then the same command again (it must succeed), then `system check`
@@ -151,7 +152,18 @@ fn kill_after(root: &Path, args: &[String], delay: Duration) -> bool {
 /// detached VMMs of `root`); the test's `hull` passes the root by
 /// `HULL_ROOT`, which the VMM gets as `--root`.
 fn kill_vmms(root: &Path) {
+    for pid in root_vmms(root) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_dead(pid);
+    }
+}
+
+/// The `hull --root ROOT __container-vmm` processes of `root` (zombies
+/// included: their reaper may be slow).
+fn root_vmms(root: &Path) -> Vec<i32> {
     let root = root.canonicalize().unwrap();
+    let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -169,10 +181,39 @@ fn kill_vmms(root: &Path) {
                     == Some(root.clone())
         });
         if vmm && ours {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            wait_dead(pid);
+            pids.push(pid);
         }
+    }
+    pids
+}
+
+/// Waits until no `hull --root ROOT __container-vmm` process of `root`
+/// runs (a `hull start` killed after spawning its VMM leaves the container
+/// starting; its `true` ends at once).
+fn wait_vmms_gone(root: &Path) {
+    let start = Instant::now();
+    while !root_vmms(root).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(120), "VMMs still run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes sure container `name` exists and is stopped (created and run
+/// once with `cmd` if it is not there: an earlier operation removed it).
+fn stopped_container(root: &Path, name: &str, cmd: &[&str]) {
+    wait_vmms_gone(root);
+    let exists = hull(root)
+        .args(["inspect", name])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        ok(
+            root,
+            &[&["run", "--name", name, "busybox:test"][..], cmd].concat(),
+        );
     }
 }
 
@@ -209,6 +250,9 @@ struct Op {
     vm: bool,
     /// Kill the root's detached VMM processes too, right after `hull`.
     kill_vmm: bool,
+    /// Wait for the root's detached VMMs to end before the last check
+    /// (a killed `start` may have left one starting; its `true` ends).
+    settle: bool,
     /// Points per campaign point budget: 1 = all, 2 = half (costly ones).
     share: u32,
 }
@@ -243,6 +287,9 @@ fn try_point(root: &Path, op: &Op, delay: Duration, tally: &mut Tally) {
             op.name,
             text(&again).1
         ));
+    }
+    if op.settle {
+        wait_vmms_gone(root);
     }
     for p in check(root) {
         tally.damage.push(format!(
@@ -321,6 +368,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: false,
             kill_vmm: false,
+            settle: false,
             share: 1,
         },
         Op {
@@ -332,6 +380,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: false,
             kill_vmm: false,
+            settle: false,
             share: 1,
         },
         Op {
@@ -345,6 +394,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: Some(strings(&["ps", "-a"])),
             vm: false,
             kill_vmm: false,
+            settle: false,
             share: 1,
         },
         Op {
@@ -368,6 +418,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: false,
             kill_vmm: false,
+            settle: false,
             share: 1,
         },
         Op {
@@ -379,6 +430,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: true,
             kill_vmm: false,
+            settle: false,
             share: 1,
         },
         Op {
@@ -391,6 +443,7 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: Some(strings(&["run", "--rm", "busybox:test", "true"])),
             vm: true,
             kill_vmm: true,
+            settle: false,
             share: 1,
         },
         Op {
@@ -403,8 +456,70 @@ fn operations(dir: &Path, reference: &str, archive: &Path) -> Vec<Op> {
             next: None,
             vm: true,
             kill_vmm: false,
+            settle: false,
             // Each point prepares an image in the helper VM and saves
             // its warm snapshot.
+            share: 2,
+        },
+        Op {
+            name: "commit of a stopped container",
+            reset: Box::new(|root| {
+                stopped_container(root, "cm", &["sh", "-c", "echo 1 > /committed"]);
+            }),
+            args: strings(&["commit", "cm", "crash/committed:1"]),
+            next: None,
+            vm: true,
+            kill_vmm: false,
+            settle: false,
+            // Each point boots a helper VM (from its snapshot).
+            share: 2,
+        },
+        Op {
+            name: "start of a stopped container",
+            reset: Box::new(|root| {
+                stopped_container(root, "st", &["true"]);
+            }),
+            args: strings(&["start", "st"]),
+            // Attached: it ends with the container, whose VMM is this
+            // `hull` (unless the killed start's VMM still runs it).
+            next: Some(strings(&["start", "-a", "st"])),
+            vm: true,
+            kill_vmm: false,
+            settle: true,
+            share: 2,
+        },
+        Op {
+            name: "commit of a running container",
+            reset: Box::new(|root| {
+                // `start` of a running container does nothing.
+                if hull(root)
+                    .args(["start", "live"])
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+                {
+                    return;
+                }
+                ok(
+                    root,
+                    &[
+                        "run",
+                        "-d",
+                        "--name",
+                        "live",
+                        "busybox:test",
+                        "sleep",
+                        "1000",
+                    ],
+                );
+            }),
+            args: strings(&["commit", "live", "crash/live:1"]),
+            next: None,
+            vm: true,
+            kill_vmm: false,
+            settle: false,
+            // Last: the other operations wait for the root's VMMs to end.
             share: 2,
         },
     ]
@@ -466,13 +581,16 @@ fn killed_commands_leave_no_damage_the_next_command_keeps() {
             full = duration_of(&root, &op);
         }
         eprintln!("{}: {full:?} uninterrupted (vm: {})", op.name, op.vm);
+        let started = Instant::now();
         for _ in 0..per_op / op.share {
             // Mostly inside the command's run, some just after its start.
             let span = full.as_micros() as u64 * 11 / 10;
             let delay = Duration::from_micros(rng.below(span.max(1)));
             try_point(&root, &op, delay, &mut tally);
         }
+        eprintln!("{}: points took {:?}", op.name, started.elapsed());
     }
+    remove_all_containers(&root);
     eprintln!(
         "crash campaign: {} kill points, {} killed before the end; {} problem lines right after a kill (cleaned by the next command):",
         tally.points,

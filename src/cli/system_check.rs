@@ -2,9 +2,9 @@
 //! outlive the commands that made it? Meant for after a crash (a `kill
 //! -9` of `hull` or of a VMM): every blob an image needs present and
 //! matching its digest, no half-written or half-removed container, no
-//! leftover temporary file, no VMM process, vsock socket or mount that
-//! belongs to no running container. Locks are `flock`s, released by the
-//! kernel with their holder: none can leak.
+//! leftover temporary file or helper VM work directory, no VMM process,
+//! vsock socket or mount that belongs to no running container. Locks are
+//! `flock`s, released by the kernel with their holder: none can leak.
 //!
 //! Each problem is one line on stdout; the exit status is 1 if there is
 //! any. It only reads: what it reports is left for the next command (or
@@ -48,7 +48,33 @@ pub fn problems(root: &Path) -> anyhow::Result<Vec<String>> {
     problems.extend(leaked_sockets(&root.join("run"), &containers));
     problems.extend(interrupted_snapshot_saves(&fast_start::snapshots_dir(root)));
     problems.extend(leaked_mounts(root, &containers));
+    for work in ["fs-vm", "build"] {
+        problems.extend(helper_vm_leftovers(&root.join(work)));
+    }
     Ok(problems)
+}
+
+/// `vm-PID-*` entries of the helper and build VMs' work directories whose
+/// hull process is gone: a killed `commit`, `cp`, `diff`, `export` or
+/// build leaves its output window (which may hold a container's files)
+/// and its vsock socket there, removed by the next such VM.
+fn helper_vm_leftovers(work: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let pid: i32 = n.strip_prefix("vm-")?.split('-').next()?.parse().ok()?;
+            (!pid_alive(pid)).then(|| {
+                format!(
+                    "leftover files of a killed helper VM: {}",
+                    e.path().display()
+                )
+            })
+        })
+        .collect()
 }
 
 /// Entries of `containers/` that are no container: a creation or removal
@@ -235,6 +261,14 @@ fn leaked_sockets(run: &Path, containers: &[Container]) -> Vec<String> {
                     )
                 });
             }
+            if let Some(pid) = crate::guest::rootfs::prepare_socket_pid(&n) {
+                return (!pid_alive(pid)).then(|| {
+                    format!(
+                        "leaked vsock socket of a killed root filesystem preparation: {}",
+                        e.path().display()
+                    )
+                });
+            }
             let (short, _) = n.split_once(".vsock")?;
             let owned = containers.iter().any(|c| c.config.id.starts_with(short));
             (!owned).then(|| {
@@ -332,6 +366,10 @@ mod tests {
             Some(42)
         );
         assert_eq!(fast_start::snapshot_socket_pid("0123456789ab.vsock"), None);
+        let prepare = crate::guest::rootfs::prepare_socket_pid;
+        assert_eq!(prepare("prepare-42.vsock"), Some(42));
+        assert_eq!(prepare("prepare-42.vsock_1024"), Some(42));
+        assert_eq!(prepare("snapshot-42.vsock"), None);
     }
 
     #[test]
@@ -347,5 +385,20 @@ mod tests {
         assert!(found[0].starts_with("half-created container"), "{found:?}");
         assert!(found[1].starts_with("half-removed container"), "{found:?}");
         assert!(found[2].starts_with("half-written container"), "{found:?}");
+    }
+
+    #[test]
+    fn work_directories_of_dead_helper_vms_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = format!("vm-{}-abc", std::process::id());
+        // PIDs stop well below 2^31 - 2 (pid_max is at most 2^22).
+        let dead = "vm-2147483646-def";
+        for d in [live.as_str(), dead, "other"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let found = helper_vm_leftovers(dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("leftover files of a killed helper VM"));
+        assert!(found[0].ends_with(dead), "{found:?}");
     }
 }

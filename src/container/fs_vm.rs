@@ -352,8 +352,12 @@ impl FsVm {
             fs: Vec::new(),
             progress: None,
         };
-        std::fs::create_dir_all(root.join("run"))?;
-        let uds = engine::socket_path(root, &crate::container::store::new_id());
+        // In the VM's own directory, not `run/`: a `hull` killed mid-way
+        // cannot remove the socket, and the next helper VM removes the
+        // directories of dead processes whole (`work_dir`). Named by a new
+        // ID, which also names the VMM's cgroup.
+        let id = crate::container::store::new_id();
+        let uds = self.dir.path().join(format!("{}.vsock", &id[..12]));
         let (vm, client) = fast_start::start(
             root,
             &opts,

@@ -380,13 +380,10 @@ fn make_derived(
                 client.call(req)?;
             }
             client.end_batch().map_err(|e| running.explain(e.into()))?;
-            // Closed before saving. A guest socket still closing when the
-            // snapshot is taken is reset on restore by protocol (the vsock
-            // device's transport-reset event) before any new connection
-            // reaches the guest; the pause only spares the restored guest
-            // that work.
+            // Closed before saving: the VMM waits for the guest's side of
+            // it to close too before it saves (and refuses to save while
+            // a connection is open), so no pause is needed here.
             drop(client);
-            std::thread::sleep(Duration::from_millis(300));
             Ok((running, snapshot))
         },
     )?;

@@ -228,6 +228,7 @@ impl<'p> RootfsCache<'p> {
             return Ok((path, None));
         }
         self.remove_dead_temporaries(&key);
+        remove_dead_sockets(&root.join("run"));
         let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
         // A cache of an older hull held ext4 disks under the same key.
         let _ = std::fs::remove_file(self.dir.join(format!("{key}.ext4")));
@@ -248,6 +249,32 @@ impl<'p> RootfsCache<'p> {
             }
         }
     }
+}
+
+/// Helper VM sockets (`prepare-PID.vsock`) of killed preparations: the
+/// VMM (jailed) cannot remove its socket and a killed hull did not, and
+/// the socket's name is only ever used by its own PID. Any key's
+/// preparation may remove them.
+fn remove_dead_sockets(run: &Path) {
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if prepare_socket_pid(&name).is_some_and(|p| !crate::container::state::pid_alive(p)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The PID in a preparation helper VM's socket name (`prepare-PID.vsock`,
+/// and its per-port `prepare-PID.vsock_PORT`).
+pub fn prepare_socket_pid(name: &str) -> Option<i32> {
+    name.strip_prefix("prepare-")?
+        .split_once(".vsock")?
+        .0
+        .parse()
+        .ok()
 }
 
 /// `1 layer, 2.1 MB`: what a preparation applied.

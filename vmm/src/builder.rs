@@ -142,6 +142,7 @@ impl Vm {
             events: devices.events,
             host_stop: devices.host_stop,
             snapshot: devices.snapshot,
+            vsock: devices.vsock,
             serial: devices.serial,
             transports: devices.transports,
             layout: Layout {
@@ -264,7 +265,16 @@ struct Devices {
     shared: VcpuShared,
     serial: Arc<Mutex<SerialDevice>>,
     transports: Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>,
+    /// The vsock device, whose connections a snapshot waits for.
+    vsock: Option<Arc<Mutex<virtio::vsock::Vsock>>>,
     /// What the virtio devices add to the kernel command line.
+    cmdline: String,
+}
+
+/// The virtio devices attached to a VM.
+struct Attached {
+    transports: Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>,
+    vsock: Option<Arc<Mutex<virtio::vsock::Vsock>>>,
     cmdline: String,
 }
 
@@ -284,7 +294,7 @@ impl Devices {
         let host_stop = Arc::new(new_eventfd()?);
         let snapshot = Arc::new(SnapshotRequest {
             evt: Some(new_eventfd()?),
-            dir: Mutex::new(None),
+            ..Default::default()
         });
 
         let mut pio = Bus::new();
@@ -302,7 +312,11 @@ impl Devices {
         )?;
 
         let mut mmio = Bus::new();
-        let (transports, cmdline) = attach_virtio(vm, mem, config, &mut mmio, &mut events)?;
+        let Attached {
+            transports,
+            vsock,
+            cmdline,
+        } = attach_virtio(vm, mem, config, &mut mmio, &mut events)?;
 
         let shared = VcpuShared {
             pio: Arc::new(pio),
@@ -326,20 +340,21 @@ impl Devices {
             shared,
             serial,
             transports,
+            vsock,
             cmdline,
         })
     }
 }
 
 /// Puts the configured disks, vsock, network and virtio-fs devices on the MMIO bus; returns
-/// their transports and what they add to the kernel command line.
+/// their transports, the vsock device and what they add to the kernel command line.
 fn attach_virtio(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     mmio: &mut Bus,
     events: &mut Events,
-) -> Result<(Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>, String)> {
+) -> Result<Attached> {
     let mut attacher = VirtioAttacher {
         vm,
         mem,
@@ -357,10 +372,13 @@ fn attach_virtio(
         .map_err(|e| VmError::Device(format!("disk {}", disk.path.display()), Box::new(e)))?;
         attacher.attach(Arc::new(Mutex::new(block)))?;
     }
+    let mut vsock = None;
     if let Some(uds) = &config.vsock_uds {
-        let vsock = virtio::vsock::Vsock::new(config.vsock_cid, uds)
+        let device = virtio::vsock::Vsock::new(config.vsock_cid, uds)
             .map_err(|e| VmError::Device(format!("vsock {}", uds.display()), Box::new(e)))?;
-        attacher.attach(Arc::new(Mutex::new(vsock)))?;
+        let device = Arc::new(Mutex::new(device));
+        attacher.attach(device.clone())?;
+        vsock = Some(device);
     }
     for (i, net) in config.net.iter().enumerate() {
         let net = virtio::net::Net::new(net.clone())
@@ -372,5 +390,9 @@ fn attach_virtio(
             .map_err(|e| VmError::Device(format!("shared directory {}", fs.tag), Box::new(e)))?;
         attacher.attach(Arc::new(Mutex::new(fs)))?;
     }
-    Ok((attacher.transports, attacher.cmdline))
+    Ok(Attached {
+        transports: attacher.transports,
+        vsock,
+        cmdline: attacher.cmdline,
+    })
 }

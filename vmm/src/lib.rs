@@ -254,6 +254,7 @@ pub struct Vm {
     events: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     host_stop: Arc<EventFd>,
     snapshot: Arc<SnapshotRequest>,
+    vsock: Option<Arc<Mutex<virtio::vsock::Vsock>>>,
     serial: Arc<Mutex<devices::serial::SerialDevice>>,
     transports: Vec<Arc<Mutex<virtio::mmio::MmioTransport>>>,
     layout: Layout,
@@ -278,6 +279,9 @@ struct Layout {
 struct SnapshotRequest {
     evt: Option<EventFd>,
     dir: Mutex<Option<PathBuf>>,
+    /// Set once the request reached the event loop, which then serves
+    /// devices until no vsock connection is open (or refuses).
+    quiescence: Mutex<Option<snapshot::Quiescence>>,
 }
 
 /// Asks a running VM to pause, write a snapshot and end.
@@ -378,13 +382,7 @@ impl Vm {
             return Err(VmError::Seccomp(e));
         }
         seccomp::test_violation();
-        let mut loop_error = None;
-        while !self.shared.stop.load(Ordering::Acquire) {
-            if let Err(e) = self.events.run() {
-                loop_error = Some(format!("{e:?}"));
-                break;
-            }
-        }
+        let loop_error = self.serve_devices();
         self.shared.stop.store(true, Ordering::Release);
         let vcpus: Vec<Option<VcpuFd>> =
             threads.into_iter().map(VcpuThread::stop_and_join).collect();
@@ -411,6 +409,12 @@ impl Vm {
             (Some(ExitAction::Continue) | None, Some(dir)) => {
                 let vcpus: Option<Vec<VcpuFd>> = vcpus.into_iter().collect();
                 let mut vcpus = vcpus.ok_or(VmError::VcpuPanicked)?;
+                // Checked before any file is written: a refused snapshot
+                // leaves the directory as it was given.
+                let open = self.open_vsock_connections();
+                if open > 0 {
+                    return Err(snapshot::SnapshotError::ConnectionsOpen(open).into());
+                }
                 self.write_snapshot(&mut vcpus, &dir)?;
                 Ok(VmExit::Snapshotted)
             }
@@ -429,6 +433,43 @@ impl Vm {
         if let Some(totals) = virtio::misbehaviour::summary(&recorders) {
             tracing::warn!("guest misbehaviour over the VM's life: {totals}");
         }
+    }
+
+    /// Runs the device event loop until the VM is to end; the event loop's
+    /// error if it failed. A requested snapshot ends it only once no vsock
+    /// connection is open or its wait is over (`run` then refuses).
+    fn serve_devices(&mut self) -> Option<String> {
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let waiting = *lock(&self.snapshot.quiescence);
+            // While a snapshot waits, the connection table is looked at
+            // every 10 ms: closes arrive as ordinary device events.
+            let timeout = if waiting.is_some() { 10 } else { -1 };
+            if let Err(e) = self.events.run_with_timeout(timeout) {
+                return Some(format!("{e:?}"));
+            }
+            let Some(wait) = waiting else { continue };
+            let open = self.open_vsock_connections();
+            let now = std::time::Instant::now();
+            match wait.step(open, now) {
+                Ok(snapshot::QuiesceStep::Wait) => {}
+                Ok(snapshot::QuiesceStep::Save) => {
+                    tracing::debug!("snapshot: vsock quiet after {:?}", wait.waited(now));
+                    self.shared.stop.store(true, Ordering::Release);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    self.shared.stop.store(true, Ordering::Release);
+                }
+            }
+        }
+        None
+    }
+
+    /// Host sockets of the vsock device not fully closed.
+    fn open_vsock_connections(&self) -> usize {
+        self.vsock
+            .as_ref()
+            .map_or(0, |v| lock(v).open_connections())
     }
 
     /// Saves the paused VM into `dir`.
@@ -630,8 +671,15 @@ impl MutEventSubscriber for EndWatcher {
         } else if fd == self.host_stop.as_raw_fd() {
             let _ = self.host_stop.read();
         } else if let Some(evt) = self.snapshot.evt.as_ref().filter(|e| e.as_raw_fd() == fd) {
-            // `run` writes the snapshot once the vCPUs are out of KVM_RUN.
+            // Not the end yet: the event loop serves the devices until the
+            // vsock connections are closed, then `run` writes the snapshot
+            // once the vCPUs are out of KVM_RUN.
             let _ = evt.read();
+            let mut waiting = lock(&self.snapshot.quiescence);
+            if waiting.is_none() {
+                *waiting = Some(snapshot::Quiescence::new(std::time::Instant::now()));
+            }
+            return;
         } else {
             let _ = self.end.read();
         }

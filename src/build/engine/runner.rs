@@ -349,7 +349,9 @@ pub fn remove_stale(work: &Path) {
         let Some(pid) = pid else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        // A zombie is dead too: a killed hull stays one until its parent
+        // reaps it, and its directory must not wait for that.
+        if !crate::container::state::pid_alive(pid as i32) {
             tracing::debug!("removing {} of a build that ended", entry.path().display());
             let _ = match entry.file_type() {
                 Ok(t) if t.is_dir() => std::fs::remove_dir_all(entry.path()),

@@ -6,8 +6,9 @@
 //! restored from one snapshot share the pages none of them wrote.
 //!
 //! Devices are saved at the transport level only: hull snapshots a VM when
-//! its guest is idle (no request in flight, no vsock connection), so a
-//! device's queues (positions and addresses) are all its state. Disks and
+//! its guest is idle (no request in flight, no vsock connection: the VMM
+//! waits up to [`QUIESCE_TIMEOUT`] for open ones to close and otherwise
+//! refuses, see [`Quiescence`]), so a device's queues (positions and addresses) are all its state. Disks and
 //! the vsock socket are given anew on restore; the guest re-reads a disk's
 //! size on the config-change interrupt raised then.
 
@@ -43,6 +44,55 @@ pub enum SnapshotError {
     /// The snapshot does not fit the VM asked for, or is damaged.
     #[error("snapshot unusable: {0}")]
     Invalid(String),
+    /// vsock connections were still open when the wait for them ended.
+    #[error("snapshot refused: {0} vsock connection(s) still open")]
+    ConnectionsOpen(usize),
+}
+
+/// How long a requested snapshot waits for open vsock connections to
+/// close. A host client that just closed needs one round trip through the
+/// guest (its SHUTDOWN, the guest's RST), which takes tens of
+/// milliseconds in an emulated guest kernel; a connection still open after
+/// this is in use, and saving would cut it.
+pub const QUIESCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A snapshot request waiting for the vsock connection table to empty.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiescence {
+    deadline: std::time::Instant,
+}
+
+/// What a waiting snapshot does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QuiesceStep {
+    /// No connection is open: pause the VM and save it.
+    Save,
+    /// Connections are open and there is time left: keep serving them.
+    Wait,
+}
+
+impl Quiescence {
+    /// A wait that started at `now`.
+    pub fn new(now: std::time::Instant) -> Self {
+        Self {
+            deadline: now + QUIESCE_TIMEOUT,
+        }
+    }
+
+    /// How long the wait has lasted at `now`.
+    pub fn waited(&self, now: std::time::Instant) -> std::time::Duration {
+        now.saturating_duration_since(self.deadline - QUIESCE_TIMEOUT)
+    }
+
+    /// The next step with `open` connections at `now`, or the refusal once
+    /// the deadline has passed with connections still open.
+    pub fn step(&self, open: usize, now: std::time::Instant) -> Result<QuiesceStep, SnapshotError> {
+        match open {
+            0 => Ok(QuiesceStep::Save),
+            _ if now < self.deadline => Ok(QuiesceStep::Wait),
+            n => Err(SnapshotError::ConnectionsOpen(n)),
+        }
+    }
 }
 
 /// Everything about a paused VM but its memory.

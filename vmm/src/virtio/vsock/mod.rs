@@ -198,6 +198,11 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    /// Connections a snapshot must wait for (see [`Muxer::open_count`]).
+    pub fn open_connections(&self) -> usize {
+        self.muxer.open_count()
+    }
+
     /// Pops every packet the guest sent and routes it.
     fn process_tx(&mut self, now: Instant) {
         let Some(a) = self.active.as_mut() else {

@@ -143,6 +143,13 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// Host sockets not fully closed: live connections and host clients
+    /// that have not finished their `CONNECT` line. A snapshot waits for
+    /// these to be gone (the restored VMM would know none of them).
+    pub fn open_count(&self) -> usize {
+        self.conns.len() + self.handshakes.len()
+    }
+
     /// Whether packets for the guest are waiting for rx buffers.
     pub fn has_pending_rx(&self) -> bool {
         !self.rsts.is_empty() || !self.rxq.is_empty()

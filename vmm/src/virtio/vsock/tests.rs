@@ -927,3 +927,40 @@ fn restore_resets_the_transport_before_new_connections() {
     // One reset per restore.
     assert!(h.guest.used(EVENT).is_empty());
 }
+
+#[test]
+fn snapshot_waits_for_open_connections_and_refuses_after_its_timeout() {
+    use crate::snapshot::{QuiesceStep, Quiescence, SnapshotError, QUIESCE_TIMEOUT};
+    use std::time::Instant;
+    let mut h = Harness::new("quiesce");
+    h.give_rx(16, false);
+    let t0 = Instant::now();
+    let wait = Quiescence::new(t0);
+    let step = |h: &Harness, at| wait.step(h.dev.lock().unwrap().open_connections(), at);
+    assert_eq!(step(&h, t0).unwrap(), QuiesceStep::Save, "nothing open");
+
+    // A host client that has not sent its CONNECT line is open too.
+    let idle = UnixStream::connect(&h.path).unwrap();
+    h.pump();
+    assert_eq!(step(&h, t0).unwrap(), QuiesceStep::Wait);
+    drop(idle);
+    h.pump();
+    assert_eq!(step(&h, t0).unwrap(), QuiesceStep::Save);
+
+    // The host closes an established connection: it stays open until the
+    // guest answers the device's SHUTDOWN with its RST.
+    let (s, hp) = h.host_connect(77);
+    drop(s);
+    h.pump();
+    let (sd, _) = h.recv_one();
+    assert_eq!((sd.op, sd.dst_port), (op::SHUTDOWN, 77));
+    assert_eq!(step(&h, t0).unwrap(), QuiesceStep::Wait);
+    let refused = step(&h, t0 + QUIESCE_TIMEOUT).unwrap_err();
+    assert!(matches!(refused, SnapshotError::ConnectionsOpen(1)));
+    assert_eq!(
+        refused.to_string(),
+        "snapshot refused: 1 vsock connection(s) still open"
+    );
+    h.send(hdr(op::RST, 77, hp), b"", false);
+    assert_eq!(step(&h, t0 + QUIESCE_TIMEOUT).unwrap(), QuiesceStep::Save);
+}
