@@ -152,7 +152,27 @@ fn a_user_in_the_kvm_group_runs_jailed_vm_containers() {
     assert_ne!(user_ns, our_user_ns);
     common::wait_gone(pid.parse().unwrap(), "the VMM process after rm -f");
 
-    // 3. What needs root says so in one line.
+    // 3. A bind mount: virtiofsd runs as the user (no sandbox of its own,
+    //    it could not make namespaces); files the container writes are
+    //    the user's on the host, files the user has are readable inside.
+    let share = shared.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("in"), "from host\n").unwrap();
+    as_root(&["chown", "-R", USER, share.to_str().unwrap()]);
+    let out = as_user(&user_root)
+        .arg("run")
+        .arg("--rm")
+        .arg("-v")
+        .arg(format!("{}:/b", share.display()))
+        .args(["busybox:test", "sh", "-c", "cat /b/in; echo out > /b/out"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&out), "from host\n");
+    assert_eq!(std::fs::read_to_string(share.join("out")).unwrap(), "out\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(share.join("out")).unwrap().uid(), uid);
+
+    // 4. What needs root says so in one line.
     let out = as_user(&user_root)
         .args(["network", "create", "n1"])
         .output()

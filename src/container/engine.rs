@@ -207,7 +207,8 @@ fn run_inner(
         Some(&dir.join("passt.log")),
     )?;
     // Dropped (each virtiofsd killed and reaped) when the container ends.
-    let shared_dirs = crate::volume::bind::SharedDirs::start(dir, &config.binds)?;
+    let shared_dirs =
+        crate::volume::bind::SharedDirs::start(&socket_path(root, &config.id), dir, &config.binds)?;
     let t0 = std::time::Instant::now();
     let (mut vm, mut client) = start_vm(
         root,

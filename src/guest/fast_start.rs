@@ -545,7 +545,7 @@ fn save(
 }
 
 /// `count` virtiofsd daemons sharing an empty directory, read-only, with
-/// their sockets and logs in `dir` (made here).
+/// their sockets and logs in `dir` (made here; under `run/`, short).
 fn placeholder_shared_dirs(
     dir: &Path,
     count: usize,
@@ -561,7 +561,11 @@ fn placeholder_shared_dirs(
             read_only: true,
         })
         .collect();
-    Ok(crate::volume::bind::SharedDirs::start(dir, &binds)?)
+    Ok(crate::volume::bind::SharedDirs::start(
+        &dir.join("vm"),
+        dir,
+        &binds,
+    )?)
 }
 
 /// Deletes snapshots made from another kernel or agent. VMs restored from

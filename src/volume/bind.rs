@@ -46,7 +46,7 @@ pub enum BindError {
     #[error("bind mounts need virtiofsd, which is not installed (./scripts/setup installs it; or set {VIRTIOFSD_ENV})")]
     NoVirtiofsd,
     /// virtiofsd could not be started.
-    #[error("cannot start virtiofsd for {0}: {1}")]
+    #[error("cannot start virtiofsd for {0}")]
     Spawn(PathBuf, #[source] std::io::Error),
 }
 
@@ -118,8 +118,14 @@ pub struct SharedDirs {
 
 impl SharedDirs {
     /// Starts one virtiofsd per bind mount, each on a socket
-    /// `fs-<i>.sock` in `dir`, logging to `fs-<i>.log` there.
-    pub fn start(dir: &Path, binds: &[BindMount]) -> Result<Self, BindError> {
+    /// `<sockets>-fs<i>` and logging to `fs-<i>.log` in `logs`.
+    ///
+    /// `sockets` is the VM's vsock socket path (`run/ID12.vsock`): Unix
+    /// socket paths are limited to 108 bytes, which a container's
+    /// directory under a longer hull root already exceeds, and whatever
+    /// removes or checks a VM's sockets in `run/` (`hull rm`, `system
+    /// check`) goes by that prefix.
+    pub fn start(sockets: &Path, logs: &Path, binds: &[BindMount]) -> Result<Self, BindError> {
         let mut shared = Self {
             daemons: Vec::new(),
             devices: Vec::new(),
@@ -130,11 +136,13 @@ impl SharedDirs {
         check_sources(binds)?;
         let bin = virtiofsd()?;
         for (i, b) in binds.iter().enumerate() {
-            let socket = dir.join(format!("fs-{i}.sock"));
+            let mut socket = sockets.as_os_str().to_owned();
+            socket.push(format!("-fs{i}"));
+            let socket = PathBuf::from(socket);
             let spawn = |e| BindError::Spawn(b.source.clone(), e);
             let _ = std::fs::remove_file(&socket);
             let listener = UnixListener::bind(&socket).map_err(spawn)?;
-            let log = crate::container::store::create_private(&dir.join(format!("fs-{i}.log")))
+            let log = crate::container::store::create_private(&logs.join(format!("fs-{i}.log")))
                 .map_err(spawn)?;
             let child = spawn_daemon(&bin, b, listener.into(), log).map_err(spawn)?;
             shared.daemons.push(child);
