@@ -1,12 +1,12 @@
 //! A hostile guest against the VMM: a VM whose PID 1 is not the agent but
 //! `hull-hostile-guest` (hostile-guest/), which takes the virtio-blk
-//! scratch disk and the vsock device from their kernel drivers and attacks
-//! the VMM through them from user space (malformed chains, lying lengths,
-//! floods, notify storms, registers rewritten under a running queue), then
-//! floods the serial console with fake status lines. The VMM must come
-//! through it: no crash or panic, its own memory bounded, both devices
-//! still working after a reset, another VM served meanwhile, and the
-//! misbehaviour counted and logged within bounds.
+//! scratch disk, the network card and the vsock device from their kernel
+//! drivers and attacks the VMM through them from user space (malformed
+//! chains, lying lengths, floods, notify storms, registers rewritten under
+//! a running queue), then floods the serial console with fake status
+//! lines. The VMM must come through it: no crash or panic, its own memory
+//! and CPU bounded, every device still working after a reset, another VM
+//! served meanwhile, and the misbehaviour counted and logged within bounds.
 
 mod common;
 
@@ -250,6 +250,7 @@ fn a_hostile_guest_cannot_crash_stall_or_bloat_the_vmm() {
         .unwrap_or_else(|| panic!("no misbehaviour summary:\n{err}"));
     assert!(summary.contains("virtio-blk"), "{summary}");
     assert!(summary.contains("vsock"), "{summary}");
+    assert!(summary.contains("virtio-net"), "{summary}");
     let sampled = err.matches(": guest misbehaviour #").count();
     assert!(
         sampled <= 4 * (8 + 32),

@@ -12,6 +12,7 @@
 mod blk;
 mod dma;
 mod mmio;
+mod net;
 mod report;
 mod serial;
 mod vsock;
@@ -42,8 +43,9 @@ fn main() {
     mount("devtmpfs", "/dev", "devtmpfs");
     let mut r = report::Report::new();
     r.line("start");
-    let attacks: [(&str, Attack); 3] = [
+    let attacks: [(&str, Attack); 4] = [
         ("blk", blk::attack),
+        ("net", net::attack),
         ("vsock", vsock::attack),
         ("serial", serial::attack),
     ];

@@ -25,7 +25,8 @@ pub struct DebugBootArgs {
     #[arg(long = "disk", value_name = "FILE[:ro]")]
     pub disks: Vec<String>,
     /// Run this program of the first disk (an ext4 root) as PID 1 instead of
-    /// the agent; the VM also gets a vsock device. For testing the VMM with
+    /// the agent; the VM also gets a vsock device and a network card with no
+    /// link. For testing the VMM with
     /// guests that are not hull's (tests/hostile_guest.rs).
     #[arg(long, value_name = "PATH")]
     pub init: Option<String>,
@@ -53,6 +54,11 @@ fn own_init(config: &mut vmm::VmConfig, root: &Path, init: &str) -> anyhow::Resu
     std::fs::create_dir_all(&run_dir)?;
     let uds = run_dir.join(format!("debug-boot-{}.vsock", std::process::id()));
     config.vsock_uds = Some(uds.clone());
+    // A network card with no link: the guest can still send it frames.
+    config.net.push(vmm::virtio::net::NetConfig {
+        mac: crate::network::template_mac(0),
+        backend: None,
+    });
     Ok(uds)
 }
 
