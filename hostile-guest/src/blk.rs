@@ -5,7 +5,7 @@
 use std::io;
 
 use crate::dma::{self, Page};
-use crate::mmio::{self, Device, Queue, F_INDIRECT, F_NEXT, F_WRITE};
+use crate::mmio::{self, Desc, Device, Queue, F_INDIRECT, F_NEXT, F_WRITE};
 use crate::report::Report;
 
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -72,9 +72,6 @@ fn round_trip(dev: &Device, q: &mut Queue, b: &Bufs, pattern: u8) -> bool {
     b.data.read(0, &mut got);
     got.iter().all(|&x| x == pattern)
 }
-
-/// A descriptor as written: address, length, flags, next.
-type Desc = (u64, u32, u16, u16);
 
 /// One malformed chain: descriptors as given, head 0.
 fn bad_chain(dev: &Device, q: &mut Queue, descs: &[Desc]) -> bool {

@@ -32,6 +32,9 @@ pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
 pub const F_INDIRECT: u16 = 4;
 
+/// A descriptor as written: address, length, flags, next.
+pub type Desc = (u64, u32, u16, u16);
+
 /// One device's register window.
 pub struct Device {
     regs: *mut u32,

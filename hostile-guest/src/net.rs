@@ -6,7 +6,7 @@
 use std::io;
 
 use crate::dma;
-use crate::mmio::{self, Device, Queue, F_NEXT, F_WRITE};
+use crate::mmio::{self, Desc, Device, Queue, F_NEXT, F_WRITE};
 use crate::report::Report;
 
 const VIRTIO_ID_NET: u32 = 1;
@@ -25,7 +25,7 @@ fn setup(dev: &Device, rx: &Queue, tx: &Queue) -> bool {
 }
 
 /// Sends the chain `descs` (head 0) on tx; whether the device used it.
-fn send(dev: &Device, tx: &mut Queue, descs: &[(u64, u32, u16, u16)]) -> bool {
+fn send(dev: &Device, tx: &mut Queue, descs: &[Desc]) -> bool {
     for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
         tx.set_desc(i as u16, addr, len, flags, next);
     }
@@ -58,7 +58,7 @@ pub fn attack(r: &mut Report) -> io::Result<()> {
         .enumerate()
         .map(|(i, p)| (p.gpa, 4096, if i < 15 { F_NEXT } else { 0 }, (i + 1) as u16))
         .collect();
-    let cases: [(&str, Vec<(u64, u32, u16, u16)>); 8] = [
+    let cases: [(&str, Vec<Desc>); 8] = [
         ("header beyond guest RAM", vec![(1 << 46, HDR + 60, 0, 0)]),
         ("frame length 4 GiB", vec![(f, u32::MAX, 0, 0)]),
         ("address that wraps", vec![(u64::MAX - 16, 72, 0, 0)]),

@@ -228,6 +228,9 @@ impl Net {
                 }
             }
             let full = self.backend.as_ref().is_some_and(|b| !b.can_queue());
+            if popped == 0 && !full {
+                super::misbehaviour::check_avail_index(q, &a.mem, &self.misbehaviour);
+            }
             // Stopped for room: the backend's writability resumes us, no
             // guest notification is needed.
             if !event_idx || full {
