@@ -26,8 +26,8 @@ pub struct DebugBootArgs {
     pub disks: Vec<String>,
     /// Run this program of the first disk (an ext4 root) as PID 1 instead of
     /// the agent; the VM also gets a vsock device and a network card with no
-    /// link. For testing the VMM with
-    /// guests that are not hull's (tests/hostile_guest.rs).
+    /// link. For testing the VMM with guests that are not hull's
+    /// (tests/hostile_guest.rs).
     #[arg(long, value_name = "PATH")]
     pub init: Option<String>,
 }
@@ -42,8 +42,8 @@ pub enum DebugBootError {
 
 /// Boots `init` from the first disk instead of the agent: the initramfs's
 /// init is skipped (an `rdinit` that does not exist makes the kernel mount
-/// `root=` and run `init=`). Returns the vsock socket it gave the VM.
-fn own_init(config: &mut vmm::VmConfig, root: &Path, init: &str) -> anyhow::Result<PathBuf> {
+/// `root=` and run `init=`).
+fn own_init(config: &mut vmm::VmConfig, root: &Path, init: &str) -> anyhow::Result<()> {
     if config.disks.is_empty() || !init.starts_with('/') || init.contains(char::is_whitespace) {
         anyhow::bail!("--init needs an absolute path without spaces and a --disk to find it on");
     }
@@ -53,13 +53,13 @@ fn own_init(config: &mut vmm::VmConfig, root: &Path, init: &str) -> anyhow::Resu
     let run_dir = root.join("run");
     std::fs::create_dir_all(&run_dir)?;
     let uds = run_dir.join(format!("debug-boot-{}.vsock", std::process::id()));
-    config.vsock_uds = Some(uds.clone());
+    config.vsock_uds = Some(uds);
     // A network card with no link: the guest can still send it frames.
     config.net.push(vmm::virtio::net::NetConfig {
         mac: crate::network::template_mac(0),
         backend: None,
     });
-    Ok(uds)
+    Ok(())
 }
 
 /// A VM with its own init: a guest reset or power-off is its normal end.
@@ -97,10 +97,9 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
         .iter()
         .map(|d| super::debug_run::parse_disk(d))
         .collect::<Result<Vec<_>, _>>()?;
-    let vsock = match &args.init {
-        Some(init) => Some(own_init(&mut config, root, init)?),
-        None => None,
-    };
+    if let Some(init) = &args.init {
+        own_init(&mut config, root, init)?;
+    }
     if let Some(extra) = &args.append {
         config.cmdline.push(' ');
         config.cmdline.push_str(extra);
@@ -110,11 +109,8 @@ pub fn run(args: DebugBootArgs, root: &Path) -> anyhow::Result<u8> {
     let start = Instant::now();
     // The VM runs on this thread, whose filter a refused call trips: say so.
     vmm::seccomp::install_violation_handler(None)?;
-    let exit = vmm::Vm::new(config)?.run();
-    if let Some(uds) = vsock {
-        let _ = std::fs::remove_file(uds);
-    }
-    let exit = exit?;
+    // The vsock device removes its socket when the VM is dropped.
+    let exit = vmm::Vm::new(config)?.run()?;
     let total = start.elapsed().as_secs_f64();
 
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
