@@ -174,6 +174,16 @@ impl Device {
     pub fn notify(&self, queue: u32) {
         self.write(REG_QUEUE_NOTIFY, queue);
     }
+
+    /// Notifies `queue` `n` times with nothing new in it; returns the
+    /// milliseconds it took the guest.
+    pub fn notify_storm(&self, queue: u32, n: u32) -> u64 {
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            self.notify(queue);
+        }
+        start.elapsed().as_millis() as u64
+    }
 }
 
 /// A split virtqueue of our own, each part in its own page.

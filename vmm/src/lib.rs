@@ -406,6 +406,8 @@ impl Vm {
             (Some(ExitAction::GuestStop), _) => Ok(VmExit::GuestShutdown),
             (Some(ExitAction::GuestCrash(why)), _) => Ok(VmExit::GuestCrash(why)),
             (Some(ExitAction::Fatal(why)), _) => Err(VmError::Vcpu(why)),
+            // Detailed by the vCPU thread; reached only if it could not.
+            (Some(ExitAction::InternalError), _) => Err(VmError::Vcpu("KVM internal error".into())),
             (Some(ExitAction::Continue) | None, Some(dir)) => {
                 let vcpus: Option<Vec<VcpuFd>> = vcpus.into_iter().collect();
                 let mut vcpus = vcpus.ok_or(VmError::VcpuPanicked)?;

@@ -10,9 +10,6 @@ const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const SYSTEM_EVENT_RESET: u32 = 2;
 const SYSTEM_EVENT_CRASH: u32 = 3;
 
-/// What a KVM internal error ends with (the vCPU thread adds KVM's detail).
-pub const INTERNAL_ERROR: &str = "KVM internal error";
-
 /// The outcome of one exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitAction {
@@ -24,6 +21,9 @@ pub enum ExitAction {
     GuestCrash(String),
     /// KVM could not run the guest: the VM ends with an error.
     Fatal(String),
+    /// KVM gave up on the vCPU (`KVM_EXIT_INTERNAL_ERROR`); the vCPU thread,
+    /// which can read KVM's detail, turns it into a crash or a failure.
+    InternalError,
 }
 
 /// Handles one exit against the port-I/O and MMIO buses.
@@ -65,7 +65,7 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> ExitAction {
         VcpuExit::FailEntry(reason, cpu) => {
             ExitAction::Fatal(format!("KVM entry failed (reason {reason:#x}, cpu {cpu})"))
         }
-        VcpuExit::InternalError => ExitAction::Fatal(INTERNAL_ERROR.into()),
+        VcpuExit::InternalError => ExitAction::InternalError,
         other => ExitAction::Fatal(format!("unexpected vCPU exit {other:?}")),
     }
 }
@@ -152,7 +152,7 @@ mod tests {
         ));
         assert!(matches!(
             handle_exit(VcpuExit::InternalError, &pio, &mmio),
-            ExitAction::Fatal(_)
+            ExitAction::InternalError
         ));
         assert_eq!(
             handle_exit(VcpuExit::Hlt, &pio, &mmio),

@@ -21,7 +21,7 @@ const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 /// or the user learns only that something failed.
 fn with_internal_error_detail(action: ExitAction, vcpu: &mut VcpuFd) -> ExitAction {
     match action {
-        ExitAction::Fatal(why) if why == super::exit::INTERNAL_ERROR => {
+        ExitAction::InternalError => {
             let run = vcpu.get_kvm_run();
             // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so the
             // `internal` member of the exit union is the one KVM filled.
@@ -40,7 +40,7 @@ fn with_internal_error_detail(action: ExitAction, vcpu: &mut VcpuFd) -> ExitActi
                     "the guest ran an instruction KVM cannot emulate ({detail})"
                 ))
             } else {
-                ExitAction::Fatal(format!("{why} ({detail})"))
+                ExitAction::Fatal(format!("KVM internal error ({detail})"))
             }
         }
         other => other,
