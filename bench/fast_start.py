@@ -8,7 +8,9 @@ One invocation measures, on this host:
   - host memory of --idle idle containers (`hull run -d IMAGE sleep`) for
     the fast path and --idle-cold for cold boots: sum of the VMM processes'
     PSS (proportional set size: pages shared between VMs, e.g. clean pages
-    of the snapshot's memory file, are split among them) and RSS.
+    of the snapshot's memory file, are split among them) and RSS;
+  - where a warm start's time goes (one traced run, hull's debug lines),
+    with a projection of it onto hardware KVM against runc.
 
 Needs hull built (HULL_BIN or target/release/hull), HULL_KERNEL/HULL_AGENT
 as for the tests, /bin/busybox, and runc (or crun) for the peer.
@@ -52,6 +54,68 @@ def timed(cmd, env=None):
     t = time.monotonic()
     sh(cmd, env=env)
     return time.monotonic() - t
+
+
+# Where a warm start's time goes: the debug lines hull logs at each step
+# (RUST_LOG=hull=debug), in order, and what lies between the previous one
+# and each. The first and the last steps are mostly host work (hull, passt
+# and VMM processes, the restore's mapping; the VM's end); the others are
+# the guest's (its kernel emulated on PVM).
+STEPS = [
+    ("agent answers", "launch to restored VM, agent connected", "host"),
+    ("container root ready, process started",
+     "one round trip: identity, disks, set-up, process created and started", "guest"),
+    ("exited with", "the process's own run (busybox true) until its exit is reported", "guest"),
+    ("process exited at", "output closed, the guest's other processes killed", "guest"),
+    (None, "VM ended, hull exits", "host"),
+]
+# Guest-kernel costs on PVM against the same work on this host natively
+# (docs/measurements.md, PLATFORM.md: getppid 544 us vs 0.1 us, a fresh
+# page fault 3.6-5.6 ms vs 1.4 us): on hardware KVM the guest kernel runs
+# natively, so guest-bound steps shrink by at least the smaller ratio.
+PVM_OVER_KVM = min(544 / 0.1, 3600 / 1.4)
+
+
+def breakdown(env):
+    """One traced fast-path run: seconds per step of STEPS."""
+    import re
+    traced = dict(env, RUST_LOG="hull=debug")
+    t = time.monotonic()
+    r = sh([HULL, "run", "--rm", "busybox:bench", "true"], env=traced)
+    wall = time.monotonic() - t
+    stamps = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", r.stderr).splitlines():
+        m = re.match(r"(\d+-\d+-\d+T(\d+):(\d+):([\d.]+))Z", line)
+        if m:
+            secs = int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
+            stamps.append((secs, line))
+    if not stamps:
+        sys.exit("bench: no debug lines from hull (RUST_LOG=hull=debug)")
+    # The first log line comes a few ms after launch (hull's own start-up):
+    # counted in the first step by anchoring it at the wall clock's end.
+    times = []
+    for needle, _, _ in STEPS[:-1]:
+        hit = next((s for s, l in stamps if needle in l), None)
+        if hit is None:
+            sys.exit(f"bench: hull logged no {needle!r} line")
+        times.append(hit)
+    end = stamps[-1][0] + (wall - (stamps[-1][0] - stamps[0][0]))
+    start = end - wall
+    points = [start] + times + [end]
+    return [b - a for a, b in zip(points, points[1:])]
+
+
+def print_breakdown(steps, runc_median):
+    print("warm start, step by step (one traced run; tracing adds little):")
+    for (_, what, side), secs in zip(STEPS, steps):
+        print(f"  {secs*1000:7.0f} ms  [{side:5s}] {what}")
+    host = sum(s for s, (_, _, side) in zip(steps, STEPS) if side == "host")
+    guest = sum(s for s, (_, _, side) in zip(steps, STEPS) if side == "guest")
+    kvm = host + guest / PVM_OVER_KVM
+    print(f"  host-side steps {host*1000:.0f} ms, guest-side steps {guest*1000:.0f} ms")
+    print(f"projection for hardware KVM (an estimate: guest-side steps / {PVM_OVER_KVM:.0f}, "
+          f"host-side steps as measured here, though they hold some guest work): "
+          f"{kvm*1000:.0f} ms = {kvm/runc_median:.1f}x runc (goal <= 1.0x)")
 
 
 def vmm_memory(root, env, names):
@@ -145,6 +209,7 @@ def main():
         print(f"fast / cold  = {med['fast']/med['cold']:.3f}")
         print(f"fast / {os.path.basename(runc)} = {med['fast']/med['runc']:.1f}")
         print(f"cold / {os.path.basename(runc)} = {med['cold']/med['runc']:.1f}")
+        print_breakdown(breakdown(env), med["runc"])
 
         for label, e, n in [("fast", env, args.idle), ("cold", cold_env, args.idle_cold)]:
             if n <= 0:

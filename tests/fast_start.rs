@@ -147,8 +147,13 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
     // B: a container with its own writable disk, restored from the same
     // warm snapshot as A; B2: a `--rm` one (its warm snapshot has the whole
     // root mounted, on an empty tmpfs).
+    // Its own files and MAC too, though a --rm container's warm snapshot
+    // has them mounted and the interface configured already.
+    let own = "echo hostname-file $(cat /etc/hostname) hosts $(grep -c beta /etc/hosts); \
+               echo mac $(cat /sys/class/net/eth0/address)";
     let look = format!(
-        "ls /tmp; cat /tmp/secret 2>&1; grep -rl hull-secret- /tmp /etc /data 2>/dev/null; {ident}"
+        "ls /tmp; cat /tmp/secret 2>&1; grep -rl hull-secret- /tmp /etc /data 2>/dev/null; \
+         {own}; {ident}"
     );
     let b = hull_s(root, store)
         .args(["run", "--name", "b", "--hostname", "beta", "busybox:test"])
@@ -179,6 +184,21 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         }
     }
     assert_ne!(ok(&b), ok(&b2), "B and B2 share a boot_id or random bytes");
+    let macs: Vec<String> = [&b, &b2]
+        .iter()
+        .map(|out| {
+            let out = ok(out);
+            assert!(out.contains("hostname-file beta hosts 1\n"), "{out}");
+            let mac = out.lines().find(|l| l.starts_with("mac ")).unwrap_or("");
+            mac.to_string()
+        })
+        .collect();
+    assert!(macs[0].starts_with("mac 02:"), "{macs:?}");
+    assert_ne!(macs[0], macs[1], "two containers with one MAC");
+    assert!(
+        !macs.contains(&"mac 02:00:00:00:00:00".to_string()),
+        "{macs:?}"
+    );
     // Base, warm for `--rm`, warm with a writable disk.
     let made = snapshot_dirs(store);
     assert_eq!(made.len(), 3, "{made:?}");

@@ -107,6 +107,22 @@ fn volume_data_outlives_containers_and_has_one_writer() {
     );
     assert!(!out.contains("lost+found"), "{out}");
     assert!(out.ends_with("refused\n"), "{out}");
+    // A volume over /etc hides the files a --rm container's warm snapshot
+    // mounted there: its own hostname and hosts are mounted again on top.
+    let out = ok(hull(root).args([
+        "run",
+        "--rm",
+        "--hostname",
+        "gamma",
+        "-v",
+        "etcvol:/etc",
+        "volimg:1",
+        "sh",
+        "-c",
+        "cat /etc/hostname; grep -c gamma /etc/hosts",
+    ]));
+    assert_eq!(out, "gamma\n1\n");
+    ok(hull(root).args(["volume", "rm", "etcvol"]));
 
     // One writer at a time: a second read-write user is refused with the
     // holder's name, and nothing of it is left.

@@ -12,6 +12,11 @@
 //! process (the agent hands the socket to the child as fd 0/1/2, so bulk
 //! data never passes through the agent or the control stream).
 //!
+//! To start a process in one round trip, the host instead opens its
+//! streams first with `PREATTACH <key> <kind>\n` (a key of its choosing)
+//! and sends [`Request::Run`] naming that key: the agent waits for the
+//! streams to arrive, then creates and starts the process at once.
+//!
 //! A process created with [`ExecSpec::tty`] gets a pseudo-terminal instead:
 //! its one stream attaches as `ATTACH <id> tty` and carries the terminal's
 //! bytes both ways (stdout and stderr are one stream, as with Docker's
@@ -32,14 +37,17 @@
 //! `Diff` (`hull diff`), `ApplyTar` (`hull cp` into a container) and
 //! `Populate` (a fresh volume filled with the image's content); 0.9 made
 //! `ConfigureNetwork`'s gateway optional (a VM with several interfaces
-//! has its default route on one of them).
+//! has its default route on one of them); 0.10 added `Run` with streams
+//! attached ahead (`PREATTACH <key> <kind>`: creation, attachment and
+//! start in one round trip, which can close a `Batch`) and `WriteFile`'s
+//! `in_place`.
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
 /// Version of the host<->agent protocol (independent of the crate version).
-pub const VERSION: &str = "0.9.0";
+pub const VERSION: &str = "0.10.0";
 
 /// vsock port of the control protocol.
 pub const CONTROL_PORT: u32 = 1024;
@@ -126,6 +134,16 @@ impl StdioKind {
     }
 }
 
+/// The streams of a [`Request::Run`], attached ahead of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreAttached {
+    /// The key of their `PREATTACH` lines.
+    pub key: u64,
+    /// Which streams the process waits for (`tty` alone for a process
+    /// with a terminal; stdout and stderr, and stdin if given, otherwise).
+    pub kinds: Vec<StdioKind>,
+}
+
 /// A request from the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -185,9 +203,24 @@ pub enum Request {
         /// `None`: a path of the agent's own (staging, scratch).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         within: Option<String>,
+        /// Write into the existing file (truncated; a symlink is refused)
+        /// instead of replacing it, so that bind mounts of it, made once
+        /// in a warm snapshot, show the new content. Only for a path of the
+        /// agent's own (`within` is `None`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_place: bool,
     },
     /// Prepare a process; its streams attach before `Start`.
     Create(ExecSpec),
+    /// Create and start a process whose streams were attached ahead
+    /// (`PREATTACH <key> <kind>` on the stream port): answered `Running`,
+    /// or as `Start` fails. The last request of a `Batch` may be a `Run`.
+    Run {
+        /// The process.
+        spec: ExecSpec,
+        /// The streams it gets.
+        streams: PreAttached,
+    },
     /// Start a created process.
     Start {
         /// Process id from `Created`.
@@ -409,6 +442,13 @@ pub enum Response {
     },
     /// A process started.
     Started {
+        /// Its guest PID.
+        pid: i32,
+    },
+    /// A `Run` process was created and started.
+    Running {
+        /// Id for later requests (`Wait`, `Signal`, ...).
+        id: u32,
         /// Its guest PID.
         pid: i32,
     },

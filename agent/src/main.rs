@@ -6,11 +6,25 @@
 //! (sync, then reset, which `reboot=k` turns into the i8042 reset the VMM
 //! watches).
 
+/// A timing line on the console, for measuring the container start path:
+/// built in only by `HULL_AGENT_TRACE=1 scripts/build-agent` (a console
+/// line costs the guest ~40 ms where its kernel is emulated, so a traced
+/// agent is slower; `RUST_LOG=hull=debug` shows the lines with the host's
+/// timestamps).
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if option_env!("HULL_AGENT_TRACE").is_some() {
+            eprintln!("trace: {}", format_args!($($arg)*));
+        }
+    };
+}
+
 mod console;
 mod forward;
 mod mounts;
 mod net;
 mod power;
+mod preattach;
 mod process;
 mod pty;
 mod resume;

@@ -126,8 +126,10 @@ fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
 }
 
 /// Gives the interface its MAC, address and netmask, brings it up and,
-/// with a gateway, routes everything through it. Idempotent for the
-/// address (the kernel replaces it) but the route must not exist yet.
+/// with a gateway, routes everything through it. Idempotent: on an
+/// interface a warm snapshot configured already with the same address,
+/// netmask and route, the kernel keeps those (no work) and only the MAC
+/// changes (virtio-net allows that while the interface is up).
 // Four ioctls in sequence on one socket (MAC, address, netmask, flags),
 // each with its request struct built inline; the route is its own
 // function ([`add_default_route`]).
@@ -238,7 +240,13 @@ fn add_default_route(
     // SAFETY: SIOCADDRT reads a valid rtentry whose rt_dev points to a
     // NUL-terminated name that outlives the call.
     if unsafe { libc::ioctl(fd, libc::SIOCADDRT, &route) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // The kernel refuses only an identical route with EEXIST (another
+        // default route would be added beside it): the route is there, as
+        // when a warm snapshot configured this interface already.
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -8,8 +8,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use agent::protocol::{self, ExecSpec, Request, Response, StdioKind};
+use agent::protocol::{self, ExecSpec, PreAttached, Request, Response, StdioKind};
 
+use crate::preattach::PreAttachments;
 use crate::process::{self, ChildIo, Reaper, SpawnError};
 use crate::pty::{self, Pty};
 use crate::vsock::VsockListener;
@@ -29,6 +30,8 @@ pub struct Agent {
     procs: Mutex<HashMap<u32, Proc>>,
     next_id: Mutex<u32>,
     reaper: Arc<Reaper>,
+    /// Streams attached ahead of their `Run`.
+    preattached: PreAttachments,
     /// Set by a `Shutdown` request; the main thread powers off.
     pub shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -40,6 +43,7 @@ impl Agent {
             procs: Mutex::new(HashMap::new()),
             next_id: Mutex::new(1),
             reaper,
+            preattached: PreAttachments::default(),
             shutdown: Mutex::new(Some(shutdown)),
         }
     }
@@ -50,6 +54,14 @@ impl Agent {
 
     /// Answers one request; each kind has its own method or function.
     fn handle(&self, req: Request) -> Response {
+        let name = option_env!("HULL_AGENT_TRACE").map(|_| request_name(&req));
+        let t = std::time::Instant::now();
+        let answer = self.answer(req);
+        trace!("{} {:?}", name.unwrap_or_default(), t.elapsed());
+        answer
+    }
+
+    fn answer(&self, req: Request) -> Response {
         match req {
             Request::Hello { .. } => error("hello sent twice"),
             Request::Mount {
@@ -81,10 +93,20 @@ impl Agent {
                 content,
                 mode,
                 within,
-            } => answer(write_file(&path, within.as_deref(), &content, mode), || {
-                format!("write {path}")
-            }),
+                in_place,
+            } => {
+                let written = match (in_place, within) {
+                    (true, None) => write_in_place(&path, &content, mode),
+                    (true, Some(_)) => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "in place only for the agent's own paths",
+                    )),
+                    (false, within) => write_file(&path, within.as_deref(), &content, mode),
+                };
+                answer(written, || format!("write {path}"))
+            }
             Request::Create(spec) => self.create(spec),
+            Request::Run { spec, streams } => self.run(spec, streams),
             Request::Start { id } => self.start(id),
             Request::ResizeTty { id, size } => self.resize_tty(id, size),
             Request::Wait { id } => self.wait(id),
@@ -151,6 +173,36 @@ impl Agent {
             },
         );
         Response::Created { id }
+    }
+
+    /// `Run`: `Create` with the streams attached ahead, then `Start`.
+    fn run(&self, spec: ExecSpec, streams: PreAttached) -> Response {
+        let terminal = spec.tty.is_some();
+        let fits = if terminal {
+            streams.kinds == [StdioKind::Tty]
+        } else {
+            !streams.kinds.contains(&StdioKind::Tty)
+        };
+        if !fits {
+            return error("a process has a tty stream exactly when it has a terminal");
+        }
+        let stdio = match self
+            .preattached
+            .take(streams.key, &streams.kinds, ATTACH_LINE_TIMEOUT)
+        {
+            Ok(stdio) => stdio,
+            Err(e) => return error(e),
+        };
+        let Response::Created { id } = self.create(spec) else {
+            return error("process not created");
+        };
+        if let Some(p) = self.procs().get_mut(&id) {
+            p.stdio = stdio;
+        }
+        match self.start(id) {
+            Response::Started { pid } => Response::Running { id, pid },
+            other => other,
+        }
     }
 
     /// `Start`: spawns a created process on a PTY or on its streams; a
@@ -255,8 +307,10 @@ impl Agent {
     }
 
     /// `Batch`: the requests in order, stopping at the first that is not
-    /// answered `Ok`.
+    /// answered `Ok`; the last one's answer is the batch's (a `Run` there
+    /// answers `Running`).
     fn batch(&self, requests: Vec<Request>) -> Response {
+        let count = requests.len();
         for (i, req) in requests.into_iter().enumerate() {
             if matches!(req, Request::Batch(_) | Request::Shutdown) {
                 return error(format!("request {} cannot be batched", i + 1));
@@ -264,6 +318,7 @@ impl Agent {
             match self.handle(req) {
                 Response::Ok => {}
                 Response::Error { message } => return error(message),
+                last if i + 1 == count => return last,
                 other => {
                     return error(format!(
                         "batched request {} answered {other:?}, not Ok",
@@ -303,6 +358,7 @@ impl Agent {
 
     /// Serves one control connection until the host closes it.
     pub fn serve_control(&self, mut conn: UnixStream) {
+        trace!("control connection served");
         match protocol::recv::<Request>(&mut conn) {
             Ok(Request::Hello { version }) if protocol::compatible(protocol::VERSION, &version) => {
                 let hello = Response::Hello {
@@ -362,20 +418,23 @@ impl Agent {
             return;
         };
         let mut words = line.split_whitespace();
-        let parsed = match (words.next(), words.next(), words.next()) {
-            (Some("ATTACH"), Some(id), Some(kind)) => {
-                id.parse::<u32>().ok().zip(StdioKind::from_word(kind))
-            }
-            _ => None,
-        };
-        let Some((id, kind)) = parsed else {
-            let _ = conn.write_all(b"ERR bad attach line\n");
-            return;
-        };
+        let (verb, id, kind) = (words.next(), words.next(), words.next());
+        let kind = kind.and_then(StdioKind::from_word);
         // The process reads this socket as its stdin: no timeout there.
         if conn.set_read_timeout(None).is_err() {
             return;
         }
+        let (id, kind) = match (verb, id, kind) {
+            (Some("ATTACH"), Some(id), Some(kind)) => match id.parse::<u32>() {
+                Ok(id) => (id, kind),
+                Err(_) => return drop(conn.write_all(b"ERR bad attach line\n")),
+            },
+            (Some("PREATTACH"), Some(key), Some(kind)) => match key.parse::<u64>() {
+                Ok(key) => return self.preattach(conn, key, kind),
+                Err(_) => return drop(conn.write_all(b"ERR bad attach line\n")),
+            },
+            _ => return drop(conn.write_all(b"ERR bad attach line\n")),
+        };
         // Answer before handing the socket over, so the "OK" is not the
         // first thing the process's peer reads as data.
         let attached = {
@@ -401,6 +460,25 @@ impl Agent {
             b"ERR no such process\n"
         });
     }
+
+    /// Holds a `PREATTACH` stream for its `Run`, answering `OK` first (the
+    /// process may write to it as soon as it is held).
+    fn preattach(&self, mut conn: UnixStream, key: u64, kind: StdioKind) {
+        let Ok(fd) = conn.try_clone().map(OwnedFd::from) else {
+            return;
+        };
+        let held = self
+            .preattached
+            .add(key, kind, fd, || conn.write_all(b"OK\n").is_ok());
+        if !held {
+            let _ = conn.write_all(b"ERR stream attached twice\n");
+        }
+    }
+}
+
+/// A request's kind and the start of its fields, for a trace line.
+fn request_name(req: &Request) -> String {
+    format!("{req:?}").chars().take(48).collect()
 }
 
 /// `Ok`, or an error naming what failed (`what`) and why.
@@ -583,6 +661,25 @@ fn write_file(path: &str, within: Option<&str>, content: &str, mode: u32) -> std
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// Writes `content` into the file at `path` (made if missing, truncated
+/// if not): its inode stays, so a bind mount of it shows the new content.
+fn write_in_place(path: &str, content: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(content.as_bytes())?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
 /// Mounts `source` on `target`, made first if missing. Inside a
 /// container root (`within`) the mount point is resolved there and held
 /// open, so the image's symlinks cannot move it out of the root.
@@ -700,7 +797,9 @@ const ATTACH_LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// new thread costs the guest more than the whole attachment.
 pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
     loop {
-        match listener.accept() {
+        let accepted = listener.accept();
+        trace!("accepted on {port:?}");
+        match accepted {
             Ok(conn) if matches!(port, Port::Streams) => {
                 // A host that never sends its line must not stop the others.
                 if conn.set_read_timeout(Some(ATTACH_LINE_TIMEOUT)).is_ok() {
@@ -729,6 +828,10 @@ fn source_of(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
+#[path = "server_run_tests.rs"]
+mod run_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
@@ -751,6 +854,7 @@ mod tests {
                 content: "x".into(),
                 mode: 0o600,
                 within: None,
+                in_place: false,
             },
             Request::Mkdir {
                 path: p("one/f/under-a-file"),
@@ -780,7 +884,7 @@ mod tests {
         ));
     }
 
-    fn agent() -> Arc<Agent> {
+    pub(super) fn agent() -> Arc<Agent> {
         static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
         let reaper = REAPER.get_or_init(|| {
             let r = Arc::new(Reaper::default());

@@ -209,24 +209,6 @@ fn run_inner(
     // Dropped (each virtiofsd killed and reaped) when the container ends.
     let shared_dirs =
         crate::volume::bind::SharedDirs::start(&socket_path(root, &config.id), dir, &config.binds)?;
-    let t0 = std::time::Instant::now();
-    let (mut vm, mut client) = start_vm(
-        root,
-        dir,
-        config,
-        disks,
-        (&network, &shared_dirs),
-        progress,
-        &volumes,
-    )?;
-    tracing::debug!("container root ready at {:?}", t0.elapsed());
-    update(dir, |s| {
-        s.vm_pid = vm.vmm_pid();
-        s.vm_cgroups = vm.vmm_cgroups();
-    })?;
-    mark_populated(&mut volumes, config)?;
-    ports.start(&vm.uds)?;
-
     let spec = ExecSpec {
         argv: config.argv.clone(),
         env: config.env.clone(),
@@ -239,15 +221,42 @@ fn run_inner(
                 .unwrap_or_default()
         }),
     };
+    let t0 = std::time::Instant::now();
+    // The VM, the container's root and its main process started: all of
+    // the guest's part in one round trip.
+    let (mut vm, mut client) = start_vm(
+        root,
+        dir,
+        config,
+        disks,
+        (&network, &shared_dirs),
+        progress,
+        (
+            &volumes,
+            spec,
+            matches!(attach, Attach::Terminal { stdin: true }),
+        ),
+    )?;
+    tracing::debug!(
+        "container root ready, process started at {:?}",
+        t0.elapsed()
+    );
+    update(dir, |s| {
+        s.vm_pid = vm.vmm_pid();
+        s.vm_cgroups = vm.vmm_cgroups();
+    })?;
+    mark_populated(&mut volumes, config)?;
+    ports.start(&vm.uds)?;
+
     let record_pid = |id: u32| {
         main_process.store(id, Ordering::Release);
         let _ = update(dir, |s| s.process_id = Some(id));
     };
-    let code = run_main(&mut client, spec, attach, dir, config.tty, record_pid).map_err(|e| {
-        match vm.why_ended() {
-            Some(why) => e.context(why),
-            None => e,
-        }
+    let code = run_main(&mut client, attach, dir, config.tty, record_pid).map_err(|e| match vm
+        .why_ended()
+    {
+        Some(why) => e.context(why),
+        None => e,
     })?;
     // The container's process is gone: refuse new connections now.
     drop(ports);
@@ -335,8 +344,10 @@ pub fn second_disk(dir: &Path, auto_remove: bool) -> PathBuf {
     })
 }
 
-/// Starts the container's VM (from a snapshot when it can) and assembles
-/// its root filesystem through the agent.
+/// Starts the container's VM (from a snapshot when it can), assembles
+/// its root filesystem through the agent and starts its main process
+/// (`spec`, with our stdin forwarded if `stdin`), which the returned
+/// client then has ([`AgentClient::take_started`]).
 fn start_vm(
     root: &Path,
     dir: &Path,
@@ -344,7 +355,7 @@ fn start_vm(
     disks: Vec<vmm::DiskConfig>,
     (network, shared_dirs): (&network::Attachment, &crate::volume::bind::SharedDirs),
     progress: &dyn crate::progress::Progress,
-    volumes: &[Volume],
+    (volumes, spec, stdin): (&[Volume], ExecSpec, bool),
 ) -> anyhow::Result<(RunningVm, AgentClient)> {
     let memory = format!("{}m", config.mem_mib);
     let opts = GuestOptions {
@@ -369,29 +380,35 @@ fn start_vm(
         disks,
         socket_path(root, &config.id),
         Duration::from_secs(600),
-        Some(&image_warmup(config.auto_remove)),
-        |client| setup_root(client, config, &network.guest, volumes),
+        Some(&image_warmup(config.auto_remove, &network.guest)),
+        |client| {
+            setup_root(client, config, &network.guest, volumes)?;
+            client.queue_run(spec, stdin)
+        },
     )
     .context("starting the container's VM and root filesystem")
+    .map_err(crate::guest::agent_client::bare_exec_failure)
 }
 
 /// Runs the container's main process with its output to the log, and to
 /// our stdout/stderr when attached; returns its exit code.
 fn run_main(
     client: &mut AgentClient,
-    spec: ExecSpec,
     attach: Attach,
     dir: &Path,
     tty: bool,
     record_pid: impl FnOnce(u32),
 ) -> anyhow::Result<i32> {
+    let process = client
+        .take_started()
+        .context("the container's process did not start")?;
     let log = logs::open(dir)?;
     let code = match attach {
         Attach::Terminal { stdin } => {
             // Raw from the moment the process runs until we return.
             let mut raw = None;
-            let code = client.run_with(
-                spec,
+            let code = client.run_started(
+                process,
                 ProcessRole::Main,
                 our_stdin(stdin),
                 LogWriter::new(log.clone(), "stdout", Some(std::io::stdout())),
@@ -404,8 +421,8 @@ fn run_main(
             drop(raw);
             code?
         }
-        Attach::Detached => client.run_with(
-            spec,
+        Attach::Detached => client.run_started(
+            process,
             ProcessRole::Main,
             None,
             LogWriter::<std::io::Sink>::new(log.clone(), "stdout", None),
@@ -437,9 +454,11 @@ fn raw_stdin(wanted: bool) -> Option<terminal::RawMode> {
 /// done once into a warm snapshot (fast start): the image disk (/dev/vda)
 /// mounted as the overlay's lower layer and its files read into the page
 /// cache; for `--rm`, whose writable layer starts as an empty tmpfs, the
-/// whole root's mounts too. What differs per container is in
-/// [`setup_root`].
-fn image_warmup(auto_remove: bool) -> fast_start::Warmup {
+/// whole root's mounts too, with the per-container files bind-mounted
+/// (empty until a container writes them). The interface whose addresses
+/// every container shares is configured (with the template's MAC). What
+/// differs per container is in [`setup_root`].
+fn image_warmup(auto_remove: bool, network: &[GuestNetwork]) -> fast_start::Warmup {
     let mut requests = vec![
         mount("/dev/vda", GUEST_LOWER, "erofs", true, ""),
         Request::ReadFiles {
@@ -449,7 +468,17 @@ fn image_warmup(auto_remove: bool) -> fast_start::Warmup {
     ];
     if auto_remove {
         requests.extend(root_mounts(true));
+        for path in PER_CONTAINER_FILES {
+            requests.push(write_own_file(path, ""));
+            requests.push(mount_own_file(path));
+        }
     }
+    requests.extend(
+        network
+            .iter()
+            .filter(|l| l.same_in_every_container())
+            .map(GuestNetwork::warm_configure_request),
+    );
     fast_start::Warmup {
         fixed_disks: 1,
         requests,
@@ -578,17 +607,56 @@ fn setup_root(
         crate::network::resolv_conf(network)
     };
     let files = [hosts, format!("{}\n", config.hostname), resolv];
+    // A --rm container's warm snapshot has them mounted already, unless a
+    // volume or bind mount made since covers them.
+    let targets = config.mounts.iter().map(|m| m.target.as_str());
+    let targets = targets.chain(config.binds.iter().map(|b| b.target.as_str()));
+    let mounted = config.auto_remove && !mounts_cover_own_files(targets);
     for (path, content) in PER_CONTAINER_FILES.iter().zip(files) {
-        // Kept outside the writable layer and bind-mounted, as Docker
-        // does: they never show in `diff` or `commit`.
-        let own = format!("{GUEST_FILES}{path}");
-        client.write_file(&own, &content, 0o644)?;
-        client.call(&mount_in(GUEST_ROOT, path, &own, "bind", false, ""))?;
+        client.call(&write_own_file(path, &content))?;
+        if !mounted {
+            client.call(&mount_own_file(path))?;
+        }
     }
     if config.read_only {
         client.remount_read_only(GUEST_ROOT)?;
     }
     Ok(())
+}
+
+/// Writes the container's own copy of `path` (one of
+/// [`PER_CONTAINER_FILES`]) in place, so that a bind mount of it made
+/// earlier shows `content`.
+fn write_own_file(path: &str, content: &str) -> Request {
+    Request::WriteFile {
+        path: format!("{GUEST_FILES}{path}"),
+        content: content.into(),
+        mode: 0o644,
+        within: None,
+        in_place: true,
+    }
+}
+
+/// Bind-mounts the container's own copy of `path` over the image's: kept
+/// outside the writable layer, as Docker does, they never show in `diff`
+/// or `commit`.
+fn mount_own_file(path: &str) -> Request {
+    let own = format!("{GUEST_FILES}{path}");
+    mount_in(GUEST_ROOT, path, &own, "bind", false, "")
+}
+
+/// Whether a volume or bind mount lands on or above one of
+/// [`PER_CONTAINER_FILES`] (`-v data:/etc`), hiding what the warm
+/// snapshot mounted there: those files are then mounted again on top.
+fn mounts_cover_own_files<'a>(targets: impl IntoIterator<Item = &'a str>) -> bool {
+    targets
+        .into_iter()
+        .map(|t| t.trim_end_matches('/'))
+        .any(|t| {
+            PER_CONTAINER_FILES
+                .iter()
+                .any(|f| t.is_empty() || *f == t || f.starts_with(&format!("{t}/")))
+        })
 }
 
 /// The container's mailbox: a sparse host file every container VM has
@@ -837,6 +905,16 @@ fn write_pid_file(path: &Path, id: u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn own_files_are_mounted_again_only_under_a_mount_that_covers_them() {
+        let with = |targets: &[&str]| mounts_cover_own_files(targets.iter().copied());
+        assert!(!with(&[]));
+        assert!(!with(&["/data", "/etcetera", "/etc/hosts.d", "/var/etc"]));
+        for covering in ["/", "/etc", "/etc/", "/etc/hosts", "/etc/resolv.conf"] {
+            assert!(with(&["/data", covering]), "{covering}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agent_protocol::protocol::{
-    self, ExecFailure, ExecSpec, ProcessInfo, Request, Response, StdioKind, WindowSize,
-    CONTROL_PORT, STREAM_PORT,
+    self, ExecFailure, ExecSpec, PreAttached, ProcessInfo, Request, Response, StdioKind,
+    WindowSize, CONTROL_PORT, STREAM_PORT,
 };
 
 /// Errors talking to the agent.
@@ -64,6 +64,22 @@ pub fn connect_port(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
     Ok(s)
 }
 
+/// A stream opened with `PREATTACH`, once the agent said `OK` (it does
+/// before handing the stream to the process, so nothing of the process
+/// comes first).
+fn attached(mut s: UnixStream) -> Result<UnixStream, AgentError> {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let line = protocol::read_line(&mut s);
+    let _ = s.set_read_timeout(None);
+    match line.as_deref() {
+        Some("OK") => Ok(s),
+        other => Err(AgentError::Remote(format!(
+            "cannot attach a stream: {}",
+            other.unwrap_or("connection closed")
+        ))),
+    }
+}
+
 /// Copies until EOF (or an error on either side), flushing each chunk: a
 /// prompt without a newline must show at once, not when stdout's line
 /// buffer decides.
@@ -101,6 +117,25 @@ fn finish_copies<const N: usize>(
     }
 }
 
+/// `e` itself, or, when it is or wraps a program that could not be
+/// executed, that failure alone: it is the whole story, as Docker tells
+/// it (`exec: "x": executable file not found in $PATH`), even when the
+/// process was started along with the VM's set-up.
+pub fn bare_exec_failure(e: anyhow::Error) -> anyhow::Error {
+    let exec = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<AgentError>() {
+            Some(AgentError::Exec(failure, message)) => {
+                Some(AgentError::Exec(*failure, message.clone()))
+            }
+            _ => None,
+        });
+    match exec {
+        Some(exec) => exec.into(),
+        None => e,
+    }
+}
+
 /// What the end of a process means for the rest of the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessRole {
@@ -119,13 +154,56 @@ pub enum ProcessRole {
 pub struct AgentClient {
     uds: PathBuf,
     conn: UnixStream,
+    /// The agent's answer to our `Hello` is still to be read.
+    hello_pending: bool,
     /// Requests held for one `Batch` round trip (see `begin_batch`).
     batch: Option<Vec<Request>>,
+    /// The streams of a `Run` queued or sent, attached once the request
+    /// that carries it is on its way (see [`AgentClient::queue_run`]).
+    run_streams: Option<PreAttached>,
+    /// The process the last round trip started, with its streams.
+    started: Option<StartedProcess>,
+}
+
+/// A process a `Run` started, with its attached streams (in the order of
+/// [`stream_kinds`]) whose agent's `OK` line is still to be read.
+pub struct StartedProcess {
+    /// The agent's id for it.
+    pub id: u32,
+    streams: Vec<UnixStream>,
+}
+
+/// The streams a process gets: its terminal, or stdout and stderr and
+/// stdin when the host has input for it.
+fn stream_kinds(tty: bool, stdin: bool) -> Vec<StdioKind> {
+    match (tty, stdin) {
+        (true, _) => vec![StdioKind::Tty],
+        (false, true) => vec![StdioKind::Stdout, StdioKind::Stderr, StdioKind::Stdin],
+        (false, false) => vec![StdioKind::Stdout, StdioKind::Stderr],
+    }
+}
+
+/// A key for `PREATTACH` lines: only the host reaches the guest's stream
+/// port, so it needs to be unique, not secret; random per call.
+fn preattach_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 impl AgentClient {
     /// Connects and performs the version handshake.
     pub fn connect(uds: &Path) -> Result<Self, AgentError> {
+        let mut client = Self::connect_unanswered(uds)?;
+        client.hello_answer()?;
+        Ok(client)
+    }
+
+    /// Connects and says `Hello` without waiting for the answer, which the
+    /// first round trip reads before its own: a restored guest's agent
+    /// then reads both at one wake-up.
+    pub fn connect_unanswered(uds: &Path) -> Result<Self, AgentError> {
         let mut conn = connect_port(uds, CONTROL_PORT)?;
         protocol::send(
             &mut conn,
@@ -133,12 +211,23 @@ impl AgentClient {
                 version: protocol::VERSION.to_string(),
             },
         )?;
-        match protocol::recv::<Response>(&mut conn)? {
-            Response::Hello { .. } => Ok(Self {
-                uds: uds.into(),
-                conn,
-                batch: None,
-            }),
+        Ok(Self {
+            uds: uds.into(),
+            conn,
+            hello_pending: true,
+            batch: None,
+            run_streams: None,
+            started: None,
+        })
+    }
+
+    /// Reads the answer to our `Hello` if it is still due.
+    fn hello_answer(&mut self) -> Result<(), AgentError> {
+        if !std::mem::take(&mut self.hello_pending) {
+            return Ok(());
+        }
+        match protocol::recv::<Response>(&mut self.conn)? {
+            Response::Hello { .. } => Ok(()),
             Response::Error { message } => Err(AgentError::Version(message)),
             other => Err(AgentError::Unexpected(Box::new(other))),
         }
@@ -152,10 +241,11 @@ impl AgentClient {
         self.batch = Some(Vec::new());
     }
 
-    /// Sends the held requests; the first failure is the error.
+    /// Sends the held requests; the first failure is the error. A `Run`
+    /// queued last has started its process ([`Self::take_started`]).
     pub fn end_batch(&mut self) -> Result<(), AgentError> {
         match self.batch.take() {
-            Some(reqs) if !reqs.is_empty() => self.call(&Request::Batch(reqs)).map(drop),
+            Some(reqs) if !reqs.is_empty() => self.round_trip(&Request::Batch(reqs)).map(drop),
             _ => Ok(()),
         }
     }
@@ -166,12 +256,64 @@ impl AgentClient {
             batch.push(req.clone());
             return Ok(Response::Ok);
         }
+        self.round_trip(req)
+    }
+
+    /// Sends `req`, attaches the streams of a `Run` it carries while the
+    /// agent works through it, and reads the answer.
+    fn round_trip(&mut self, req: &Request) -> Result<Response, AgentError> {
         protocol::send(&mut self.conn, req)?;
+        let streams = match self.run_streams.take() {
+            Some(run) => Some(self.preattach(&run)?),
+            None => None,
+        };
+        self.hello_answer()?;
+        let response = self.answer()?;
+        if let (Response::Running { id, .. }, Some(streams)) = (&response, streams) {
+            self.started = Some(StartedProcess { id: *id, streams });
+        }
+        Ok(response)
+    }
+
+    /// Reads one answer; agent errors become `Err`.
+    fn answer(&mut self) -> Result<Response, AgentError> {
         match protocol::recv::<Response>(&mut self.conn)? {
             Response::Error { message } => Err(AgentError::Remote(message)),
             Response::StartFailed { failure, message } => Err(AgentError::Exec(failure, message)),
             r => Ok(r),
         }
+    }
+
+    /// Opens the streams of `run` (`PREATTACH` lines); their `OK` is read
+    /// when the process's output is (see [`Self::run_started`]).
+    fn preattach(&self, run: &PreAttached) -> Result<Vec<UnixStream>, AgentError> {
+        run.kinds
+            .iter()
+            .map(|kind| {
+                let mut s = connect_port(&self.uds, STREAM_PORT)?;
+                s.write_all(format!("PREATTACH {} {}\n", run.key, kind.word()).as_bytes())
+                    .map_err(|e| AgentError::Connect(self.uds.clone(), e))?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    /// Queues (in a batch, as its last request) or sends a `Run` of
+    /// `spec`, whose streams are attached while the agent works through
+    /// the round trip: creation, attachment and start cost one round trip
+    /// instead of four. Afterwards [`Self::take_started`] has the process.
+    pub fn queue_run(&mut self, spec: ExecSpec, stdin: bool) -> Result<(), AgentError> {
+        let streams = PreAttached {
+            key: preattach_key(),
+            kinds: stream_kinds(spec.tty.is_some(), stdin),
+        };
+        self.run_streams = Some(streams.clone());
+        self.call(&Request::Run { spec, streams }).map(drop)
+    }
+
+    /// The process the last `Run` started, if any.
+    pub fn take_started(&mut self) -> Option<StartedProcess> {
+        self.started.take()
     }
 
     /// Mounts a filesystem in the guest.
@@ -219,17 +361,6 @@ impl AgentClient {
             .map(|_| ())
     }
 
-    /// Writes a file in the guest.
-    pub fn write_file(&mut self, path: &str, content: &str, mode: u32) -> Result<(), AgentError> {
-        self.call(&Request::WriteFile {
-            path: path.into(),
-            content: content.into(),
-            mode,
-            within: None,
-        })
-        .map(|_| ())
-    }
-
     /// Makes an existing guest mount read-only.
     pub fn remount_read_only(&mut self, target: &str) -> Result<(), AgentError> {
         self.mount("none", target, "remount", true, "")
@@ -250,21 +381,6 @@ impl AgentClient {
         match self.call(&Request::ListProcesses)? {
             Response::Processes { processes } => Ok(processes),
             other => Err(AgentError::Unexpected(Box::new(other))),
-        }
-    }
-
-    /// Attaches a stdio stream of process `id`.
-    fn attach(&self, id: u32, kind: StdioKind) -> Result<UnixStream, AgentError> {
-        let mut s = connect_port(&self.uds, STREAM_PORT)?;
-        s.write_all(format!("ATTACH {id} {}\n", kind.word()).as_bytes())
-            .map_err(|e| AgentError::Connect(self.uds.clone(), e))?;
-        match protocol::read_line(&mut s).as_deref() {
-            Some("OK") => Ok(s),
-            other => Err(AgentError::Remote(format!(
-                "cannot attach {}: {}",
-                kind.word(),
-                other.unwrap_or("connection closed")
-            ))),
         }
     }
 
@@ -292,90 +408,87 @@ impl AgentClient {
         spec: ExecSpec,
         role: ProcessRole,
         stdin: Option<Box<dyn Read + Send>>,
+        stdout: impl Write + Send,
+        stderr: impl Write + Send,
+        started: impl FnOnce(u32),
+    ) -> Result<i32, AgentError> {
+        self.queue_run(spec, stdin.is_some())?;
+        let process = self
+            .take_started()
+            .ok_or_else(|| AgentError::Remote("the process did not start".into()))?;
+        self.run_started(process, role, stdin, stdout, stderr, started)
+    }
+
+    /// The rest of [`AgentClient::run_with`] for a process a `Run` started
+    /// (possibly at the end of a batch): tells `started`, feeds `stdin`,
+    /// copies the output until the process has exited.
+    pub fn run_started(
+        &mut self,
+        process: StartedProcess,
+        role: ProcessRole,
+        stdin: Option<Box<dyn Read + Send>>,
         mut stdout: impl Write + Send,
         mut stderr: impl Write + Send,
         started: impl FnOnce(u32),
     ) -> Result<i32, AgentError> {
-        let tty = spec.tty.is_some();
-        let id = match self.call(&Request::Create(spec))? {
-            Response::Created { id } => id,
-            other => return Err(AgentError::Unexpected(Box::new(other))),
+        let StartedProcess { id, streams } = process;
+        let mut streams = streams
+            .into_iter()
+            .map(attached)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
+        let (Some(mut out), err) = (streams.next(), streams.next()) else {
+            return Err(AgentError::Remote("no stream attached".into()));
         };
-        if tty {
-            return self.run_terminal(id, role, stdin, stdout, started);
-        }
-        let input = match stdin {
-            Some(r) => Some((self.attach(id, StdioKind::Stdin)?, r)),
-            None => None,
+        let Some(mut err) = err else {
+            // A terminal: one stream, both ways. The agent ends it when the
+            // terminal closes: when no process holds it any more.
+            let handles = [self.handle(&out)?];
+            let input = match stdin {
+                Some(r) => Some((self.handle(&out)?, r)),
+                None => None,
+            };
+            Self::begin(id, input, started);
+            return std::thread::scope(|scope| {
+                let copy = scope.spawn(move || copy_flushing(&mut out, &mut stdout));
+                let code = self.wait_exit(id, role);
+                finish_copies([copy], &handles, code.is_ok());
+                code
+            });
         };
-        let mut out = self.attach(id, StdioKind::Stdout)?;
-        let mut err = self.attach(id, StdioKind::Stderr)?;
-        let streams = [self.handle(&out)?, self.handle(&err)?];
-        tracing::debug!("process {id} created and attached");
-        self.start(id, input, started)?;
+        let input = streams.next().zip(stdin);
+        let handles = [self.handle(&out)?, self.handle(&err)?];
+        Self::begin(id, input, started);
         std::thread::scope(|scope| {
             let copies = [
                 scope.spawn(move || copy_flushing(&mut out, &mut stdout)),
                 scope.spawn(move || copy_flushing(&mut err, &mut stderr)),
             ];
             let code = self.wait_exit(id, role);
-            finish_copies(copies, &streams, code.is_ok());
+            finish_copies(copies, &handles, code.is_ok());
             tracing::debug!("process {id} output closed");
             code
         })
     }
 
-    /// Starts created process `id`, tells `started`, then feeds `input`
-    /// (the stream and what to copy into it) on a thread of its own, which
+    /// Tells `started` that process `id` runs, then feeds `input` (the
+    /// stream and what to copy into it) on a thread of its own, which
     /// closes the stream's sending side at the end. Detached: a process
     /// that exits without reading its stdin must not keep us waiting on
     /// our own stdin.
-    fn start(
-        &mut self,
+    fn begin(
         id: u32,
         input: Option<(UnixStream, Box<dyn Read + Send>)>,
         started: impl FnOnce(u32),
-    ) -> Result<(), AgentError> {
-        match self.call(&Request::Start { id })? {
-            Response::Started { .. } => {
-                tracing::debug!("process {id} started");
-                started(id)
-            }
-            other => return Err(AgentError::Unexpected(Box::new(other))),
-        }
+    ) {
+        tracing::debug!("process {id} started");
+        started(id);
         if let Some((mut sock, mut reader)) = input {
             std::thread::spawn(move || {
                 let _ = std::io::copy(&mut reader, &mut sock);
                 let _ = sock.shutdown(std::net::Shutdown::Write);
             });
         }
-        Ok(())
-    }
-
-    /// The rest of [`AgentClient::run_with`] for a process with a terminal.
-    fn run_terminal(
-        &mut self,
-        id: u32,
-        role: ProcessRole,
-        stdin: Option<Box<dyn Read + Send>>,
-        mut stdout: impl Write + Send,
-        started: impl FnOnce(u32),
-    ) -> Result<i32, AgentError> {
-        let mut term = self.attach(id, StdioKind::Tty)?;
-        let stream = self.handle(&term)?;
-        let input = match stdin {
-            Some(r) => Some((self.handle(&term)?, r)),
-            None => None,
-        };
-        self.start(id, input, started)?;
-        std::thread::scope(|scope| {
-            // The agent ends the stream when the terminal closes: when no
-            // process holds it any more.
-            let copy = scope.spawn(move || copy_flushing(&mut term, &mut stdout));
-            let code = self.wait_exit(id, role);
-            finish_copies([copy], &[stream], code.is_ok());
-            code
-        })
     }
 
     /// Another handle on a stream, to end it from another thread.
@@ -390,13 +503,20 @@ impl AgentClient {
     /// main process's, which children share) then end once their last
     /// bytes are delivered.
     fn wait_exit(&mut self, id: u32, role: ProcessRole) -> Result<i32, AgentError> {
-        let code = match self.call(&Request::Wait { id })? {
+        self.hello_answer()?;
+        protocol::send(&mut self.conn, &Request::Wait { id })?;
+        if role == ProcessRole::Main {
+            // Queued behind the `Wait`: the agent reads it as soon as it
+            // has answered, without waiting for us.
+            protocol::send(&mut self.conn, &Request::KillAll)?;
+        }
+        let code = match self.answer()? {
             Response::Exited { code, .. } => code,
             other => return Err(AgentError::Unexpected(Box::new(other))),
         };
         tracing::debug!("process {id} exited with {code}");
         if role == ProcessRole::Main {
-            self.call(&Request::KillAll)?;
+            self.answer()?;
         }
         Ok(code)
     }

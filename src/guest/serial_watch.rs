@@ -133,6 +133,7 @@ impl SerialWatcher {
                 );
             }
         } else if !line.is_empty() {
+            tracing::debug!("console: {line}");
             let mut tail = CONSOLE_TAIL.lock().unwrap_or_else(|p| p.into_inner());
             if tail.len() == CONSOLE_TAIL_LINES {
                 tail.pop_front();

@@ -224,7 +224,7 @@ impl RunningVm {
     ) -> anyhow::Result<(Self, crate::guest::agent_client::AgentClient)> {
         let start = Instant::now();
         loop {
-            match crate::guest::agent_client::AgentClient::connect(&self.uds) {
+            match crate::guest::agent_client::AgentClient::connect_unanswered(&self.uds) {
                 Ok(client) => return Ok((self, client)),
                 Err(e) if self.is_done() => {
                     let why = self.why_ended();

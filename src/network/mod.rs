@@ -240,6 +240,32 @@ impl GuestNetwork {
         }
     }
 
+    /// Whether every container configures this interface the same way
+    /// but for its MAC: the interface with outbound access (through the
+    /// container's own passt) has the default network's fixed address,
+    /// gateway and route. A warm snapshot configures it once
+    /// ([`Self::warm_configure_request`]); a container then changes only
+    /// its MAC.
+    pub fn same_in_every_container(&self) -> bool {
+        self.default_route
+    }
+
+    /// [`Self::configure_request`] with the snapshot template's MAC for
+    /// this interface, for a warm snapshot (the container's own MAC comes
+    /// after the restore).
+    pub fn warm_configure_request(&self) -> agent_protocol::protocol::Request {
+        let index = self
+            .interface
+            .trim_start_matches("eth")
+            .parse()
+            .unwrap_or(0);
+        Self {
+            mac: template_mac(index),
+            ..self.clone()
+        }
+        .configure_request()
+    }
+
     /// The agent request that gives the guest this address.
     pub fn configure_request(&self) -> agent_protocol::protocol::Request {
         agent_protocol::protocol::Request::ConfigureNetwork {
@@ -437,6 +463,38 @@ fn tap_name(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_outbound_interface_is_configured_ahead_with_the_template_mac() {
+        let id = "0123456789abcdef";
+        let default = GuestNetwork::default_for(id);
+        let uplink = GuestNetwork::uplink_for(id);
+        let mut user = GuestNetwork::default_for(id);
+        user.default_route = false;
+        assert!(default.same_in_every_container() && uplink.same_in_every_container());
+        assert!(!user.same_in_every_container());
+        let ahead = |l: &GuestNetwork| match l.warm_configure_request() {
+            agent_protocol::protocol::Request::ConfigureNetwork { mac, address, .. } => {
+                (mac, address)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ahead(&default),
+            ("02:00:00:00:00:00".to_string(), DefaultNetwork::ADDRESS)
+        );
+        assert_eq!(ahead(&uplink).0, "02:00:00:00:00:01");
+        // The container's own request differs only in the MAC.
+        match default.configure_request() {
+            agent_protocol::protocol::Request::ConfigureNetwork { mac, address, .. } => {
+                assert_eq!(
+                    (mac.as_str(), address),
+                    ("02:01:23:45:67:89", DefaultNetwork::ADDRESS)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     use super::*;
 
     #[test]

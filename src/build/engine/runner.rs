@@ -315,6 +315,7 @@ impl BuildVm {
                 content,
                 mode: 0o644,
                 within: Some(step_root.clone()),
+                in_place: false,
             });
         }
         batch.push(Request::Mkdir {
