@@ -6,7 +6,7 @@ and command line, alternating runs, median of N. Also the VMM's own RSS
 Usage: bench/boot_vs_qemu.py [--runs 5] [--memory 128]
 Needs: target/release/hull, the guest kernel, the agent (scripts/build-all).
 """
-import argparse, glob, os, re, statistics, subprocess, sys, tempfile, time
+import argparse, glob, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
 READY = re.compile(rb"hull-agent: ready version=\S+ uptime=([0-9.]+)")
 
@@ -61,6 +61,9 @@ def main():
     kernel = re.search(r"Kernel: (\S+)", subprocess.run([hull, "info"], env=env, capture_output=True, text=True).stdout).group(1)
     initrd = glob.glob(os.path.join(root, "cache", "initramfs-*.cpio"))[0]
     guest_kib = args.memory * 1024
+    if not shutil.which("qemu-system-x86_64"):
+        sys.exit("bench: qemu-system-x86_64 is missing: apt-get install qemu-system-x86 "
+                 "(not in scripts/apt-packages-test: it conflicts with backports' qemu-utils)")
     qemu = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-enable-kvm",
             "-cpu", "host,-arch-capabilities", "-m", str(args.memory), "-smp", "1",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
