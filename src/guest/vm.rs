@@ -41,6 +41,10 @@ pub struct VmArgs {
     pub console: bool,
 }
 
+/// Environment variable whose words are appended to the guest kernel's
+/// command line (unset or empty: nothing is added).
+pub const KERNEL_ARGS_ENV: &str = "HULL_KERNEL_ARGS";
+
 /// Size and console options shared by commands that boot a VM.
 pub struct GuestOptions<'a> {
     /// Docker-style memory size.
@@ -95,6 +99,16 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     if !opts.extra_cmdline.is_empty() {
         config.cmdline.push(' ');
         config.cmdline.push_str(opts.extra_cmdline);
+    }
+    // Words for the guest kernel's command line, for experiments with
+    // kernel parameters (e.g. hull_fault_around=256K); part of the snapshot
+    // key like every other word of the command line.
+    if let Ok(args) = std::env::var(KERNEL_ARGS_ENV) {
+        let args = args.trim();
+        if !args.is_empty() {
+            config.cmdline.push(' ');
+            config.cmdline.push_str(args);
+        }
     }
     if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
         config.kvm_device = dev.into();
