@@ -792,10 +792,13 @@ pub enum Port {
 /// How long an attachment's `ATTACH` line may take to arrive.
 const ATTACH_LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Accepts connections on `listener` forever, one thread each, except
-/// stream attachments: those are one short line and are handled here, as a
-/// new thread costs the guest more than the whole attachment.
+/// Accepts connections on `listener` forever, each served on a thread of
+/// its own, except stream attachments: those are one short line and are
+/// handled here, as a new thread costs the guest more than the whole
+/// attachment. A thread that has served its connection waits for the next
+/// one (see [`Idle`]).
 pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
+    let idle = Arc::new(Idle::default());
     loop {
         let accepted = listener.accept();
         trace!("accepted on {port:?}");
@@ -807,11 +810,20 @@ pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
                 }
             }
             Ok(conn) => {
-                let agent = agent.clone();
-                let spawned = std::thread::Builder::new().spawn(move || match port {
-                    Port::Control => agent.serve_control(conn),
-                    Port::Streams => agent.serve_attach(conn),
-                    Port::Unpack => crate::unpack_server::serve(conn),
+                let Some(conn) = idle.hand_over(conn) else {
+                    continue;
+                };
+                let (agent, idle) = (agent.clone(), idle.clone());
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    let mut next = Some(conn);
+                    while let Some(conn) = next {
+                        match port {
+                            Port::Control => agent.serve_control(conn),
+                            Port::Streams => agent.serve_attach(conn),
+                            Port::Unpack => crate::unpack_server::serve(conn),
+                        }
+                        next = idle.wait_for_next();
+                    }
                 });
                 if spawned.is_err() {
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -819,6 +831,40 @@ pub fn accept_loop(agent: Arc<Agent>, listener: VsockListener, port: Port) {
             }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
+    }
+}
+
+/// Threads of one listener that have served their connection and wait for
+/// another. Where guest-kernel code is emulated a new thread (its stack's
+/// mapping and first pages) costs tens of milliseconds; a container's
+/// warm snapshot keeps the thread of its warm-up connection, so the
+/// restored guest serves the host's first connection without making one.
+#[derive(Default)]
+struct Idle {
+    waiting: Mutex<Vec<std::sync::mpsc::Sender<UnixStream>>>,
+}
+
+impl Idle {
+    /// Gives `conn` to a waiting thread; back if none takes it.
+    fn hand_over(&self, mut conn: UnixStream) -> Option<UnixStream> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(thread) = waiting.pop() {
+            match thread.send(conn) {
+                Ok(()) => return None,
+                Err(std::sync::mpsc::SendError(back)) => conn = back,
+            }
+        }
+        Some(conn)
+    }
+
+    /// Waits (as a thread done with its connection) for the next one.
+    fn wait_for_next(&self) -> Option<UnixStream> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx.recv().ok()
     }
 }
 

@@ -176,3 +176,31 @@ fn a_file_written_in_place_keeps_its_inode_and_refuses_symlinks() {
     });
     assert!(matches!(inside, Response::Error { .. }), "{inside:?}");
 }
+
+#[test]
+fn a_thread_done_with_its_connection_serves_the_next() {
+    let idle = Arc::new(super::Idle::default());
+    let (first, _) = UnixStream::pair().unwrap();
+    assert!(idle.hand_over(first).is_some(), "no thread waits yet");
+    let waiter = {
+        let idle = idle.clone();
+        std::thread::spawn(move || idle.wait_for_next().map(|mut s| s.write_all(b"served")))
+    };
+    let (conn, mut peer) = UnixStream::pair().unwrap();
+    let mut conn = Some(conn);
+    // The waiter registers itself shortly; until then the conn comes back.
+    for _ in 0..200 {
+        match idle.hand_over(conn.take().unwrap()) {
+            None => break,
+            Some(back) => {
+                conn = Some(back);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    assert!(conn.is_none(), "no waiting thread took the connection");
+    waiter.join().unwrap().unwrap().unwrap();
+    let mut got = String::new();
+    peer.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "served");
+}
