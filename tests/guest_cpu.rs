@@ -98,7 +98,8 @@ fn cpuid_checking_vector_code_keeps_its_registers_in_concurrent_processes() {
     // results; "forced" uses AVX2 whatever CPUID says and is printed for the
     // record only: no kernel without XSAVE can protect a program that does
     // not ask.
-    let script = "echo '== strict'; /avx-check 1000; a=$?; \
+    let script = "echo faulting $(grep -c -w cpuid_fault /proc/cpuinfo); \
+                  echo '== strict'; /avx-check 1000; a=$?; \
                   echo '== lax'; /avx-check --lax 1000; b=$?; \
                   echo '== forced'; /avx-check --force-avx2 200; \
                   exit $((a | b))";
@@ -111,10 +112,26 @@ fn cpuid_checking_vector_code_keeps_its_registers_in_concurrent_processes() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     eprintln!("guest output:\n{stdout}");
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let strict = section(&stdout, "strict");
     let lax = section(&stdout, "lax");
+    // Detection that checks OSXSAVE (glibc's, Go's) is right on every host:
+    // this XSAVE-less kernel never sets it.
     assert_both_ok(strict, 1000, &stdout);
+    let faulting = stdout
+        .lines()
+        .any(|l| l.starts_with("faulting ") && l != "faulting 0");
+    if host_is_pvm() && !faulting {
+        // This PVM host (seen on AMD EPYC) offers the guest no CPUID
+        // faulting, so patch 0006 cannot answer user CPUID: the host's AVX
+        // bits show, and only OSXSAVE=0 protects detection (a documented
+        // limit, docs/guest-kernel.md). What the kernel does see holds.
+        eprintln!("this PVM host offers no CPUID faulting: AVX is not hidden from user CPUID");
+        assert_eq!(field(strict, "cpuid", "osxsave"), "0", "{stdout}");
+        assert!(strict.contains("child id=1 path=sse ok"), "{stdout}");
+        assert!(strict.contains("nocpuid unsupported\n"), "{stdout}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_both_ok(lax, 1000, &stdout);
 
     if host_is_pvm() {
