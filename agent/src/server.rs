@@ -52,7 +52,7 @@ impl Agent {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers one request; each kind has its own method or function.
+    /// Answers one request (timed on the console by a traced agent).
     fn handle(&self, req: Request) -> Response {
         let name = option_env!("HULL_AGENT_TRACE").map(|_| request_name(&req));
         let t = std::time::Instant::now();
@@ -61,7 +61,7 @@ impl Agent {
         answer
     }
 
-    /// Answers one request.
+    /// Answers one request; each kind has its own method or function.
     // Over 80 lines on purpose: one dispatch arm per request kind, each a
     // call into its method or function; splitting the match would only
     // scatter the protocol's list of requests.
