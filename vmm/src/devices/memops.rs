@@ -495,7 +495,7 @@ mod tests {
     #[test]
     fn largest_allowed_operation_completes_and_one_byte_more_is_refused() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 80 << 20)]).unwrap();
-        let seg = MAX_TOTAL / u64::from(MAX_SEGMENTS) & !0xfff;
+        let seg = (MAX_TOTAL / u64::from(MAX_SEGMENTS)) & !0xfff;
         let segs: Vec<_> = (0..u64::from(MAX_SEGMENTS))
             .map(|i| (0x1_0000 + i * seg, 0, seg))
             .collect();
