@@ -110,6 +110,7 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
             config.cmdline.push_str(args);
         }
     }
+    push_memops_args(&mut config.cmdline);
     if let Ok(dev) = std::env::var("HULL_KVM_DEVICE") {
         config.kvm_device = dev.into();
     }
@@ -122,6 +123,22 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
         " quiet"
     });
     Ok((config, seen))
+}
+
+/// The guest kernel's memory-op doorbell hooks and threshold
+/// (docs/guest-kernel.md; inert off PVM) from `HULL_PVM_MEMOPS` and
+/// `HULL_PVM_MEMOPS_MIN`; part of the snapshot key like every word of the
+/// command line.
+fn push_memops_args(cmdline: &mut String) {
+    for (var, param) in [
+        ("HULL_PVM_MEMOPS", "hull_pvm_memops"),
+        ("HULL_PVM_MEMOPS_MIN", "hull_pvm_memops_min"),
+    ] {
+        let value = std::env::var(var).ok();
+        if let Some(v) = value.filter(|v| v.parse::<u32>().is_ok()) {
+            cmdline.push_str(&format!(" {param}={v}"));
+        }
+    }
 }
 
 /// Waits until the agent reports ready (or fails, or the VM ends).

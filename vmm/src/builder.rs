@@ -279,7 +279,7 @@ struct Attached {
 }
 
 impl Devices {
-    /// Puts the serial port and i8042 on the PIO bus and the configured
+    /// Puts the serial port, i8042 and memory-op doorbell on the PIO bus and the configured
     /// disks and vsock on the MMIO bus, and registers the VM's end watcher.
     fn attach(
         vm: &VmFd,
@@ -309,6 +309,13 @@ impl Devices {
             ))),
             devices::i8042::I8042_BASE,
             devices::i8042::I8042_LEN,
+        )?;
+        // The memory-op doorbell (issue 22). Stateless: nothing of it goes
+        // into a snapshot, the guest keeps its descriptors in its own memory.
+        pio.insert(
+            Arc::new(Mutex::new(devices::memops::MemOps::new(mem.clone()))),
+            devices::memops::MEMOPS_PORT,
+            devices::memops::MEMOPS_LEN,
         )?;
 
         let mut mmio = Bus::new();

@@ -1,4 +1,5 @@
 //! Emulated devices, one per module.
 
 pub mod i8042;
+pub mod memops;
 pub mod serial;
