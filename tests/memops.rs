@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{busybox_rootfs, hull, require_kvm, text};
+use common::{busybox_rootfs, hull, import_rootfs, require_kvm, text};
 
 /// Builds a tests/support C program with `gcc -static` into `dir`.
 fn build_guest_program(name: &str, dir: &Path) -> PathBuf {
@@ -38,23 +38,7 @@ fn import_image(root: &Path) {
     busybox_rootfs(&rootfs);
     let prog = build_guest_program("memops-check", dir.path());
     std::fs::copy(prog, rootfs.join("memops_check")).unwrap();
-    let tar = dir.path().join("rootfs.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = hull(root)
-        .arg("import")
-        .arg(&tar)
-        .arg("memops:test")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{:?}", text(&out));
+    import_rootfs(root, &rootfs, "memops:test", &[]);
 }
 
 /// Runs the check in a container with HULL_PVM_MEMOPS=`memops` (None: as
