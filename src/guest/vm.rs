@@ -134,9 +134,13 @@ fn push_memops_args(cmdline: &mut String) {
         ("HULL_PVM_MEMOPS", "hull_pvm_memops"),
         ("HULL_PVM_MEMOPS_MIN", "hull_pvm_memops_min"),
     ] {
-        let value = std::env::var(var).ok();
-        if let Some(v) = value.filter(|v| v.parse::<u32>().is_ok()) {
-            cmdline.push_str(&format!(" {param}={v}"));
+        let Ok(value) = std::env::var(var) else {
+            continue;
+        };
+        match value.trim().parse::<u32>() {
+            Ok(v) => cmdline.push_str(&format!(" {param}={v}")),
+            // A developer's knob: say it was ignored rather than fail runs.
+            Err(_) => tracing::warn!("{var}={value:?} is not a number; ignored"),
         }
     }
 }
