@@ -40,7 +40,12 @@ fn boots_to_agent_ready_and_exits_cleanly() {
 fn boots_with_two_vcpus() {
     require_kvm();
     let root = tempfile::tempdir().unwrap();
+    // With the guest profiler on (on a thread of hull: the jailed VMM has
+    // nowhere to write), which this boot also checks.
+    let prefix = root.path().join("profile");
     let out = hull(root.path())
+        .env("HULL_JAIL", "off")
+        .env("HULL_GUEST_PROFILE", &prefix)
         .args([
             "debug",
             "boot",
@@ -61,6 +66,44 @@ fn boots_with_two_vcpus() {
     // Both CPUs came up (the MP table describes them, the AP started).
     assert!(stdout.contains("Brought up 1 node, 2 CPUs"), "{stdout}");
     assert!(stdout.contains("hull-agent: shutdown status=0"), "{stdout}");
+    assert_profiled_both_vcpus(root.path());
+}
+
+/// Each vCPU left a profile: samples in time order, over a thousand of
+/// them in the guest kernel (a boot is kernel work: nearly all of the
+/// boot vCPU's).
+fn assert_profiled_both_vcpus(dir: &std::path::Path) {
+    for vcpu in ["vcpu0", "vcpu1"] {
+        let file = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(&format!(".{vcpu}")))
+            .unwrap_or_else(|| panic!("no profile of {vcpu} in {}", dir.display()));
+        let samples: Vec<(u64, u64)> = std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (at, rip) = l.split_once(' ').unwrap();
+                let rip = u64::from_str_radix(rip.trim_start_matches("0x"), 16).unwrap();
+                (at.parse().unwrap(), rip)
+            })
+            .collect();
+        assert!(samples.len() > 1000, "{vcpu}: {} samples", samples.len());
+        assert!(samples.windows(2).all(|w| w[0].0 <= w[1].0), "{vcpu}");
+        let kernel = samples
+            .iter()
+            .filter(|(_, rip)| *rip >= 0xffff_ffff_8000_0000)
+            .count();
+        // The second vCPU waits for its start-up IPI outside the kernel.
+        assert!(kernel > 1000, "{vcpu}: {kernel} of {}", samples.len());
+        if vcpu == "vcpu0" {
+            assert!(
+                kernel * 10 > samples.len() * 9,
+                "{kernel} of {}",
+                samples.len()
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! vCPU creation and the architectural state the PVH entry expects.
 
 pub mod exit;
+pub mod profile;
 pub mod vcpu;
 
 use kvm_bindings::{

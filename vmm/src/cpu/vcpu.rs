@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use super::exit::{handle_exit, ExitAction};
+use super::profile::{ProfileConfig, Profiler};
 use crate::bus::Bus;
 
 /// KVM_INTERNAL_ERROR_EMULATION (linux/kvm.h).
@@ -121,6 +122,27 @@ impl VcpuThread {
 }
 
 fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
+    // Before the filter: the profiler's timer thread must not inherit it.
+    let mut profiler = ProfileConfig::from_env().and_then(|config| {
+        Profiler::start(&config, id, vcpu, kick_signal())
+            .map_err(|e| tracing::warn!("vcpu{id}: {e}"))
+            .ok()
+    });
+    run_filtered(id, vcpu, shared, profiler.as_mut());
+    if let Some(profiler) = profiler {
+        match profiler.finish() {
+            Ok(path) => tracing::info!("vcpu{id}: guest profile in {}", path.display()),
+            Err(e) => tracing::warn!("vcpu{id}: {e}"),
+        }
+    }
+}
+
+fn run_filtered(
+    id: u8,
+    vcpu: &mut VcpuFd,
+    shared: &VcpuShared,
+    mut profiler: Option<&mut Profiler>,
+) {
     // Before the first guest instruction this thread runs.
     let mode = crate::seccomp::mode();
     if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu, mode) {
@@ -138,7 +160,11 @@ fn run_loop(id: u8, vcpu: &mut VcpuFd, shared: &VcpuShared) {
                     return;
                 }
             },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if let Some(profiler) = profiler.as_deref_mut() {
+                    profiler.sample(vcpu);
+                }
+            }
             Err(e) => {
                 shared.end(ExitAction::Fatal(format!("vcpu{id}: KVM_RUN failed: {e}")));
                 return;
