@@ -3,8 +3,8 @@
 //! loops. A static C program (tests/support/memops-check.c) checks every byte
 //! of reads and writes across page boundaries, partially unmapped buffers
 //! (EFAULT, partial counts), copy-on-write after fork, pipes and shared
-//! file mappings, in a container with the doorbell on and again with it
-//! off: both runs must pass and print the same counts. Then 2 MiB go
+//! file mappings, in a container with the doorbell on (and, in the long
+//! form, again with it off: both runs must print the same). Then 2 MiB go
 //! through a container's stdin and back out of its stdout, byte for byte,
 //! with hull's default guest settings (doorbell on; on PVM, 64 KiB vsock
 //! receive buffers).
@@ -69,17 +69,17 @@ fn run_check(root: &Path, memops: Option<&str>) -> (String, String) {
 }
 
 #[test]
-fn user_copies_are_exact_with_and_without_the_doorbell() {
+fn user_copies_and_streams_are_exact_with_the_doorbell() {
     require_kvm();
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_image(root);
 
-    // The default: every hook on.
+    // The default: every hook on. The program checks every byte and the
+    // exact partial counts and errors the kernel's own copy loops give.
     let (on, on_log) = run_check(root, None);
-    let (off, off_log) = run_check(root, Some("0"));
-    assert_eq!(on, off, "the doorbell changed what user space sees");
     assert!(on.contains("ok partial read 8092\n"), "{on}");
+    assert!(on.contains("ok partial write 8092\n"), "{on}");
     if vmm::host::HostKind::detect() == vmm::host::HostKind::Pvm {
         // Every hook on by default, so the run above really went through
         // the VMM.
@@ -88,13 +88,29 @@ fn user_copies_are_exact_with_and_without_the_doorbell() {
             "{on_log}"
         );
     }
-    assert!(!off_log.contains("doorbell at port"), "{off_log}");
 
     // Streams both ways as hull starts VMs by default (doorbell on, and on
     // PVM the bigger vsock receive buffers of guest patch 0011): 2 MiB of
     // a pattern no two pages of which are alike go in on stdin and come
     // back on stdout byte for byte, and the guest sees the same checksum.
     streams_are_exact(root);
+}
+
+/// The same program with the doorbell off prints the same lines. A long
+/// form: the other guest command line costs a template boot of its own
+/// (~1 min on PVM) and the program's own checks already hold the kernel's
+/// answers.
+#[test]
+#[ignore = "long form (HULL_TEST_LONG=1): a template boot of its own with the doorbell off"]
+fn user_copies_are_the_same_with_the_doorbell_off() {
+    require_kvm();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_image(root);
+    let (on, _) = run_check(root, None);
+    let (off, off_log) = run_check(root, Some("0"));
+    assert_eq!(on, off, "the doorbell changed what user space sees");
+    assert!(!off_log.contains("doorbell at port"), "{off_log}");
 }
 
 fn streams_are_exact(root: &Path) {
