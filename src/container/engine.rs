@@ -486,6 +486,8 @@ fn image_warmup(auto_remove: bool, network: &[GuestNetwork]) -> fast_start::Warm
     );
     fast_start::Warmup {
         fixed_disks: 1,
+        // With --rm the second disk is the unused scratch file.
+        unused_disks: usize::from(auto_remove),
         requests,
     }
 }

@@ -103,6 +103,11 @@ pub struct Warmup {
     /// the derived snapshot (read-only: the snapshot's page cache holds
     /// their blocks).
     pub fixed_disks: usize,
+    /// The last `unused_disks` disks are ones the guest never reads (a
+    /// `--rm` container's scratch disk, there so every container VM has
+    /// one shape): a restored guest is not asked to refresh them (one
+    /// request, ~35 ms of guest time, fewer).
+    pub unused_disks: usize,
     /// Requests run once, after the disks are attached.
     pub requests: Vec<agent_protocol::protocol::Request>,
 }
@@ -225,11 +230,12 @@ pub fn start(
         .with_context(|| format!("restoring VM snapshot {}", dir.display()))?;
     tracing::debug!("restored {}; agent answers", dir.display());
     // One round trip: identity first, then each disk the snapshot does
-    // not have already, then the warm-up if the snapshot lacks it, then
+    // not have already and the guest will use, then the warm-up if the snapshot lacks it, then
     // the caller's.
+    let used = sizes.len() - warmup.map_or(0, |w| w.unused_disks.min(sizes.len()));
     client.begin_batch();
     client.resumed(unix_nanos(), entropy()?)?;
-    for (i, sectors) in sizes.into_iter().enumerate().skip(fixed) {
+    for (i, sectors) in sizes.into_iter().enumerate().take(used).skip(fixed) {
         client.refresh_disk(&disk_device(i), sectors)?;
     }
     replay_warmup(&mut client, warm_requests)?;
