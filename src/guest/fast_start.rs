@@ -230,8 +230,8 @@ pub fn start(
         .with_context(|| format!("restoring VM snapshot {}", dir.display()))?;
     tracing::debug!("restored {}; agent answers", dir.display());
     // One round trip: identity first, then each disk the snapshot does
-    // not have already and the guest will use, then the warm-up if the snapshot lacks it, then
-    // the caller's.
+    // not have already and the guest will use, then the warm-up if the
+    // snapshot lacks it, then the caller's.
     let used = sizes.len() - warmup.map_or(0, |w| w.unused_disks.min(sizes.len()));
     client.begin_batch();
     client.resumed(unix_nanos(), entropy()?)?;

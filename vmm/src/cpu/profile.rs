@@ -32,7 +32,9 @@ pub enum ProfileError {
     #[error("cannot start the guest profiler's timer thread")]
     Timer(#[source] std::io::Error),
     /// The samples could not be written.
-    #[error("cannot write the guest profile {0}")]
+    #[error(
+        "cannot write the guest profile {0} (a jailed VMM has nowhere to write: HULL_JAIL=off)"
+    )]
     Write(PathBuf, #[source] std::io::Error),
 }
 
@@ -50,10 +52,14 @@ impl ProfileConfig {
     /// `HULL_GUEST_PROFILE_US` sets the interval (default 1000 µs, at
     /// least 100 µs so the kicks cannot starve the guest).
     pub fn from_env() -> Option<Self> {
-        let prefix = std::env::var_os("HULL_GUEST_PROFILE")?;
-        let interval_us = std::env::var("HULL_GUEST_PROFILE_US")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
+        Self::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// As [`Self::from_env`], with the variables looked up by `var`.
+    fn from_vars(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<Self> {
+        let prefix = var("HULL_GUEST_PROFILE")?;
+        let interval_us = var("HULL_GUEST_PROFILE_US")
+            .and_then(|v| v.to_str()?.parse::<u64>().ok())
             .unwrap_or(1000)
             .max(100);
         Some(Self {
@@ -172,20 +178,23 @@ mod tests {
 
     #[test]
     fn config_reads_prefix_and_bounds_interval() {
-        // One test touches these variables, so no other test races it.
-        std::env::remove_var("HULL_GUEST_PROFILE");
-        assert_eq!(ProfileConfig::from_env(), None);
-        std::env::set_var("HULL_GUEST_PROFILE", "/tmp/p");
-        std::env::set_var("HULL_GUEST_PROFILE_US", "5");
-        let c = ProfileConfig::from_env().unwrap();
+        fn vars(
+            prefix: Option<&'static str>,
+            us: Option<&'static str>,
+        ) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+            move |name| match name {
+                "HULL_GUEST_PROFILE" => prefix.map(Into::into),
+                "HULL_GUEST_PROFILE_US" => us.map(Into::into),
+                _ => None,
+            }
+        }
+        assert_eq!(ProfileConfig::from_vars(vars(None, Some("500"))), None);
+        let c = ProfileConfig::from_vars(vars(Some("/tmp/p"), Some("5"))).unwrap();
         assert_eq!(c.prefix, PathBuf::from("/tmp/p"));
         assert_eq!(c.interval, Duration::from_micros(100));
-        std::env::set_var("HULL_GUEST_PROFILE_US", "junk");
-        assert_eq!(
-            ProfileConfig::from_env().unwrap().interval,
-            Duration::from_millis(1)
-        );
-        std::env::remove_var("HULL_GUEST_PROFILE");
-        std::env::remove_var("HULL_GUEST_PROFILE_US");
+        let c = ProfileConfig::from_vars(vars(Some("/tmp/p"), Some("junk"))).unwrap();
+        assert_eq!(c.interval, Duration::from_millis(1));
+        let c = ProfileConfig::from_vars(vars(Some("/tmp/p"), Some("250"))).unwrap();
+        assert_eq!(c.interval, Duration::from_micros(250));
     }
 }
