@@ -199,7 +199,14 @@ fn bad_input_fails_at_its_line_and_leaves_nothing() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
+    kill_a_build_mid_step(root);
+    // The first case starts a build VM, which removes what the killed
+    // build left in build/ (checked after each case below).
     let cases: [(&str, &str); 8] = [
+        (
+            "FROM busybox:test\nRUN echo setting up\nRUN echo about to fail && exit 3\n",
+            "Dockerfile:3: process \"/bin/sh -c echo about to fail && exit 3\" did not complete successfully: exit code: 3 (last output: about to fail)",
+        ),
         ("FROM busybox:test\nFROB x\n", "Dockerfile:2"),
         ("FROM busybox:test\nCOPY missing.txt /\n", "Dockerfile:2: COPY: \"missing.txt\": not found"),
         ("FROM busybox:test\nCOPY ../outside /\n", "Dockerfile:2: COPY: \"../outside\": outside the build context"),
@@ -207,10 +214,6 @@ fn bad_input_fails_at_its_line_and_leaves_nothing() {
         ("FROM busybox:test AS a\nCOPY --from=b /x /\nFROM busybox:test AS b\nCOPY --from=a /x /\n", "Dockerfile:"),
         ("FROM busybox:test\nARG A\nENV B=${A:?A is required}\n", "Dockerfile:3"),
         ("FROM nosuch:image\n", "Dockerfile:1: nosuch:image"),
-        (
-            "FROM busybox:test\nRUN echo setting up\nRUN echo about to fail && exit 3\n",
-            "Dockerfile:3: process \"/bin/sh -c echo about to fail && exit 3\" did not complete successfully: exit code: 3 (last output: about to fail)",
-        ),
     ];
     for (dockerfile, want) in cases {
         let ctx = context(&[("Dockerfile", dockerfile)]);
@@ -232,6 +235,60 @@ fn bad_input_fails_at_its_line_and_leaves_nothing() {
     assert!(!images.contains("bad"), "{images}");
     let (ps, _) = ok(&hull(root).args(["ps", "-aq"]).output().unwrap());
     assert_eq!(ps, "", "a build leaves no container");
+}
+
+/// Kills a `hull build` (SIGKILL) while its build VM runs: nothing of it
+/// may be left in `run/`, where `hull system check` looks for leaked
+/// sockets; its VM directory (socket included) stays in `build/` for the
+/// next build VM to remove.
+fn kill_a_build_mid_step(root: &Path) {
+    let ctx = context(&[("Dockerfile", "FROM busybox:test\nRUN sleep 600\n")]);
+    let mut child = hull(root)
+        .args(["build", "-t", "killed:1"])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let socket = loop {
+        let sockets = files_named(&root.join("build"), ".vsock");
+        if let Some(s) = sockets.first() {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "no build VM socket in 300 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended by itself"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let in_run = files_named(&root.join("run"), ".vsock");
+    assert!(
+        in_run.is_empty(),
+        "killed build left {in_run:?} (its VM's: {socket:?})"
+    );
+}
+
+/// Files under `dir` (two levels) whose name contains `part`.
+fn files_named(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                if inner.file_name().to_string_lossy().contains(part) {
+                    found.push(inner.path());
+                }
+            }
+        } else if entry.file_name().to_string_lossy().contains(part) {
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// A one-shot HTTP server on loopback serving `body` at any path.

@@ -134,8 +134,10 @@ impl BuildVm {
                 read_only: false,
             },
         ];
-        std::fs::create_dir_all(root.join("run"))?;
-        let uds = engine::socket_path(root, &id);
+        // In the VM's own directory, not `run/`: a `hull build` killed
+        // mid-way cannot remove the socket, and the next build VM removes
+        // the directories of dead processes whole (`remove_stale`).
+        let uds = dir.path().join(format!("{}.vsock", &id[..12]));
         let (vm, client) = fast_start::start(
             root,
             &opts,
