@@ -277,6 +277,60 @@ fn read_first(dir: &Path, names: &[&str]) -> String {
         .to_string()
 }
 
+/// A hull killed with its VMM leaves the VMM's cgroup (its `--rm`,
+/// helper, build and template VMs are recorded nowhere): the next VM's
+/// start removes `hull-*` cgroups beside its own that are empty and over
+/// 30 s old, never a fresh one (its VMM may not have joined yet) nor one
+/// with a running VMM (`live`, the dirs of a running container's VMM).
+fn the_next_vm_sweeps_stale_cgroups_beside(live: &[&Path], root: &Path) {
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let set_old = |d: &Path| {
+        let f = std::fs::File::open(d).unwrap();
+        f.set_modified(hour_ago).unwrap();
+    };
+    // The running VMM's own cgroups look as old as a stale one.
+    for dir in live {
+        set_old(dir);
+    }
+    let mut parents: Vec<&Path> = live.iter().map(|d| d.parent().unwrap()).collect();
+    // cgroup v2: one directory for both controllers.
+    parents.dedup();
+    let mut planted = Vec::new();
+    for parent in parents {
+        let (stale, fresh) = (
+            parent.join("hull-test-stale"),
+            parent.join("hull-test-fresh"),
+        );
+        std::fs::create_dir(&stale).unwrap();
+        set_old(&stale);
+        std::fs::create_dir(&fresh).unwrap();
+        planted.push((stale, fresh));
+    }
+    let out = hull(root)
+        .args(["run", "--rm", "busybox:test", "true"])
+        .output()
+        .unwrap();
+    let swept: Vec<bool> = planted.iter().map(|(stale, _)| !stale.exists()).collect();
+    let kept: Vec<bool> = planted.iter().map(|(_, fresh)| fresh.exists()).collect();
+    for (stale, fresh) in &planted {
+        let _ = std::fs::remove_dir(stale);
+        let _ = std::fs::remove_dir(fresh);
+    }
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(swept.iter().all(|s| *s), "stale cgroups kept: {planted:?}");
+    assert!(
+        kept.iter().all(|k| *k),
+        "fresh cgroups removed: {planted:?}"
+    );
+    for dir in live {
+        assert!(
+            dir.exists(),
+            "a running VMM's cgroup {} was removed",
+            dir.display()
+        );
+    }
+}
+
 #[test]
 fn the_vmm_process_is_capped_by_its_own_cgroup() {
     require_kvm();
@@ -315,6 +369,7 @@ fn the_vmm_process_is_capped_by_its_own_cgroup() {
     let cpu = cgroup_dir(pid.trim(), "cpu");
     let limit = read_first(&memory, &["memory.limit_in_bytes", "memory.max"]);
     let quota = read_first(&cpu, &["cpu.cfs_quota_us", "cpu.max"]);
+    the_next_vm_sweeps_stale_cgroups_beside(&[&memory, &cpu], root);
     ok(&hull(root).args(["rm", "-f", "capped"]).output().unwrap());
     assert_eq!(limit, ((256u64 + 64) << 20).to_string());
     assert!(quota == "100000" || quota == "100000 100000", "{quota}");

@@ -21,6 +21,10 @@ pub const OVERHEAD_MIB: u64 = 64;
 /// default).
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// Age past which an empty `hull-*` cgroup is a killed hull's leftover: a
+/// VMM joins its cgroup milliseconds after hull makes it.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Errors making a VMM's cgroup.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -118,6 +122,29 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
     }
 }
 
+/// Removes the `hull-*` cgroups in `parent` that a hull killed with its
+/// VMM left behind (its `Drop` never ran; containers record theirs, but
+/// `--rm`, helper, build and template VMs do not): those made over
+/// [`STALE_AFTER`] ago that hold no process, which is all `rmdir` of a
+/// cgroup accepts anyway, so a running VMM's cgroup stays.
+pub fn remove_stale_siblings(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with("hull-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_AFTER);
+        if stale && std::fs::remove_dir(entry.path()).is_ok() {
+            tracing::debug!("removed stale cgroup {}", entry.path().display());
+        }
+    }
+}
+
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(|e| CgroupError::Write(path.display().to_string(), e))
 }
@@ -137,6 +164,7 @@ fn create_v2(name: &str, limits: Limits) -> Result<Option<VmCgroup>, CgroupError
     // children; `hull` holds none, so it may enable them for ours.
     write(&top.join("cgroup.subtree_control"), "+memory +cpu")?;
     make_dir(&hull)?;
+    remove_stale_siblings(&hull);
     write(&hull.join("cgroup.subtree_control"), "+memory +cpu")?;
     let dir = hull.join(name);
     make_dir(&dir)?;
@@ -177,6 +205,8 @@ fn create_v1(name: &str, limits: Limits) -> Result<Option<VmCgroup>, CgroupError
     let (Some(memory), Some(cpu)) = (own_v1_dir("memory"), own_v1_dir("cpu")) else {
         return Ok(None);
     };
+    remove_stale_siblings(&memory);
+    remove_stale_siblings(&cpu);
     let (memory, cpu) = (memory.join(name), cpu.join(name));
     make_dir(&memory)?;
     let mut cg = VmCgroup {
@@ -198,6 +228,37 @@ fn create_v1(name: &str, limits: Limits) -> Result<Option<VmCgroup>, CgroupError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_old_empty_hull_cgroups_are_swept() {
+        let parent = tempfile::tempdir().unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let make = |name: &str, old: bool| {
+            let d = parent.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            if old {
+                std::fs::File::open(&d)
+                    .unwrap()
+                    .set_modified(hour_ago)
+                    .unwrap();
+            }
+            d
+        };
+        let stale = make("hull-stale", true);
+        // Just made: its VMM may not have joined it yet.
+        let fresh = make("hull-fresh", false);
+        // Not empty, as a cgroup with a running VMM (rmdir refuses both).
+        let busy = make("hull-busy", true);
+        std::fs::write(busy.join("cgroup.procs"), "42").unwrap();
+        std::fs::File::open(&busy)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let other = make("system.slice", true);
+        remove_stale_siblings(parent.path());
+        assert!(!stale.exists());
+        assert!(fresh.exists() && busy.exists() && other.exists());
+    }
 
     #[test]
     fn the_memory_limit_is_guest_ram_plus_the_stated_overhead() {
