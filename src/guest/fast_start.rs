@@ -488,33 +488,8 @@ fn save(
     let fs_dir = run.join(format!("snapshot-{}.vsock-fs", std::process::id()));
     let result = (|| -> anyhow::Result<()> {
         let (mut vm, seen) = guest_vm::config(root, opts)?;
-        vm.cmdline.push_str(" hull.serve");
-        // The template's virtio-fs devices are served by daemons of its
-        // own (an empty directory): the guest sets the devices up but
-        // mounts nothing, and each restored VM connects to its own.
-        let placeholders = placeholder_shared_dirs(&fs_dir, vm.fs.len())?;
-        vm.fs = placeholders.devices.clone();
-        // The template has the network devices but no link: its guest
-        // keeps the interfaces down, and each restored VM gets its own
-        // backends and MACs.
-        for (i, net) in vm.net.iter_mut().enumerate() {
-            net.backend = None;
-            net.mac = crate::network::template_mac(i);
-        }
-        for (i, disk) in config.disks.iter().enumerate() {
-            if i < fixed {
-                anyhow::ensure!(disk.read_only, "a snapshot's fixed disk must be read-only");
-                vm.disks.push(disk.clone());
-                continue;
-            }
-            let path = tmp.join(format!("placeholder{i}"));
-            let f = std::fs::File::create(&path).map_err(io(&path))?;
-            f.set_len(PLACEHOLDER_BYTES).map_err(io(&path))?;
-            vm.disks.push(vmm::DiskConfig {
-                path,
-                read_only: disk.read_only,
-            });
-        }
+        // Served until the snapshot is saved.
+        let _placeholders = template_devices(&mut vm, config, fixed, &tmp, &fs_dir)?;
         std::fs::create_dir_all(&run).map_err(io(&run))?;
         vm.vsock_uds = Some(uds.clone());
         let (running, snapshot) = bring_up(vm, &seen, uds.clone())?;
@@ -548,6 +523,48 @@ fn save(
     }
     remove_stale(store, &meta);
     Ok(())
+}
+
+/// Turns `vm` into the template of a snapshot of `config`: the agent
+/// serving, `config`'s first `fixed` disks and 1 MiB placeholders (in
+/// `tmp`) for the others, placeholder shared directories (their daemons'
+/// files in `fs_dir`; returned, to be kept running while the template
+/// is) and network devices without a link.
+fn template_devices(
+    vm: &mut vmm::VmConfig,
+    config: &vmm::VmConfig,
+    fixed: usize,
+    tmp: &Path,
+    fs_dir: &Path,
+) -> anyhow::Result<crate::volume::bind::SharedDirs> {
+    vm.cmdline.push_str(" hull.serve");
+    // The template's virtio-fs devices are served by daemons of its
+    // own (an empty directory): the guest sets the devices up but
+    // mounts nothing, and each restored VM connects to its own.
+    let placeholders = placeholder_shared_dirs(fs_dir, vm.fs.len())?;
+    vm.fs = placeholders.devices.clone();
+    // The template has the network devices but no link: its guest
+    // keeps the interfaces down, and each restored VM gets its own
+    // backends and MACs.
+    for (i, net) in vm.net.iter_mut().enumerate() {
+        net.backend = None;
+        net.mac = crate::network::template_mac(i);
+    }
+    for (i, disk) in config.disks.iter().enumerate() {
+        if i < fixed {
+            anyhow::ensure!(disk.read_only, "a snapshot's fixed disk must be read-only");
+            vm.disks.push(disk.clone());
+            continue;
+        }
+        let path = tmp.join(format!("placeholder{i}"));
+        let f = std::fs::File::create(&path).map_err(io(&path))?;
+        f.set_len(PLACEHOLDER_BYTES).map_err(io(&path))?;
+        vm.disks.push(vmm::DiskConfig {
+            path,
+            read_only: disk.read_only,
+        });
+    }
+    Ok(placeholders)
 }
 
 /// `count` virtiofsd daemons sharing an empty directory, read-only, with

@@ -98,10 +98,7 @@ impl BuildVm {
         let dir = tempfile::Builder::new()
             .prefix(&format!("vm-{}-", std::process::id()))
             .tempdir_in(&work)?;
-        let scratch = dir.path().join("scratch.ext4");
-        rootfs::mkfs(&scratch, SCRATCH_BYTES, "hull-build")?;
-        let output = dir.path().join("layers.out");
-        std::fs::File::create(&output)?.set_len(OUTPUT_BYTES)?;
+        let (disks, output) = build_vm_files(dir.path(), image_disk)?;
         let id = crate::container::store::new_id();
         // Builds run on the built-in networks only (`--network` of
         // `hull build` is parsed without user networks).
@@ -124,16 +121,6 @@ impl BuildVm {
             fs: Vec::new(),
             progress: None,
         };
-        let disks = vec![
-            vmm::DiskConfig {
-                path: image_disk,
-                read_only: true,
-            },
-            vmm::DiskConfig {
-                path: scratch,
-                read_only: false,
-            },
-        ];
         // In the VM's own directory, not `run/`: a `hull build` killed
         // mid-way cannot remove the socket, and the next build VM removes
         // the directories of dead processes whole (`remove_stale`).
@@ -334,6 +321,30 @@ impl BuildVm {
         f.seek(SeekFrom::Start(offset))?;
         Ok(std::io::BufReader::with_capacity(1 << 20, f.take(len)))
     }
+}
+
+/// A build VM's files in its directory `dir`: its disks (the image's
+/// prepared root filesystem, read-only, and a fresh scratch ext4) and the
+/// window file the guest writes the steps' layers into.
+fn build_vm_files(
+    dir: &Path,
+    image_disk: PathBuf,
+) -> anyhow::Result<(Vec<vmm::DiskConfig>, PathBuf)> {
+    let scratch = dir.join("scratch.ext4");
+    rootfs::mkfs(&scratch, SCRATCH_BYTES, "hull-build")?;
+    let output = dir.join("layers.out");
+    std::fs::File::create(&output)?.set_len(OUTPUT_BYTES)?;
+    let disks = vec![
+        vmm::DiskConfig {
+            path: image_disk,
+            read_only: true,
+        },
+        vmm::DiskConfig {
+            path: scratch,
+            read_only: false,
+        },
+    ];
+    Ok((disks, output))
 }
 
 /// Removes the `vm-<pid>-*` directories under `work` whose hull process
