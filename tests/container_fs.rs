@@ -186,15 +186,18 @@ fn commit_diff_export_and_cp_of_a_stopped_container() {
     assert_one_line_error(&out, "must be absolute");
 }
 
-/// The running container's counter, once it has written one.
+/// The running container's counter, once it has written one (a read that
+/// catches the file between truncation and write is retried).
 fn counter(root: &Path) -> u64 {
     let start = Instant::now();
     loop {
         let mut exec = hull(root);
         exec.args(["exec", "r1", "cat", "/counter"]);
         let out = run_limited(exec, Duration::from_secs(120));
-        if out.status.success() {
-            return text(&out).0.trim().parse().unwrap();
+        // `echo $i > /counter` truncates before it writes: a read in
+        // between finds the file empty, so read again.
+        if let (true, Ok(n)) = (out.status.success(), text(&out).0.trim().parse()) {
+            return n;
         }
         assert!(
             start.elapsed() < Duration::from_secs(120),
