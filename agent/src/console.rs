@@ -33,4 +33,17 @@ impl Console {
             let _ = out.flush();
         }
     }
+
+    /// Waits until what was written has left the serial port. A write
+    /// returns once the line is in the tty's buffer and the UART sends
+    /// the rest on interrupts: a reset right after it lost the end of the
+    /// shutdown line (seen in CI: a clean `hull debug boot` reported as
+    /// "VM ended without a clean agent shutdown").
+    pub fn drain(&mut self) {
+        if let Some(out) = self.out.as_ref() {
+            // SAFETY: tcdrain on a descriptor we own; on one that is not a
+            // terminal it fails with ENOTTY, which changes nothing.
+            unsafe { libc::tcdrain(std::os::fd::AsRawFd::as_raw_fd(out)) };
+        }
+    }
 }

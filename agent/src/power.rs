@@ -12,6 +12,7 @@ pub fn shutdown(console: &mut Console, code: i32) -> ! {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     console.status(&Status::Shutdown { code });
+    console.drain();
     // SAFETY: reboot with a valid command; as PID 1 we hold CAP_SYS_BOOT.
     unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     // Only reached if reboot failed: nothing more PID 1 can do but wait.
