@@ -291,9 +291,15 @@ fn interrupted_snapshot_saves(store: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            let pid: i32 = n.strip_prefix(".tmp-")?.parse().ok()?;
-            (!pid_alive(pid))
-                .then(|| format!("leftover snapshot of a killed save: {}", e.path().display()))
+            // `.tmp-PID` of a save, `.tmp-PID-removing-NAME` of a deletion.
+            let rest = n.strip_prefix(".tmp-")?;
+            let pid: i32 = rest.split('-').next()?.parse().ok()?;
+            (!pid_alive(pid)).then(|| {
+                format!(
+                    "leftover snapshot of a killed save or deletion: {}",
+                    e.path().display()
+                )
+            })
         })
         .collect()
 }
@@ -347,6 +353,27 @@ fn unescape_mount_path(s: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_saves_and_deletions_of_dead_processes_are_reported() {
+        let store = tempfile::tempdir().unwrap();
+        let dead = 999_999_999;
+        let me = std::process::id();
+        for name in [
+            format!(".tmp-{dead}"),
+            format!(".tmp-{dead}-removing-abc"),
+            format!(".tmp-{me}"),
+            format!(".tmp-{me}-removing-abc"),
+            "abc".to_string(),
+        ] {
+            std::fs::create_dir(store.path().join(name)).unwrap();
+        }
+        let mut found = interrupted_snapshot_saves(store.path());
+        found.sort();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].ends_with(&format!(".tmp-{dead}")), "{found:?}");
+        assert!(found[1].ends_with("-removing-abc"), "{found:?}");
+    }
 
     #[test]
     fn mountinfo_escapes_and_rootfs_temporary_names_are_read() {

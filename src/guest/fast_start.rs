@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::guest::agent_client::{AgentClient, AgentError};
 use crate::guest::serial_watch::SeenStatus;
+use crate::guest::snapshot_use;
 use crate::guest::vm::{self as guest_vm, GuestOptions, RunningVm};
 use crate::progress::{self, Stage};
 
@@ -40,6 +41,8 @@ pub const ENABLE_ENV: &str = "HULL_FAST_START";
 pub const DIR_ENV: &str = "HULL_SNAPSHOT_DIR";
 /// Size of the template's placeholder disks.
 const PLACEHOLDER_BYTES: u64 = 1 << 20;
+/// How long a snapshot of another kernel or agent is kept unused.
+const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Random bytes given to each restored guest's RNG.
 const ENTROPY_BYTES: usize = 64;
 
@@ -49,6 +52,9 @@ pub enum FastStartError {
     /// A file of the snapshot store could not be read or written.
     #[error("snapshot store {0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
+    /// Snapshots of this shape are deleted as soon as they are made.
+    #[error("snapshot {0} keeps being deleted by another hull sharing the store")]
+    Vanishing(PathBuf),
     /// The template VM did not end in a snapshot.
     #[error("template VM ended without a snapshot ({0})")]
     NoSnapshot(String),
@@ -220,7 +226,8 @@ pub fn start(
     if !enabled() {
         return boot_cold(config, &seen, timeout, warmup, setup);
     }
-    let (dir, fixed, warm_requests) = snapshot_for(root, opts, &config, warmup, timeout)?;
+    let (dir, fixed, warm_requests, _in_use) =
+        held_snapshot_for(root, opts, &config, warmup, timeout)?;
     let sizes: Vec<u64> = config
         .disks
         .iter()
@@ -279,6 +286,29 @@ fn replay_warmup(client: &mut AgentClient, requests: &[Request]) -> Result<(), A
         }
     }
     Ok(())
+}
+
+/// [`snapshot_for`], held for the restore: another hull (another
+/// version's, on the same store) may delete a snapshot between its choice
+/// and the hold; then it is chosen (and made) again.
+fn held_snapshot_for<'w>(
+    root: &Path,
+    opts: &GuestOptions<'_>,
+    config: &vmm::VmConfig,
+    warmup: Option<&'w Warmup>,
+    timeout: Duration,
+) -> anyhow::Result<(PathBuf, usize, &'w [Request], snapshot_use::InUse)> {
+    let mut tries = 0;
+    loop {
+        let (dir, fixed, warm_requests) = snapshot_for(root, opts, config, warmup, timeout)?;
+        if let Some(held) = snapshot_use::hold(&dir, vmm::snapshot::STATE_FILE).map_err(io(&dir))? {
+            return Ok((dir, fixed, warm_requests, held));
+        }
+        tries += 1;
+        if tries == 3 {
+            return Err(FastStartError::Vanishing(dir).into());
+        }
+    }
 }
 
 /// The snapshot to restore (made first if needed): the warm one derived
@@ -591,21 +621,34 @@ fn placeholder_shared_dirs(
     )?)
 }
 
-/// Deletes snapshots made from another kernel or agent. VMs restored from
-/// them keep running: their memory mapping outlives the file's name.
+/// Deletes snapshots that cannot be used again (an image disk they were
+/// warmed with is gone, or their description is unreadable) and those
+/// made from another kernel or agent once unused for [`STALE_AFTER`]:
+/// another hull version sharing the store may still be using them, and
+/// deleting them at once would make each version re-make its snapshots
+/// after the other's every save. Snapshots being restored are never
+/// deleted (their restore holds them); VMs already restored keep running:
+/// their memory mapping outlives the files.
 fn remove_stale(store: &Path, current: &SnapshotMeta) {
+    let now = SystemTime::now();
     for (path, meta) in list(store) {
+        let unused_long = || {
+            snapshot_use::last_used(&path)
+                .is_none_or(|t| now.duration_since(t).unwrap_or_default() > STALE_AFTER)
+        };
         let stale = match meta {
+            Some(m) if m.fixed_disks.iter().any(|d| !d.exists()) => true,
             Some(m) => {
-                m.kernel != current.kernel
-                    || m.initramfs != current.initramfs
-                    || m.fixed_disks.iter().any(|d| !d.exists())
+                (m.kernel != current.kernel || m.initramfs != current.initramfs) && unused_long()
             }
             None => true,
         };
         if stale {
-            tracing::debug!("removing stale snapshot {}", path.display());
-            let _ = std::fs::remove_dir_all(&path);
+            match snapshot_use::remove_unless_in_use(&path) {
+                Ok(true) => tracing::debug!("removed stale snapshot {}", path.display()),
+                Ok(false) => tracing::debug!("stale snapshot {} in use: kept", path.display()),
+                Err(e) => tracing::warn!("removing stale snapshot {}: {e}", path.display()),
+            }
         }
     }
 }
@@ -631,8 +674,8 @@ pub fn list(store: &Path) -> Vec<(PathBuf, Option<SnapshotMeta>)> {
     out
 }
 
-/// Removes every snapshot (`hull system prune`); returns how many and the
-/// bytes freed on disk. They are made again on the next `hull run`.
+/// Removes every snapshot not being restored (`hull system prune`);
+/// returns how many and the bytes freed on disk. They are made again on the next `hull run`.
 pub fn prune(store: &Path) -> std::io::Result<(usize, u64)> {
     if !store.exists() {
         return Ok((0, 0));
@@ -641,9 +684,11 @@ pub fn prune(store: &Path) -> std::io::Result<(usize, u64)> {
     let mut count = 0;
     let mut bytes = 0;
     for (path, _) in list(store) {
-        bytes += disk_usage(&path);
-        std::fs::remove_dir_all(&path)?;
-        count += 1;
+        let size = disk_usage(&path);
+        if snapshot_use::remove_unless_in_use(&path)? {
+            bytes += size;
+            count += 1;
+        }
     }
     Ok((count, bytes))
 }
@@ -745,12 +790,15 @@ mod tests {
         let image = store.path().join("image.ext4");
         std::fs::write(&image, b"disk").unwrap();
         let gone = store.path().join("gone.ext4");
-        for (name, kernel, fixed) in [
-            ("old", "k1", vec![]),
-            ("new", "k2", vec![]),
-            ("new-warm", "k2", vec![image.clone()]),
-            ("new-gone", "k2", vec![gone]),
-            ("old-warm", "k1", vec![image.clone()]),
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        // (name, kernel, fixed disks, made an hour ago)
+        for (name, kernel, fixed, old) in [
+            ("old", "k1", vec![], true),
+            ("old-but-recent", "k1", vec![], false),
+            ("new", "k2", vec![], true),
+            ("new-warm", "k2", vec![image.clone()], true),
+            ("new-gone", "k2", vec![gone], false),
+            ("old-warm", "k1", vec![image.clone()], true),
         ] {
             let d = store.path().join(name);
             std::fs::create_dir_all(&d).unwrap();
@@ -759,15 +807,28 @@ mod tests {
                 fixed_disks: fixed,
                 ..current.clone()
             };
-            std::fs::write(d.join("meta.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+            let path = d.join("meta.json");
+            std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+            if old {
+                let f = std::fs::File::options().write(true).open(&path).unwrap();
+                f.set_modified(hour_ago).unwrap();
+            }
         }
+        // One old snapshot of the other kernel is being restored.
+        std::fs::write(store.path().join("old-warm/state.json"), b"{}").unwrap();
+        let held = snapshot_use::hold(&store.path().join("old-warm"), "state.json").unwrap();
         remove_stale(store.path(), &current);
         let left: Vec<_> = list(store.path()).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(
-            left,
-            vec![store.path().join("new"), store.path().join("new-warm")]
-        );
-        assert_eq!(prune(store.path()).unwrap().0, 2);
+        let names = ["new", "new-warm", "old-but-recent", "old-warm"];
+        assert_eq!(left, names.map(|n| store.path().join(n)));
+        assert_eq!(prune(store.path()).unwrap().0, 3, "all but the one held");
+        drop(held);
+        assert_eq!(prune(store.path()).unwrap().0, 1);
         assert!(list(store.path()).is_empty());
+        assert_eq!(
+            std::fs::read_dir(store.path()).unwrap().count(),
+            2,
+            "image.ext4, .lock"
+        );
     }
 }

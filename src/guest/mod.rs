@@ -18,5 +18,6 @@ pub mod files;
 pub mod initramfs;
 pub mod rootfs;
 pub mod serial_watch;
+pub mod snapshot_use;
 pub mod vm;
 pub mod vmm_process;
