@@ -309,7 +309,37 @@ fn crun_and_runc_both_work() {
             "104857600",
             "{rt}: -m 100m as a cgroup limit"
         );
+        // -t: a container that ends at once still has all its output on
+        // stdout. (crun copying the terminal itself once lost it to its
+        // log when the container ended before its copy loop ran: a race,
+        // hence several runs; hull now takes the terminal from crun.)
+        for i in 0..8 {
+            let out = hull(root)
+                .args([
+                    "run",
+                    "--rm",
+                    "--isolation",
+                    "container",
+                    "--runtime",
+                    rt,
+                    "-t",
+                    "busybox:test",
+                ])
+                .args(["sh", "-c", &format!("echo run-{i}; exit 6")])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let (stdout, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(6), "{rt} -t run {i}: {stderr}");
+            assert_eq!(stdout, format!("run-{i}\r\n"), "{rt} -t run {i}");
+            assert_eq!(stderr, "", "{rt} -t run {i}");
+        }
     }
+    assert_eq!(
+        names(&root.join("run")),
+        Vec::<String>::new(),
+        "no socket left"
+    );
 }
 
 /// Names in `dir` (empty when it does not exist).

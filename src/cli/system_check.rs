@@ -242,8 +242,8 @@ fn processes() -> Vec<(i32, Vec<String>)> {
         .collect()
 }
 
-/// vsock sockets in `run/` (`ID12.vsock`, `ID12.vsock_PORT`) of no
-/// container. (A stopped container's socket is replaced at its next
+/// Sockets in `run/` (`ID12.vsock`, `ID12.vsock_PORT`, `ID12.console`)
+/// of no container. (A stopped container's socket is replaced at its next
 /// start and removed with it.)
 fn leaked_sockets(run: &Path, containers: &[Container]) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(run) else {
@@ -269,14 +269,10 @@ fn leaked_sockets(run: &Path, containers: &[Container]) -> Vec<String> {
                     )
                 });
             }
-            let (short, _) = n.split_once(".vsock")?;
+            // `ID12.vsock`, `ID12.vsock_PORT`, `ID12.console`.
+            let (short, _) = n.split_once('.')?;
             let owned = containers.iter().any(|c| c.config.id.starts_with(short));
-            (!owned).then(|| {
-                format!(
-                    "leaked vsock socket of no container: {}",
-                    e.path().display()
-                )
-            })
+            (!owned).then(|| format!("leaked socket of no container: {}", e.path().display()))
         })
         .collect()
 }

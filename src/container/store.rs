@@ -224,10 +224,11 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The container's vsock socket (`ID12.vsock`) and its per-port
-/// sockets (`ID12.vsock_PORT`) in `run`.
+/// The container's sockets in `run`: its vsock socket (`ID12.vsock`), its
+/// per-port sockets (`ID12.vsock_PORT`), a container-mode console socket
+/// (`ID12.console`) a killed run left.
 fn remove_sockets(run: &Path, id: &str) {
-    let prefix = format!("{}.vsock", &id[..12.min(id.len())]);
+    let prefix = format!("{}.", &id[..12.min(id.len())]);
     let Ok(entries) = std::fs::read_dir(run) else {
         return;
     };

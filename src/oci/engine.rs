@@ -433,26 +433,65 @@ fn spawn_runtime(
         .arg(bundle_dir)
         .arg("--pid-file")
         .arg(bundle_dir.join("container.pid"))
-        .arg(&config.id)
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let pty = if config.tty {
-        let size = crate::container::terminal::size_source()
-            .filter(|_| attached)
-            .and_then(crate::container::terminal::window_size);
-        let pty = super::tty::open(size)?;
-        pty.attach(&mut cmd)?;
-        Some(pty)
-    } else {
-        None
+    let size = crate::container::terminal::size_source()
+        .filter(|_| attached)
+        .and_then(crate::container::terminal::window_size);
+    // -t: how hull gets the container's terminal (src/oci/tty.rs says why).
+    let terminal = match config.tty {
+        false => None,
+        true if runtime.name == "crun" => {
+            let socket = super::tty::ConsoleSocket::bind(console_socket_path(root, &config.id))?;
+            cmd.arg("--console-socket").arg(socket.path());
+            // -i goes to the terminal: hull copies its stdin there.
+            cmd.stdin(Stdio::null());
+            Some(Terminal::Handed(socket))
+        }
+        true => {
+            let pty = super::tty::open(size)?;
+            pty.attach(&mut cmd)?;
+            Some(Terminal::Relayed(pty))
+        }
     };
-    let child = cmd
+    cmd.arg(&config.id);
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", runtime.path.display()))?;
-    // Our copy of the slave goes now: reads of the master end (EIO) once
-    // the runtime and the container have closed theirs.
-    Ok((child, pty.map(super::tty::Pty::close_slave)))
+    let master = match terminal {
+        None => None,
+        // Our copy of the slave goes now: reads of the master end (EIO)
+        // once the runtime and the container have closed theirs.
+        Some(Terminal::Relayed(pty)) => Some(pty.close_slave()),
+        Some(Terminal::Handed(socket)) => {
+            let ended = || child.try_wait().map_or(true, |s| s.is_some());
+            let master = socket
+                .receive(ended)
+                .context("receiving the container's terminal from the runtime")?;
+            if let (Some(m), Some(size)) = (&master, size) {
+                let _ = super::tty::set_size(m, size);
+            }
+            master
+        }
+    };
+    Ok((child, master))
+}
+
+/// Where a container's terminal comes from with `-t`.
+enum Terminal {
+    /// The runtime sends the container's PTY master on this socket.
+    Handed(super::tty::ConsoleSocket),
+    /// The runtime runs on this PTY of hull's and copies to it.
+    Relayed(super::tty::Pty),
+}
+
+/// The console socket of container `id`: in `run/` beside its other
+/// sockets (a short path: socket paths are limited to 107 bytes), named by
+/// its short ID, so that `hull rm` and `hull system check` know it.
+fn console_socket_path(root: &Path, id: &str) -> PathBuf {
+    root.join("run")
+        .join(format!("{}.console", &id[..12.min(id.len())]))
 }
 
 /// Copies the runtime's stdio, records the container's PID once the
