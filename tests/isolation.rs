@@ -691,6 +691,78 @@ fn top_lists_the_containers_own_processes() {
     assert!(out.status.success(), "{:?}", text(&out));
 }
 
+/// `hull exec` into a container-mode container: output, exit code, stdin,
+/// and `-t` with stdio that is not a terminal (a pipe here): the output on
+/// stdout with CRLF line ends, as the VM mode and Docker give it. runc
+/// runs with HULL_USERNS=host: its `exec` cannot join a user-namespaced
+/// container here (it joins the user namespace first, then may not enter
+/// the network namespace the host made: EPERM; a known limit, crun works).
+#[test]
+fn exec_into_a_container_mode_container() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    import_busybox(root);
+    for rt in ["crun", "runc"] {
+        let name = format!("exec-{rt}");
+        let mut run = hull(root);
+        if rt == "runc" {
+            run.env("HULL_USERNS", "host");
+        }
+        let out = run
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--isolation",
+                "container",
+                "--runtime",
+                rt,
+            ])
+            .args(["busybox:test", "sleep", "300"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{rt}: {:?}", text(&out));
+        let exec = |flags: &[&str], cmd: &str, input: Option<&str>| {
+            let mut c = hull(root);
+            c.arg("exec").args(flags).args([&name, "sh", "-c", cmd]);
+            c.stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            if let Some(i) = input {
+                child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+            }
+            child.wait_with_output().unwrap()
+        };
+        let out = exec(&[], "echo out; echo err >&2; exit 4", None);
+        assert_eq!(out.status.code(), Some(4), "{rt}: {:?}", text(&out));
+        assert_eq!(text(&out), ("out\n".into(), "err\n".into()), "{rt}");
+        let out = exec(&["-i"], "tr a-z A-Z", Some("piped in\n"));
+        assert_eq!(text(&out).0, "PIPED IN\n", "{rt}: {:?}", text(&out));
+        for i in 0..4 {
+            let out = exec(&["-t"], &format!("echo tty-{i}; exit 3"), None);
+            assert_eq!(out.status.code(), Some(3), "{rt} -t {i}: {:?}", text(&out));
+            assert_eq!(
+                text(&out),
+                (format!("tty-{i}\r\n"), String::new()),
+                "{rt} -t {i}"
+            );
+        }
+        let out = hull(root).args(["rm", "-f", &name]).output().unwrap();
+        assert!(out.status.success(), "{rt}: {:?}", text(&out));
+    }
+    assert_eq!(
+        names(&root.join("run")),
+        Vec::<String>::new(),
+        "no socket left"
+    );
+}
+
 /// `hull system prune` keeps the unpacked root of an image still present
 /// and removes it (and a crashed unpack's leftovers) once no image and no
 /// container uses it.

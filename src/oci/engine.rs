@@ -25,6 +25,7 @@ use crate::container::state::{now_rfc3339, State, Status};
 use crate::container::ContainerConfig;
 use crate::network::NetworkMode;
 use crate::ports::PortForwarder;
+use agent_protocol::protocol::WindowSize;
 
 /// Signals an attached run passes on to the container's process.
 const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -439,51 +440,78 @@ fn spawn_runtime(
     let size = crate::container::terminal::size_source()
         .filter(|_| attached)
         .and_then(crate::container::terminal::window_size);
-    // -t: how hull gets the container's terminal (src/oci/tty.rs says why).
     let terminal = match config.tty {
+        true => Some(Terminal::prepare(
+            &mut cmd, runtime, root, &config.id, size,
+        )?),
         false => None,
-        true if runtime.name == "crun" => {
-            let socket = super::tty::ConsoleSocket::bind(console_socket_path(root, &config.id))?;
-            cmd.arg("--console-socket").arg(socket.path());
-            // -i goes to the terminal: hull copies its stdin there.
-            cmd.stdin(Stdio::null());
-            Some(Terminal::Handed(socket))
-        }
-        true => {
-            let pty = super::tty::open(size)?;
-            pty.attach(&mut cmd)?;
-            Some(Terminal::Relayed(pty))
-        }
     };
     cmd.arg(&config.id);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", runtime.path.display()))?;
     let master = match terminal {
+        Some(t) => t.master(&mut child, size)?,
         None => None,
-        // Our copy of the slave goes now: reads of the master end (EIO)
-        // once the runtime and the container have closed theirs.
-        Some(Terminal::Relayed(pty)) => Some(pty.close_slave()),
-        Some(Terminal::Handed(socket)) => {
-            let ended = || child.try_wait().map_or(true, |s| s.is_some());
-            let master = socket
-                .receive(ended)
-                .context("receiving the container's terminal from the runtime")?;
-            if let (Some(m), Some(size)) = (&master, size) {
-                let _ = super::tty::set_size(m, size);
-            }
-            master
-        }
     };
     Ok((child, master))
 }
 
-/// Where a container's terminal comes from with `-t`.
+/// Where a container's terminal comes from with `-t` (src/oci/tty.rs says
+/// why it differs between the runtimes).
 enum Terminal {
     /// The runtime sends the container's PTY master on this socket.
     Handed(super::tty::ConsoleSocket),
     /// The runtime runs on this PTY of hull's and copies to it.
     Relayed(super::tty::Pty),
+}
+
+impl Terminal {
+    /// Sets up `cmd` (a `run` or `exec` of `runtime` for container `id`,
+    /// before its ID argument) to give the terminal to hull.
+    fn prepare(
+        cmd: &mut Command,
+        runtime: &Runtime,
+        root: &Path,
+        id: &str,
+        size: Option<WindowSize>,
+    ) -> anyhow::Result<Self> {
+        Ok(if runtime.name == "crun" {
+            let socket = super::tty::ConsoleSocket::bind(console_socket_path(root, id))?;
+            cmd.arg("--console-socket").arg(socket.path());
+            // -i goes to the terminal: hull copies its stdin there.
+            cmd.stdin(Stdio::null());
+            Terminal::Handed(socket)
+        } else {
+            let pty = super::tty::open(size)?;
+            pty.attach(cmd)?;
+            Terminal::Relayed(pty)
+        })
+    }
+
+    /// The master side, once `runtime` (spawned) has it; `None` if the
+    /// runtime ended before handing it over (its log says why).
+    fn master(
+        self,
+        runtime: &mut Child,
+        size: Option<WindowSize>,
+    ) -> anyhow::Result<Option<std::fs::File>> {
+        match self {
+            // Our copy of the slave goes now: reads of the master end
+            // (EIO) once the runtime and the container have closed theirs.
+            Terminal::Relayed(pty) => Ok(Some(pty.close_slave())),
+            Terminal::Handed(socket) => {
+                let ended = || runtime.try_wait().map_or(true, |s| s.is_some());
+                let master = socket
+                    .receive(ended)
+                    .context("receiving the container's terminal from the runtime")?;
+                if let (Some(m), Some(size)) = (&master, size) {
+                    let _ = super::tty::set_size(m, size);
+                }
+                Ok(master)
+            }
+        }
+    }
 }
 
 /// The console socket of container `id`: in `run/` beside its other
@@ -785,13 +813,63 @@ pub fn exec(
     if opts.tty {
         cmd.arg("--tty");
     }
-    cmd.arg(&config.id);
     if !opts.stdin {
         cmd.stdin(Stdio::null());
     }
-    let status = cmd.status();
+    let status = if opts.tty && !on_a_terminal() {
+        exec_on_our_terminal(cmd, &runtime, root, &config.id, opts.stdin)
+    } else {
+        // Our terminal (or no -t): the runtime uses our stdio as it is,
+        // and passes window size changes on itself.
+        cmd.arg(&config.id);
+        cmd.status().map(exit_code).map_err(Into::into)
+    };
     let _ = std::fs::remove_file(&file);
-    Ok(exit_code(status?))
+    status
+}
+
+/// Whether our stdin and stdout are both a terminal.
+fn on_a_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+/// `exec -t` with stdio that is not a terminal (a pipe, a file): both
+/// runtimes refuse to make a terminal then (runc opens /dev/tty, crun
+/// reads the attributes of its stdin), so the runtime gets hull's
+/// terminal as for `run -t`, and hull copies it to stdout (as the VM mode
+/// does: `exec -t` output on stdout with CRLF line ends, Docker's).
+fn exec_on_our_terminal(
+    mut cmd: Command,
+    runtime: &Runtime,
+    root: &Path,
+    id: &str,
+    stdin: bool,
+) -> anyhow::Result<i32> {
+    // The runtime's own messages to our stderr (runc's come through the
+    // terminal: it runs on it).
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    let terminal = Terminal::prepare(&mut cmd, runtime, root, id, None)?;
+    cmd.arg(id);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", runtime.path.display()))?;
+    // `cmd` holds copies of a relayed terminal's slave: the master reads
+    // its end only once they are closed too.
+    drop(cmd);
+    let Some(master) = terminal.master(&mut child, None)? else {
+        return Ok(exit_code(child.wait()?));
+    };
+    if stdin {
+        let mut to = master.try_clone()?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut to);
+        });
+    }
+    let out = copy_thread(master, std::io::stdout());
+    let status = child.wait()?;
+    let _ = out.join();
+    Ok(exit_code(status))
 }
 
 fn tempfile_in(root: &Path) -> std::io::Result<PathBuf> {
