@@ -675,7 +675,8 @@ pub fn list(store: &Path) -> Vec<(PathBuf, Option<SnapshotMeta>)> {
 }
 
 /// Removes every snapshot not being restored (`hull system prune`);
-/// returns how many and the bytes freed on disk. They are made again on the next `hull run`.
+/// returns how many and the bytes freed on disk. They are made again on
+/// the next `hull run`.
 pub fn prune(store: &Path) -> std::io::Result<(usize, u64)> {
     if !store.exists() {
         return Ok((0, 0));
