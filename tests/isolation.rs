@@ -20,14 +20,19 @@ fn run(root: &Path, isolation: &str, flags: &[&str], cmd: &[&str], stdin: Option
     c.args(["run", "--rm", "--isolation", isolation])
         .args(flags)
         .arg("busybox:test")
-        .args(cmd)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(cmd);
+    output_with_stdin(c, stdin)
+}
+
+/// Runs `c` with `stdin` fed to it (none: /dev/null); its output.
+fn output_with_stdin(mut c: Command, stdin: Option<&str>) -> Output {
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     if let Some(input) = stdin {
         let mut i = child.stdin.take().unwrap();
@@ -726,18 +731,7 @@ fn exec_into_a_container_mode_container() {
         let exec = |flags: &[&str], cmd: &str, input: Option<&str>| {
             let mut c = hull(root);
             c.arg("exec").args(flags).args([&name, "sh", "-c", cmd]);
-            c.stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            if let Some(i) = input {
-                child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
-            }
-            child.wait_with_output().unwrap()
+            output_with_stdin(c, input)
         };
         let out = exec(&[], "echo out; echo err >&2; exit 4", None);
         assert_eq!(out.status.code(), Some(4), "{rt}: {:?}", text(&out));
