@@ -246,18 +246,44 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         .output()
         .unwrap());
 
-    // A new kernel file makes a new snapshot and the old one goes.
+    // A new kernel file makes new snapshots; the old kernel's stay while
+    // recently used (another hull version may share the store: deleting
+    // them at once would make each re-make its own after every save).
     let kernel_copy = root.join("vmlinux-copy");
     let kernel = std::env::var("HULL_KERNEL").expect("HULL_KERNEL must point at the guest kernel");
     std::fs::copy(&kernel, &kernel_copy).unwrap();
-    let again = hull_s(root, store)
-        .env("HULL_KERNEL", &kernel_copy)
-        .args(["run", "--rm", "busybox:test", "echo", "new kernel"])
-        .output()
-        .unwrap();
-    assert_eq!(ok(&again), "new kernel\n");
+    let with_new_kernel = |args: &[&str]| {
+        let out = hull_s(root, store)
+            .env("HULL_KERNEL", &kernel_copy)
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&out)
+    };
+    let again = with_new_kernel(&["run", "--rm", "busybox:test", "echo", "new kernel"]);
+    assert_eq!(again, "new kernel\n");
     let now_made = snapshot_dirs(store);
-    assert_eq!(now_made.len(), 2, "{now_made:?}");
+    assert_eq!(now_made.len(), 5, "2 new, 3 old kept: {now_made:?}");
+    // Unused for an hour, they go at the next save (here: the new
+    // kernel's warm snapshot for a container with a writable disk).
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for old in &made {
+        for file in [".in-use", "meta.json"] {
+            if let Ok(f) = std::fs::File::options()
+                .write(true)
+                .open(store.join(old).join(file))
+            {
+                f.set_modified(hour_ago).unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        with_new_kernel(&["run", "--name", "k", "busybox:test", "true"]),
+        ""
+    );
+    with_new_kernel(&["rm", "k"]);
+    let now_made = snapshot_dirs(store);
+    assert_eq!(now_made.len(), 3, "{now_made:?}");
     assert!(
         now_made.iter().all(|n| !made.contains(n)),
         "stale snapshot kept: {now_made:?} {made:?}"
@@ -267,6 +293,6 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
         .args(["system", "prune"])
         .output()
         .unwrap());
-    assert!(pruned.starts_with("Deleted 2 VM snapshot(s)"), "{pruned}");
+    assert!(pruned.starts_with("Deleted 3 VM snapshot(s)"), "{pruned}");
     assert!(snapshot_dirs(store).is_empty());
 }
