@@ -85,6 +85,7 @@ fn containerd() -> &'static Containerd {
     DAEMON.get_or_init(|| {
         require_tools();
         remove_dead_runs();
+        remove_leftover_containers();
         let base = std::env::temp_dir().join(format!("hull-containerd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
@@ -99,6 +100,59 @@ fn containerd() -> &'static Containerd {
         import_image(&daemon, &base);
         daemon
     })
+}
+
+/// Removes the containers a killed earlier run left in the kept hull
+/// root: this run's would collide with their names (`ctrd.NS.ID`). Called
+/// before this process's daemon exists, so none of them is this run's.
+fn remove_leftover_containers() {
+    kill_shims_of_dead_runs();
+    let Ok(out) = hull(&["ps", "-a", "--format", "{{.Names}}"]).output() else {
+        return;
+    };
+    let ours = format!("ctrd.{NAMESPACE}.");
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        if name.starts_with(&ours) {
+            let _ = hull(&["rm", "-f", name]).output();
+        }
+    }
+}
+
+/// Kills the shims of killed earlier runs: a shim outlives its containerd
+/// (`-address TMP/hull-containerd-PID/containerd.sock`, PID gone) and
+/// would hold that run's container and its VM.
+fn kill_shims_of_dead_runs() {
+    let prefix = std::env::temp_dir().join("hull-containerd-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args
+            .first()
+            .is_some_and(|a| a.ends_with("containerd-shim-hull-v2"))
+        {
+            continue;
+        }
+        let run_pid = args
+            .windows(2)
+            .find(|w| w[0] == "-address")
+            .and_then(|w| w[1].strip_prefix(&prefix))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if run_pid.is_some_and(|p| !Path::new("/proc").join(p.to_string()).exists()) {
+            // SAFETY: kill(2) of a leftover shim process found just above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Removes the containerd directories of earlier test processes that
