@@ -835,10 +835,16 @@ fn on_a_terminal() -> bool {
 }
 
 /// `exec -t` with stdio that is not a terminal (a pipe, a file): both
-/// runtimes refuse to make a terminal then (runc opens /dev/tty, crun
-/// reads the attributes of its stdin), so the runtime gets hull's
-/// terminal as for `run -t`, and hull copies it to stdout (as the VM mode
-/// does: `exec -t` output on stdout with CRLF line ends, Docker's).
+/// runtimes refuse to make a terminal then in the foreground (runc opens
+/// /dev/tty, crun reads the attributes of its stdin), so hull asks for the
+/// container's terminal on a console socket and copies it to stdout (as
+/// the VM mode does: `exec -t` output on stdout with CRLF line ends,
+/// Docker's). The runtime runs detached, which is what makes runc use the
+/// socket: in the foreground runc relays the terminal itself and clears
+/// its CRLF translation only after the process may already have written
+/// (`\r\r\n` through a second terminal, seen in CI). Detached, the
+/// process is left to hull, the reaper of the runtime's orphans, which
+/// waits for its exit code.
 fn exec_on_our_terminal(
     mut cmd: Command,
     runtime: &Runtime,
@@ -846,19 +852,36 @@ fn exec_on_our_terminal(
     id: &str,
     stdin: bool,
 ) -> anyhow::Result<i32> {
-    // The runtime's own messages to our stderr (runc's come through the
-    // terminal: it runs on it).
-    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-    let terminal = Terminal::prepare(&mut cmd, runtime, root, id, None)?;
-    cmd.arg(id);
+    become_subreaper()?;
+    let socket = super::tty::ConsoleSocket::bind(console_socket_path(root, id))?;
+    let pid_file = tempfile_in(root)?.with_extension("pid");
+    cmd.args(["--detach", "--pid-file"]).arg(&pid_file);
+    cmd.arg("--console-socket").arg(socket.path()).arg(id);
+    // The runtime's own messages to our stderr; -i goes to the terminal.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", runtime.path.display()))?;
-    // `cmd` holds copies of a relayed terminal's slave: the master reads
-    // its end only once they are closed too.
-    drop(cmd);
-    let Some(master) = terminal.master(&mut child, None)? else {
-        return Ok(exit_code(child.wait()?));
+    let ended = || child.try_wait().map_or(true, |s| s.is_some());
+    let master = socket
+        .receive(ended)
+        .context("receiving the container's terminal from the runtime");
+    let status = child.wait()?;
+    let pid = read_pid(&pid_file);
+    let _ = std::fs::remove_file(&pid_file);
+    let master = master?;
+    if !status.success() {
+        // The runtime said why on our stderr, or its child on the
+        // terminal (crun: a command not found).
+        if let Some(m) = master {
+            drain_terminal(m, std::io::stderr());
+        }
+        return Ok(exit_code(status));
+    }
+    let (Some(master), Some(pid)) = (master, pid) else {
+        anyhow::bail!("{} started no process with a terminal", runtime.name);
     };
     if stdin {
         let mut to = master.try_clone()?;
@@ -867,9 +890,51 @@ fn exec_on_our_terminal(
         });
     }
     let out = copy_thread(master, std::io::stdout());
-    let status = child.wait()?;
+    let code = wait_for_orphan(pid)?;
     let _ = out.join();
-    Ok(exit_code(status))
+    Ok(code)
+}
+
+/// Copies what is already written to the terminal whose master is
+/// `master` to `to`, without waiting for more.
+fn drain_terminal(master: std::fs::File, mut to: impl Write) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; no memory is passed.
+    unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut master = master;
+    let mut buf = [0u8; 4096];
+    // Ends at EAGAIN (nothing more yet) or EIO (no writer left).
+    while let Ok(n @ 1..) = master.read(&mut buf) {
+        let _ = to.write_all(&buf[..n]);
+    }
+}
+
+/// Makes the processes our children leave behind (a detached runtime's
+/// container process) ours to wait for, rather than the host init's.
+fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with an integer argument; no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The exit code of `pid`, a process reparented to us (see
+/// [`become_subreaper`]).
+fn wait_for_orphan(pid: u32) -> anyhow::Result<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a valid integer.
+        let rc = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        if rc == pid as i32 {
+            return Ok(exit_code(std::process::ExitStatus::from_raw(status)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).with_context(|| format!("waiting for process {pid}"));
+        }
+    }
 }
 
 fn tempfile_in(root: &Path) -> std::io::Result<PathBuf> {

@@ -10,7 +10,10 @@
 //!   failure (exit 125).
 //! - runc in the foreground ignores a console socket: it runs on a
 //!   pseudo-terminal hull owns ([`Pty`], its controlling terminal) and
-//!   copies the container's PTY to it until the end.
+//!   copies the container's PTY to it until the end. For `run` that is
+//!   safe (the process starts after runc set up its copy); `exec -t`
+//!   without a terminal runs either runtime detached with a console
+//!   socket instead (src/oci/engine.rs says why).
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
