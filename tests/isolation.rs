@@ -750,14 +750,23 @@ fn exec_into_a_container_mode_container() {
             );
         }
         // A command that does not start: the runtime's reason on stderr
-        // (crun's child writes it to the terminal), a failure exit code.
-        let mut c = hull(root);
-        c.args(["exec", "-t", &name, "no-such-command"]);
-        let out = output_with_stdin(c, None);
-        let (stdout, stderr) = text(&out);
-        assert!(!out.status.success(), "{rt}: {:?}", text(&out));
-        assert!(stdout.is_empty(), "{rt}: {stdout:?}");
-        assert!(stderr.contains("no-such-command"), "{rt}: {stderr:?}");
+        // (with -t, crun's child writes it to the terminal), and the VM
+        // mode's exit codes: 127 not found, 126 cannot be executed.
+        for flags in [&[][..], &["-t"]] {
+            for (cmd, code, said) in [
+                ("no-such-command", 127, "no-such-command"),
+                ("/etc", 126, ""),
+            ] {
+                let mut c = hull(root);
+                c.arg("exec").args(flags).args([&name, cmd]);
+                let out = output_with_stdin(c, None);
+                let (stdout, stderr) = text(&out);
+                let what = format!("{rt} exec {flags:?} {cmd}: {stderr:?}");
+                assert_eq!(out.status.code(), Some(code), "{what}");
+                assert!(stdout.is_empty(), "{what}: {stdout:?}");
+                assert!(!stderr.is_empty() && stderr.contains(said), "{what}");
+            }
+        }
         let out = hull(root).args(["rm", "-f", &name]).output().unwrap();
         assert!(out.status.success(), "{rt}: {:?}", text(&out));
     }

@@ -623,7 +623,11 @@ fn runtime_error(log: &Path, runtime: &Runtime) -> Option<anyhow::Error> {
     let lower = msg.to_ascii_lowercase();
     let failure = if lower.contains("executable file") || lower.contains("no such file") {
         Some(ExecFailure::NotFound)
-    } else if lower.contains("permission denied") || lower.contains("exec format") {
+    } else if lower.contains("permission denied")
+        || lower.contains("exec format")
+        // crun, for a directory or a file it may not open.
+        || lower.contains("open executable")
+    {
         Some(ExecFailure::CannotInvoke)
     } else {
         None
@@ -808,7 +812,9 @@ pub fn exec(
         .map_err(OciError::Spec)?;
     let file = tempfile_in(root)?;
     std::fs::write(&file, serde_json::to_vec(&process)?)?;
+    let log = file.with_extension("log");
     let mut cmd = runtime.command(root);
+    cmd.arg("--log").arg(&log);
     cmd.args(["exec", "--process"]).arg(&file);
     if opts.tty {
         cmd.arg("--tty");
@@ -816,16 +822,49 @@ pub fn exec(
     if !opts.stdin {
         cmd.stdin(Stdio::null());
     }
-    let status = if opts.tty && !on_a_terminal() {
+    let code = if opts.tty && !on_a_terminal() {
         exec_on_our_terminal(cmd, &runtime, root, &config.id, opts.stdin)
     } else {
         // Our terminal (or no -t): the runtime uses our stdio as it is,
         // and passes window size changes on itself.
         cmd.arg(&config.id);
-        cmd.status().map(exit_code).map_err(Into::into)
-    };
+        cmd.status().map(ExecOutcome::from).map_err(Into::into)
+    }
+    .map(|outcome| match outcome {
+        ExecOutcome::Runtime(status) => exec_exit_code(status, &log, &runtime),
+        ExecOutcome::Process(code) => code,
+    });
     let _ = std::fs::remove_file(&file);
-    status
+    let _ = std::fs::remove_file(&log);
+    code
+}
+
+/// How a container-mode `exec` ended: with the runtime's exit (in the
+/// foreground, the process's code, or the runtime's if it failed) or
+/// with the process's own code (waited for by hull).
+enum ExecOutcome {
+    Runtime(std::process::ExitStatus),
+    Process(i32),
+}
+
+impl From<std::process::ExitStatus> for ExecOutcome {
+    fn from(status: std::process::ExitStatus) -> Self {
+        ExecOutcome::Runtime(status)
+    }
+}
+
+/// The exit code of an `exec` whose runtime ended with `status`: a
+/// program that could not be executed gives 127 or 126, as in the VM mode
+/// (the runtime said why on stderr, and in `log`); anything else, the
+/// runtime's code (the process's when it ran).
+fn exec_exit_code(status: std::process::ExitStatus, log: &Path, runtime: &Runtime) -> i32 {
+    let code = exit_code(status);
+    if code == 0 {
+        return 0;
+    }
+    runtime_error(log, runtime)
+        .and_then(|e| crate::guest::agent_client::exec_exit_code(&e))
+        .map_or(code, i32::from)
 }
 
 /// Whether our stdin and stdout are both a terminal.
@@ -851,7 +890,7 @@ fn exec_on_our_terminal(
     root: &Path,
     id: &str,
     stdin: bool,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<ExecOutcome> {
     become_subreaper()?;
     let socket = super::tty::ConsoleSocket::bind(console_socket_path(root, id))?;
     let pid_file = tempfile_in(root)?.with_extension("pid");
@@ -878,7 +917,7 @@ fn exec_on_our_terminal(
         if let Some(m) = master {
             drain_terminal(m, std::io::stderr());
         }
-        return Ok(exit_code(status));
+        return Ok(status.into());
     }
     let (Some(master), Some(pid)) = (master, pid) else {
         anyhow::bail!("{} started no process with a terminal", runtime.name);
@@ -892,7 +931,7 @@ fn exec_on_our_terminal(
     let out = copy_thread(master, std::io::stdout());
     let code = wait_for_orphan(pid)?;
     let _ = out.join();
-    Ok(code)
+    Ok(ExecOutcome::Process(code))
 }
 
 /// Copies what is already written to the terminal whose master is
