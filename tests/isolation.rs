@@ -698,21 +698,20 @@ fn top_lists_the_containers_own_processes() {
 
 /// `hull exec` into a container-mode container: output, exit code, stdin,
 /// and `-t` with stdio that is not a terminal (a pipe here): the output on
-/// stdout with CRLF line ends, as the VM mode and Docker give it. runc
-/// runs with HULL_USERNS=host: its `exec` cannot join a user-namespaced
-/// container here (it joins the user namespace first, then may not enter
-/// the network namespace the host made: EPERM; a known limit, crun works).
+/// stdout with CRLF line ends, as the VM mode and Docker give it. Both
+/// runtimes with the default user namespace (runc's `exec` joins the user
+/// namespace first and could not then enter a network namespace of the
+/// host's: hull makes it inside the container's user namespace), and runc
+/// without one.
 #[test]
 fn exec_into_a_container_mode_container() {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     import_busybox(root);
-    for rt in ["crun", "runc"] {
-        let name = format!("exec-{rt}");
+    for (rt, userns) in [("crun", "auto"), ("runc", "auto"), ("runc", "host")] {
+        let name = format!("exec-{rt}-{userns}");
         let mut run = hull(root);
-        if rt == "runc" {
-            run.env("HULL_USERNS", "host");
-        }
+        run.env("HULL_USERNS", userns);
         let out = run
             .args([
                 "run",
@@ -736,6 +735,18 @@ fn exec_into_a_container_mode_container() {
         let out = exec(&[], "echo out; echo err >&2; exit 4", None);
         assert_eq!(out.status.code(), Some(4), "{rt}: {:?}", text(&out));
         assert_eq!(text(&out), ("out\n".into(), "err\n".into()), "{rt}");
+        // In the container's user namespace (or the host's), root there.
+        let out = exec(&[], "id -u; cat /proc/self/uid_map", None);
+        let (stdout, _) = text(&out);
+        let map: Vec<&str> = stdout
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(stdout.lines().next(), Some("0"), "{rt} {userns}: {stdout}");
+        assert_eq!(map[0], "0", "{rt} {userns}: {stdout}");
+        assert_eq!(map[1] != "0", userns == "auto", "{rt} {userns}: {stdout}");
         let out = exec(&["-i"], "tr a-z A-Z", Some("piped in\n"));
         assert_eq!(text(&out).0, "PIPED IN\n", "{rt}: {:?}", text(&out));
         // runc relayed the terminal through a second one in the
@@ -857,7 +868,8 @@ fn container_root_is_a_subordinate_id_on_the_host() {
         .args([
             "sh",
             "-c",
-            "cat /proc/self/uid_map; echo x > /made-by-root; id -u; stat -c %u /bin/busybox /etc/hosts",
+            "cat /proc/self/uid_map; echo x > /made-by-root; id -u; stat -c %u /bin/busybox /etc/hosts; \
+             ls /sys/class/net; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo raw-ping",
         ])
         .output()
         .unwrap();
@@ -877,7 +889,13 @@ fn container_root_is_a_subordinate_id_on_the_host() {
         .map(|n| n.parse().unwrap())
         .collect();
     assert_eq!(map, vec![0, base, 65_536], "{stdout}");
-    assert_eq!(stdout.lines().skip(1).collect::<Vec<_>>(), ["0", "0", "0"]);
+    // Its network namespace is its user namespace's: its sysfs shows
+    // that namespace's interfaces, and its root may open raw sockets
+    // there (CAP_NET_RAW, as in Docker: busybox ping).
+    assert_eq!(
+        stdout.lines().skip(1).collect::<Vec<_>>(),
+        ["0", "0", "0", "eth0", "lo", "raw-ping"]
+    );
     let made = root.join("containers").join(&id).join("upper/made-by-root");
     let meta = std::fs::metadata(&made).unwrap();
     assert_eq!(

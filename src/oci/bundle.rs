@@ -53,12 +53,10 @@ pub struct BundleInput<'a> {
     pub etc_files: Vec<(PathBuf, &'static str)>,
     /// Apply `-m`/`--cpus` through cgroups (the host allows it).
     pub limits: bool,
-    /// The container's user namespace (`None`: host IDs).
+    /// The container's user namespace (`None`: host IDs): its mapping,
+    /// and where hull bound it (it owns the network namespace).
     pub userns: Option<IdShift>,
-    /// A sysfs of the container's network namespace that hull mounted,
-    /// bound over /sys (with a user namespace the runtime cannot mount
-    /// one: the network namespace is not the user namespace's).
-    pub sysfs: Option<PathBuf>,
+    pub userns_file: Option<&'a Path>,
 }
 
 fn err(e: oci_spec::OciSpecError) -> OciError {
@@ -140,14 +138,6 @@ fn nofile_limit() -> Result<oci_spec::runtime::PosixRlimit, OciError> {
 /// /etc files and its bind mounts.
 fn mounts(input: &BundleInput<'_>) -> Result<Vec<Mount>, OciError> {
     let mut m = oci_spec::runtime::get_default_mounts();
-    if let Some(sysfs) = &input.sysfs {
-        for mount in m
-            .iter_mut()
-            .filter(|m| m.destination() == Path::new("/sys"))
-        {
-            *mount = bind(sysfs, "/sys", &["rbind", "ro", "nosuid", "nodev", "noexec"])?;
-        }
-    }
     for (src, dst) in &input.etc_files {
         m.push(bind(src, dst, &["rbind", "rprivate"])?);
     }
@@ -206,7 +196,7 @@ fn linux(input: &BundleInput<'_>) -> Result<oci_spec::runtime::Linux, OciError> 
     let mappings = id_mappings(input.userns)?;
     let mut namespaces = Vec::new();
     if mappings.is_some() {
-        namespaces.push(namespace(LinuxNamespaceType::User, None)?);
+        namespaces.push(namespace(LinuxNamespaceType::User, input.userns_file)?);
     }
     namespaces.extend([
         namespace(LinuxNamespaceType::Pid, None)?,
@@ -295,7 +285,7 @@ mod tests {
                 gid: 200_000,
                 size: 65_536,
             }),
-            sysfs: Some(PathBuf::from("/s")),
+            userns_file: Some(Path::new("/u")),
         };
         let v = serde_json::to_value(spec(&input).unwrap()).unwrap();
         assert_eq!(v["process"]["args"][2], "true");
@@ -308,9 +298,7 @@ mod tests {
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         let net = ns.iter().find(|n| n["type"] == "network").unwrap();
         assert_eq!(net["path"], "/n");
-        assert!(ns
-            .iter()
-            .any(|n| n["type"] == "user" && n["path"].is_null()));
+        assert!(ns.iter().any(|n| n["type"] == "user" && n["path"] == "/u"));
         assert_eq!(
             v["linux"]["uidMappings"],
             serde_json::json!([{"containerID": 0, "hostID": 100_000, "size": 65_536}])
@@ -321,7 +309,7 @@ mod tests {
             .unwrap()
             .iter()
             .find(|m| m["destination"] == "/sys");
-        assert_eq!(sys.unwrap()["source"], "/s");
+        assert_eq!(sys.unwrap()["type"], "sysfs");
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 200_000);

@@ -81,7 +81,7 @@ struct Parts {
     runtime: Option<Runtime>,
     rootfs: Option<PathBuf>,
     netns: Option<PathBuf>,
-    sysfs: Option<PathBuf>,
+    userns: Option<PathBuf>,
     pasta: Option<Child>,
 }
 
@@ -96,12 +96,10 @@ impl Parts {
             let _ = p.kill();
             let _ = p.wait();
         }
-        if let Some(s) = self.sysfs.take() {
-            // Before `rm` walks the container's directory: a mounted
-            // sysfs would fail it (read-only file system).
-            unmount(&s);
-        }
-        if let Some(n) = self.netns.take() {
+        for n in [self.netns.take(), self.userns.take()]
+            .into_iter()
+            .flatten()
+        {
             netns::remove(&n);
         }
         if let Some(r) = self.rootfs.take() {
@@ -143,13 +141,16 @@ fn run_inner(
     let rootfs = mount_overlay(dir, &lower, shift)?;
     parts.rootfs = Some(rootfs.clone());
     let ns = dir.join("netns");
-    netns::create(&ns)?;
     parts.netns = Some(ns.clone());
-    let sysfs = match shift {
-        Some(_) => Some(userns_access(root, dir, &ns)?),
-        None => None,
-    };
-    parts.sysfs = sysfs.clone();
+    let userns_file = shift.map(|_| dir.join("userns"));
+    parts.userns = userns_file.clone();
+    match (shift, &userns_file) {
+        (Some(s), Some(u)) => netns::create_in_userns(&ns, u, s)?,
+        _ => netns::create(&ns)?,
+    }
+    if shift.is_some() {
+        userns_access(root, dir)?;
+    }
     if config.network == NetworkMode::Default {
         parts.pasta = Some(spawn_pasta(&ns, dir)?);
     }
@@ -157,7 +158,11 @@ fn run_inner(
     if let Some(s) = shift {
         user::check_mapped(&ids, s.size)?;
     }
-    let bundle_dir = write_bundle(dir, config, &rootfs, ids, &ns, sysfs)?;
+    let namespaces = Namespaces {
+        net: &ns,
+        user: userns_file.as_deref(),
+    };
+    let bundle_dir = write_bundle(dir, config, &rootfs, ids, namespaces)?;
     let mut ports = PortForwarder::bind(&config.ports)?;
     update(dir, |s| s.ports = ports.bindings())?;
     ports.start_in_netns(&ns)?;
@@ -199,12 +204,10 @@ fn hide_hybrid_cgroup2() {
 /// What a runtime working inside the container's user namespace needs
 /// from the host: a path it may traverse to the bundle and the root (the
 /// hull root and the container's directory gain o+x, as Docker's 0711
-/// /var/lib/docker; a directory above the root without it is an error),
-/// and a sysfs of the container's network namespace.
-/// The runtime cannot mount sysfs itself there, because that namespace
-/// belongs to the host's user namespace; hull mounts it from inside the
-/// network namespace, and the spec binds it read-only.
-fn userns_access(root: &Path, dir: &Path, ns: &Path) -> Result<PathBuf, OciError> {
+/// /var/lib/docker; a directory above the root without it is an error).
+/// (Its sysfs the runtime mounts itself: the network namespace is the
+/// user namespace's.)
+fn userns_access(root: &Path, dir: &Path) -> Result<(), OciError> {
     use std::os::unix::fs::PermissionsExt;
     for d in dir.ancestors() {
         let meta =
@@ -221,10 +224,7 @@ fn userns_access(root: &Path, dir: &Path, ns: &Path) -> Result<PathBuf, OciError
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode & 0o7777 | 0o001))
             .map_err(OciError::io(format!("chmod o+x {}", d.display())))?;
     }
-    let sysfs = dir.join("sys");
-    std::fs::create_dir_all(&sysfs).map_err(OciError::io("creating sys"))?;
-    netns::mount_sysfs(ns, &sysfs)?;
-    Ok(sysfs)
+    Ok(())
 }
 
 /// `dir/rootfs`: the lower directory under this container's upper and
@@ -342,14 +342,20 @@ fn has_default_route(ns: &Path) -> bool {
     .unwrap_or(false)
 }
 
+/// The namespaces hull made for the container, bound on these files.
+struct Namespaces<'a> {
+    net: &'a Path,
+    /// With a user namespace: the network namespace is its.
+    user: Option<&'a Path>,
+}
+
 /// Writes `dir/bundle/config.json` and the container's /etc files.
 fn write_bundle(
     dir: &Path,
     config: &ContainerConfig,
     rootfs: &Path,
     ids: user::Ids,
-    ns: &Path,
-    sysfs: Option<PathBuf>,
+    ns: Namespaces<'_>,
 ) -> anyhow::Result<PathBuf> {
     let shift = config.userns.as_ref().and_then(|u| u.shift());
     let bundle_dir = dir.join("bundle");
@@ -385,11 +391,11 @@ fn write_bundle(
         config,
         rootfs,
         ids,
-        netns: ns,
+        netns: ns.net,
         etc_files,
         limits: limits_allowed(),
         userns: shift,
-        sysfs,
+        userns_file: ns.user,
     })?;
     let tmp = bundle_dir.join(".config.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&spec)?)?;
