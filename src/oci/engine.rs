@@ -473,7 +473,7 @@ enum Terminal {
 }
 
 impl Terminal {
-    /// Sets up `cmd` (a `run` or `exec` of `runtime` for container `id`,
+    /// Sets up `cmd` (a `run` of `runtime` for container `id`,
     /// before its ID argument) to give the terminal to hull.
     fn prepare(
         cmd: &mut Command,
