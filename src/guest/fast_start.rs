@@ -631,9 +631,10 @@ fn placeholder_shared_dirs(
 /// their memory mapping outlives the files.
 fn remove_stale(store: &Path, current: &SnapshotMeta) {
     let now = SystemTime::now();
-    for (path, meta) in list(store) {
+    let all = list(store);
+    for (path, meta) in &all {
         let unused_long = || {
-            snapshot_use::last_used(&path)
+            last_used_with_derived(path, &all)
                 .is_none_or(|t| now.duration_since(t).unwrap_or_default() > STALE_AFTER)
         };
         let stale = match meta {
@@ -644,13 +645,31 @@ fn remove_stale(store: &Path, current: &SnapshotMeta) {
             None => true,
         };
         if stale {
-            match snapshot_use::remove_unless_in_use(&path) {
+            match snapshot_use::remove_unless_in_use(path) {
                 Ok(true) => tracing::debug!("removed stale snapshot {}", path.display()),
                 Ok(false) => tracing::debug!("stale snapshot {} in use: kept", path.display()),
                 Err(e) => tracing::warn!("removing stale snapshot {}: {e}", path.display()),
             }
         }
     }
+}
+
+/// When snapshot `path` was last used, or a snapshot derived from it:
+/// a warm start restores (and stamps) the derived snapshot only, but it
+/// needs its base.
+fn last_used_with_derived(
+    path: &Path,
+    all: &[(PathBuf, Option<SnapshotMeta>)],
+) -> Option<SystemTime> {
+    let name = path.file_name()?.to_string_lossy();
+    let derived = all
+        .iter()
+        .filter(|(_, m)| m.as_ref().and_then(|m| m.base.as_deref()) == Some(&*name))
+        .map(|(p, _)| p.as_path());
+    std::iter::once(path)
+        .chain(derived)
+        .filter_map(snapshot_use::last_used)
+        .max()
 }
 
 /// The snapshots in `store` with what they were made from (`None` if
@@ -800,12 +819,15 @@ mod tests {
             ("new-warm", "k2", vec![image.clone()], true),
             ("new-gone", "k2", vec![gone], false),
             ("old-warm", "k1", vec![image.clone()], true),
+            ("old-base", "k1", vec![], true),
         ] {
             let d = store.path().join(name);
             std::fs::create_dir_all(&d).unwrap();
             let m = SnapshotMeta {
                 kernel: kernel.into(),
                 fixed_disks: fixed,
+                // Kept: what it was warmed into was used recently.
+                base: (name == "old-but-recent").then(|| "old-base".into()),
                 ..current.clone()
             };
             let path = d.join("meta.json");
@@ -820,9 +842,9 @@ mod tests {
         let held = snapshot_use::hold(&store.path().join("old-warm"), "state.json").unwrap();
         remove_stale(store.path(), &current);
         let left: Vec<_> = list(store.path()).into_iter().map(|(p, _)| p).collect();
-        let names = ["new", "new-warm", "old-but-recent", "old-warm"];
+        let names = ["new", "new-warm", "old-base", "old-but-recent", "old-warm"];
         assert_eq!(left, names.map(|n| store.path().join(n)));
-        assert_eq!(prune(store.path()).unwrap().0, 3, "all but the one held");
+        assert_eq!(prune(store.path()).unwrap().0, 4, "all but the one held");
         drop(held);
         assert_eq!(prune(store.path()).unwrap().0, 1);
         assert!(list(store.path()).is_empty());
