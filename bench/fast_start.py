@@ -5,6 +5,8 @@ One invocation measures, on this host:
   - `hull run --rm busybox true` end to end: cold boot (HULL_FAST_START=0)
     vs fast path (restore from the VM snapshot) vs `runc run` of an OCI
     bundle made from the same rootfs; median of --runs each, as ratios;
+  - the fast path with the uniprocessor guest kernel hull boots for one
+    vCPU (the default) vs the SMP kernel (HULL_KERNEL_UP=off), interleaved;
   - host memory of --idle idle containers (`hull run -d IMAGE sleep`) for
     the fast path and --idle-cold for cold boots: sum of the VMM processes'
     PSS (proportional set size: pages shared between VMs, e.g. clean pages
@@ -166,6 +168,7 @@ def main():
     work = tempfile.mkdtemp(prefix="hull-bench-fast-")
     env = dict(os.environ, HULL_ROOT=os.path.join(work, "root"))
     cold_env = dict(env, HULL_FAST_START="0")
+    smp_env = dict(env, HULL_KERNEL_UP="off")
     try:
         rootfs = os.path.join(work, "bundle", "rootfs")
         busybox_rootfs(rootfs)
@@ -181,6 +184,8 @@ def main():
         print(f"first run (rootfs preparation + cold boot): {t:.2f} s")
         t = timed([HULL, "run", "--rm", "busybox:bench", "true"], env=env)
         print(f"first fast-path run (template boot + snapshot + restore): {t:.2f} s")
+        t = timed([HULL, "run", "--rm", "busybox:bench", "true"], env=smp_env)
+        print(f"first fast-path run, SMP kernel (its own template and snapshots): {t:.2f} s")
 
         bundle = os.path.join(work, "bundle")
         sh([runc, "spec", "--rootless"] if os.geteuid() else [runc, "spec"], env=None)
@@ -192,7 +197,7 @@ def main():
         with open(os.path.join(bundle, "config.json"), "w") as f:
             json.dump(spec, f)
 
-        results = {"cold": [], "fast": [], "runc": []}
+        results = {"cold": [], "fast": [], "smp": [], "runc": []}
         for i in range(max(args.runs, cold_runs)):
             if i < cold_runs:
                 results["cold"].append(
@@ -200,6 +205,8 @@ def main():
             if i < args.runs:
                 results["fast"].append(
                     timed([HULL, "run", "--rm", "busybox:bench", "true"], env=env))
+                results["smp"].append(
+                    timed([HULL, "run", "--rm", "busybox:bench", "true"], env=smp_env))
                 results["runc"].append(
                     timed([runc, "run", "--bundle", bundle, f"bench-{os.getpid()}-{i}"]))
         med = {k: statistics.median(v) for k, v in results.items()}
@@ -207,6 +214,7 @@ def main():
             print(f"{k:5s} median {med[k]*1000:9.1f} ms  runs: "
                   + " ".join(f"{x*1000:.0f}" for x in v))
         print(f"fast / cold  = {med['fast']/med['cold']:.3f}")
+        print(f"fast / smp   = {med['fast']/med['smp']:.3f}  (uniprocessor vs SMP guest kernel)")
         print(f"fast / {os.path.basename(runc)} = {med['fast']/med['runc']:.1f}")
         print(f"cold / {os.path.basename(runc)} = {med['cold']/med['runc']:.1f}")
         print_breakdown(breakdown(env), med["runc"])

@@ -12,7 +12,9 @@ transfers come from; `perf` on the host sees only the emulator.
 
 The profiled VMM runs on a thread of hull (HULL_JAIL=off): the jailed VMM
 process has nowhere to write its samples. Needs HULL_KERNEL (the vmlinux
-whose symbols are used) and hull built (HULL_BIN or target/release/hull).
+whose symbols are used; for a one-vCPU VM hull boots its uniprocessor
+variant vmlinux-up beside it, which this then reads) and hull built
+(HULL_BIN or target/release/hull).
 """
 
 import argparse
@@ -121,18 +123,28 @@ def run_profiled(hull_args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vmlinux", default=os.environ.get("HULL_KERNEL"), help="default: $HULL_KERNEL")
+    ap.add_argument("--vmlinux", help="default: $HULL_KERNEL, or its -up variant for a one-vCPU VM")
     ap.add_argument("--files", nargs="+", help="report on these sample files instead of running hull")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--bucket-ms", type=int, default=100)
     ap.add_argument("hull_args", nargs="*", help="arguments of hull (after --)")
     args = ap.parse_args()
-    if not args.vmlinux:
+    if not (args.vmlinux or os.environ.get("HULL_KERNEL")):
         sys.exit("guest_profile: set HULL_KERNEL or pass --vmlinux")
     files = args.files or run_profiled(args.hull_args)
     if not files:
         sys.exit("guest_profile: no sample files (did a VM run?)")
-    report(read_samples(files), Symbols(args.vmlinux), args.top, args.bucket_ms)
+    report(read_samples(files), Symbols(args.vmlinux or booted_kernel(files)), args.top, args.bucket_ms)
+
+
+def booted_kernel(files):
+    """The kernel hull booted: HULL_KERNEL's uniprocessor variant when the
+    VM had one vCPU and the variant is there (hull's own rule), else HULL_KERNEL."""
+    smp = os.environ["HULL_KERNEL"]
+    up = smp + "-up"
+    one_vcpu = not any(f.endswith(".vcpu1") for f in files)
+    up_wanted = os.environ.get("HULL_KERNEL_UP", "") not in ("0", "off", "false", "no")
+    return up if one_vcpu and up_wanted and os.path.isfile(up) else smp
 
 
 if __name__ == "__main__":

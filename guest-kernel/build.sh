@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build hull's guest kernel: Debian's linux-source-6.1 + our patches +
 # `make tinyconfig` + config.fragment + `make olddefconfig`, artefact the ELF
-# vmlinux (entered through its PVH note).
+# vmlinux (entered through its PVH note). Two variants from one source tree:
+# vmlinux (SMP, for VMs with more than one vCPU) and vmlinux-up (the same
+# with config.up.fragment on top: uniprocessor, what hull boots for the
+# usual one-vCPU VM; see docs/guest-kernel.md for why).
 #
 # Cached: the output directory is named after a hash of (linux-source version,
 # config.fragment, patches/*.patch, this script), so the build runs once per
@@ -17,7 +20,8 @@
 #   HULL_KERNEL_JOBS        make -j (default: nproc)
 #   HULL_KERNEL_KEEP_BUILD  1 = keep the build tree for incremental rebuilds
 #
-# Output: ${HULL_KERNEL_CACHE}/<hash>/{vmlinux,config,version}, and the symlink
+# Output: ${HULL_KERNEL_CACHE}/<hash>/{vmlinux,config,vmlinux-up,config-up,version},
+# and the symlink
 # ${HULL_KERNEL_CACHE}/current -> <hash>.  Progress goes to stderr; the last
 # line of stdout is the vmlinux path.  Installs nothing: a missing package is
 # reported with its name.
@@ -26,6 +30,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 self="$here/$(basename "${BASH_SOURCE[0]}")"
 fragment="$here/config.fragment"
+up_fragment="$here/config.up.fragment"
 patch_dir="$here/patches"
 cache=${HULL_KERNEL_CACHE:-/var/lib/hull/kernel}
 source_tar=${HULL_LINUX_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
@@ -45,6 +50,7 @@ esac
 
 # ---- inputs -----------------------------------------------------------------
 [[ -f $fragment ]] || die "missing $fragment"
+[[ -f $up_fragment ]] || die "missing $up_fragment"
 [[ -f $source_tar ]] || die "missing $source_tar: install Debian's linux-source-6.1 package (apt-get install linux-source-6.1)"
 
 patches=()
@@ -80,6 +86,7 @@ hash=$(
     {
         printf 'tree %s\n' "$tree_hash"
         printf 'fragment\n'; cat "$fragment"
+        printf 'up fragment\n'; cat "$up_fragment"
         printf 'build.sh\n'; cat "$self"
     } | sha256sum | cut -c1-16
 )
@@ -143,55 +150,79 @@ else
     log "reusing prepared tree $build"
 fi
 
-# ---- configuration ------------------------------------------------------------
-log "configuring (tinyconfig + config.fragment + olddefconfig)"
+# ---- configuration and build, per variant -----------------------------------
 mk() { make -C "$build" -s "$@"; }
-mk tinyconfig >"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "make tinyconfig failed"; }
-"$build/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$fragment" \
-    >>"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "merging config.fragment failed"; }
-mk olddefconfig >>"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "make olddefconfig failed"; }
 
-# Every option the fragment sets must hold in the final .config: Kconfig drops
-# an option silently when one of its dependencies is missing.
-bad=()
-while IFS= read -r line; do
-    if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
-        grep -qxF -- "$line" "$build/.config" ||
-            bad+=("${BASH_REMATCH[1]} wanted ${BASH_REMATCH[2]}, got $(grep -E "^(# )?${BASH_REMATCH[1]}[= ]" "$build/.config" || echo 'nothing (unknown or unmet dependency)')")
-    elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
-        if grep -qE "^${BASH_REMATCH[1]}=" "$build/.config"; then
-            bad+=("${BASH_REMATCH[1]} wanted unset, got $(grep -E "^${BASH_REMATCH[1]}=" "$build/.config")")
+# Whether the final .config has every option of fragment $1 as it asks,
+# except those fragment $2 (a later one, or /dev/null) sets itself: Kconfig
+# drops an option silently when one of its dependencies is missing.
+check_fragment() {
+    local want=$1 later=$2 line name bad=()
+    while IFS= read -r line; do
+        if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]] || [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+            name=${BASH_REMATCH[1]}
+            grep -qE "^(# )?${name}[= ]" "$later" && continue
         fi
+        if [[ $line =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
+            grep -qxF -- "$line" "$build/.config" ||
+                bad+=("${BASH_REMATCH[1]} wanted ${BASH_REMATCH[2]}, got $(grep -E "^(# )?${BASH_REMATCH[1]}[= ]" "$build/.config" || echo 'nothing (unknown or unmet dependency)')")
+        elif [[ $line =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+            if grep -qE "^${BASH_REMATCH[1]}=" "$build/.config"; then
+                bad+=("${BASH_REMATCH[1]} wanted unset, got $(grep -E "^${BASH_REMATCH[1]}=" "$build/.config")")
+            fi
+        fi
+    done <"$want"
+    if ((${#bad[@]})); then
+        printf 'guest-kernel: error: option not as %s asks: %s\n' "$(basename "$want")" "${bad[@]}" >&2
+        die "${#bad[@]} option(s) of $(basename "$want") did not survive olddefconfig (see above)"
     fi
-done <"$fragment"
-if ((${#bad[@]})); then
-    printf 'guest-kernel: error: option not as config.fragment asks: %s\n' "${bad[@]}" >&2
-    die "${#bad[@]} option(s) of config.fragment did not survive olddefconfig (see above)"
-fi
+}
 
-# ---- build --------------------------------------------------------------------
-log "building vmlinux with make -j$jobs (a clean build takes minutes; log: $build/hull-build.log)"
-if ! make -C "$build" -j"$jobs" vmlinux >"$build/hull-build.log" 2>&1; then
-    tail -n 40 "$build/hull-build.log" >&2
-    die "kernel build failed (full log: $build/hull-build.log)"
-fi
+# Configure the tree from tinyconfig and the fragments given, and build
+# vmlinux in it (a second variant rebuilds what its options change).
+build_variant() {
+    local name=$1
+    shift
+    log "configuring $name (tinyconfig + $(for f in "$@"; do printf '%s ' "$(basename "$f")"; done)+ olddefconfig)"
+    mk tinyconfig >"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "make tinyconfig failed"; }
+    "$build/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$@" \
+        >>"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "merging $* failed"; }
+    mk olddefconfig >>"$build/hull-config.log" 2>&1 || { cat "$build/hull-config.log" >&2; die "make olddefconfig failed"; }
+    local i
+    for ((i = 1; i <= $#; i++)); do
+        local later=/dev/null
+        ((i < $#)) && later=${!#}
+        check_fragment "${!i}" "$later"
+    done
 
-# The VMM enters the ELF vmlinux through its PVH entry: the Xen ELF note
-# XEN_ELFNOTE_PHYS32_ENTRY (type 0x12) must be there.
-if ! readelf -n "$build/vmlinux" | grep -E '^\s*Xen\s' | grep -qiE '0x0*12\b|PHYS32_ENTRY'; then
-    die "$build/vmlinux has no PVH entry note (Xen note 0x12): is CONFIG_PVH set?"
-fi
+    log "building $name with make -j$jobs (a clean build takes minutes; log: $build/hull-build.log)"
+    if ! make -C "$build" -j"$jobs" vmlinux >"$build/hull-build.log" 2>&1; then
+        tail -n 40 "$build/hull-build.log" >&2
+        die "kernel build ($name) failed (full log: $build/hull-build.log)"
+    fi
+    # The VMM enters the ELF vmlinux through its PVH entry: the Xen ELF note
+    # XEN_ELFNOTE_PHYS32_ENTRY (type 0x12) must be there.
+    if ! readelf -n "$build/vmlinux" | grep -E '^\s*Xen\s' | grep -qiE '0x0*12\b|PHYS32_ENTRY'; then
+        die "$build/vmlinux ($name) has no PVH entry note (Xen note 0x12): is CONFIG_PVH set?"
+    fi
+}
 
-release=$(cat "$build/include/config/kernel.release")
-
-# ---- publish atomically -------------------------------------------------------
 tmp=$(mktemp -d "$cache/.tmp-$hash.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+build_variant vmlinux "$fragment"
 cp "$build/vmlinux" "$tmp/vmlinux"
 cp "$build/.config" "$tmp/config"
+release=$(cat "$build/include/config/kernel.release")
+build_variant vmlinux-up "$fragment" "$up_fragment"
+cp "$build/vmlinux" "$tmp/vmlinux-up"
+cp "$build/.config" "$tmp/config-up"
+
+# ---- publish atomically -------------------------------------------------------
 printf '%s\n' "$release" >"$tmp/version"
 chmod 755 "$tmp"
 rm -rf "$out"
 mv -T "$tmp" "$out"
+trap - EXIT
 point_current
 
 if [[ $keep_build != 1 ]]; then

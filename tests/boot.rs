@@ -22,6 +22,9 @@ fn boots_to_agent_ready_and_exits_cleanly() {
         stdout.contains("Linux version 6.1."),
         "no kernel banner:\n{stdout}"
     );
+    // One vCPU: the uniprocessor kernel (its banner lacks the SMP flag).
+    let banner = kernel_banner(&stdout);
+    assert!(!banner.contains(" SMP "), "{banner}");
     let ready = format!("hull-agent: ready version={}", env!("CARGO_PKG_VERSION"));
     assert!(stdout.contains(&ready), "no agent ready line:\n{stdout}");
     assert!(stdout.contains("hull-agent: shutdown status=0"), "{stdout}");
@@ -63,10 +66,21 @@ fn boots_with_two_vcpus() {
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    // Both CPUs came up (the MP table describes them, the AP started).
+    // Both CPUs came up (the MP table describes them, the AP started)
+    // in the SMP kernel.
     assert!(stdout.contains("Brought up 1 node, 2 CPUs"), "{stdout}");
+    let banner = kernel_banner(&stdout);
+    assert!(banner.contains(" SMP "), "{banner}");
     assert!(stdout.contains("hull-agent: shutdown status=0"), "{stdout}");
     assert_profiled_both_vcpus(root.path());
+}
+
+/// The kernel's "Linux version" line on the console.
+fn kernel_banner(console: &str) -> &str {
+    console
+        .lines()
+        .find(|l| l.contains("Linux version 6.1."))
+        .unwrap_or_else(|| panic!("no kernel banner:\n{console}"))
 }
 
 /// Each vCPU left a profile: samples in time order, over a thousand of
@@ -176,6 +190,11 @@ fn info_reports_hypervisor_kernel_and_agent() {
     }
     assert!(stdout.contains("Kernel version: 6.1."), "{stdout}");
     assert!(stdout.contains("hull_pvm workarounds"), "{stdout}");
+    // The build script makes the uniprocessor variant beside the kernel.
+    assert!(
+        stdout.contains("Kernel for one vCPU: /") && stdout.contains("-up (uniprocessor)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!("version {}", env!("CARGO_PKG_VERSION"))),
         "{stdout}"

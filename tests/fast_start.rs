@@ -120,6 +120,14 @@ fn fast_start_matches_cold_boot_and_isolates_containers() {
     let info = ok(&hull_s(root, store).arg("info").output().unwrap());
     assert!(info.contains("Fast start: on"), "{info}");
     assert!(info.contains("Snapshots: 2 in"), "{info}");
+    // A one-vCPU container runs the uniprocessor kernel (no SMP flag in
+    // its build string), restored from the same snapshots.
+    let build = ok(&hull_s(root, store)
+        .args(["run", "--rm", "busybox:test", "uname", "-v"])
+        .output()
+        .unwrap());
+    assert!(build.starts_with('#') && !build.contains("SMP"), "{build}");
+    assert_eq!(snapshot_dirs(store), made);
 
     // Two containers from the same snapshot: A keeps a secret in a file and
     // in its memory; B must see neither, and each has its own identity.

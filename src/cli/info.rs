@@ -61,6 +61,19 @@ fn print_hypervisor(host: HostKind) {
     );
 }
 
+/// Which kernel a one-vCPU VM boots, and why when it is not the
+/// uniprocessor variant.
+fn one_vcpu_kernel(root: &Path, smp: &Path) -> String {
+    match guest_files::kernel_for(root, 1) {
+        Ok(k) if k != smp => format!("{} (uniprocessor)", k.display()),
+        Ok(_) if guest_files::uniprocessor_variant(smp).is_some_and(|p| p.is_file()) => {
+            format!("the SMP kernel ({}=off)", guest_files::UP_KERNEL_ENV)
+        }
+        Ok(_) => "the SMP kernel (no uniprocessor variant beside it)".into(),
+        Err(e) => format!("missing ({e})"),
+    }
+}
+
 /// The guest kernel and agent hull boots.
 fn print_guest_files(root: &Path) {
     match guest_files::kernel(root) {
@@ -78,6 +91,7 @@ fn print_guest_files(root: &Path) {
                     "foreign (no hull_pvm workarounds: will not boot on PVM hosts)"
                 }
             );
+            println!("Kernel for one vCPU: {}", one_vcpu_kernel(root, &k));
         }
         Err(e) => println!("Kernel: missing ({e})"),
     }

@@ -48,6 +48,40 @@ pub fn kernel(root: &Path) -> Result<PathBuf, GuestFilesError> {
     first_existing(&candidates).map_err(GuestFilesError::NoKernel)
 }
 
+/// Set to `off` to boot one-vCPU VMs with the SMP kernel too (to compare).
+pub const UP_KERNEL_ENV: &str = "HULL_KERNEL_UP";
+
+/// The kernel for a VM of `vcpus` vCPUs: the uniprocessor variant the
+/// build script puts beside the kernel (`vmlinux-up` beside `vmlinux`)
+/// when there is one vCPU, else the kernel itself.
+pub fn kernel_for(root: &Path, vcpus: u8) -> Result<PathBuf, GuestFilesError> {
+    let smp = kernel(root)?;
+    let up_wanted = !matches!(
+        std::env::var(UP_KERNEL_ENV).as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    );
+    Ok(variant_for(&smp, vcpus, up_wanted))
+}
+
+/// `kernel`'s uniprocessor variant when one vCPU is all the VM has, one
+/// is wanted and the file is there; else `kernel`.
+fn variant_for(kernel: &Path, vcpus: u8, up_wanted: bool) -> PathBuf {
+    if vcpus == 1 && up_wanted {
+        if let Some(up) = uniprocessor_variant(kernel).filter(|p| p.is_file()) {
+            return up;
+        }
+    }
+    kernel.to_path_buf()
+}
+
+/// Where the uniprocessor variant of `kernel` would be: `<name>-up`
+/// beside it.
+pub fn uniprocessor_variant(kernel: &Path) -> Option<PathBuf> {
+    let mut name = kernel.file_name()?.to_os_string();
+    name.push("-up");
+    Some(kernel.with_file_name(name))
+}
+
 /// The agent binary: `HULL_AGENT`, else next to the hull binary, else where
 /// `scripts/build-agent` puts it in the cargo target directory.
 pub fn agent() -> Result<PathBuf, GuestFilesError> {
@@ -153,5 +187,26 @@ mod tests {
             // Debian's busybox-static: an ELF with no interpreter.
             assert!(is_static_elf(Path::new("/bin/busybox")));
         }
+    }
+
+    #[test]
+    fn one_vcpu_boots_the_uniprocessor_kernel_beside_the_smp_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let smp = dir.path().join("vmlinux");
+        let up = dir.path().join("vmlinux-up");
+        std::fs::write(&smp, b"smp").unwrap();
+        // No variant on disk: the kernel itself, whatever the vCPU count.
+        assert_eq!(variant_for(&smp, 1, true), smp);
+        std::fs::write(&up, b"up").unwrap();
+        assert_eq!(variant_for(&smp, 1, true), up);
+        assert_eq!(variant_for(&smp, 2, true), smp);
+        assert_eq!(variant_for(&smp, 1, false), smp);
+        // A kernel named otherwise (a test's copy) has its own variant name.
+        let copy = dir.path().join("vmlinux-copy");
+        assert_eq!(
+            uniprocessor_variant(&copy).unwrap(),
+            dir.path().join("vmlinux-copy-up")
+        );
+        assert_eq!(variant_for(&copy, 1, true), copy);
     }
 }

@@ -83,7 +83,7 @@ pub fn config(root: &Path, opts: &GuestOptions<'_>) -> anyhow::Result<(vmm::VmCo
     let mem_mib = units::parse_mib(opts.memory)?;
     let kernel = match opts.kernel {
         Some(k) => k.to_path_buf(),
-        None => guest_files::kernel(root)?,
+        None => guest_files::kernel_for(root, opts.cpus)?,
     };
     let agent = guest_files::agent()?;
     let initramfs = initramfs::cached(&agent, &root.join("cache"))?;

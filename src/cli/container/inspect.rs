@@ -186,7 +186,7 @@ fn inspect_json(root: &Path, c: &Container) -> serde_json::Value {
             "MemoryMiB": c.config.mem_mib,
             "VmmPid": c.state.vmm_pid,
             "VmProcessPid": c.state.vm_pid,
-            "Kernel": crate::guest::files::kernel(root).ok(),
+            "Kernel": crate::guest::files::kernel_for(root, c.config.cpus).ok(),
             "VsockSocket": engine::socket_path(root, &c.config.id),
             "Devices": devices(root, c),
         },
