@@ -551,8 +551,23 @@ fn save(
         let _ = std::fs::remove_dir_all(&tmp);
         return result;
     }
-    remove_stale(store, &meta);
+    remove_stale(store, &current_kernels(root, &meta), &meta.initramfs);
     Ok(())
+}
+
+/// The identities of the kernels this hull boots: `meta`'s and both
+/// variants of the kernel it finds (a one-vCPU VM boots the uniprocessor
+/// one, others the SMP one), so that neither's snapshots look stale to
+/// the other's save.
+fn current_kernels(root: &Path, meta: &SnapshotMeta) -> Vec<String> {
+    let mut kernels = vec![meta.kernel.clone()];
+    for vcpus in [1, 2] {
+        let kernel = crate::guest::files::kernel_for(root, vcpus).ok();
+        if let Some(id) = kernel.and_then(|k| file_identity(&k).ok()) {
+            kernels.push(id);
+        }
+    }
+    kernels
 }
 
 /// Turns `vm` into the template of a snapshot of `config`: the agent
@@ -623,13 +638,14 @@ fn placeholder_shared_dirs(
 
 /// Deletes snapshots that cannot be used again (an image disk they were
 /// warmed with is gone, or their description is unreadable) and those
-/// made from another kernel or agent once unused for [`STALE_AFTER`]:
+/// made from another kernel (not one of `kernels`) or agent (not
+/// `initramfs`) once unused for [`STALE_AFTER`]:
 /// another hull version sharing the store may still be using them, and
 /// deleting them at once would make each version re-make its snapshots
 /// after the other's every save. Snapshots being restored are never
 /// deleted (their restore holds them); VMs already restored keep running:
 /// their memory mapping outlives the files.
-fn remove_stale(store: &Path, current: &SnapshotMeta) {
+fn remove_stale(store: &Path, kernels: &[String], initramfs: &str) {
     let now = SystemTime::now();
     let all = list(store);
     for (path, meta) in &all {
@@ -639,9 +655,7 @@ fn remove_stale(store: &Path, current: &SnapshotMeta) {
         };
         let stale = match meta {
             Some(m) if m.fixed_disks.iter().any(|d| !d.exists()) => true,
-            Some(m) => {
-                (m.kernel != current.kernel || m.initramfs != current.initramfs) && unused_long()
-            }
+            Some(m) => (!kernels.contains(&m.kernel) || m.initramfs != initramfs) && unused_long(),
             None => true,
         };
         if stale {
@@ -820,6 +834,8 @@ mod tests {
             ("new-gone", "k2", vec![gone], false),
             ("old-warm", "k1", vec![image.clone()], true),
             ("old-base", "k1", vec![], true),
+            // The other variant of the current kernel: current too.
+            ("new-up", "k2-up", vec![], true),
         ] {
             let d = store.path().join(name);
             std::fs::create_dir_all(&d).unwrap();
@@ -840,11 +856,18 @@ mod tests {
         // One old snapshot of the other kernel is being restored.
         std::fs::write(store.path().join("old-warm/state.json"), b"{}").unwrap();
         let held = snapshot_use::hold(&store.path().join("old-warm"), "state.json").unwrap();
-        remove_stale(store.path(), &current);
+        remove_stale(store.path(), &["k2".into(), "k2-up".into()], "a");
         let left: Vec<_> = list(store.path()).into_iter().map(|(p, _)| p).collect();
-        let names = ["new", "new-warm", "old-base", "old-but-recent", "old-warm"];
+        let names = [
+            "new",
+            "new-up",
+            "new-warm",
+            "old-base",
+            "old-but-recent",
+            "old-warm",
+        ];
         assert_eq!(left, names.map(|n| store.path().join(n)));
-        assert_eq!(prune(store.path()).unwrap().0, 4, "all but the one held");
+        assert_eq!(prune(store.path()).unwrap().0, 5, "all but the one held");
         drop(held);
         assert_eq!(prune(store.path()).unwrap().0, 1);
         assert!(list(store.path()).is_empty());
