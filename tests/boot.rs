@@ -25,6 +25,11 @@ fn boots_to_agent_ready_and_exits_cleanly() {
     // One vCPU: the uniprocessor kernel (its banner lacks the SMP flag).
     let banner = kernel_banner(&stdout);
     assert!(!banner.contains(" SMP "), "{banner}");
+    // No memory cgroup (vmm::BASE_CMDLINE): its charging slowed every page.
+    assert!(
+        stdout.contains("cgroup: Disabling memory control group subsystem"),
+        "{stdout}"
+    );
     let ready = format!("hull-agent: ready version={}", env!("CARGO_PKG_VERSION"));
     assert!(stdout.contains(&ready), "no agent ready line:\n{stdout}");
     assert!(stdout.contains("hull-agent: shutdown status=0"), "{stdout}");

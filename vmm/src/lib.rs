@@ -175,8 +175,12 @@ impl std::fmt::Debug for VmConfig {
 /// snapshot waited, which the stall detector took for a stall of that
 /// length and reported with stack dumps on the serial console (~0.25 s of
 /// every fast start here, on hardware too: a serial byte is a VM exit).
+/// No memory cgroup: the VM is the container's memory limit, and nothing
+/// in the guest sets one, but with the controller on every page mapped,
+/// unmapped or allocated is charged and counted per cgroup (0.91x the
+/// warm start's time without it on PVM, docs/guest-kernel.md).
 pub const BASE_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule i8042.noaux noreplace-smp \
-percpu_alloc=page rcupdate.rcu_cpu_stall_suppress=1";
+percpu_alloc=page rcupdate.rcu_cpu_stall_suppress=1 cgroup_disable=memory";
 
 impl VmConfig {
     /// A 1-vCPU, 128 MiB VM of `kernel` with the serial output discarded.
