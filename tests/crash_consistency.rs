@@ -47,7 +47,7 @@ fn system_check_reports_damage_one_line_each() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     common::import_busybox(root);
-    ok(root, &["create", "--name", "c1", "busybox:test"]);
+    let c1 = ok(root, &["create", "--name", "c1", "busybox:test"]);
     let c3 = ok(root, &["create", "--name", "c3", "busybox:test"]);
     assert_eq!(check(root), Vec::<String>::new());
 
@@ -63,7 +63,6 @@ fn system_check_reports_damage_one_line_each() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&layer, bytes).unwrap();
-    std::fs::create_dir(root.join("containers/.0123456789ab.tmp")).unwrap();
     // A `hull rm` killed between its rename and its removal.
     let containers = root.join("containers");
     std::fs::rename(
@@ -76,6 +75,22 @@ fn system_check_reports_damage_one_line_each() {
         1,
         "a half-removed container is listed"
     );
+    // ... and `ps`, finding no other hull at work, finished the removal.
+    assert!(!containers.join(format!(".removing.{}", c3.trim())).exists());
+    // Ones it leaves (another hull holds the store's lock, and may be
+    // creating or removing them): a creation and a removal cut short.
+    let held = std::fs::File::create(containers.join(".lock")).unwrap();
+    // SAFETY: flock on a descriptor we own; released when `held` closes.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) };
+    assert_eq!(locked, 0);
+    std::fs::create_dir(containers.join(".0123456789ab.tmp")).unwrap();
+    std::fs::rename(
+        containers.join(c1.trim()),
+        containers.join(format!(".removing.{}", c1.trim())),
+    )
+    .unwrap();
+    assert_eq!(ok(root, &["ps", "-aq"]).lines().count(), 0);
+    drop(held);
     std::fs::create_dir_all(root.join("run")).unwrap();
     std::fs::write(root.join("run/0123456789ef.vsock"), "").unwrap();
     // A container-mode console socket a killed `run -t` left.

@@ -37,7 +37,7 @@ pub fn check(root: &Path) -> anyhow::Result<u8> {
 pub fn problems(root: &Path) -> anyhow::Result<Vec<String>> {
     let store = images::Store::open(root).context("cannot open the image store")?;
     let mut problems = store.check().context("cannot check the image store")?;
-    let containers = ContainerStore::new(root).list()?;
+    let containers = ContainerStore::new(root).list_as_is()?;
     problems.extend(container_dir_problems(
         &root.join("containers"),
         &containers,

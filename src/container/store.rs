@@ -70,17 +70,36 @@ impl ContainerStore {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let half_done =
-                name.starts_with(".removing.") || (name.starts_with('.') && name.ends_with(".tmp"));
-            if half_done && e.file_type().is_ok_and(|t| t.is_dir()) {
+            if is_half_done(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
                 tracing::debug!("removing {name}, left by an interrupted hull");
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
 
-    /// Every container, newest first.
+    /// Removes what a killed creation or removal left, if no other hull
+    /// holds the lock (one that does may be creating or removing that very
+    /// directory): readers such as `ps` clean up too, without waiting.
+    fn remove_half_done_if_idle(&self) {
+        let lock = crate::file_lock::try_lock_exclusive(&self.dir.join(".lock"));
+        if let Ok(Some(_lock)) = lock {
+            self.remove_half_done();
+        }
+    }
+
+    /// Every container, newest first; first removes what a killed
+    /// creation or removal left, unless another hull is at work.
     pub fn list(&self) -> Result<Vec<Container>, StoreError> {
+        let mut names = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        if names.any(|e| is_half_done(&e.file_name().to_string_lossy())) {
+            self.remove_half_done_if_idle();
+        }
+        self.list_as_is()
+    }
+
+    /// Every container, newest first, leaving what a killed creation or
+    /// removal left (`hull system check` reports it).
+    pub fn list_as_is(&self) -> Result<Vec<Container>, StoreError> {
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -209,6 +228,12 @@ impl ContainerStore {
         }
         std::fs::remove_dir_all(&gone).map_err(|e| self.io(e))
     }
+}
+
+/// Whether a name in the store is a container being created (`.ID.tmp`)
+/// or removed (`.removing.ID`).
+fn is_half_done(name: &str) -> bool {
+    name.starts_with(".removing.") || (name.starts_with('.') && name.ends_with(".tmp"))
 }
 
 /// Creates (or truncates) `path` readable and writable by its owner only:
